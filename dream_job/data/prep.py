@@ -1,0 +1,246 @@
+"""`dream-job prep`: s1K-1.1 rows -> hold-out split -> token sequences -> `<run_dir>/data/`.
+
+Writes, atomically (a temporary folder renamed into place):
+
+    <run_dir>/data/train/            tokenized training rows (datasets `save_to_disk`):
+                                     input_ids, prompt_length, num_tokens, truncated, row_index
+    <run_dir>/data/holdout.jsonl     held-out rows for evaluation (question, solution, ...)
+    <run_dir>/data/tokenizer/        the tokenizer used, for later stages
+    <run_dir>/data/data_report.json  counts and length statistics (see `report.py`)
+
+The output is keyed by `inputs_hash` (data spec, tokenizer, dataset content, format version);
+a re-run with the same inputs reuses it, a run with other inputs replaces it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dream_job.data.encode import KEPT, PROMPT_TOO_LONG, encode_row
+from dream_job.data.layout import read_row, required_columns
+from dream_job.data.report import build_report
+from dream_job.data.source import load_rows
+from dream_job.data.tokenizer import load_tokenizer, tokenizer_fingerprint
+from dream_job.errors import DataError
+from dream_job.spec import DataSpec, JobSpec
+
+logger = logging.getLogger(__name__)
+
+# Bump when the layout, encoding or output format changes: old prepared data is rebuilt.
+PREP_FORMAT_VERSION = 1
+REPORT_FILE = "data_report.json"
+
+
+@dataclass(frozen=True)
+class PrepResult:
+    """Where the prepared data is and what it holds."""
+
+    data_dir: Path
+    report: dict[str, Any]
+    reused: bool
+
+
+def inputs_hash(spec: DataSpec, tokenizer_fp: str, dataset_fp: str) -> str:
+    """Return the sha256 keying the prepared data: everything that changes the output."""
+    payload = {
+        "version": PREP_FORMAT_VERSION,
+        "data": spec.model_dump(exclude={"num_proc"}),
+        "tokenizer": tokenizer_fp,
+        "dataset": dataset_fp,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def read_report(data_dir: Path) -> dict[str, Any] | None:
+    """Return the report of prepared data in `data_dir`, or None when there is none."""
+    path = data_dir / REPORT_FILE
+    if not path.is_file() or not (data_dir / "train").is_dir():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _read_batch(batch: dict[str, list[Any]], trace_source: str) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {"question": [], "trace": [], "attempt": [], "solution": [], "skip": []}
+    num_rows = len(batch["question"])
+    for i in range(num_rows):
+        text, reason = read_row({key: values[i] for key, values in batch.items()}, trace_source)  # type: ignore[arg-type]
+        out["skip"].append(reason)
+        out["question"].append(text.question if text else "")
+        out["trace"].append(text.trace if text else "")
+        out["attempt"].append(text.attempt if text else "")
+        out["solution"].append(text.solution if text else "")
+    return out
+
+
+def _encode_batch(batch: dict[str, list[Any]], tokenizer: Any, spec: DataSpec) -> dict[str, list[Any]]:
+    rows = [
+        encode_row(
+            tokenizer,
+            question,
+            trace,
+            attempt,
+            system_prompt=spec.system_prompt,
+            max_length=spec.max_length,
+            truncation=spec.truncation,
+            marker=spec.truncation_marker,
+        )
+        for question, trace, attempt in zip(batch["question"], batch["trace"], batch["attempt"], strict=True)
+    ]
+    return {
+        "input_ids": [r.input_ids for r in rows],
+        "prompt_length": [r.prompt_length for r in rows],
+        "num_tokens": [len(r.input_ids) for r in rows],
+        "prompt_tokens": [r.prompt_tokens for r in rows],
+        "trace_tokens": [r.trace_tokens for r in rows],
+        "answer_tokens": [r.answer_tokens for r in rows],
+        "truncated": [r.truncated for r in rows],
+        "status": [r.status for r in rows],
+    }
+
+
+def _check_columns(dataset: Any, spec: DataSpec) -> None:
+    missing = [c for c in required_columns(spec.trace_source) if c not in dataset.column_names]
+    if missing:
+        other = "gemini" if spec.trace_source == "deepseek" else "deepseek"
+        raise DataError(
+            f"the dataset `{spec.dataset}` has no column {', '.join(f'`{c}`' for c in missing)} "
+            f"(it has {', '.join(f'`{c}`' for c in dataset.column_names)})",
+            hint=f"use data in the s1K-1.1 schema, or `--set data.trace_source={other}` if that trace is present",
+        )
+
+
+def _check_bad_rows(skipped: Counter[str], rows_read: int, spec: DataSpec) -> None:
+    num_skipped = sum(skipped.values())
+    if rows_read and num_skipped / rows_read <= spec.max_bad_row_fraction:
+        return
+    fix = (
+        f"raise `data.max_length` (now {spec.max_length})"
+        if skipped.get(PROMPT_TOO_LONG)
+        else "fix the rows in the dataset"
+    )
+    raise DataError(
+        f"{num_skipped} of {rows_read} rows of `{spec.dataset}` were skipped, more than "
+        f"`data.max_bad_row_fraction` = {spec.max_bad_row_fraction}",
+        caused_by=[f"{count} rows: {reason}" for reason, count in skipped.most_common()],
+        hint=f"{fix}, or allow more with `--set data.max_bad_row_fraction=...`",
+    )
+
+
+def prepare_data(spec: JobSpec) -> PrepResult:
+    """Prepare the training data of a job, or reuse it when the inputs have not changed.
+
+    Args:
+        spec: The validated job spec.
+
+    Returns:
+        Where the data is, its report, and whether an earlier run's output was reused.
+
+    Raises:
+        DataError: Tokenizer or dataset missing or malformed, or too many bad rows. Earlier
+            prepared data is left untouched.
+    """
+    data_spec = spec.data
+    data_dir = spec.run_dir() / "data"
+    tokenizer_name = spec.model.tokenizer or spec.model.base
+    tokenizer = load_tokenizer(
+        tokenizer_name, spec.model.revision, key="model.tokenizer" if spec.model.tokenizer else "model.base"
+    )
+    dataset, dataset_fp = load_rows(data_spec)
+    key = inputs_hash(data_spec, tokenizer_fingerprint(tokenizer), dataset_fp)
+    existing = read_report(data_dir)
+    if existing is not None and existing.get("inputs_hash") == key:
+        logger.info("reusing prepared data in %s (inputs unchanged)", data_dir)
+        return PrepResult(data_dir, existing, reused=True)
+
+    _check_columns(dataset, data_spec)
+    rows_read = len(dataset)
+    texts = dataset.map(
+        _read_batch,
+        batched=True,
+        fn_kwargs={"trace_source": data_spec.trace_source},
+        remove_columns=dataset.column_names,
+        num_proc=data_spec.num_proc,
+        keep_in_memory=True,
+        desc="reading rows",
+    )
+    texts = texts.add_column("row_index", list(range(rows_read)))
+    skip_reasons = texts["skip"]
+    skipped: Counter[str] = Counter(reason for reason in skip_reasons if reason)
+    valid = [i for i, reason in enumerate(skip_reasons) if not reason]
+    holdout = sorted(random.Random(data_spec.seed).sample(valid, min(data_spec.holdout_size, len(valid))))
+    holdout_set = set(holdout)
+    train_rows = texts.select([i for i in valid if i not in holdout_set], keep_in_memory=True)
+    encoded = train_rows.map(
+        _encode_batch,
+        batched=True,
+        fn_kwargs={"tokenizer": tokenizer, "spec": data_spec},
+        num_proc=data_spec.num_proc,
+        keep_in_memory=True,
+        desc="tokenizing",
+    )
+    statuses = encoded["status"]
+    skipped.update(s for s in statuses if s == PROMPT_TOO_LONG)
+    _check_bad_rows(skipped, rows_read, data_spec)
+    dropped = Counter(s for s in statuses if s not in (KEPT, PROMPT_TOO_LONG))
+    kept = encoded.filter(lambda status: status == KEPT, input_columns="status", keep_in_memory=True)
+    if len(kept) == 0:
+        raise DataError(
+            f"no training rows of `{data_spec.dataset}` are left after the hold-out and truncation",
+            hint="lower `data.holdout_size`, raise `data.max_length` or use `--set data.truncation=keep_answer`",
+        )
+    measured = [i for i, s in enumerate(statuses) if s != PROMPT_TOO_LONG]
+    columns = {part: encoded[f"{part}_tokens"] for part in ("prompt", "trace", "answer")}
+    lengths = {part: [values[i] for i in measured] for part, values in columns.items()}
+    lengths["total"] = [sum(parts) for parts in zip(*lengths.values(), strict=True)]
+    report = build_report(
+        rows_read=rows_read,
+        rows_holdout=len(holdout),
+        skipped=dict(skipped),
+        dropped=dict(dropped),
+        rows_truncated=sum(kept["truncated"]),
+        max_length=data_spec.max_length,
+        lengths=lengths,
+        kept_lengths=kept["num_tokens"],
+        extra={
+            "inputs_hash": key,
+            "dataset": data_spec.dataset,
+            "split": data_spec.split,
+            "trace_source": data_spec.trace_source,
+            "truncation": data_spec.truncation,
+            "tokenizer": tokenizer_name,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )
+    kept = kept.select_columns(["input_ids", "prompt_length", "num_tokens", "truncated", "row_index"])
+    holdout_rows = texts.select(holdout).select_columns(["row_index", "question", "solution", "trace", "attempt"])
+    _write_atomically(data_dir, kept, holdout_rows, tokenizer, report)
+    return PrepResult(data_dir, report, reused=False)
+
+
+def _write_atomically(data_dir: Path, kept: Any, holdout_rows: Any, tokenizer: Any, report: dict[str, Any]) -> None:
+    """Write everything to a sibling temp folder, then swap it in for `data_dir`."""
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = data_dir.with_name(f".{data_dir.name}.tmp-{report['inputs_hash'][:12]}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    kept.save_to_disk(str(tmp / "train"))
+    with (tmp / "holdout.jsonl").open("w", encoding="utf-8") as f:
+        for row in holdout_rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tokenizer.save_pretrained(str(tmp / "tokenizer"))
+    (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    old = data_dir.with_name(f".{data_dir.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if data_dir.exists():
+        data_dir.rename(old)
+    tmp.rename(data_dir)
+    shutil.rmtree(old, ignore_errors=True)

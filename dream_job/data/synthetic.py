@@ -1,0 +1,109 @@
+"""Deterministic arithmetic word problems in the exact s1K-1.1 schema.
+
+The smoke job and the tests train on these rows: each has a question, a written
+step-by-step trace (column addition with carries), a final attempt with the answer and all
+s1K-1.1 columns (`solution`, `deepseek_*`, `gemini_*`, grades, `cot_type`, `source_type`,
+`metadata` as a Python-repr string). The committed file `jobs/assets/smoke/s1k-smoke.jsonl`
+is this module's output:
+
+    python -m dream_job.data.synthetic jobs/assets/smoke/s1k-smoke.jsonl --rows 300 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+SOURCE_TYPE = "dream-job/synthetic-addition"
+
+_STORIES = (
+    ("{name} has {a} marbles and finds {b} more.", "How many marbles does {name} have now?"),
+    ("A library holds {a} books and receives {b} new ones.", "How many books does the library hold now?"),
+    ("{name} walked {a} meters in the morning and {b} meters in the evening.",
+     "How many meters did {name} walk in total?"),
+    ("A farm has {a} chickens and buys {b} more.", "How many chickens does the farm have now?"),
+    ("{name} saved {a} coins last year and {b} coins this year.", "How many coins has {name} saved?"),
+)
+_NAMES = ("Ada", "Ben", "Chen", "Dana", "Eli", "Fatima", "Goro", "Hana", "Ivan", "Jia")
+
+
+def addition_trace(a: int, b: int) -> str:
+    """Write the column addition of `a + b` digit by digit, with carries, as a thinking trace."""
+    digits_a, digits_b = str(a)[::-1], str(b)[::-1]
+    lines = [f"I need to add {a} and {b}. I will add the digits column by column from the right."]
+    carry = 0
+    result_digits: list[str] = []
+    places = ("ones", "tens", "hundreds", "thousands", "ten-thousands", "hundred-thousands")
+    for i in range(max(len(digits_a), len(digits_b))):
+        da = int(digits_a[i]) if i < len(digits_a) else 0
+        db = int(digits_b[i]) if i < len(digits_b) else 0
+        total = da + db + carry
+        place = places[i] if i < len(places) else f"column {i + 1}"
+        carry_text = f" plus carry {carry}" if carry else ""
+        lines.append(f"{place}: {da} + {db}{carry_text} = {total}, write {total % 10}, carry {total // 10}.")
+        result_digits.append(str(total % 10))
+        carry = total // 10
+    if carry:
+        lines.append(f"The final carry {carry} becomes the leading digit.")
+        result_digits.append(str(carry))
+    result = "".join(reversed(result_digits))
+    lines.append(f"So {a} + {b} = {result}. Check: {result} - {b} = {int(result) - b}, which is {a}. Correct.")
+    return "\n".join(lines)
+
+
+def make_row(index: int, rng: random.Random, max_digits: int = 4) -> dict[str, Any]:
+    """Build one s1K-1.1 row: an addition word problem with its trace and answer."""
+    a = rng.randint(10, 10**rng.randint(2, max_digits) - 1)
+    b = rng.randint(10, 10**rng.randint(2, max_digits) - 1)
+    name = rng.choice(_NAMES)
+    setup, ask = rng.choice(_STORIES)
+    question = f"{setup.format(name=name, a=a, b=b)} {ask.format(name=name)}"
+    total = a + b
+    trace = addition_trace(a, b)
+    attempt = f"Adding the two amounts gives {a} + {b} = {total}.\n\nThe answer is $\\boxed{{{total}}}$."
+    return {
+        "solution": str(total),
+        "question": question,
+        "cot_type": "math",
+        "source_type": SOURCE_TYPE,
+        "metadata": repr({"index": index, "a": a, "b": b}),
+        "gemini_thinking_trajectory": trace,
+        "gemini_attempt": attempt,
+        "deepseek_thinking_trajectory": trace,
+        "deepseek_attempt": attempt,
+        "gemini_grade": "Yes",
+        "gemini_grade_reason": "The attempt matches the reference answer.",
+        "deepseek_grade": "Yes",
+        "deepseek_grade_reason": "The attempt matches the reference answer.",
+    }
+
+
+def generate_rows(num_rows: int, seed: int = 0, max_digits: int = 4) -> list[dict[str, Any]]:
+    """Return `num_rows` rows, identical for the same arguments."""
+    rng = random.Random(seed)
+    return [make_row(i, rng, max_digits) for i in range(num_rows)]
+
+
+def write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
+    """Write rows as JSON lines (sorted keys, UTF-8) to `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def main() -> None:
+    """Command-line entry: write the smoke data set."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--rows", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    write_jsonl(generate_rows(args.rows, args.seed), args.out)
+
+
+if __name__ == "__main__":
+    main()

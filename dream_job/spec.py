@@ -1,0 +1,397 @@
+"""The job spec: the only place the YAML shape is defined.
+
+`load_spec(path, overrides)` reads a job file, applies `--set a.b.c=value` overrides and
+validates it into a `JobSpec` (pydantic v2, strict, unknown keys are errors). Every stage
+receives this object, never raw dicts. Errors name the key path, the file and line, the
+value got and the values allowed, and suggest the closest key for typos.
+
+This module imports no torch: the laptop CLI starts fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dream_job.errors import SpecError
+
+DTYPES = ("bfloat16", "float32", "float16")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ModelSpec(_Section):
+    """Which model to fine-tune and how to hold it."""
+
+    base: str = Field(
+        "Dream-org/Dream-v0-Base-7B",
+        description="Hugging Face hub id or local folder of the base model (config.json, "
+        "tokenizer files and, for `init: pretrained`, safetensors weights).",
+    )
+    revision: str | None = Field(
+        None, description="Hub revision (branch, tag or commit) of `base`; pin a commit for reproducible runs."
+    )
+    tokenizer: str | None = Field(
+        None, description="Hub id or local folder of the tokenizer; defaults to `base`."
+    )
+    dtype: Literal["bfloat16", "float32", "float16"] = Field(
+        "bfloat16", description="Compute dtype of the model weights."
+    )
+    init: Literal["pretrained", "random"] = Field(
+        "pretrained",
+        description="`pretrained` loads the base weights; `random` initialises from `config.json` "
+        "only (tiny smoke and test models).",
+    )
+
+
+class DataSpec(_Section):
+    """Where the s1K-1.1 rows come from and how they become token sequences."""
+
+    dataset: str = Field(
+        "simplescaling/s1K-1.1",
+        description="Hub dataset id, or a local parquet/jsonl/json/arrow file or folder.",
+    )
+    revision: str | None = Field(None, description="Hub revision of `dataset`; pin it for reproducible runs.")
+    split: str = Field("train", description="Dataset split to read.")
+    trace_source: Literal["deepseek", "gemini"] = Field(
+        "deepseek",
+        description="Which columns hold the thinking trace and final attempt: "
+        "`deepseek_thinking_trajectory`/`deepseek_attempt` (s1.1) or `gemini_*` (s1).",
+    )
+    system_prompt: str | None = Field(
+        None,
+        description="System message for the chat template; null lets the template insert its default "
+        "('You are a helpful assistant.' for Dream).",
+    )
+    max_length: int = Field(2048, ge=16, description="Maximum tokens per training sequence (prompt + response + EOS).")
+    truncation: Literal["right", "drop", "keep_answer"] = Field(
+        "keep_answer",
+        description="Over-length rows: `right` keeps the first max_length tokens (Dream's trainer), `drop` "
+        "filters them, `keep_answer` shortens the thinking trace so the answer and EOS always fit.",
+    )
+    truncation_marker: str = Field(
+        "\n\n[... thinking trace shortened ...]\n\n",
+        description="Text put where `keep_answer` cut the thinking trace.",
+    )
+    holdout_size: int = Field(
+        50, ge=0, description="Rows kept out of training for evaluation (deterministic by `seed`)."
+    )
+    seed: int = Field(42, description="Seed of the hold-out split.")
+    num_proc: int = Field(1, ge=1, description="Processes used to tokenize.")
+    max_bad_row_fraction: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="Fail when more than this fraction of rows is skipped (missing fields, prompt over "
+        "max_length).",
+    )
+
+
+class LoraSpec(_Section):
+    """LoRA adapter settings (used when `train.method` is `lora`)."""
+
+    rank: int = Field(64, ge=1, description="LoRA rank r.")
+    alpha: int = Field(128, ge=1, description="LoRA scaling alpha.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    targets: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Linear module names that get adapters.",
+    )
+
+
+class TrainSpec(_Section):
+    """Masked-diffusion SFT settings."""
+
+    method: Literal["full", "full_8bit", "full_offload", "lora"] = Field(
+        "full",
+        description="`full`: AdamW with fp32 master weights and states; `full_8bit`: 8-bit AdamW, bf16 "
+        "weights; `full_offload`: optimizer state and step on CPU; `lora`: adapters only.",
+    )
+    epochs: int = Field(3, ge=1, description="Passes over the training rows.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (null: all epochs).")
+    global_batch_size: int = Field(16, ge=1, description="Sequences per optimizer step over all GPUs.")
+    micro_batch_size: int = Field(1, ge=1, description="Sequences per forward/backward on one GPU.")
+    learning_rate: float = Field(1e-5, gt=0.0, description="Peak learning rate.")
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Final learning rate as a fraction of the peak.")
+    warmup_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Fraction of steps of linear warm-up before cosine decay.")
+    weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay.")
+    adam_betas: list[float] = Field([0.9, 0.95], min_length=2, max_length=2, description="AdamW betas.")
+    grad_clip: float = Field(1.0, gt=0.0, description="Gradient-norm clipping threshold.")
+    activation_checkpointing: bool = Field(True, description="Recompute each decoder layer in backward.")
+    loss_weighting: Literal["cart", "linear", "inverse_t", "none"] = Field(
+        "cart", description="Per-token loss weight: CART (Dream's), 1 - t, 1 / t or none."
+    )
+    cart_p: float = Field(0.1, gt=0.0, lt=1.0, description="CART geometric kernel parameter p.")
+    cutoff: Literal["random_with_input_pad", "none"] = Field(
+        "random_with_input_pad", description="Per-batch response cut-off (Dream's) or none."
+    )
+    time_eps: float = Field(1e-3, gt=0.0, lt=1.0, description="Noise level t is drawn from U(eps, 1).")
+    save_every_steps: int = Field(50, ge=1, description="Write a resumable checkpoint every N optimizer steps.")
+    keep_checkpoints: int = Field(2, ge=1, description="Complete checkpoints kept on disk.")
+    log_every_steps: int = Field(1, ge=1, description="Log a metrics line every N optimizer steps.")
+    seed: int = Field(42, description="Seed for data order, noise and initialisation.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto` uses CUDA when present.")
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings for `method: lora`.")
+
+
+class SamplerSpec(_Section):
+    """Diffusion decoding settings used by evaluation."""
+
+    mode: Literal["reference", "fast"] = Field("fast", description="Dream's reference sampler or block-wise cached.")
+    gen_length: int = Field(512, ge=1, description="Generated tokens per prompt.")
+    steps: int = Field(512, ge=1, description="Denoising steps (reference mode).")
+    alg: Literal["origin", "maskgit_plus", "topk_margin", "entropy"] = Field(
+        "entropy", description="Which masked positions to reveal each step."
+    )
+    temperature: float = Field(0.0, ge=0.0, description="0 means greedy (deterministic).")
+    top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
+    top_k: int | None = Field(None, ge=1, description="Top-k sampling.")
+    alg_temp: float | None = Field(None, ge=0.0, description="Temperature of position selection; null is greedy.")
+    eps: float = Field(1e-3, gt=0.0, lt=1.0, description="Final time of the schedule.")
+    block_length: int = Field(32, ge=1, description="Block size of the fast sampler.")
+    threshold: float = Field(0.9, gt=0.0, le=1.0, description="Confidence above which the fast sampler unmasks.")
+
+
+class EvalSpec(_Section):
+    """Evaluation of the base and fine-tuned models."""
+
+    suites: list[Literal["s1k_holdout", "gsm8k", "math500"]] = Field(
+        ["s1k_holdout", "gsm8k", "math500"], description="Benchmarks to run."
+    )
+    models: list[Literal["base", "final"]] = Field(["base", "final"], description="Which models to evaluate.")
+    limit: int | None = Field(None, ge=1, description="Evaluate at most this many items per suite (null: all).")
+    seed: int = Field(0, description="Seed of the `limit` subsample and of sampling.")
+    batch_size: int = Field(8, ge=1, description="Prompts decoded together.")
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec, description="Decoding settings.")
+
+
+class BudgetSpec(_Section):
+    """Cost limits for the preflight estimate and the in-job guard."""
+
+    max_cost_yuan: float = Field(100.0, gt=0.0, description="Total spend allowed for the whole run, in CNY.")
+    cny_per_usd: float = Field(7.10, gt=0.0, description="Exchange rate (default read 2026-11-24).")
+    use_spot: bool = Field(True, description="Consider spot/preemptible offers.")
+    gpus: list[str] = Field([], description="Restrict candidates to these GPU names (empty: all in the catalog).")
+
+
+class ArtifactsSpec(_Section):
+    """Where the run lives and where its results are published."""
+
+    run_dir: str | None = Field(None, description="Run directory; default `runs/<name>` under the working directory.")
+    destinations: list[str] = Field(
+        [], description="Where to publish: `s3://bucket/prefix`, `hf://user/repo` or `file:///path`."
+    )
+    sync_every_steps: int | None = Field(
+        None, ge=1, description="Upload checkpoints every N steps so a preempted run resumes elsewhere."
+    )
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class JobSpec(BaseModel):
+    """A whole job: model, data, training, evaluation, budget and artifacts."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: str = Field(description="Job name; names the run directory `runs/<name>`.")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="Base model.")
+    data: DataSpec = Field(default_factory=DataSpec, description="Data preparation.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="Training.")
+    eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation.")
+    budget: BudgetSpec = Field(default_factory=BudgetSpec, description="Cost limits.")
+    artifacts: ArtifactsSpec = Field(default_factory=ArtifactsSpec, description="Run directory and destinations.")
+
+    @model_validator(mode="after")
+    def _check(self) -> JobSpec:
+        if not _NAME_RE.match(self.name):
+            raise ValueError(f"`name` must be letters, digits, `.`, `_` or `-`, got `{self.name}`")
+        if self.train.global_batch_size % self.train.micro_batch_size:
+            raise ValueError(
+                f"`train.global_batch_size` ({self.train.global_batch_size}) must be a multiple of "
+                f"`train.micro_batch_size` ({self.train.micro_batch_size})"
+            )
+        return self
+
+    def run_dir(self) -> Path:
+        """Return the run directory: `artifacts.run_dir` or `runs/<name>` under the working directory."""
+        return Path(self.artifacts.run_dir) if self.artifacts.run_dir else Path("runs") / self.name
+
+
+# --- YAML loading -----------------------------------------------------------------------
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-5` as a float (YAML 1.2), not a string as PyYAML's YAML 1.1 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?$|^[-+]?\d+[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map each key path of a YAML document to its 1-based line number."""
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key_path = (*path, str(key_node.value))
+                lines[key_path] = key_node.start_mark.line + 1
+                walk(value_node, key_path)
+
+    root = yaml.compose(text, Loader=_Loader)
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b.c=value` into its key path and the YAML-parsed value.
+
+    Raises:
+        SpecError: The text has no `=` or an empty key.
+    """
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise SpecError(
+            f"`--set {text}` is not of the form `a.b.c=value`",
+            hint="for example `--set train.epochs=1`",
+        )
+    value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""
+    return key.strip().split("."), value
+
+
+def _apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _section_fields(loc: tuple[str | int, ...]) -> list[str]:
+    """Return the allowed keys of the spec section at `loc` (for typo suggestions)."""
+    model: type[BaseModel] = JobSpec
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _describe_expected(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx", {})
+    if kind == "literal_error":
+        return f"one of {ctx.get('expected', '')}".replace("'", "`")
+    if kind in {"int_type", "int_parsing", "int_from_float"}:
+        return "an integer"
+    if kind in {"float_type", "float_parsing"}:
+        return "a number"
+    if kind in {"bool_type", "bool_parsing"}:
+        return "`true` or `false`"
+    if kind == "string_type":
+        return "a string"
+    if kind == "list_type":
+        return "a list"
+    if kind in {"model_type", "model_attributes_type", "dict_type"}:
+        return "a mapping of keys"
+    return error["msg"][0].lower() + error["msg"][1:]
+
+
+def _format_error(error: dict[str, Any], where: str) -> tuple[str, str | None]:
+    """Turn one pydantic error into (sentence, hint)."""
+    loc = tuple(error["loc"])
+    key = ".".join(str(p) for p in loc)
+    got = error.get("input")
+    if error["type"] == "extra_forbidden":
+        allowed = _section_fields(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+        prefix = ".".join(str(p) for p in loc[:-1])
+        hint = f"did you mean `{prefix + '.' if prefix else ''}{close[0]}`?" if close else None
+        if hint is None and allowed:
+            hint = "allowed keys here: " + ", ".join(f"`{k}`" for k in allowed)
+        return f"unknown key `{key}` in {where}", hint
+    if error["type"] == "missing":
+        return f"`{key}` is required in {where}", None
+    if error["type"] == "value_error" and not loc:
+        return f"{error['msg'].removeprefix('Value error, ')} in {where}", None
+    if error["type"] == "value_error":
+        return f"`{key}` in {where}: {error['msg'].removeprefix('Value error, ')}", None
+    shown = yaml.safe_dump(got, default_flow_style=True).strip().removesuffix("...").strip()
+    return f"`{key}` in {where} must be {_describe_expected(error)}, got `{shown}`", None
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
+    """Read a job YAML file, apply `--set` overrides and validate it.
+
+    Args:
+        path: The job file.
+        overrides: `a.b.c=value` strings; values are parsed as YAML.
+
+    Returns:
+        The validated, frozen `JobSpec`.
+
+    Raises:
+        SpecError: The file is missing or not YAML, an override is malformed, or the spec is
+            invalid; the message names the key, `file:line` (or the `--set`), value and fix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(
+            f"job file `{path}` does not exist",
+            hint="pass a job file such as `jobs/smoke.yaml` (see `ls jobs/`)",
+        )
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.load(text, Loader=_Loader)
+        lines = _key_lines(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise SpecError(f"`{at}` is not valid YAML", caused_by=[str(exc).splitlines()[0]]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"`{path}` must hold a mapping of sections (`name`, `model`, `data`, ...)")
+    overridden: dict[tuple[str, ...], str] = {}
+    for text_override in overrides or []:
+        key_path, value = parse_override(text_override)
+        _apply_override(data, key_path, value)
+        overridden[tuple(key_path)] = text_override
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = tuple(str(p) for p in error["loc"])
+            source = next((overridden[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in overridden), None)
+            if source is not None:
+                where = f"`--set {source}`"
+            else:
+                line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
+                where = f"`{path}:{line}`" if line else f"`{path}`"
+            problems.append(_format_error(error, where))
+        first, hint = problems[0]
+        rest = [f"{sentence}" + (f" ({h})" if h else "") for sentence, h in problems[1:]]
+        raise SpecError(first, hint=hint, caused_by=[f"also: {r}" for r in rest]) from None
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """Return the JSON Schema of a job file."""
+    return JobSpec.model_json_schema()
