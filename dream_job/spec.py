@@ -311,7 +311,8 @@ def _describe_expected(error: dict[str, Any]) -> str:
         return "a list"
     if kind in {"model_type", "model_attributes_type", "dict_type"}:
         return "a mapping of keys"
-    return error["msg"][0].lower() + error["msg"][1:]
+    message = str(error["msg"]).removeprefix("Input should be ").removeprefix("Value error, ")
+    return message[0].lower() + message[1:]
 
 
 def _format_error(error: dict[str, Any], where: str) -> tuple[str, str | None]:

@@ -1,0 +1,381 @@
+"""Dream 7B in one file: config, Qwen2 blocks with bidirectional attention, the LM.
+
+Dream (`Dream-org/Dream-v0-Base-7B`, arXiv 2508.15487) is Qwen2.5-7B continually pretrained as
+a masked-diffusion LM; its only architectural change is that the causal mask is removed. The
+references are the hub's remote code `modeling_dream.py` and transformers'
+`models/qwen2/modeling_qwen2.py`; facts are in `reference/dream.md` §2, §4–6. Everything below is
+inherited from Qwen2.5:
+
+- pre-norm residual blocks: x + attn(norm(x)), then x + mlp(norm(x)); final norm; untied lm_head;
+- RMSNorm computed in fp32 and cast back before the gain (as Qwen2 does, so bf16 runs match);
+- RoPE rotate-half, inv_freq = theta^(-2j/E), cos/sin built in fp32 then cast to the activations;
+- GQA (28 query heads share 4 kv heads), q/k/v projections with bias, o_proj without;
+- SwiGLU MLP: down(silu(gate(x)) * up(x)).
+
+Attention is fully bidirectional (`is_causal=False`). A padding mask is optional: without one,
+SDPA may use its flash kernel; with one, every query also attends to itself so a padded row is
+never fully masked (that gives NaN); outputs at padded positions are finite garbage.
+
+The logit shift (dream.md §6) is NOT applied here. Dream keeps Qwen's autoregressive alignment:
+the hidden state at position i-1 predicts the token at position i, so callers score
+`shifted[:, i] = logits[:, i-1]` (and `shifted[:, 0] = logits[:, 0]`) against the clean token at
+i. `hidden_states()` and `forward()` return unshifted values for every position.
+
+Parameter names equal the HF checkpoint keys (`model.layers.N.self_attn.q_proj.weight`, ...,
+`lm_head.weight`), so weights load 1:1 (see `weights.py`).
+
+Shape letters: B batch, L sequence length, D hidden size, H query heads, K kv heads,
+E head dim (D / H), I MLP intermediate size, V vocab size.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Keys of Dream's published config.json that this implementation does not read; written back
+# as-is by `to_hf_dict` so the export loads with the official remote code (dream.md §18).
+_HF_DEFAULTS: dict[str, Any] = {
+    "architectures": ["DreamModel"],
+    "attention_dropout": 0.0,
+    "auto_map": {
+        "AutoConfig": "configuration_dream.DreamConfig",
+        "AutoModel": "modeling_dream.DreamModel",
+    },
+    "hidden_act": "silu",
+    "model_type": "Dream",
+    "rope_scaling": None,
+    "sliding_window": None,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.46.2",  # the version the remote code is pinned to (dream.md §1)
+    "use_cache": True,
+    "use_mrope": False,
+    "use_sliding_window": False,
+}
+# HF keys whose other values would change the maths below; a config asking for them is refused.
+_FIXED_HF_KEYS = ("hidden_act", "rope_scaling", "use_sliding_window", "use_mrope", "attention_dropout")
+
+
+@dataclass(frozen=True)
+class DreamConfig:
+    """Architecture hyper-parameters; the defaults are Dream 7B's published config.json."""
+
+    vocab_size: int = 152064  # ids used only up to 151666; Qwen pads the table for GPU-friendly shapes
+    hidden_size: int = 3584
+    intermediate_size: int = 18944
+    num_hidden_layers: int = 28
+    num_attention_heads: int = 28  # head dim 3584 / 28 = 128
+    num_key_value_heads: int = 4  # GQA 7:1, so k/v project to 4 * 128 = 512
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1_000_000.0
+    max_position_embeddings: int = 131072  # advertised; Dream is trained on 2048 tokens
+    initializer_range: float = 0.02
+    mask_token_id: int = 151666
+    pad_token_id: int = 151643
+    eos_token_id: int = 151643
+    bos_token_id: int = 151643  # config value; the tokenizer's bos is 151665 (dream.md §3)
+    tie_word_embeddings: bool = False
+    # Unused HF keys of the file this was loaded from (auto_map, _name_or_path, ...), kept so
+    # `to_hf_dict` writes them back unchanged.
+    hf_extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.tie_word_embeddings:
+            raise ValueError("`tie_word_embeddings` must be `false` for Dream (separate lm_head), got `true`")
+        H, K = self.num_attention_heads, self.num_key_value_heads
+        if self.hidden_size % H or H % K:
+            raise ValueError(
+                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` ({H}), "
+                f"and that by `num_key_value_heads` ({K})"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DreamConfig:
+        """Build a config from an HF config dict, keeping the keys it does not use in `hf_extra`.
+
+        Raises:
+            ValueError: A key asks for maths this implementation does not have (e.g. a
+                `hidden_act` other than `silu`, RoPE scaling, sliding window), or tied embeddings.
+        """
+        for key in _FIXED_HF_KEYS:
+            if key in d and d[key] != (allowed := _HF_DEFAULTS[key]):
+                raise ValueError(f"config key `{key}` must be `{allowed!r}` for Dream, got `{d[key]!r}`")
+        names = {f.name for f in fields(cls)} - {"hf_extra"}
+        known = {k: v for k, v in d.items() if k in names}
+        extra = {k: copy.deepcopy(v) for k, v in d.items() if k not in names}
+        config = cls(**known, hf_extra=extra)
+        if (head_dim := extra.get("head_dim", config.head_dim)) != config.head_dim:
+            raise ValueError(f"config key `head_dim` must be `{config.head_dim}` (hidden/heads), got `{head_dim}`")
+        return config
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> DreamConfig:
+        """Read an HF `config.json` (see `from_dict`)."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def from_pretrained_dir(cls, path: str | Path) -> DreamConfig:
+        """Read `config.json` from an HF model folder (see `from_dict`)."""
+        return cls.from_json_file(Path(path) / "config.json")
+
+    def to_hf_dict(self, *, torch_dtype: str | None = None) -> dict[str, Any]:
+        """Return a config.json dict shaped like Dream's published one, keys sorted as HF writes them.
+
+        Args:
+            torch_dtype: Overrides the `torch_dtype` entry (e.g. `"float32"`); default keeps the
+                loaded file's value, or `"bfloat16"`.
+        """
+        out = {**copy.deepcopy(_HF_DEFAULTS), "max_window_layers": self.num_hidden_layers}
+        out.update(copy.deepcopy(self.hf_extra))
+        out.update({f.name: getattr(self, f.name) for f in fields(self) if f.name != "hf_extra"})
+        if torch_dtype is not None:
+            out["torch_dtype"] = torch_dtype
+        return dict(sorted(out.items()))
+
+    def num_parameters(self) -> int:
+        """Count parameters from the shapes alone (7,615,616,512 for Dream 7B, dream.md §4)."""
+        D, I, V = self.hidden_size, self.intermediate_size, self.vocab_size
+        KE = self.num_key_value_heads * self.head_dim
+        attention = (D * D + D) + 2 * (D * KE + KE) + D * D  # q (bias), k and v (bias), o (no bias)
+        per_layer = attention + 3 * D * I + 2 * D  # gate/up/down + two norms
+        return self.num_hidden_layers * per_layer + V * D + D + V * D  # embed, final norm, lm_head
+
+
+class DreamRMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x_BLD: Tensor) -> Tensor:
+        # fp32 statistics even for bf16 inputs; cast back *before* the gain, exactly like Qwen2.
+        x32_BLD = x_BLD.float()
+        x32_BLD = x32_BLD * torch.rsqrt(x32_BLD.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32_BLD.to(x_BLD.dtype)
+
+
+class DreamRotaryEmbedding(nn.Module):
+    """RoPE tables: positions -> (cos, sin) of shape (B, L, E), built in fp32."""
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        self.head_dim, self.theta = head_dim, theta
+        # Non-persistent: derived from the config, so not part of the checkpoint's keys.
+        self.register_buffer("inv_freq", self.compute_inv_freq(device=None), persistent=False)
+
+    def compute_inv_freq(self, device: torch.device | str | None) -> Tensor:
+        # theta^(-2j/E), j = 0..E/2-1, written as Qwen2 writes it so the fp32 values are identical.
+        E = self.head_dim
+        return 1.0 / (self.theta ** (torch.arange(0, E, 2, dtype=torch.int64, device=device).float() / E))
+
+    def reset_parameters(self, device: torch.device | str | None = None) -> None:
+        """Recompute `inv_freq` in fp32 on `device` (default: where it is now)."""
+        self.inv_freq = self.compute_inv_freq(self.inv_freq.device if device is None else device)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        # `.to(torch.bfloat16)` would round inv_freq to bf16 (angle errors of radians by position
+        # 2048) and `to_empty()` leaves it uninitialised; recompute it after every move or cast.
+        super()._apply(fn, recurse)
+        self.reset_parameters()
+        return self
+
+    def forward(self, position_ids_BL: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        freqs_BLE2 = position_ids_BL.float()[..., None] * self.inv_freq  # (B, L, E/2)
+        angles_BLE = torch.cat((freqs_BLE2, freqs_BLE2), dim=-1)  # (B, L, E): rotate-half layout
+        return angles_BLE.cos().to(dtype), angles_BLE.sin().to(dtype)
+
+
+def rotate_half(x_BHLE: Tensor) -> Tensor:
+    x1_BHLE2, x2_BHLE2 = x_BHLE.chunk(2, dim=-1)
+    return torch.cat((-x2_BHLE2, x1_BHLE2), dim=-1)
+
+
+def apply_rope(x_BHLE: Tensor, cos_BLE: Tensor, sin_BLE: Tensor) -> Tensor:
+    cos_B1LE, sin_B1LE = cos_BLE.unsqueeze(1), sin_BLE.unsqueeze(1)  # broadcast over heads
+    return x_BHLE * cos_B1LE + rotate_half(x_BHLE) * sin_B1LE
+
+
+def make_attention_mask(attention_mask_BL: Tensor) -> Tensor:
+    """Turn a 1/0 (or bool) padding mask into SDPA's boolean mask, True = may attend.
+
+    A query may attend to every valid key, and always to itself, so a padded query row is never
+    fully masked: softmax over no keys is 0/0, which some SDPA kernels and torch versions return
+    as NaN, and NaN would leak into the loss and gradients through the batch.
+
+    Args:
+        attention_mask_BL: 1/True for real tokens, 0/False for padding.
+
+    Returns:
+        mask_B1LL: Boolean mask that broadcasts over heads.
+    """
+    L = attention_mask_BL.shape[1]
+    key_valid_B11L = attention_mask_BL.bool()[:, None, None, :]
+    self_11LL = torch.eye(L, dtype=torch.bool, device=attention_mask_BL.device)[None, None]
+    return key_valid_B11L | self_11LL  # (B, 1, L, L)
+
+
+class DreamAttention(nn.Module):
+    def __init__(self, config: DreamConfig) -> None:
+        super().__init__()
+        D, E = config.hidden_size, config.head_dim
+        H, K = config.num_attention_heads, config.num_key_value_heads
+        self.num_heads, self.num_kv_heads, self.head_dim = H, K, E
+        self.q_proj = nn.Linear(D, H * E, bias=True)
+        self.k_proj = nn.Linear(D, K * E, bias=True)
+        self.v_proj = nn.Linear(D, K * E, bias=True)
+        self.o_proj = nn.Linear(H * E, D, bias=False)
+
+    def forward(self, x_BLD: Tensor, cos_BLE: Tensor, sin_BLE: Tensor, mask_B1LL: Tensor | None) -> Tensor:
+        B, L, _ = x_BLD.shape
+        H, K, E = self.num_heads, self.num_kv_heads, self.head_dim
+        q_BHLE = self.q_proj(x_BLD).view(B, L, H, E).transpose(1, 2)  # (B, H, L, E)
+        k_BKLE = self.k_proj(x_BLD).view(B, L, K, E).transpose(1, 2)  # (B, K, L, E)
+        v_BKLE = self.v_proj(x_BLD).view(B, L, K, E).transpose(1, 2)  # (B, K, L, E)
+        q_BHLE, k_BKLE = apply_rope(q_BHLE, cos_BLE, sin_BLE), apply_rope(k_BKLE, cos_BLE, sin_BLE)
+        if mask_B1LL is None:
+            # No mask: the flash kernel may run and handles GQA itself (no K -> H copy).
+            # is_causal=False (SDPA's default) everywhere: Dream attends both ways.
+            y_BHLE = F.scaled_dot_product_attention(q_BHLE, k_BKLE, v_BKLE, is_causal=False, enable_gqa=True)
+        else:
+            # With a mask, `enable_gqa` can push CUDA onto the slow math kernel (transformers'
+            # `use_gqa_in_sdpa` avoids it for that reason), so repeat kv heads explicitly.
+            # Query head h uses kv head h // (H / K), the same grouping as `enable_gqa`.
+            k_BHLE = k_BKLE.repeat_interleave(H // K, dim=1)  # (B, H, L, E)
+            v_BHLE = v_BKLE.repeat_interleave(H // K, dim=1)  # (B, H, L, E)
+            y_BHLE = F.scaled_dot_product_attention(q_BHLE, k_BHLE, v_BHLE, attn_mask=mask_B1LL)
+        y_BLD = y_BHLE.transpose(1, 2).reshape(B, L, H * E)  # (B, L, D)
+        return self.o_proj(y_BLD)
+
+
+class DreamMLP(nn.Module):
+    def __init__(self, config: DreamConfig) -> None:
+        super().__init__()
+        D, I = config.hidden_size, config.intermediate_size
+        self.gate_proj = nn.Linear(D, I, bias=False)
+        self.up_proj = nn.Linear(D, I, bias=False)
+        self.down_proj = nn.Linear(I, D, bias=False)
+
+    def forward(self, x_BLD: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x_BLD)) * self.up_proj(x_BLD))  # via (B, L, I)
+
+
+class DreamDecoderLayer(nn.Module):
+    """One pre-norm block; also the FSDP wrap unit (`_no_split_modules`, dream.md §4)."""
+
+    def __init__(self, config: DreamConfig) -> None:
+        super().__init__()
+        self.input_layernorm = DreamRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = DreamAttention(config)
+        self.post_attention_layernorm = DreamRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = DreamMLP(config)
+
+    def forward(self, x_BLD: Tensor, cos_BLE: Tensor, sin_BLE: Tensor, mask_B1LL: Tensor | None) -> Tensor:
+        x_BLD = x_BLD + self.self_attn(self.input_layernorm(x_BLD), cos_BLE, sin_BLE, mask_B1LL)
+        return x_BLD + self.mlp(self.post_attention_layernorm(x_BLD))
+
+
+class DreamBaseModel(nn.Module):
+    """The transformer without the head: `DreamModel.model`, checkpoint prefix `model.`."""
+
+    def __init__(self, config: DreamConfig) -> None:
+        super().__init__()
+        # padding_idx as in the reference: the `<|endoftext|>` row gets zero gradient (dream.md §5).
+        D, V = config.hidden_size, config.vocab_size
+        self.embed_tokens = nn.Embedding(V, D, padding_idx=config.pad_token_id)
+        self.layers = nn.ModuleList(DreamDecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = DreamRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = DreamRotaryEmbedding(config.head_dim, config.rope_theta)
+
+    def forward(self, input_ids_BL: Tensor, position_ids_BL: Tensor, mask_B1LL: Tensor | None) -> Tensor:
+        x_BLD = self.embed_tokens(input_ids_BL)
+        cos_BLE, sin_BLE = self.rotary_emb(position_ids_BL, x_BLD.dtype)  # shared by all layers
+        for layer in self.layers:
+            x_BLD = layer(x_BLD, cos_BLE, sin_BLE, mask_B1LL)
+        return self.norm(x_BLD)
+
+
+class DreamModel(nn.Module):
+    """Dream: `.model` (embeddings, layers, final norm, RoPE) and an untied `.lm_head`.
+
+    `__init__` allocates nothing real when run under `torch.device("meta")`; materialise with
+    `to_empty(device=...)` + `init_weights()`, or with `weights.load_safetensors_weights`.
+    Built on a real device, parameters hold PyTorch's default init until `init_weights()`.
+    """
+
+    def __init__(self, config: DreamConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = DreamBaseModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def hidden_states(
+        self, input_ids_BL: Tensor, *, attention_mask_BL: Tensor | None = None, position_ids_BL: Tensor | None = None
+    ) -> Tensor:
+        """Run the transformer up to and including the final norm (no lm_head).
+
+        The training loss applies `lm_head` only at the (shifted) masked positions, which saves
+        the B*L*V logits tensor; this is the main entry point.
+
+        Args:
+            input_ids_BL: Token ids.
+            attention_mask_BL: 1/True real token, 0/False padding; None (fastest) = no padding.
+                Outputs at padded positions are finite but meaningless.
+            position_ids_BL: RoPE positions; default 0..L-1 for every row. With left padding,
+                pass `cumsum(mask) - 1` (clamped at 0) to count from the first real token.
+
+        Returns:
+            hidden_BLD: Final-norm hidden states, unshifted.
+        """
+        if position_ids_BL is None:
+            position_ids_BL = torch.arange(input_ids_BL.shape[1], device=input_ids_BL.device)[None]  # (1, L)
+        mask_B1LL = None if attention_mask_BL is None else make_attention_mask(attention_mask_BL)
+        return self.model(input_ids_BL, position_ids_BL, mask_B1LL)
+
+    def forward(
+        self, input_ids_BL: Tensor, *, attention_mask_BL: Tensor | None = None, position_ids_BL: Tensor | None = None
+    ) -> Tensor:
+        """Return unshifted logits for every position (see `hidden_states` for the arguments).
+
+        Returns:
+            logits_BLV: `logits_BLV[:, i-1]` predicts the token at i (module docstring).
+        """
+        hidden_BLD = self.hidden_states(
+            input_ids_BL, attention_mask_BL=attention_mask_BL, position_ids_BL=position_ids_BL
+        )
+        return self.lm_head(hidden_BLD)
+
+    def init_buffers(self, device: torch.device | str | None = None) -> None:
+        """Recompute the non-persistent RoPE buffer on `device` (default: the embedding's device)."""
+        device = self.model.embed_tokens.weight.device if device is None else device
+        self.model.rotary_emb.reset_parameters(device)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialise every parameter in place (for training from scratch and for tests).
+
+        - `nn.Linear` and `nn.Embedding` weights (incl. lm_head): normal(0, initializer_range),
+          the pad token's embedding row too (HF zeros it; it only matters from scratch);
+        - q/k/v biases: zeros;
+        - RMSNorm gains: ones;
+        - RoPE `inv_freq` (buffer): recomputed in fp32.
+        """
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, DreamRMSNorm):
+                nn.init.ones_(module.weight)
+        self.init_buffers()

@@ -1,0 +1,135 @@
+"""Job spec: every shipped job file loads; each bad input fails with its exact message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dream_job.errors import SpecError
+from dream_job.spec import JobSpec, load_spec, parse_override, spec_json_schema
+from tests.conftest import REPO
+
+JOB_FILES = sorted((REPO / "jobs").glob("*.yaml"))
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def error_of(path: Path, overrides: list[str] | None = None) -> SpecError:
+    with pytest.raises(SpecError) as info:
+        load_spec(path, overrides)
+    return info.value
+
+
+@pytest.mark.parametrize("job", JOB_FILES, ids=lambda p: p.name)
+def test_every_shipped_job_file_loads(job: Path) -> None:
+    spec = load_spec(job)
+    assert spec.name == job.stem
+
+
+def test_shipped_jobs_cover_the_three_required() -> None:
+    assert {p.stem for p in JOB_FILES} >= {"smoke", "dream-s1k", "dream-s1k-lora-4090"}
+
+
+def test_real_job_defaults_to_keep_answer_and_dream_base() -> None:
+    spec = load_spec(REPO / "jobs" / "dream-s1k.yaml")
+    assert spec.data.truncation == "keep_answer"
+    assert spec.model.base == "Dream-org/Dream-v0-Base-7B"
+    assert spec.data.dataset == "simplescaling/s1K-1.1"
+
+
+def test_scientific_notation_is_a_float_and_overrides_apply(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: t\ntrain:\n  learning_rate: 1e-5\n")
+    spec = load_spec(path, ["train.epochs=2", "data.system_prompt=Think step by step.", "model.revision=abc123"])
+    assert spec.train.learning_rate == 1e-5
+    assert spec.train.epochs == 2
+    assert spec.data.system_prompt == "Think step by step."
+    assert spec.model.revision == "abc123"
+
+
+def test_run_dir_defaults_to_runs_name_and_can_be_overridden(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: my-job\n")
+    assert load_spec(path).run_dir() == Path("runs/my-job")
+    assert load_spec(path, ["artifacts.run_dir=/x/y"]).run_dir() == Path("/x/y")
+
+
+def test_typo_names_file_line_and_suggests_the_close_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: t\ntrain:\n  epochs: 1\n  micro_batch: 2\n")
+    error = error_of(path)
+    assert error.message == f"unknown key `train.micro_batch` in `{path}:4`"
+    assert error.hint == "did you mean `train.micro_batch_size`?"
+
+
+def test_unknown_top_level_key_lists_nothing_wrong(tmp_path: Path) -> None:
+    error = error_of(write(tmp_path, "name: t\ndatta:\n  split: train\n"))
+    assert error.message.startswith("unknown key `datta` in ")
+    assert error.hint == "did you mean `data`?"
+
+
+def test_wrong_type_names_path_expected_type_and_value(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: t\ndata:\n  max_length: \"2048\"\n")
+    error = error_of(path)
+    assert error.message == f"`data.max_length` in `{path}:3` must be an integer, got `'2048'`"
+
+
+def test_unknown_trace_source_lists_the_allowed_values(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: t\ndata:\n  trace_source: claude\n")
+    error = error_of(path)
+    assert error.message == f"`data.trace_source` in `{path}:3` must be one of `deepseek` or `gemini`, got `claude`"
+
+
+def test_bad_override_is_named_by_its_set_flag(tmp_path: Path) -> None:
+    error = error_of(write(tmp_path, "name: t\n"), ["train.micro_batch_size=0"])
+    assert error.message == (
+        "`train.micro_batch_size` in `--set train.micro_batch_size=0` must be greater than or equal to 1, got `0`"
+    )
+
+
+def test_malformed_override_says_the_form() -> None:
+    with pytest.raises(SpecError) as info:
+        parse_override("train.epochs")
+    assert info.value.message == "`--set train.epochs` is not of the form `a.b.c=value`"
+
+
+def test_several_problems_are_all_reported(tmp_path: Path) -> None:
+    error = error_of(write(tmp_path, "name: t\ntrain:\n  epochz: 1\n  seed: x\n"))
+    assert len(error.caused_by) == 1 and error.caused_by[0].startswith("also: ")
+
+
+def test_missing_name_and_missing_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "data:\n  split: train\n")
+    assert error_of(path).message == f"`name` is required in `{path}`"
+    missing = tmp_path / "nope.yaml"
+    assert error_of(missing).message == f"job file `{missing}` does not exist"
+
+
+def test_invalid_yaml_points_at_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: t\ndata: [unclosed\n")
+    assert error_of(path).message.startswith(f"`{path}:")
+
+
+def test_cross_field_rule_batch_multiple(tmp_path: Path) -> None:
+    error = error_of(write(tmp_path, "name: t\ntrain:\n  global_batch_size: 10\n  micro_batch_size: 4\n"))
+    assert "must be a multiple of `train.micro_batch_size` (4)" in error.message
+
+
+def test_schema_is_json_schema_with_every_section_described() -> None:
+    schema = spec_json_schema()
+    assert set(schema["properties"]) == set(JobSpec.model_fields)
+    assert schema["additionalProperties"] is False
+    for name, definition in schema["$defs"].items():
+        for field, body in definition["properties"].items():
+            assert body.get("description"), f"{name}.{field} has no description"
+    json.dumps(schema)
+
+
+def test_spec_and_cli_import_no_torch() -> None:
+    code = "import sys, budget, dream_job, dream_job.spec, dream_job.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
