@@ -16,9 +16,10 @@ $(BIN)/dream-job: pyproject.toml
 .PHONY: setup smoke test
 setup: $(BIN)/dream-job
 
-# The main job on its embedded default, the tiny CPU smoke job.
+# The main job on its embedded default, the tiny CPU smoke job: prep, then train (+ export).
 smoke: setup
 	$(BIN)/dream-job prep jobs/smoke.yaml
+	$(BIN)/dream-job train jobs/smoke.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q

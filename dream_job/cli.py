@@ -30,13 +30,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _render_error(exc: errors.DreamJobError) -> None:
+    from rich.text import Text
+
     from dream_job.progress import stderr
 
-    stderr.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True)
+    # Text, not markup: messages quote user values that may contain `[...]`.
+    stderr.print(Text.assemble(("error:", "bold red"), " ", exc.message), soft_wrap=True)
     for cause in exc.caused_by:
-        stderr.print(f"  caused by: {cause}", highlight=False, markup=False)
+        stderr.print(Text(f"  caused by: {cause}"), soft_wrap=True)
     if exc.hint:
-        stderr.print(f"\n[bold]hint:[/] {exc.hint}", highlight=False)
+        stderr.print(Text.assemble("\n", ("hint:", "bold"), " ", exc.hint), soft_wrap=True)
 
 
 def guarded(command: F) -> F:
@@ -84,6 +87,23 @@ def prep(spec: SpecArg = "jobs/smoke.yaml", set_: SetOpt = None, as_json: JsonOp
         stdout.print(table)
     state = "reused (inputs unchanged)" if result.reused else "written"
     stderr.print(f"prepared data {state}: {result.data_dir}", highlight=False)
+
+
+@app.command()
+@guarded
+def train(spec: SpecArg = "jobs/smoke.yaml", set_: SetOpt = None) -> None:
+    """Train on the prepared data, resuming from the newest complete checkpoint; export at the end.
+
+    Example: `dream-job train jobs/smoke.yaml`; on N GPUs:
+    `torchrun --nproc_per_node N -m dream_job train jobs/dream-s1k.yaml`
+    """
+    from dream_job.progress import stderr
+    from dream_job.train.loop import train as run_training
+
+    result = run_training(load_spec(spec, set_))
+    if os.environ.get("RANK", "0") == "0":
+        stderr.print(f"trained {result.steps} steps, final loss {result.final_loss:.4f}; model: {result.export_dir}",
+                     highlight=False)
 
 
 @app.command("spec")

@@ -21,10 +21,22 @@ stdout = Console()
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """Send `dream_job` logs to stderr through rich; quiet the libraries' own chatter."""
-    handler = RichHandler(console=stderr, show_path=False, show_time=False, markup=False)
-    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
-    logging.getLogger("dream_job").setLevel(level)
+    """Send `dream_job` logs to stderr (rich on a terminal, plain timestamped lines otherwise).
+
+    Plain lines keep `docker logs` and `sky logs` readable; libraries' own chatter is quieted.
+    """
+    handler: logging.Handler
+    if stderr.is_terminal:
+        handler = RichHandler(console=stderr, show_path=False, show_time=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+    for noisy in ("torchao", "torch.distributed", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    # Under torchrun only rank 0 talks; the others log warnings and errors only.
+    logging.getLogger("dream_job").setLevel(level if os.environ.get("RANK", "0") == "0" else logging.WARNING)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

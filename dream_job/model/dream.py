@@ -39,6 +39,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 # Keys of Dream's published config.json that this implementation does not read; written back
 # as-is by `to_hf_dict` so the export loads with the official remote code (dream.md §18).
@@ -296,12 +297,19 @@ class DreamBaseModel(nn.Module):
         self.layers = nn.ModuleList(DreamDecoderLayer(config) for _ in range(config.num_hidden_layers))
         self.norm = DreamRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = DreamRotaryEmbedding(config.head_dim, config.rope_theta)
+        # Per-layer activation checkpointing (training only): keep each layer's input, recompute
+        # the layer in backward. Non-reentrant, so it composes with FSDP2's per-layer hooks.
+        self.activation_checkpointing = False
 
     def forward(self, input_ids_BL: Tensor, position_ids_BL: Tensor, mask_B1LL: Tensor | None) -> Tensor:
         x_BLD = self.embed_tokens(input_ids_BL)
         cos_BLE, sin_BLE = self.rotary_emb(position_ids_BL, x_BLD.dtype)  # shared by all layers
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            x_BLD = layer(x_BLD, cos_BLE, sin_BLE, mask_B1LL)
+            if recompute:
+                x_BLD = checkpoint(layer, x_BLD, cos_BLE, sin_BLE, mask_B1LL, use_reentrant=False)
+            else:
+                x_BLD = layer(x_BLD, cos_BLE, sin_BLE, mask_B1LL)
         return self.norm(x_BLD)
 
 

@@ -115,6 +115,34 @@ def load_safetensors_weights(
     model.init_buffers(device)
 
 
+def read_state_dict(
+    folder: str | Path, expected: Mapping[str, tuple[int, ...]], *, dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """Read a whole HF safetensors folder into a CPU state dict, after checking keys and shapes.
+
+    For FSDP loading: rank 0 reads the full state dict and broadcasts it into the sharded model.
+
+    Args:
+        folder: Folder with `model.safetensors.index.json` + shards, or `model.safetensors`.
+        expected: Key -> shape the model needs (plain Dream keys).
+        dtype: Cast every tensor to this dtype; None keeps the stored dtype.
+
+    Raises:
+        FileNotFoundError: No index or `model.safetensors`.
+        WeightsMismatchError: Keys or shapes differ; names every one.
+    """
+    folder = Path(folder)
+    stored = _read_stored_shapes(folder)
+    _check_keys_and_shapes(folder, stored, expected)
+    state: dict[str, torch.Tensor] = {}
+    for file in sorted({file for file, _ in stored.values()}):
+        with safe_open(folder / file, framework="pt", device="cpu") as f:
+            for key in f.keys():
+                tensor = f.get_tensor(key)
+                state[key] = tensor.to(dtype) if dtype is not None else tensor
+    return state
+
+
 def _plan_shards(sizes: Mapping[str, int], max_shard_bytes: int) -> list[list[str]]:
     """Greedily cut the keys, in order, into shards of at most `max_shard_bytes` each.
 

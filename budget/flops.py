@@ -1,0 +1,62 @@
+"""FLOPs of Dream's training step: the model-FLOPs formula behind MFU and the time estimate.
+
+Pure Python (no torch), shared by the trainer's MFU metric and the cost preflight.
+Counts the matmuls of forward + backward (x3 of forward) as in the PaLM/Megatron MFU
+convention, with bidirectional attention (every query attends every key: 4·L·D per token
+per layer in forward, no causal halving). Activation recompute is not counted (it is not
+model FLOPs); the lm_head is counted only at the masked positions actually computed.
+"""
+
+from __future__ import annotations
+
+# Dense bf16 tensor-core peak per GPU in TFLOP/s (vendor datasheets, no sparsity).
+PEAK_BF16_TFLOPS = {
+    "H200": 989.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "RTX 4090": 165.2,
+    "A10G": 70.0,
+}
+
+
+def matmul_params(*, hidden: int, intermediate: int, num_layers: int, num_heads: int, num_kv_heads: int) -> int:
+    """Return the weights of the decoder layers that take part in matmuls (no embedding, no head)."""
+    head_dim = hidden // num_heads
+    attention = hidden * hidden * 2 + 2 * hidden * num_kv_heads * head_dim  # q, o + k, v
+    mlp = 3 * hidden * intermediate
+    return num_layers * (attention + mlp)
+
+
+def train_flops_per_token(
+    *,
+    hidden: int,
+    intermediate: int,
+    num_layers: int,
+    num_heads: int,
+    num_kv_heads: int,
+    vocab: int,
+    seq_len: int,
+    masked_fraction: float = 0.5,
+) -> float:
+    """Return forward+backward model FLOPs per token of a sequence of `seq_len` tokens.
+
+    Args:
+        masked_fraction: Share of positions the loss applies the lm_head to (E[t] = 0.5 for
+            the response under t ~ U(0, 1)).
+    """
+    dense = 6.0 * matmul_params(
+        hidden=hidden, intermediate=intermediate, num_layers=num_layers, num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+    )
+    attention = 3.0 * 4.0 * num_layers * seq_len * hidden  # QK^T and AV, fwd 4·L·D, x3 with backward
+    head = 6.0 * hidden * vocab * masked_fraction
+    return dense + attention + head
+
+
+def peak_flops(device_name: str) -> float | None:
+    """Return the dense bf16 peak FLOP/s of a GPU from its CUDA name, or None when unknown."""
+    for key, tflops in PEAK_BF16_TFLOPS.items():
+        if key.replace(" ", "").lower() in device_name.replace(" ", "").lower():
+            return tflops * 1e12
+    return None

@@ -1,0 +1,1 @@
+"""Training: FSDP2 setup, methods, the loop, DCP checkpoints and the HF export."""

@@ -1,0 +1,197 @@
+"""Build what a training run needs: the base model folder, the FSDP2-sharded model, the optimizer.
+
+Methods (`train.method`):
+- `full`: fp32 master weights, gradients and AdamW states, bf16 compute (FSDP2
+  mixed precision; Dream's recipe, for several GPUs).
+- `full_8bit`: weights in the compute dtype and torchao's 8-bit AdamW. torchao over
+  bitsandbytes because torchao's optimizer states are tensor subclasses that work with
+  FSDP2's DTensor shards and with torch.distributed.checkpoint; bitsandbytes' paged 8-bit
+  states do not shard under FSDP2.
+- `full_offload`: fp32 master weights and AdamW states on the CPU (FSDP2 CPU offload), so
+  the optimizer step runs on the CPU; needs a CUDA GPU for the compute.
+- `lora`: peft LoRA adapters (fp32) injected into the frozen base (compute dtype).
+
+The model is built on the meta device, sharded (`fully_shard` per decoder layer, then the
+root), materialised, and filled by broadcasting rank 0's full state dict, so no rank but 0
+ever holds a whole copy of the weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+from dream_job.data.tokenizer import is_local
+from dream_job.diffusion.lm import DreamForMaskedDiffusion
+from dream_job.errors import DreamJobError
+from dream_job.model.dream import DreamConfig, DreamModel
+from dream_job.model.weights import read_state_dict
+from dream_job.spec import JobSpec
+from dream_job.train.distributed import Dist
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass
+class Built:
+    """The sharded model, its optimizer and where the base came from."""
+
+    model: DreamForMaskedDiffusion
+    optimizer: torch.optim.Optimizer
+    config: DreamConfig
+    base_dir: Path
+    num_trainable: int
+
+
+def resolve_base_dir(spec: JobSpec) -> Path:
+    """Return a local folder holding the base model's config (and weights, for `init: pretrained`).
+
+    A hub id is downloaded with `huggingface_hub.snapshot_download` (weights only when needed).
+
+    Raises:
+        DreamJobError: The folder has no `config.json`, or no weights for a pretrained start.
+    """
+    base, pretrained = spec.model.base, spec.model.init == "pretrained"
+    if is_local(base):
+        folder = Path(base).expanduser()
+    else:
+        from huggingface_hub import snapshot_download
+
+        patterns = ["*.json", "*.py", "*.txt", *(["*.safetensors"] if pretrained else [])]
+        try:
+            folder = Path(snapshot_download(base, revision=spec.model.revision, allow_patterns=patterns))
+        except Exception as exc:  # the hub client raises many types; all mean "cannot fetch"
+            raise DreamJobError(
+                f"cannot download the base model `{base}` given by `model.base`",
+                caused_by=[str(exc).splitlines()[0] if str(exc) else type(exc).__name__],
+                hint="check the id and revision; gated or private repos need `HF_TOKEN` in the environment",
+            ) from None
+    if not (folder / "config.json").is_file():
+        raise DreamJobError(
+            f"`model.base` folder `{folder}` has no `config.json`",
+            hint="point `model.base` at a Dream model folder (config.json, tokenizer and safetensors weights)",
+        )
+    if pretrained and not any(folder.glob("*.safetensors")):
+        raise DreamJobError(
+            f"`model.base` folder `{folder}` has no safetensors weights but `model.init` is `pretrained`",
+            hint="add the weights, or `--set model.init=random` to train from a random start",
+        )
+    return folder
+
+
+def _check_method(spec: JobSpec, device: torch.device) -> None:
+    """Fail at start, not after an hour, when the method cannot run here."""
+    method = spec.train.method
+    if method == "full_offload" and device.type != "cuda":
+        raise DreamJobError(
+            "`train.method` `full_offload` moves the optimizer to the CPU and needs a CUDA GPU for the compute",
+            hint="on a CPU machine use `--set train.method=full`",
+        )
+    if method == "full_8bit":
+        try:
+            import torchao.optim  # noqa: F401
+        except ImportError:
+            raise DreamJobError(
+                "`train.method` `full_8bit` needs torchao, which is not installed",
+                hint="`pip install torchao` (it is in the container image)",
+            ) from None
+
+
+def _lora_key(plain_key: str, model_keys: set[str]) -> str:
+    """Map a plain Dream key to the key peft gave it (`...q_proj.base_layer.weight`)."""
+    if plain_key in model_keys:
+        return plain_key
+    module, _, leaf = plain_key.rpartition(".")
+    return f"{module}.base_layer.{leaf}"
+
+
+def _full_state_dict(spec: JobSpec, base_dir: Path, config: DreamConfig, dtype: torch.dtype) -> dict[str, Any]:
+    """Rank 0's full CPU state dict: the base weights, or a seeded random init."""
+    if spec.model.init == "pretrained":
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in DreamModel(config).state_dict().items()}
+        return read_state_dict(base_dir, shapes, dtype=dtype)
+    torch.manual_seed(spec.train.seed)
+    model = DreamModel(config)
+    model.init_weights()
+    return {k: v.to(dtype) for k, v in model.state_dict().items()}
+
+
+def build_training(spec: JobSpec, dist_info: Dist) -> Built:
+    """Build the sharded training model and its optimizer for `train.method`.
+
+    Raises:
+        DreamJobError: The base model is missing or the method cannot run on this hardware.
+    """
+    train = spec.train
+    device = dist_info.device
+    _check_method(spec, device)
+    base_dir = resolve_base_dir(spec)
+    config = DreamConfig.from_pretrained_dir(base_dir)
+    compute_dtype = DTYPES[spec.model.dtype]
+    master_dtype = torch.float32 if train.method in ("full", "full_offload") else compute_dtype
+
+    with torch.device("meta"):
+        model = DreamForMaskedDiffusion(config)
+    model.model.activation_checkpointing = train.activation_checkpointing
+    model.to(master_dtype)
+    if train.method == "lora":
+        from peft import LoraConfig, inject_adapter_in_model
+
+        lora = LoraConfig(r=train.lora.rank, lora_alpha=train.lora.alpha, lora_dropout=train.lora.dropout,
+                          target_modules=list(train.lora.targets))
+        model = inject_adapter_in_model(lora, model)
+        for name, param in model.named_parameters():
+            param.requires_grad_("lora_" in name)
+            if "lora_" in name:
+                param.data = param.data.to(torch.float32)
+
+    mesh = init_device_mesh(device.type, (dist_info.world_size,))
+    shard_kwargs: dict[str, Any] = {
+        "mesh": mesh,
+        "mp_policy": MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32),
+        "offload_policy": CPUOffloadPolicy() if train.method == "full_offload" else OffloadPolicy(),
+    }
+    for layer in model.model.layers:
+        fully_shard(layer, **shard_kwargs)
+    fully_shard(model, **shard_kwargs)
+    model.to_empty(device="cpu" if train.method == "full_offload" else device)
+    model.init_buffers(device)
+
+    full = _full_state_dict(spec, base_dir, config, master_dtype) if dist_info.is_rank0 else {}
+    if train.method == "lora":
+        model_keys = set(model.state_dict())
+        full = {_lora_key(k, model_keys): v for k, v in full.items()}
+    set_model_state_dict(
+        model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True,
+                                              strict=train.method != "lora")
+    )
+    del full
+    if train.method == "lora":
+        torch.manual_seed(train.seed)
+        for module in model.modules():
+            if hasattr(module, "reset_lora_parameters"):
+                module.reset_lora_parameters("default", True)  # B = 0: training starts at the base model
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    kwargs = {"lr": train.learning_rate, "betas": tuple(train.adam_betas), "weight_decay": train.weight_decay}
+    optimizer: torch.optim.Optimizer
+    if train.method == "full_8bit":
+        from torchao.optim import AdamW8bit
+
+        optimizer = AdamW8bit(params, **kwargs)
+    else:
+        optimizer = torch.optim.AdamW(params, foreach=True, **kwargs)
+    num_trainable = sum(p.numel() for p in params)
+    logger.info("model %s: %s parameters, %s trainable (%s)", spec.model.base, f"{config.num_parameters():,}",
+                f"{num_trainable:,}", train.method)
+    return Built(model=model, optimizer=optimizer, config=config, base_dir=base_dir, num_trainable=num_trainable)

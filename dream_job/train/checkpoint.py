@@ -1,0 +1,312 @@
+"""Save and resume training state as torch.distributed.checkpoint (DCP) folders.
+
+Job: own a run's `checkpoints/` folder (architecture.md). Input: named `Stateful` objects
+(`ModelOptimizerState`, `TrainState`, a scheduler or data position in `DictState`). Output:
+`<root>/step-000120/` with DCP shards (`*.distcp`, `.metadata`) and a `COMPLETE` JSON marker.
+
+Only a folder with the marker counts. Shards go to `.step-000120.partial/`, which rank 0 renames
+to `step-000120/` once every rank is done, and only then writes the marker (after the rename, so
+that a mount whose directory rename is a copy, like gcsfuse, never shows it before the shards).
+Model and optimizer go through `get_state_dict` / `set_state_dict`: FSDP2 DTensor shards are saved
+sharded, optimizer state is keyed by parameter FQN, and DCP reshards to another rank count on
+load. DCP saves non-tensor values once, as replicated: they must be identical on every rank.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import re
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
+from torch.distributed.checkpoint.stateful import Stateful
+from torch.optim import Optimizer
+
+from dream_job.errors import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+MARKER = "COMPLETE"
+TRAIN_STATE_VERSION = 1
+_STEP_RE = re.compile(r"step-(\d+)")
+_PARTIAL_RE = re.compile(r"\.step-\d+\.partial")
+# DCP gathers every rank's failure into a `CheckpointException`, a BaseException that
+# `except Exception` misses; `set_state_dict` and the storage layer raise the others.
+_DCP_ERRORS = (CheckpointException, RuntimeError, OSError, ValueError, KeyError)
+_WRITE_HINT = "check free space and write access there"
+_LOAD_HINT = (
+    "the checkpoint does not fit this model or optimizer; resume with the spec that wrote it, "
+    "or use a new `artifacts.run_dir`"
+)
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _on_rank0(fn: Callable[[], None], what: str) -> None:
+    """Run `fn` on rank 0; if it fails, every rank raises `CheckpointError` (none waits forever)."""
+    error = None
+    if _rank() == 0:
+        try:
+            fn()
+        except OSError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+    if dist.is_available() and dist.is_initialized():
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error is not None:
+        raise CheckpointError(f"cannot {what}", caused_by=[error], hint=_WRITE_HINT)
+
+
+def _run_dcp(fn: Callable[..., Any], states: dict[str, Stateful], folder: Path, message: str, hint: str) -> None:
+    """Call `dcp.save` / `dcp.load`; DCP's errors become one `CheckpointError` (a line per rank)."""
+    try:
+        with warnings.catch_warnings():  # DCP warns on every call made without a process group
+            warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+            fn(states, checkpoint_id=folder)
+    except CheckpointError as exc:  # a state's own check, e.g. a `TrainState` of another run
+        exc.caused_by.append(f"while loading `{folder}`")
+        raise
+    except _DCP_ERRORS as exc:
+        if isinstance(exc, CheckpointException):  # its str() is every rank's whole traceback
+            lines = [f"rank {rank}: {type(e).__name__}: {e}" for rank, (e, _) in sorted(exc.failures.items())]
+        else:
+            lines = [f"{type(exc).__name__}: {exc}"]
+        raise CheckpointError(message, caused_by=lines, hint=hint) from exc
+
+
+class CheckpointManager:
+    """Write, find, prune and load `step-NNNNNN/` DCP checkpoints under `root`.
+
+    Every rank must see the same `root` (a local disk on one node, a shared one across nodes).
+
+    Args:
+        root: The checkpoints folder (`<run>/checkpoints`); created by the first save.
+        keep: How many complete checkpoints to keep (≥ 1); older ones are deleted after a save.
+    """
+
+    def __init__(self, root: Path, *, keep: int) -> None:
+        if keep < 1:
+            raise ValueError(f"`keep` must be ≥ 1, got `{keep}`")
+        self.root = Path(root)
+        self.keep = keep
+        self._warned: set[Path] = set()
+
+    def folder(self, step: int) -> Path:
+        """Return the folder of checkpoint `step` (`root/step-000120`)."""
+        return self.root / f"step-{step:06d}"
+
+    def save(self, step: int, states: dict[str, Stateful]) -> Path:
+        """Save `states` as checkpoint `step`; collective, every rank calls it.
+
+        Writes DCP shards into `root/.step-NNNNNN.partial/`; rank 0 renames it to `step-NNNNNN/`
+        (replacing an earlier save of that step), writes `COMPLETE`, then deletes all but the newest
+        `keep` complete checkpoints and every torn one. A crash leaves nothing `latest_step` accepts.
+
+        Args:
+            step: Optimizer steps done so far.
+            states: Named state objects; use the same names to load.
+
+        Returns:
+            The complete checkpoint folder.
+
+        Raises:
+            CheckpointError: A rank cannot write its shards, or rank 0 cannot rename, mark or prune.
+        """
+        final = self.folder(step)
+        partial = self.root / f".{final.name}.partial"
+
+        def start() -> None:  # shards left by a crashed save must not mix with the new ones
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+
+        def finish() -> None:
+            if final.exists():
+                shutil.rmtree(final)
+            partial.rename(final)
+            world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            marker = {"step": step, "time": now, "world_size": world_size}
+            (final / f"{MARKER}.tmp").write_text(json.dumps(marker) + "\n")
+            os.replace(final / f"{MARKER}.tmp", final / MARKER)
+            self._prune()
+
+        _on_rank0(start, f"create checkpoint folder `{partial}`")
+        # No barrier before `finish`: DCP's save ends by gathering every rank's write results on
+        # rank 0 (its coordinator), so rank 0 returns only after all shards are written.
+        _run_dcp(dcp.save, states, partial, f"cannot write checkpoint `{partial}`", _WRITE_HINT)
+        _on_rank0(finish, f"complete checkpoint `{final}`")
+        if _rank() == 0:
+            logger.info("saved checkpoint %s", final)
+        return final
+
+    def complete_steps(self) -> list[int]:
+        """Return the steps of complete checkpoints, oldest first; warn once per torn folder."""
+        steps, torn = self._scan()
+        if _rank() == 0:
+            for path in sorted(torn - self._warned):
+                logger.warning("ignoring torn checkpoint `%s` (no `%s` marker)", path, MARKER)
+        self._warned |= torn
+        return steps
+
+    def latest_step(self) -> int | None:
+        """Return the newest step with a complete checkpoint, or None if there is none."""
+        steps = self.complete_steps()
+        return steps[-1] if steps else None
+
+    def load(self, step: int, states: dict[str, Stateful]) -> None:
+        """Load checkpoint `step` into `states` in place; collective, every rank calls it.
+
+        The number of ranks may differ from the save's (DCP reshards DTensors).
+
+        Args:
+            step: A step listed by `complete_steps`.
+            states: Named state objects; every name, and every key inside, must be in the checkpoint.
+
+        Raises:
+            CheckpointError: The folder is missing or torn, DCP cannot read it or it does not fit
+                `states`, or a `TrainState` belongs to another run.
+        """
+        folder = self.folder(step)
+        if not (folder / MARKER).is_file():
+            raise CheckpointError(
+                f"checkpoint `{folder}` is missing or torn (no `{MARKER}` marker)",
+                hint=f"complete checkpoints in `{self.root}`: {self.complete_steps() or 'none'}",
+            )
+        _run_dcp(dcp.load, states, folder, f"cannot load checkpoint `{folder}`", _LOAD_HINT)
+        if _rank() == 0:
+            logger.info("loaded checkpoint %s", folder)
+
+    def _scan(self) -> tuple[list[int], set[Path]]:
+        steps, torn = [], set()
+        for path in self.root.iterdir() if self.root.is_dir() else ():
+            if (m := _STEP_RE.fullmatch(path.name)) and (path / MARKER).is_file():
+                steps.append(int(m[1]))
+            elif m or _PARTIAL_RE.fullmatch(path.name):
+                torn.add(path)
+        return sorted(steps), torn
+
+    def _prune(self) -> None:
+        """Delete all but the newest `keep` complete checkpoints, and every torn one (rank 0)."""
+        steps, torn = self._scan()  # at the end of `save`, so torn folders are crash leftovers
+        for path in [*(self.folder(step) for step in steps[: -self.keep]), *torn]:
+            shutil.rmtree(path)
+
+
+class ModelOptimizerState(Stateful):
+    """Model (and optimizer) state through DCP's `get_state_dict` / `set_state_dict`.
+
+    FSDP2 parameters stay DTensor shards (saved sharded, resharded on load); optimizer state is
+    keyed by parameter FQN, so it depends on neither parameter order nor rank count. Load before
+    the first backward (or after `zero_grad(set_to_none=True)`): DCP creates a fresh optimizer's
+    state to load into only while no parameter has a gradient, else the moments are not loaded.
+
+    Args:
+        model: A plain or FSDP2 (`fully_shard`) module.
+        optimizer: Its optimizer, or None to save and load the model only.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: Optimizer | None = None) -> None:
+        self.model = model
+        self.optimizer = optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.optimizer is None:
+            return {"model": get_model_state_dict(self.model)}
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        return {"model": model_sd, "optimizer": optim_sd}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # DCP has already filled the live tensors in place; this also restores the optimizer's
+        # param_groups (lr, betas, weight decay), which are not tensors.
+        if self.optimizer is None:
+            set_model_state_dict(self.model, state_dict["model"])
+        else:
+            set_state_dict(self.model, self.optimizer, model_state_dict=state_dict["model"],
+                           optim_state_dict=state_dict["optimizer"])
+
+
+class DictState(Stateful):
+    """Checkpoint any picklable state: a dict (updated in place) or an object with state dicts.
+
+    The state is stored as one pickled value, so its keys may differ between save and load (DCP
+    on its own loads only the keys the target already has). It must be identical on every rank.
+
+    Args:
+        target: A mutable dict, or an object with `state_dict()` / `load_state_dict()` (an LR scheduler).
+    """
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pickle": pickle.dumps(self.target if isinstance(self.target, dict) else self.target.state_dict())}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = pickle.loads(state_dict["pickle"])
+        if isinstance(self.target, dict):
+            self.target.clear()
+            self.target.update(state)
+        else:
+            self.target.load_state_dict(state)
+
+
+@dataclass
+class TrainState(Stateful):
+    """Where training is, and what it depends on; checked on resume.
+
+    Attributes:
+        data_hash: Hash of the tokenized dataset; resuming with other data is refused.
+        step: Optimizer steps done.
+        tokens_seen: Training tokens consumed so far.
+        world_size: Ranks of the run; a checkpoint from another world size loads (DCP reshards),
+            and this run's value is kept.
+        version: Layout version of this state; another version is refused.
+    """
+
+    data_hash: str
+    step: int = 0
+    tokens_seen: int = 0
+    world_size: int = 1
+    version: int = TRAIN_STATE_VERSION
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore `step` and `tokens_seen` from a checkpoint of the same run.
+
+        Raises:
+            CheckpointError: The saved `version` or `data_hash` differs from this run's.
+        """
+        if state_dict["version"] != self.version:
+            raise CheckpointError(
+                f"checkpoint `TrainState.version` is `{state_dict['version']}`, this code reads `{self.version}`",
+                hint="resume with the dream-job version that wrote it, or use a new `artifacts.run_dir`",
+            )
+        if state_dict["data_hash"] != self.data_hash:
+            raise CheckpointError(
+                f"checkpoint `data_hash` is `{state_dict['data_hash']}`, this run's is `{self.data_hash}`",
+                hint="the run dir was prepared with other data; use a new `artifacts.run_dir` or re-run prep "
+                "with the original spec",
+            )
+        if state_dict["world_size"] != self.world_size and _rank() == 0:
+            logger.info("resharding checkpoint from %d to %d ranks", state_dict["world_size"], self.world_size)
+        self.step = int(state_dict["step"])
+        self.tokens_seen = int(state_dict["tokens_seen"])

@@ -1,0 +1,185 @@
+"""Training as a user runs it: 2 CPU processes under torchrun (gloo, FSDP2), kill -9 and resume, methods."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+SMOKE = REPO / "jobs" / "smoke.yaml"
+
+
+def run_args(run_dir: Path, *extra: str) -> list[str]:
+    return ["--set", f"artifacts.run_dir={run_dir}", "--set", "train.log_every_steps=1", *extra]
+
+
+def dream_job(*args: str, nproc: int = 1, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    if nproc > 1:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                   "-m", "dream_job", *args]
+    else:
+        command = [sys.executable, "-m", "dream_job", *args]
+    return subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True, **kwargs)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (torchrun starts its workers in their own sessions)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    todo, everyone = [pid], []
+    while todo:
+        current = todo.pop()
+        everyone.append(current)
+        todo += children.get(current, [])
+    for victim in everyone:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def run_ok(*args: str, nproc: int = 1) -> None:
+    process = dream_job(*args, nproc=nproc, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """Loss per step from metrics.jsonl; a step logged twice (killed, then redone) keeps its last value."""
+    lines = (run_dir / "logs" / "metrics.jsonl").read_text().splitlines()
+    return {row["step"]: row["train/loss"] for row in map(json.loads, lines)}
+
+
+def final_weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    target = run_dir / f"final-{step}.pt"
+    dcp_to_torch_save(str(run_dir / "checkpoints" / f"step-{step:06d}"), str(target))
+    state = torch.load(target, weights_only=False)
+    return {k: v for k, v in state["model"]["model"].items() if isinstance(v, torch.Tensor)}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One prepared smoke data dir, copied into each run dir (prep is not what these tests test)."""
+    run_dir = tmp_path_factory.mktemp("prepared")
+    run_ok("prep", str(SMOKE), *run_args(run_dir))
+    return run_dir / "data"
+
+
+def new_run(tmp_path: Path, prepared: Path, name: str) -> Path:
+    import shutil
+
+    run_dir = tmp_path / name
+    shutil.copytree(prepared, run_dir / "data")
+    return run_dir
+
+
+def test_two_process_fsdp_training_lowers_the_loss_and_exports(tmp_path: Path, prepared: Path) -> None:
+    run_dir = new_run(tmp_path, prepared, "two")
+    run_ok("train", str(SMOKE), *run_args(run_dir, "--set", "train.epochs=3"), nproc=2)
+    per_step = losses(run_dir)
+    assert len(per_step) == 105
+    first, last = [per_step[s] for s in range(1, 11)], [per_step[s] for s in range(96, 106)]
+    assert sum(last) / 10 < 0.7 * sum(first) / 10, (first, last)
+    exported = json.loads((run_dir / "export" / "dream_job_export.json").read_text())
+    assert exported["num_parameters"] > 0
+    assert (run_dir / "logs" / "loss.png").stat().st_size > 1000
+
+
+def test_kill_and_resume_is_bit_identical(tmp_path: Path, prepared: Path) -> None:
+    common = ("--set", "train.max_steps=30", "--set", "train.save_every_steps=5", "--set", "train.keep_checkpoints=10")
+    straight = new_run(tmp_path, prepared, "straight")
+    run_ok("train", str(SMOKE), *run_args(straight, *common), nproc=2)
+
+    resumed = new_run(tmp_path, prepared, "resumed")
+    process = dream_job("train", str(SMOKE), *run_args(resumed, *common), nproc=2,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (resumed / "checkpoints" / "step-000010" / "COMPLETE").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    kill_tree(process.pid)
+    process.wait()
+    time.sleep(1)
+    assert not (resumed / "checkpoints" / "step-000030").exists()
+    run_ok("train", str(SMOKE), *run_args(resumed, *common), nproc=2)
+
+    assert losses(resumed) == losses(straight)
+    a, b = final_weights(straight, 30), final_weights(resumed, 30)
+    assert a.keys() == b.keys() and len(a) > 10
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_sigterm_saves_and_resumes_on_one_process(tmp_path: Path, prepared: Path) -> None:
+    common = ("--set", "train.max_steps=40", "--set", "train.save_every_steps=5", "--set", "train.keep_checkpoints=10")
+    straight = new_run(tmp_path, prepared, "straight")
+    run_ok("train", str(SMOKE), *run_args(straight, *common), nproc=2)
+    preempted = new_run(tmp_path, prepared, "preempted")
+    process = dream_job("train", str(SMOKE), *run_args(preempted, *common), nproc=2, stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not (preempted / "checkpoints" / "step-000005" / "COMPLETE").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be stopped"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)  # what a spot preemption sends; torchrun forwards it to the workers
+    output, _ = process.communicate(timeout=300)
+    assert "training stopped by SIGTERM after saving step" in output, output
+    saved = sorted(p.name for p in (preempted / "checkpoints").glob("step-*"))
+    assert "step-000040" not in saved and saved[-1] > "step-000005", saved
+    # Resume on one process from the two-process checkpoint (DCP reshards).
+    run_ok("train", str(SMOKE), *run_args(preempted, *common), nproc=1)
+    stopped_at = int(saved[-1].removeprefix("step-"))
+    expected, got = losses(straight), losses(preempted)
+    assert [got[s] for s in range(1, stopped_at + 1)] == [expected[s] for s in range(1, stopped_at + 1)]
+    # Same batches and noise after the reshard, another reduction order: close, not bit-equal.
+    for s in range(stopped_at + 1, 41):
+        assert got[s] == pytest.approx(expected[s], rel=1e-3, abs=1e-4), s
+
+
+@pytest.mark.parametrize("method", ["lora", "full_8bit"])
+def test_other_methods_train_on_cpu(tmp_path: Path, prepared: Path, method: str) -> None:
+    run_dir = new_run(tmp_path, prepared, method)
+    extra = ["--set", f"train.method={method}", "--set", "train.max_steps=6", "--set", "train.save_every_steps=3"]
+    if method == "lora":
+        extra += ["--set", "train.lora.rank=4", "--set", "train.lora.alpha=8", "--set", "train.learning_rate=1e-2"]
+    run_ok("train", str(SMOKE), *run_args(run_dir, *extra))
+    assert len(losses(run_dir)) == 6
+    assert (run_dir / "export" / "model.safetensors.index.json").exists()
+    if method == "lora":
+        assert (run_dir / "export" / "adapter" / "adapter_config.json").exists()
+
+
+def test_offload_on_cpu_fails_at_start_with_the_fix(tmp_path: Path, prepared: Path) -> None:
+    run_dir = new_run(tmp_path, prepared, "offload")
+    process = dream_job("train", str(SMOKE), *run_args(run_dir, "--set", "train.method=full_offload"),
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 1
+    assert stderr.startswith(
+        "error: `train.method` `full_offload` moves the optimizer to the CPU and needs a CUDA GPU for the compute")
+
+
+def test_train_without_prep_says_to_run_prep(tmp_path: Path) -> None:
+    process = dream_job("train", str(SMOKE), *run_args(tmp_path / "empty"), stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 1
+    assert stderr.startswith(f"error: no prepared data in `{tmp_path / 'empty' / 'data'}`")

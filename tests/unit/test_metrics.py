@@ -1,0 +1,115 @@
+"""MetricsLogger: fixed-field log line, append-only files across a resume, loss plot, TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from dream_job.train.metrics import MetricsLogger, format_duration, format_line, smooth
+
+FULL = {
+    "train/loss": 2.345678,
+    "train/grad_norm": 1.23456,
+    "train/lr": 1e-5,
+    "perf/tokens_per_s": 12345.6,
+    "perf/mfu": 0.4123,
+    "mem/peak_gib": 71.234,
+    "time/eta_s": 3723.4,
+    "cost/spent_yuan": 12.345,
+}
+
+
+def test_format_line_has_the_fixed_fields_in_order() -> None:
+    assert format_line(3, 100, FULL) == (
+        "step 3/100 loss 2.3457 grad_norm 1.235 lr 1.00e-05 tok/s 12346 mfu 41.2% mem_gib 71.23 "
+        "eta 1:02:03 cost_yuan 12.35"
+    )
+    # Absent fields are left out; unknown keys never reach the line.
+    assert format_line(1, 10, {"cost/spent_yuan": 1, "train/loss": 3, "data/epoch": 0}) == (
+        "step 1/10 loss 3.0000 cost_yuan 1.00"
+    )
+    assert format_duration(59.6) == "0:01:00" and format_duration(float("inf")) == "-"
+
+
+def test_smooth_is_a_debiased_ema() -> None:
+    assert smooth([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
+    assert smooth([1.0, 0.0], weight=0.5) == pytest.approx([1.0, 0.25 / 0.75])
+
+
+def test_logger_writes_every_sink_and_appends_across_a_resume(tmp_path: Path, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="dream_job.train.metrics"):
+        metrics = MetricsLogger(tmp_path, is_rank0=True, total_steps=6)
+        for step in (1, 2, 3):
+            metrics.log(step, {**FULL, "train/loss": 4.0 - step})
+        metrics.close()
+    logs = tmp_path / "logs"
+    assert [r.getMessage() for r in caplog.records if r.name == "dream_job.train.metrics"][0].startswith(
+        "step 1/6 loss 3.0000 grad_norm")
+    lines = (logs / "train.log").read_text().splitlines()
+    assert len(lines) == 3
+    labels = ["step", "loss", "grad_norm", "lr", "tok/s", "mfu", "mem_gib", "eta", "cost_yuan"]
+    for line in lines:
+        fields = line.split(" ")[1:]  # after the timestamp: label value label value ...
+        assert fields[0::2] == labels, line
+    assert lines[1].split(" ", 1)[1].startswith("step 2/6 loss 2.0000 ")
+    assert len((logs / "metrics.jsonl").read_text().splitlines()) == 3
+
+    # Resume from a checkpoint at step 2: a new logger appends, the loss history covers the whole run.
+    resumed = MetricsLogger(tmp_path, is_rank0=True, total_steps=6)
+    assert resumed.loss_by_step == {1: 3.0, 2: 2.0, 3: 1.0}
+    resumed.log(3, {"train/loss": 0.5})
+    resumed.log(4, {"train/loss": 0.25})
+    resumed.close()
+    resumed.close()  # idempotent
+    records = [json.loads(line) for line in (logs / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 3, 4]
+    assert records[0]["train/loss"] == 3.0 and records[0]["perf/mfu"] == FULL["perf/mfu"] and "time" in records[0]
+    assert len((logs / "train.log").read_text().splitlines()) == 5
+    assert resumed.loss_by_step == {1: 3.0, 2: 2.0, 3: 0.5, 4: 0.25}  # a repeated step keeps its latest value
+
+    png = (logs / "loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+    assert list((logs / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_tensorboard_scalars_are_readable(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with MetricsLogger(tmp_path, is_rank0=True, total_steps=2) as metrics:
+        metrics.log(1, {"train/loss": 1.5, "mem/peak_gib": 3.0})
+        metrics.log(2, {"train/loss": 1.25})
+    events = EventAccumulator(str(tmp_path / "logs" / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 1.5), (2, 1.25)]
+    assert set(events.Tags()["scalars"]) == {"train/loss", "mem/peak_gib"}
+
+
+def test_other_ranks_write_nothing(tmp_path: Path) -> None:
+    metrics = MetricsLogger(tmp_path, is_rank0=False, total_steps=2)
+    metrics.log(1, FULL)
+    metrics.close()
+    assert not (tmp_path / "logs").exists()
+
+
+def test_missing_tensorboard_warns_once_and_skips_the_sink(tmp_path: Path, monkeypatch, caplog) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name == "torch.utils.tensorboard":
+            raise ImportError("No module named 'tensorboard'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with caplog.at_level(logging.WARNING, logger="dream_job.train.metrics"):
+        with MetricsLogger(tmp_path, is_rank0=True, total_steps=2) as metrics:
+            metrics.log(1, {"train/loss": 1.0})
+            metrics.log(2, {"train/loss": 0.5})
+    assert sum("tensorboard" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING) == 1
+    assert not (tmp_path / "logs" / "tensorboard").exists()
+    assert (tmp_path / "logs" / "loss.png").exists()
