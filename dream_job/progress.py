@@ -33,7 +33,7 @@ def setup_logging(level: int = logging.INFO) -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
-    for noisy in ("torchao", "torch.distributed", "datasets"):
+    for noisy in ("torchao", "torch.distributed", "datasets", "c10d-NullHandler-dcp_logger"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     # Under torchrun only rank 0 talks; the others log warnings and errors only.
     logging.getLogger("dream_job").setLevel(level if os.environ.get("RANK", "0") == "0" else logging.WARNING)

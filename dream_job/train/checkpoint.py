@@ -158,12 +158,12 @@ class CheckpointManager:
 
     def complete_steps(self) -> list[int]:
         """Return the steps of complete checkpoints, oldest first; warn once per torn folder."""
-        steps, torn = self._scan()
+        complete, torn = self._scan()
         if _rank() == 0:
             for path in sorted(torn - self._warned):
                 logger.warning("ignoring torn checkpoint `%s` (no `%s` marker)", path, MARKER)
         self._warned |= torn
-        return steps
+        return [step for step, _ in complete]
 
     def latest_step(self) -> int | None:
         """Return the newest step with a complete checkpoint, or None if there is none."""
@@ -193,19 +193,20 @@ class CheckpointManager:
         if _rank() == 0:
             logger.info("loaded checkpoint %s", folder)
 
-    def _scan(self) -> tuple[list[int], set[Path]]:
-        steps, torn = [], set()
+    def _scan(self) -> tuple[list[tuple[int, Path]], set[Path]]:
+        """Return the complete checkpoints as (step, folder), oldest first, and the torn folders."""
+        complete, torn = [], set()
         for path in self.root.iterdir() if self.root.is_dir() else ():
             if (m := _STEP_RE.fullmatch(path.name)) and (path / MARKER).is_file():
-                steps.append(int(m[1]))
+                complete.append((int(m[1]), path))
             elif m or _PARTIAL_RE.fullmatch(path.name):
                 torn.add(path)
-        return sorted(steps), torn
+        return sorted(complete), torn
 
     def _prune(self) -> None:
         """Delete all but the newest `keep` complete checkpoints, and every torn one (rank 0)."""
-        steps, torn = self._scan()  # at the end of `save`, so torn folders are crash leftovers
-        for path in [*(self.folder(step) for step in steps[: -self.keep]), *torn]:
+        complete, torn = self._scan()  # at the end of `save`, so torn folders are crash leftovers
+        for path in [*(path for _, path in complete[: -self.keep]), *torn]:
             shutil.rmtree(path)
 
 

@@ -22,7 +22,7 @@ from dream_job.model import (
     save_hf_folder,
 )
 
-HUB_CONFIG = Path("/work/shared/reference/dream-hub-files/config.json")
+HUB_CONFIG = Path(__file__).resolve().parents[1] / "fixtures" / "dream-hub" / "config.json"
 # Larger init than Dream's 0.02 so logits are O(1) and a 1e-5 tolerance is a tight check.
 TINY = DreamConfig(
     vocab_size=256,
