@@ -68,3 +68,34 @@ def data_report_tables(report: dict[str, Any]) -> list[Table]:
     lengths.add_row("trained", *(f"{trained[key]:,.0f}" for key in STAT_KEYS), style="bold")
     lengths.caption = f"{trained['sum']:,} tokens per epoch after truncation"
     return [rows, lengths]
+
+
+class TrainingView:
+    """A live progress bar for training on a terminal (rank 0); does nothing otherwise.
+
+    The plain log lines stay the record (and are what non-terminal logs show); the bar adds the
+    current loss and throughput at a glance.
+    """
+
+    def __init__(self, total_steps: int, start_step: int, *, enabled: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = None
+        if enabled and stderr.is_terminal:
+            self._progress = Progress(
+                TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                TimeRemainingColumn(), console=stderr, transient=True,
+            )
+            self._task = self._progress.add_task("train", total=total_steps, completed=start_step, status="")
+            self._progress.start()
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        """Show `step` and its loss and tokens/s."""
+        if self._progress is not None:
+            status = f"loss {metrics['train/loss']:.4f}  {metrics['perf/tokens_per_s']:,.0f} tok/s"
+            self._progress.update(self._task, completed=step, status=status)
+
+    def close(self) -> None:
+        """Remove the bar."""
+        if self._progress is not None:
+            self._progress.stop()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import signal
 import time
@@ -25,6 +26,7 @@ import torch.distributed as dist
 from budget.flops import peak_flops, train_flops_per_token
 from dream_job.data.prep import read_report
 from dream_job.errors import EXIT_TRANSIENT, DreamJobError
+from dream_job.progress import TrainingView
 from dream_job.spec import JobSpec
 from dream_job.train.batches import BatchPlan, collate, hash_seed
 from dream_job.train.build import Built, build_training
@@ -36,6 +38,8 @@ from dream_job.train.metrics import MetricsLogger
 logger = logging.getLogger(__name__)
 
 TRAIN_STATE_VERSION = 1
+# The hourly price of this machine in USD, set by the launcher (sky.yaml `envs`); spend is logged when set.
+PRICE_ENV = "DREAM_JOB_USD_PER_HOUR"
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,8 @@ def _run(spec: JobSpec, dataset: Any, report: dict[str, Any], dist_info: Dist, s
     metrics = MetricsLogger(run_dir, is_rank0=dist_info.is_rank0, total_steps=total_steps)
     peak = peak_flops(torch.cuda.get_device_name(dist_info.device)) if dist_info.device.type == "cuda" else None
     cfg = built.config
+    view = TrainingView(total_steps, state.step, enabled=dist_info.is_rank0)
+    usd_per_hour = float(os.environ.get(PRICE_ENV, "0") or 0)
     started, start_step, loss = time.perf_counter(), state.step, float("nan")
     while state.step < total_steps:
         step_start = time.perf_counter()
@@ -235,18 +241,24 @@ def _run(spec: JobSpec, dataset: Any, report: dict[str, Any], dist_info: Dist, s
                     seq_len=round(tokens / (train.global_batch_size)),
                 )
                 values["perf/mfu"] = per_token * tokens / seconds / (peak * dist_info.world_size)
+        if usd_per_hour:
+            hours = (time.perf_counter() - started) / 3600
+            values["cost/spent_yuan"] = hours * usd_per_hour * spec.budget.cny_per_usd
+        view.update(state.step, values)
         if state.step % train.log_every_steps == 0 or state.step == total_steps:
             metrics.log(state.step, values)
         stopping = bool(_all_sum([float(stop.requested)], dist_info.device)[0])
         if stopping or state.step % train.save_every_steps == 0 or state.step == total_steps:
             checkpoints.save(state.step, states)
         if stopping:
+            view.close()
             metrics.close()
             raise Preempted(
                 f"training stopped by SIGTERM after saving step {state.step} of {total_steps}",
                 hint="run the same command again to resume from that checkpoint",
                 exit_code=EXIT_TRANSIENT,
             )
+    view.close()
     metrics.close()
     export_dir = run_dir / "export"
     if resumed_from == total_steps and (export_dir / "dream_job_export.json").exists():
