@@ -1,9 +1,13 @@
-"""The `dream-job` command line: parse, call one library function, render the result."""
+"""The `dream-job` command line: the typer app, shared options and error rendering.
+
+Verbs live in `dream_job/commands/` (one file per group); each parses, calls one library
+function and renders the result. `guarded` turns `DreamJobError` into `error:` / `hint:` and
+its exit code, and anything else into a bug report (exit 4) unless `DREAM_JOB_DEBUG=1`.
+"""
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
@@ -11,7 +15,6 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from dream_job import errors
-from dream_job.spec import load_spec
 
 app = typer.Typer(
     help="Fine-tune Dream 7B on s1K-1.1: estimate, prepare, train, evaluate, publish.",
@@ -69,65 +72,10 @@ def guarded(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@app.command()
-@guarded
-def prep(spec: SpecArg = "jobs/smoke.yaml", set_: SetOpt = None, as_json: JsonOpt = False) -> None:
-    """Tokenize the job's dataset into `<run_dir>/data/` and print the data report.
-
-    Example: `dream-job prep jobs/dream-s1k.yaml --set data.dataset=./s1k.parquet`
-    """
-    from dream_job.data.prep import prepare_data
-    from dream_job.progress import data_report_tables, stderr, stdout
-
-    result = prepare_data(load_spec(spec, set_))
-    if as_json:
-        print(json.dumps(result.report, indent=2))
-        return
-    for table in data_report_tables(result.report):
-        stdout.print(table)
-    state = "reused (inputs unchanged)" if result.reused else "written"
-    stderr.print(f"prepared data {state}: {result.data_dir}", highlight=False)
-
-
-@app.command()
-@guarded
-def train(spec: SpecArg = "jobs/smoke.yaml", set_: SetOpt = None) -> None:
-    """Train on the prepared data, resuming from the newest complete checkpoint; export at the end.
-
-    Example: `dream-job train jobs/smoke.yaml`; on N GPUs:
-    `torchrun --nproc_per_node N -m dream_job train jobs/dream-s1k.yaml`
-    """
-    from dream_job.progress import stderr
-    from dream_job.train.loop import train as run_training
-
-    result = run_training(load_spec(spec, set_))
-    if os.environ.get("RANK", "0") == "0":
-        stderr.print(f"trained {result.steps} steps, final loss {result.final_loss:.4f}; model: {result.export_dir}",
-                     highlight=False)
-
-
-@app.command("spec")
-@guarded
-def show_spec(spec: SpecArg = "jobs/smoke.yaml", set_: SetOpt = None) -> None:
-    """Validate a job file with its overrides and print the resolved spec as JSON.
-
-    Example: `dream-job spec jobs/smoke.yaml --set train.epochs=2`
-    """
-    print(load_spec(spec, set_).model_dump_json(indent=2))
-
-
-@app.command()
-@guarded
-def schema() -> None:
-    """Print the JSON Schema of job files (for editors and validation).
-
-    Example: `dream-job schema > job.schema.json`
-    """
-    from dream_job.spec import spec_json_schema
-
-    print(json.dumps(spec_json_schema(), indent=2))
-
-
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+# Registers the verbs on `app`; at the bottom because the command modules import `app` from here.
+import dream_job.commands  # noqa: E402,F401

@@ -99,3 +99,26 @@ class TrainingView:
         """Remove the bar."""
         if self._progress is not None:
             self._progress.stop()
+
+
+def stage_line(outcome: Any) -> str:
+    """One line per pipeline stage: done now, or skipped because it had finished before."""
+    state = "skipped (done before)" if outcome.skipped else "done"
+    details = ", ".join(f"{k}={v}" for k, v in outcome.summary.items() if not isinstance(v, (dict, list)))
+    return f"stage {outcome.stage}: {state}" + (f" ({details})" if details else "")
+
+
+def status_table(status: dict[str, Any]) -> Table:
+    """Render `pipeline.run_status` as a table."""
+    table = Table(title=f"run {status['run_id'] or '?'} in {status['run_dir']}")
+    table.add_column("what")
+    table.add_column("state")
+    for stage, finished in status["stages"].items():
+        table.add_row(f"stage {stage}", f"done {finished}" if finished else "pending")
+    table.add_row("step", str(status["step"] if status["step"] is not None else "-"))
+    table.add_row("loss", f"{status['loss']:.4f}" if status["loss"] is not None else "-")
+    table.add_row("spent", f"¥{status['spent_yuan']:.2f}" if status["spent_yuan"] is not None else "-")
+    table.add_row("latest checkpoint", status["latest_checkpoint"] or "-")
+    for destination in status["destinations"]:
+        table.add_row("destination", destination)
+    return table

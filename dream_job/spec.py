@@ -148,15 +148,25 @@ class SamplerSpec(_Section):
     gen_length: int = Field(512, ge=1, description="Generated tokens per prompt.")
     steps: int = Field(512, ge=1, description="Denoising steps (reference mode).")
     alg: Literal["origin", "maskgit_plus", "topk_margin", "entropy"] = Field(
-        "entropy", description="Which masked positions to reveal each step."
+        "entropy",
+        description="Which masked positions to reveal each step (reference mode; fast mode ranks by p(token)).",
     )
     temperature: float = Field(0.0, ge=0.0, description="0 means greedy (deterministic).")
     top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
     top_k: int | None = Field(None, ge=1, description="Top-k sampling.")
-    alg_temp: float | None = Field(None, ge=0.0, description="Temperature of position selection; null is greedy.")
-    eps: float = Field(1e-3, gt=0.0, lt=1.0, description="Final time of the schedule.")
+    alg_temp: float | None = Field(
+        None, ge=0.0, description="Temperature of position selection (reference mode); null or 0 is greedy."
+    )
+    eps: float = Field(1e-3, gt=0.0, lt=1.0, description="Final time of the schedule (reference mode).")
     block_length: int = Field(32, ge=1, description="Block size of the fast sampler.")
-    threshold: float = Field(0.9, gt=0.0, le=1.0, description="Confidence above which the fast sampler unmasks.")
+    threshold: float = Field(
+        0.9, gt=0.0, le=1.0, description="Confidence above which the fast sampler unmasks (1.0: one token per step)."
+    )
+    dual_cache: bool = Field(
+        False,
+        description="Fast sampler: also cache the masked suffix's keys/values at each block start "
+        "(Fast-dLLM DualCache), so a step runs only the current block.",
+    )
 
 
 class EvalSpec(_Section):
@@ -170,6 +180,17 @@ class EvalSpec(_Section):
     seed: int = Field(0, description="Seed of the `limit` subsample and of sampling.")
     batch_size: int = Field(8, ge=1, description="Prompts decoded together.")
     sampler: SamplerSpec = Field(default_factory=SamplerSpec, description="Decoding settings.")
+    sources: dict[Literal["s1k_holdout", "gsm8k", "math500"], str] = Field(
+        {},
+        description="Per-suite override of where the items come from: a local .jsonl/.json/.parquet/.arrow "
+        "file (or folder of them) in the suite's schema, or a hub dataset id (split `test`). Defaults: "
+        "`<run_dir>/data/holdout.jsonl`, `openai/gsm8k` (config `main`), `HuggingFaceH4/MATH-500`.",
+    )
+    prefill_think: bool = Field(
+        True,
+        description="End each prompt with the `<|im_start|>think\\n` header, as s1's inference prompt and the "
+        "training layout do; false lets the model write (or skip) the header itself.",
+    )
 
 
 class BudgetSpec(_Section):

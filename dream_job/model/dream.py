@@ -24,8 +24,15 @@ i. `hidden_states()` and `forward()` return unshifted values for every position.
 Parameter names equal the HF checkpoint keys (`model.layers.N.self_attn.q_proj.weight`, ...,
 `lm_head.weight`), so weights load 1:1 (see `weights.py`).
 
+KV cache (`forward_cached`, used by the fast sampler): run the layers over a subset of Q
+positions while the keys/values of P other positions come from a cache (per layer, post-RoPE).
+Attention stays bidirectional: each query attends to the P cached keys and to all Q current
+keys. With a cache computed from the same tokens this is exact; the fast sampler reuses a cache
+computed before some tokens changed, which is Fast-dLLM's approximation (see the sampler).
+
 Shape letters: B batch, L sequence length, D hidden size, H query heads, K kv heads,
-E head dim (D / H), I MLP intermediate size, V vocab size.
+E head dim (D / H), I MLP intermediate size, V vocab size; with a cache: Q current (query)
+positions, P cached positions, S = P + Q keys.
 """
 
 from __future__ import annotations
@@ -226,6 +233,30 @@ def make_attention_mask(attention_mask_BL: Tensor) -> Tensor:
     return key_valid_B11L | self_11LL  # (B, 1, L, L)
 
 
+def make_cached_attention_mask(key_mask_BS: Tensor, num_queries: int) -> Tensor:
+    """Build SDPA's boolean mask for Q queries over S = P + Q keys (cached keys first).
+
+    Like `make_attention_mask`, a query may attend to every valid key and always to itself (its
+    own key is key P + q), so a padded query row is never fully masked.
+
+    Args:
+        key_mask_BS: 1/True for real tokens, 0/False for padding, in key order (cached, then current).
+        num_queries: Q, the number of current positions (the last Q keys).
+
+    Returns:
+        mask_B1QS: Boolean mask that broadcasts over heads.
+    """
+    S, Q = key_mask_BS.shape[1], num_queries
+    key_valid_B11S = key_mask_BS.bool()[:, None, None, :]
+    self_QS = torch.zeros(Q, S, dtype=torch.bool, device=key_mask_BS.device)
+    self_QS[:, S - Q :] = torch.eye(Q, dtype=torch.bool, device=key_mask_BS.device)
+    return key_valid_B11S | self_QS[None, None]  # (B, 1, Q, S)
+
+
+# Per layer, the post-RoPE keys and values of the cached positions: (k_BKPE, v_BKPE).
+KVCache = list[tuple[Tensor, Tensor]]
+
+
 class DreamAttention(nn.Module):
     def __init__(self, config: DreamConfig) -> None:
         super().__init__()
@@ -258,6 +289,35 @@ class DreamAttention(nn.Module):
         y_BLD = y_BHLE.transpose(1, 2).reshape(B, L, H * E)  # (B, L, D)
         return self.o_proj(y_BLD)
 
+    def forward_cached(
+        self,
+        x_BQD: Tensor,
+        cos_BQE: Tensor,
+        sin_BQE: Tensor,
+        mask_B1QS: Tensor | None,
+        past_kv: tuple[Tensor, Tensor] | None,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Attend from Q positions to P cached keys plus their own; return output and their (k, v)."""
+        B, Q, _ = x_BQD.shape
+        H, K, E = self.num_heads, self.num_kv_heads, self.head_dim
+        q_BHQE = self.q_proj(x_BQD).view(B, Q, H, E).transpose(1, 2)  # (B, H, Q, E)
+        k_BKQE = self.k_proj(x_BQD).view(B, Q, K, E).transpose(1, 2)  # (B, K, Q, E)
+        v_BKQE = self.v_proj(x_BQD).view(B, Q, K, E).transpose(1, 2)  # (B, K, Q, E)
+        q_BHQE, k_BKQE = apply_rope(q_BHQE, cos_BQE, sin_BQE), apply_rope(k_BKQE, cos_BQE, sin_BQE)
+        k_BKSE, v_BKSE = k_BKQE, v_BKQE
+        if past_kv is not None:
+            k_BKPE, v_BKPE = past_kv
+            k_BKSE = torch.cat((k_BKPE, k_BKQE), dim=2)  # (B, K, S, E): cached keys first
+            v_BKSE = torch.cat((v_BKPE, v_BKQE), dim=2)  # (B, K, S, E)
+        if mask_B1QS is None:
+            y_BHQE = F.scaled_dot_product_attention(q_BHQE, k_BKSE, v_BKSE, is_causal=False, enable_gqa=True)
+        else:  # explicit kv-head repeat with a mask, as in `forward`
+            k_BHSE = k_BKSE.repeat_interleave(H // K, dim=1)  # (B, H, S, E)
+            v_BHSE = v_BKSE.repeat_interleave(H // K, dim=1)  # (B, H, S, E)
+            y_BHQE = F.scaled_dot_product_attention(q_BHQE, k_BHSE, v_BHSE, attn_mask=mask_B1QS)
+        y_BQD = y_BHQE.transpose(1, 2).reshape(B, Q, H * E)  # (B, Q, D)
+        return self.o_proj(y_BQD), (k_BKQE, v_BKQE)
+
 
 class DreamMLP(nn.Module):
     def __init__(self, config: DreamConfig) -> None:
@@ -285,6 +345,19 @@ class DreamDecoderLayer(nn.Module):
         x_BLD = x_BLD + self.self_attn(self.input_layernorm(x_BLD), cos_BLE, sin_BLE, mask_B1LL)
         return x_BLD + self.mlp(self.post_attention_layernorm(x_BLD))
 
+    def forward_cached(
+        self,
+        x_BQD: Tensor,
+        cos_BQE: Tensor,
+        sin_BQE: Tensor,
+        mask_B1QS: Tensor | None,
+        past_kv: tuple[Tensor, Tensor] | None,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """`forward` over Q positions with cached keys/values; also returns this layer's (k, v)."""
+        y_BQD, kv = self.self_attn.forward_cached(self.input_layernorm(x_BQD), cos_BQE, sin_BQE, mask_B1QS, past_kv)
+        x_BQD = x_BQD + y_BQD
+        return x_BQD + self.mlp(self.post_attention_layernorm(x_BQD)), kv
+
 
 class DreamBaseModel(nn.Module):
     """The transformer without the head: `DreamModel.model`, checkpoint prefix `model.`."""
@@ -311,6 +384,19 @@ class DreamBaseModel(nn.Module):
             else:
                 x_BLD = layer(x_BLD, cos_BLE, sin_BLE, mask_B1LL)
         return self.norm(x_BLD)
+
+    def forward_cached(
+        self, input_ids_BQ: Tensor, position_ids_BQ: Tensor, mask_B1QS: Tensor | None, past_kv: KVCache | None
+    ) -> tuple[Tensor, KVCache]:
+        """Inference-only `forward` over Q positions attending also to cached keys/values."""
+        x_BQD = self.embed_tokens(input_ids_BQ)
+        cos_BQE, sin_BQE = self.rotary_emb(position_ids_BQ, x_BQD.dtype)
+        new_kv: KVCache = []
+        for i, layer in enumerate(self.layers):
+            layer_kv = None if past_kv is None else past_kv[i]
+            x_BQD, kv = layer.forward_cached(x_BQD, cos_BQE, sin_BQE, mask_B1QS, layer_kv)
+            new_kv.append(kv)
+        return self.norm(x_BQD), new_kv
 
 
 class DreamModel(nn.Module):
@@ -362,6 +448,54 @@ class DreamModel(nn.Module):
             input_ids_BL, attention_mask_BL=attention_mask_BL, position_ids_BL=position_ids_BL
         )
         return self.lm_head(hidden_BLD)
+
+    def hidden_states_cached(
+        self,
+        input_ids_BQ: Tensor,
+        *,
+        position_ids_BQ: Tensor,
+        past_kv: KVCache | None = None,
+        key_mask_BS: Tensor | None = None,
+    ) -> tuple[Tensor, KVCache]:
+        """Run the transformer over Q positions whose queries also attend to P cached positions.
+
+        Bidirectional, like `hidden_states`: every current query attends to the cached keys and to
+        all Q current keys. With `past_kv=None` this equals `hidden_states` on the same inputs.
+
+        Args:
+            input_ids_BQ: Token ids of the current positions.
+            position_ids_BQ: Their RoPE positions (required: they are not 0..Q-1 in general).
+            past_kv: Per layer, post-RoPE (k_BKPE, v_BKPE) of the cached positions, as returned
+                in `new_kv` by an earlier call (sliced along dim 2); None = no cache (P = 0).
+            key_mask_BS: 1/True real token, 0/False padding, over the S = P + Q keys in that
+                order (cached first); None = no padding (fastest).
+
+        Returns:
+            hidden_BQD: Final-norm hidden states of the current positions, unshifted.
+            new_kv: Per layer, post-RoPE (k_BKQE, v_BKQE) of the current positions only.
+        """
+        Q = input_ids_BQ.shape[1]
+        mask_B1QS = None if key_mask_BS is None else make_cached_attention_mask(key_mask_BS, Q)
+        return self.model.forward_cached(input_ids_BQ, position_ids_BQ, mask_B1QS, past_kv)
+
+    def forward_cached(
+        self,
+        input_ids_BQ: Tensor,
+        *,
+        position_ids_BQ: Tensor,
+        past_kv: KVCache | None = None,
+        key_mask_BS: Tensor | None = None,
+    ) -> tuple[Tensor, KVCache]:
+        """Return unshifted logits of the current positions and their K/V (see `hidden_states_cached`).
+
+        Returns:
+            logits_BQV: `logits_BQV[:, q-1]` predicts the token at current position q.
+            new_kv: Per layer, (k_BKQE, v_BKQE) of the current positions.
+        """
+        hidden_BQD, new_kv = self.hidden_states_cached(
+            input_ids_BQ, position_ids_BQ=position_ids_BQ, past_kv=past_kv, key_mask_BS=key_mask_BS
+        )
+        return self.lm_head(hidden_BQD), new_kv
 
     def init_buffers(self, device: torch.device | str | None = None) -> None:
         """Recompute the non-persistent RoPE buffer on `device` (default: the embedding's device)."""

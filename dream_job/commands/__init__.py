@@ -1,0 +1,3 @@
+"""The CLI's verbs, one module per group; importing this package registers them on `cli.app`."""
+
+from dream_job.commands import data, train  # noqa: F401

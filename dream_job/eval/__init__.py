@@ -1,0 +1,7 @@
+"""Evaluation of the base and fine-tuned models: suites, answer checking, the run, the report.
+
+- `suites.py`: load a benchmark's items (`EvalItem`) from the run, a hub dataset or a local file;
+- `answers.py`: build prompts in the training layout, extract and check answers (pure);
+- `run.py`: `evaluate()` one model on every suite, writing `<run_dir>/eval/`;
+- `report.py`: `write_report()` turns `summary.json` into `report.md` and `accuracy.png`.
+"""
