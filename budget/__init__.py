@@ -1,6 +1,17 @@
 """The cost preflight behind `dream-job estimate`: GPU catalog, memory, time and price models.
 
-Imports no torch and nothing from the container side except `dream_job.spec`, so it runs on a
-laptop without torch. The models land with the estimate issue; `tests/unit/test_spec.py`
-checks that importing this package pulls in no torch.
+Imports no torch and nothing from the container side except `dream_job.spec` and
+`dream_job.errors`, so it runs on a laptop without torch (`tests/unit/test_spec.py` checks it).
+
+Public API:
+- `estimate(spec, data_report=..., catalog_dir=None, now=None) -> Estimate` (`Estimate.to_json()`);
+  raises `NoOfferError` (a `BudgetError`, with `.estimate` and `.min_budget_cny`) when nothing fits.
+- `sky_launch_command(estimate) -> str`, `load_data_report(path) -> dict`.
+- Models: `budget.memory.estimate_memory`, `budget.timing.estimate_time`, `budget.catalog.load_prices`,
+  `budget.gpus.resolve_gpu`; FLOPs in `budget.flops`. Data and its sources: `budget/data/`.
 """
+
+from budget.estimate import Candidate, Estimate, NoOfferError, estimate, sky_launch_command
+from budget.tokens import load_data_report
+
+__all__ = ["Candidate", "Estimate", "NoOfferError", "estimate", "load_data_report", "sky_launch_command"]

@@ -60,3 +60,14 @@ def peak_flops(device_name: str) -> float | None:
         if key.replace(" ", "").lower() in device_name.replace(" ", "").lower():
             return tflops * 1e12
     return None
+
+
+def forward_flops_per_token(*, matmul_params: int, hidden: int, num_layers: int, context: int) -> float:
+    """Return forward FLOPs per token of one inference forward (the sampler's cost unit).
+
+    Args:
+        matmul_params: Weights multiplied per token (decoder linears + lm_head at every position:
+            7.07e9 for Dream 7B, data-and-eval.md §12).
+        context: Keys each query attends to (bidirectional: the whole prompt + window).
+    """
+    return 2.0 * matmul_params + 4.0 * num_layers * context * hidden

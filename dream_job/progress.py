@@ -122,3 +122,87 @@ def status_table(status: dict[str, Any]) -> Table:
     for destination in status["destinations"]:
         table.add_row("destination", destination)
     return table
+
+
+# --- evaluation ---------------------------------------------------------------------------
+
+from collections.abc import Callable, Iterator  # noqa: E402  (appended section; keeps the code above untouched)
+from contextlib import contextmanager  # noqa: E402
+
+from rich.progress import (  # noqa: E402
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text  # noqa: E402
+
+
+class ItemsPerSecondColumn(ProgressColumn):
+    """Items decoded per second in this session (resumed items do not count)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.speed
+        return Text("– items/s" if speed is None else f"{speed:.2f} items/s")
+
+
+@contextmanager
+def eval_progress(console: Console | None = None) -> Iterator[Callable[[str, int, int], None]]:
+    """Show one progress bar per model and suite on stderr while evaluating.
+
+    Yields the callback to pass as `evaluate(..., progress=...)`: `callback(description,
+    num_done, num_total)`. The first call for a description starts its bar at `num_done` (items
+    reused from an earlier run), so the rate (items/s) and the ETA count only new items.
+
+    Example:
+        with eval_progress() as progress:
+            evaluate(spec, model_label="final", progress=progress)
+    """
+    bars = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        ItemsPerSecondColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console or stderr,
+    )
+    tasks: dict[str, Any] = {}
+
+    def update(description: str, num_done: int, num_total: int) -> None:
+        if description not in tasks:
+            tasks[description] = bars.add_task(description, total=num_total, completed=num_done)
+        else:
+            bars.update(tasks[description], completed=num_done, total=num_total)
+
+    with bars:
+        yield update
+
+
+def eval_summary_table(summary: dict[str, Any]) -> Table:
+    """Render `<run_dir>/eval/summary.json` as one row per suite: accuracy per model, change, n, tok/s."""
+    from dream_job.eval.report import format_accuracy, format_delta, format_speed, ordered_labels, ordered_suites
+
+    labels, suites = ordered_labels(summary), ordered_suites(summary)
+    has_delta = "base" in labels and "final" in labels
+    table = Table(title="evaluation accuracy")
+    table.add_column("suite")
+    table.add_column("n", justify="right")
+    for label in labels:
+        table.add_column(label, justify="right")
+    if has_delta:
+        table.add_column("Δ final − base", justify="right")
+    for label in labels:
+        table.add_column(f"{label} tok/s", justify="right")
+    for suite in suites:
+        entries = {label: summary[label].get(suite) for label in labels}
+        counts = sorted({entry["n"] for entry in entries.values() if entry is not None})
+        cells = [suite, " / ".join(str(n) for n in counts), *(format_accuracy(e) for e in entries.values())]
+        if has_delta:
+            cells.append(format_delta(entries["base"], entries["final"]))
+        cells += [format_speed(e) for e in entries.values()]
+        table.add_row(*cells)
+    return table

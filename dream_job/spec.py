@@ -200,6 +200,41 @@ class BudgetSpec(_Section):
     cny_per_usd: float = Field(7.10, gt=0.0, description="Exchange rate (default read 2026-11-24).")
     use_spot: bool = Field(True, description="Consider spot/preemptible offers.")
     gpus: list[str] = Field([], description="Restrict candidates to these GPU names (empty: all in the catalog).")
+    clouds: list[str] = Field(
+        [],
+        description="Restrict candidates to these SkyPilot clouds (`runpod`, `vast`, `lambda`, `aws`, ...; empty: "
+        "all); with exactly one, the launch command gets `--infra <cloud>`.",
+    )
+    allow_recipe_change: bool = Field(
+        False,
+        description="Let the estimate choose a `train.method` that changes the training recipe (8-bit AdamW, "
+        "LoRA) when it is cheaper; otherwise such methods are only listed as alternatives.",
+    )
+    managed_job: bool = Field(
+        True,
+        description="Launch with `sky jobs launch` (recovers from spot preemption); the estimate then counts "
+        "the SkyPilot jobs-controller VM.",
+    )
+    controller_usd_per_hour: float = Field(
+        0.25,
+        ge=0.0,
+        description="Price of the SkyPilot jobs-controller VM while the job runs, USD/hour (SkyPilot docs, "
+        "read 2026-11-24).",
+    )
+    download_mb_per_s: float = Field(
+        100.0,
+        gt=0.0,
+        description="Download rate of the GPU machine for the container image and the base model, MB/s "
+        "(assumption of 2026-11-24; clouds usually do better).",
+    )
+    upload_mb_per_s: float = Field(
+        50.0, gt=0.0, description="Upload rate to `artifacts.destinations`, MB/s (assumption of 2026-11-24)."
+    )
+    max_catalog_age_days: int = Field(
+        14,
+        ge=1,
+        description="Refuse a local SkyPilot price catalog (`~/.sky/catalogs/v8`) older than this many days.",
+    )
 
 
 class ArtifactsSpec(_Section):
@@ -211,6 +246,13 @@ class ArtifactsSpec(_Section):
     )
     sync_every_steps: int | None = Field(
         None, ge=1, description="Upload checkpoints every N steps so a preempted run resumes elsewhere."
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s/]+",
+        description="Endpoint of an S3-compatible store (R2, MinIO, SeaweedFS, ...) for `s3://` destinations, "
+        "e.g. `https://<account>.r2.cloudflarestorage.com`; default: `AWS_ENDPOINT_URL`, else AWS S3. "
+        "Credentials always come from the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).",
     )
 
 

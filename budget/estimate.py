@@ -1,0 +1,322 @@
+"""The cost preflight: every (GPU x count x method x cloud x spot) candidate, and the choice.
+
+`estimate(spec, data_report=...)` prices each offer of the catalog (or the shipped snapshot)
+for the spec's own `train.method` and the other methods, with the memory model
+(`budget.memory`) and the time model (`budget.timing`), and chooses the cheapest candidate that
+fits and stays within `budget.max_cost_yuan` (ties: the faster). Methods that change the
+training recipe (8-bit AdamW or LoRA instead of fp32 AdamW, and back) are candidates only with
+`budget.allow_recipe_change`; otherwise they are listed as alternatives. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from budget.catalog import Offer, load_prices
+from budget.gpus import GpuSpec, gpu_table, resolve_gpu
+from budget.memory import MemoryEstimate, estimate_memory
+from budget.shape import ModelShape, model_shape
+from budget.timing import Calibration, TimeEstimate, calibration, estimate_time
+from budget.tokens import Workload, workload
+from dream_job.errors import BudgetError
+from dream_job.spec import JobSpec
+
+METHODS = ("full", "full_8bit", "full_offload", "lora")
+# Methods with the same recipe train the same maths: offload only moves fp32 AdamW to the CPU.
+RECIPE = {"full": "fp32 AdamW", "full_offload": "fp32 AdamW", "full_8bit": "8-bit AdamW", "lora": "LoRA"}
+CHOICE_KEYS = ("gpu", "count", "method", "cloud", "spot", "peak_gib", "hours", "cost_cny", "usd_per_hour")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One priced way to run the job."""
+
+    gpu: str
+    accelerator: str
+    count: int
+    method: str
+    cloud: str
+    instance_type: str
+    region: str
+    spot: bool
+    usd_per_hour: float
+    peak_gib: float
+    vram_gib: float
+    host_gib: float
+    host_mem_gib: float | None
+    hours: float
+    train_hours: float
+    eval_hours: float
+    overhead_hours: float
+    cost_cny: float
+    mfu: float
+    fits: bool
+    within_budget: bool
+    recipe_change: bool
+    reason: str
+
+    @property
+    def accepted(self) -> bool:
+        return self.fits and self.within_budget and not self.reason
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the candidate as JSON-ready values (numbers rounded for reading)."""
+        out = asdict(self)
+        for key, digits in (("peak_gib", 2), ("vram_gib", 2), ("host_gib", 1), ("hours", 3), ("train_hours", 3),
+                            ("eval_hours", 3), ("overhead_hours", 3), ("cost_cny", 2), ("mfu", 3)):
+            out[key] = round(out[key], digits)
+        return out
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Everything `dream-job estimate` shows; `to_json()` is the stable machine-readable form."""
+
+    job: str
+    budget_cny: float
+    cny_per_usd: float
+    prices_source: str
+    prices_date: date
+    tokens_source: str
+    tokens_are_estimate: bool
+    rows: int
+    tokens_per_epoch: float
+    steps: int
+    managed_job: bool
+    infra: str | None
+    candidates: list[Candidate]
+    choice: Candidate | None
+    rejected: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """Return `{choice, candidates, budget_cny, prices_source, prices_date, ...}` (stable keys)."""
+        choice = None
+        if self.choice is not None:
+            full = self.choice.to_json()
+            choice = {key: full[key] for key in CHOICE_KEYS} | {"accelerator": full["accelerator"]}
+        return {
+            "job": self.job, "choice": choice, "candidates": [c.to_json() for c in self.candidates],
+            "budget_cny": self.budget_cny, "cny_per_usd": self.cny_per_usd, "prices_source": self.prices_source,
+            "prices_date": self.prices_date.isoformat(), "tokens_source": self.tokens_source,
+            "tokens_are_estimate": self.tokens_are_estimate, "rows": self.rows,
+            "tokens_per_epoch": round(self.tokens_per_epoch), "steps": self.steps, "managed_job": self.managed_job,
+            "infra": self.infra, "rejected": self.rejected, "notes": self.notes,
+        }
+
+
+class NoOfferError(BudgetError):
+    """No candidate fits within the budget; carries the estimate and the minimum budget needed."""
+
+    def __init__(self, message: str, *, hint: str | None, estimate: Estimate, min_budget_cny: float | None) -> None:
+        super().__init__(message, hint=hint)
+        self.estimate = estimate
+        self.min_budget_cny = min_budget_cny
+
+
+def _memory(spec: JobSpec, shape: ModelShape, method: str, count: int, work: Workload, cal: Calibration) -> MemoryEstimate:
+    train = spec.train
+    prompt = max((s.prompt_tokens for s in work.suites), default=0.0)
+    return estimate_memory(
+        shape, method=method, num_gpus=count, micro_batch_size=train.micro_batch_size,
+        max_length=spec.data.max_length, activation_checkpointing=train.activation_checkpointing,
+        accumulation_steps=max(1, train.global_batch_size // (train.micro_batch_size * count)),
+        lora_rank=train.lora.rank, lora_targets=list(train.lora.targets), lora_dropout=train.lora.dropout,
+        eval_batch_size=spec.eval.batch_size,
+        eval_context=round(prompt) + spec.eval.sampler.gen_length if work.suites else 0,
+        constants=cal.memory_constants(),
+    )
+
+
+def _memory_reason(mem: MemoryEstimate, gpu: GpuSpec) -> str:
+    terms = mem.breakdown_gib
+    states = sum(v for k, v in terms.items() if k.startswith(("params", "grads", "AdamW", "base", "adapters")))
+    parts = [f"params+grads+optimizer {states:.1f}"]
+    if (acc := terms.get("no-sync accumulated grads fp32 (unsharded)")) is not None:
+        parts.append(f"no-sync accumulated fp32 grads {acc:.1f}")
+    parts.append(f"activations+loss {sum(v for k, v in terms.items() if k.startswith(('activations', 'loss'))):.1f}")
+    return (f"needs {mem.peak_gib:.1f} GiB per GPU at its {mem.peak_phase} peak ({', '.join(parts)} GiB), "
+            f"{gpu.name} has {gpu.vram_gib:.1f} GiB")
+
+
+def _candidate(spec: JobSpec, offer: Offer, method: str, mem: MemoryEstimate, time: TimeEstimate,
+               cal: Calibration) -> Candidate:
+    budget, train = spec.budget, spec.train
+    gpu = gpu_table()[offer.gpu]
+    host_ram, host_known = offer.host_mem_gib, offer.host_mem_gib is not None
+    if host_ram is None:
+        host_ram = offer.count * gpu.vram_gib * cal.memory_constants().unknown_host_ram_per_vram
+    hours = time.total_s / 3600
+    usd = hours * offer.usd_per_hour + (hours * budget.controller_usd_per_hour if budget.managed_job else 0.0)
+    cost = usd * budget.cny_per_usd
+    fits_gpu = mem.peak_gib <= gpu.vram_gib
+    fits_host = mem.host_gib <= host_ram
+    per_round = train.micro_batch_size * offer.count
+    reason = ""
+    if train.global_batch_size % per_round:
+        reason = (f"`train.global_batch_size` {train.global_batch_size} is not a multiple of "
+                  f"`train.micro_batch_size` {train.micro_batch_size} x {offer.count} GPUs")
+    elif not fits_gpu:
+        reason = _memory_reason(mem, gpu)
+    elif not fits_host:
+        has = f"has {host_ram:.0f} GiB" if host_known else f"does not list its RAM (assumed {host_ram:.0f} GiB)"
+        reason = (f"needs {mem.host_gib:.0f} GiB of host RAM (rank 0's full state dict at load and export"
+                  f"{', the offloaded optimizer' if method == 'full_offload' else ''}), `{offer.instance_type}` {has}")
+    elif cost > budget.max_cost_yuan:
+        reason = f"costs ¥{cost:.2f}, over the ¥{budget.max_cost_yuan:g} budget"
+    recipe_change = RECIPE[method] != RECIPE[train.method]
+    if not reason and recipe_change and not budget.allow_recipe_change:
+        reason = (f"changes the recipe to {RECIPE[method]} (allow with `--set budget.allow_recipe_change=true` "
+                  f"or `--set train.method={method}`)")
+    return Candidate(
+        gpu=offer.gpu, accelerator=offer.accelerator, count=offer.count, method=method, cloud=offer.cloud,
+        instance_type=offer.instance_type, region=offer.region, spot=offer.spot, usd_per_hour=offer.usd_per_hour,
+        peak_gib=mem.peak_gib, vram_gib=gpu.vram_gib, host_gib=mem.host_gib, host_mem_gib=offer.host_mem_gib,
+        hours=hours, train_hours=time.train_s / 3600, eval_hours=time.eval_s / 3600,
+        overhead_hours=(sum(time.overheads_s.values()) + time.spot_extra_s) / 3600, cost_cny=cost, mfu=time.mfu,
+        fits=fits_gpu and fits_host and not train.global_batch_size % per_round,
+        within_budget=cost <= budget.max_cost_yuan, recipe_change=recipe_change, reason=reason,
+    )
+
+
+def _rejected_families(candidates: list[Candidate]) -> list[str]:
+    """One line per (method, GPU, count) with no accepted candidate: the reason of its cheapest."""
+    families: dict[tuple[str, str, int], list[Candidate]] = {}
+    for c in candidates:
+        families.setdefault((c.method, c.gpu, c.count), []).append(c)
+    lines = []
+    for (method, gpu, count), members in families.items():
+        if not any(c.accepted for c in members):
+            best = min(members, key=lambda c: (not c.fits, c.cost_cny))
+            lines.append(f"{method} on {count}x {gpu}: {best.reason}")
+    return lines
+
+
+def _infra(spec: JobSpec, choice: Candidate | None, candidates: list[Candidate]) -> str | None:
+    """The cloud `sky launch` must be pinned to: the only allowed one, or the chosen one when
+    another cloud sells the same GPUs at the same or a lower price (SkyPilot would pick that)."""
+    if len(spec.budget.clouds) == 1:
+        return spec.budget.clouds[0]
+    if choice is None:
+        return None
+    rivals = [c for c in candidates if c.cloud != choice.cloud and c.accelerator == choice.accelerator
+              and c.count == choice.count and c.spot == choice.spot and c.usd_per_hour <= choice.usd_per_hour]
+    return choice.cloud if rivals else None
+
+
+def estimate(spec: JobSpec, *, data_report: dict[str, Any] | None, catalog_dir: Path | None = None,
+             now: date | None = None) -> Estimate:
+    """Price every candidate for `spec` and choose the cheapest that fits within the budget.
+
+    Args:
+        spec: The job.
+        data_report: `data_report.json` of `dream-job prep` (see `budget.tokens.load_data_report`);
+            None estimates the tokens from the shipped s1K-1.1 length profile (labelled so).
+        catalog_dir: SkyPilot's catalog folder; None means `~/.sky/catalogs/v8`. When the folder
+            does not exist the shipped price snapshot is used.
+        now: Today, for catalog staleness (default: the system date).
+
+    Returns:
+        The estimate, with a `choice`.
+
+    Raises:
+        NoOfferError: (a `BudgetError`) nothing fits within the budget; names the minimum budget
+            and carries the full estimate for rendering.
+        BudgetError: An unknown GPU name, an empty or stale catalog, a data report made with
+            another `data.max_length`, or an unknown model.
+    """
+    today = now or date.today()
+    budget, cal = spec.budget, calibration()
+    gpus = {resolve_gpu(name).name for name in budget.gpus}
+    clouds = [c.lower() for c in budget.clouds]
+    prices = load_prices(catalog_dir, clouds=clouds, today=today, max_age_days=budget.max_catalog_age_days)
+    offers = [o for o in prices.offers if (not gpus or o.gpu in gpus) and (budget.use_spot or not o.spot)]
+    if not offers:
+        raise BudgetError(
+            f"no offer for `budget.gpus` {sorted(gpus)} in the prices ({prices.source})",
+            hint="widen `budget.gpus` or `budget.clouds`; GPUs priced there: "
+            + ", ".join(sorted({f"`{o.gpu}`" for o in prices.offers})),
+        )
+    shape, work = model_shape(spec), workload(spec, data_report)
+    methods = [spec.train.method, *(m for m in METHODS if m != spec.train.method)]
+    memory: dict[tuple[str, int], MemoryEstimate] = {}
+    times: dict[tuple[str, str, int, bool], TimeEstimate] = {}
+    candidates = []
+    for method in methods:
+        for offer in offers:
+            mem_key, time_key = (method, offer.count), (offer.gpu, method, offer.count, offer.spot)
+            if mem_key not in memory:
+                memory[mem_key] = _memory(spec, shape, method, offer.count, work, cal)
+            if time_key not in times:
+                times[time_key] = estimate_time(spec, shape, work, gpu_table()[offer.gpu], method=method,
+                                                num_gpus=offer.count, spot=offer.spot, cal=cal)
+            candidates.append(_candidate(spec, offer, method, memory[mem_key], times[time_key], cal))
+    candidates.sort(key=lambda c: (not c.accepted, not c.fits, round(c.cost_cny, 2), c.hours))
+    accepted = [c for c in candidates if c.accepted]
+    choice = accepted[0] if accepted else None
+    steps = next(iter(times.values())).steps
+    notes = list(prices.notes)
+    if (age := (today - prices.date).days) > budget.max_catalog_age_days:
+        notes.append(f"prices are {age} days old ({prices.date}); treat them as indicative")
+    if work.is_estimate:
+        notes.append("tokens are an ESTIMATE from the shipped s1K-1.1 length profile; pass `--data-report`")
+    if not any(t.mfu_measured for t in times.values()):
+        notes.append(f"MFU values are placeholders from public sources (budget/data/calibration.toml, {cal.date}) "
+                     "until the GPU benchmark measures them")
+    notes.append("evaluation is assumed split over all GPUs of the machine")
+    result = Estimate(
+        job=spec.name, budget_cny=budget.max_cost_yuan, cny_per_usd=budget.cny_per_usd,
+        prices_source=prices.source, prices_date=prices.date, tokens_source=work.source,
+        tokens_are_estimate=work.is_estimate, rows=work.rows, tokens_per_epoch=work.tokens_per_epoch, steps=steps,
+        managed_job=budget.managed_job, infra=_infra(spec, choice, candidates), candidates=candidates,
+        choice=choice, rejected=_rejected_families(candidates), notes=notes,
+    )
+    if choice is None:
+        _raise_no_offer(spec, result)
+    return result
+
+
+def _raise_no_offer(spec: JobSpec, result: Estimate) -> None:
+    allowed = [c for c in result.candidates if c.fits and (spec.budget.allow_recipe_change or not c.recipe_change)]
+    where = "`budget.max_cost_yuan`"
+    if allowed:
+        cheapest = min(allowed, key=lambda c: (c.cost_cny, c.hours))
+        needed = math.ceil(cheapest.cost_cny)
+        raise NoOfferError(
+            f"no offer runs `{spec.name}` within {where} ¥{spec.budget.max_cost_yuan:g}: the cheapest that fits "
+            f"needs ¥{cheapest.cost_cny:.2f} ({cheapest.count}x {cheapest.gpu}, {cheapest.method}, {cheapest.cloud} "
+            f"{'spot' if cheapest.spot else 'on-demand'}, {cheapest.hours:.1f} h)",
+            hint=f"raise the budget to at least ¥{needed}: `--set budget.max_cost_yuan={needed}`",
+            estimate=result, min_budget_cny=cheapest.cost_cny,
+        )
+    other = [c for c in result.candidates if c.fits]
+    hint = "try more GPUs per machine, a shorter `data.max_length` or another `train.method`"
+    if other:
+        alt = min(other, key=lambda c: c.cost_cny)
+        hint = (f"`--set train.method={alt.method}` fits ({alt.count}x {alt.gpu}, ¥{alt.cost_cny:.2f}) but changes "
+                f"the recipe to {RECIPE[alt.method]}")
+    raise NoOfferError(f"no offer fits `{spec.name}` with `train.method` `{spec.train.method}` in memory",
+                       hint=hint, estimate=result, min_budget_cny=None)
+
+
+def sky_launch_command(result: Estimate, *, task_yaml: str = "sky.yaml") -> str:
+    """Return the `sky jobs launch` (or `sky launch`) line for the chosen offer.
+
+    Raises:
+        ValueError: The estimate has no choice.
+    """
+    choice = result.choice
+    if choice is None:
+        raise ValueError("the estimate has no choice to launch")
+    parts = (["sky", "jobs", "launch", "-n", result.job] if result.managed_job
+             else ["sky", "launch", "-c", result.job, "--down"])
+    parts += ["--gpus", f"{choice.accelerator}:{choice.count}"]
+    if choice.spot:
+        parts.append("--use-spot")
+    if result.infra:
+        parts += ["--infra", result.infra]
+    return " ".join([*parts, task_yaml])

@@ -1,0 +1,204 @@
+"""Memory model of dream-job's trainer: peak GPU memory per GPU and host RAM, per method.
+
+Mirrors `dream_job/train/build.py` and `loop.py` (FSDP2 full shard over the GPU count; one
+`fully_shard` unit per decoder layer plus the root unit embedding + final norm + lm_head;
+`MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)`):
+
+- `full`: fp32 master params, fp32 grads, fp32 AdamW m and v, sharded: 16 B/param / GPUs.
+  `foreach` AdamW allocates one more fp32 param-sized temporary (sqrt of v) in the step.
+- `full_8bit`: bf16 params and grads (2 + 2 B) + torchao AdamW8bit states (~2.03 B), sharded.
+- `full_offload`: params, grads and AdamW states in host RAM (pinned fp32, 16 B/param, plus the
+  4 B/param `foreach` temporary of the CPU step); the GPU holds bf16 compute copies only.
+- `lora`: frozen bf16 base (2 B/param, sharded) + fp32 adapters with fp32 grads and AdamW (16 B).
+
+Terms every method shares: the root unit's bf16 params stay unsharded from forward to the end of
+backward (FSDP2 does not reshard the root), two decoder layers are unsharded at once (current +
+prefetch). **Gradient accumulation**: the trainer turns gradient sync off on all but the last
+micro-step (`set_requires_gradient_sync(False)`), and FSDP2 then keeps every unsharded gradient
+in the reduce dtype: 4 B x trainable params on every GPU, not divided by the GPU count
+(torch/distributed/fsdp/_fully_shard/_fsdp_param.py: `to_accumulated_grad_if_needed`).
+Activations: with per-layer checkpointing the bf16 input of each layer (2·T·d B) plus one
+layer's recompute and backward workspace; without, every layer's saved tensors. The loss applies
+the lm_head to masked rows only, in chunks of 4096 rows recomputed in backward. The save peak
+(after `zero_grad`, so no grads) gathers one whole tensor at a time for the export. Sizes are
+bytes; results in GiB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from budget.shape import ModelShape
+
+GIB = 2**30
+LOSS_CHUNK_ROWS = 4096  # DreamForMaskedDiffusion.loss_chunk_size
+EXPORT_SHARD_BYTES = 5 * GIB  # save_hf_folder casts one <= 5 GiB shard at a time
+TRAINABLE_FULL = ("full", "full_8bit", "full_offload")
+
+
+@dataclass(frozen=True)
+class MemoryConstants:
+    """Calibration of the memory model (`[memory]` of budget/data/calibration.toml)."""
+
+    cuda_context_gib: float
+    nccl_gib: float
+    allocator_headroom: float
+    host_per_rank_gib: float
+    unknown_host_ram_per_vram: float
+    adam8bit_bytes_per_param: float
+    loss_bytes_per_logit: float
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Per-GPU memory by phase and the host RAM a node needs.
+
+    Attributes:
+        phases_gib: Allocated GiB per GPU in `train` (forward/backward), `step` (optimizer),
+            `save` (checkpoint and export) and `eval` (the sampler), before context and headroom.
+        breakdown_gib: The terms of the `train` phase.
+        peak_gib: max(phases) x (1 + allocator headroom) + CUDA context (+ NCCL): what must fit.
+        host_gib: Peak host RAM of the node (all ranks), GiB.
+    """
+
+    phases_gib: dict[str, float]
+    breakdown_gib: dict[str, float]
+    peak_gib: float
+    host_gib: float
+
+    @property
+    def peak_phase(self) -> str:
+        return max(self.phases_gib, key=self.phases_gib.__getitem__)
+
+
+def activation_bytes_per_token_layer(shape: ModelShape, *, lora_in_features: int = 0) -> float:
+    """Bytes one decoder layer saves for backward per token (bf16, flash/efficient SDPA, no L x L).
+
+    RMSNorm inputs and fp32 internals (~4·d elements for the two norms), their outputs (2·d),
+    q, k, v (d + 2·kv), kv heads repeated for GQA (2·d), attention output and its contiguous
+    copy for o_proj (2·d), the residual stream into norm 2 (d), MLP gate, up, silu(gate) and
+    their product (4·I): 12·d + 2·kv + 4·I elements of 2 B. LoRA with dropout adds one dropped
+    copy (2 B) and a 1-byte mask per targeted linear's input.
+    """
+    d, kv, inter = shape.hidden, shape.kv_dim, shape.intermediate
+    return 2.0 * (12 * d + 2 * kv + 4 * inter) + 3.0 * lora_in_features
+
+
+def gpu_state_bytes(shape: ModelShape, method: str, num_gpus: int, *, trainable: int, adam8bit: float) -> dict[str, float]:
+    """Return the sharded, persistent per-GPU bytes: params, grads and optimizer states."""
+    p, n = shape.num_params, num_gpus
+    if method == "full":
+        return {"params fp32": 4 * p / n, "grads fp32": 4 * p / n, "AdamW m,v fp32": 8 * p / n}
+    if method == "full_8bit":
+        return {"params bf16": 2 * p / n, "grads bf16": 2 * p / n, "AdamW8bit states": adam8bit * p / n}
+    if method == "full_offload":
+        return {}
+    if method == "lora":
+        return {"base bf16 (frozen)": 2 * p / n, "adapters+grads+AdamW fp32": 16 * trainable / n}
+    raise ValueError(f"unknown method {method!r}")
+
+
+def estimate_memory(
+    shape: ModelShape,
+    *,
+    method: str,
+    num_gpus: int,
+    micro_batch_size: int,
+    max_length: int,
+    activation_checkpointing: bool,
+    accumulation_steps: int,
+    lora_rank: int,
+    lora_targets: list[str],
+    lora_dropout: float,
+    eval_batch_size: int,
+    eval_context: int,
+    constants: MemoryConstants,
+) -> MemoryEstimate:
+    """Return the per-GPU peak and host RAM of one training run (see the module docstring).
+
+    Args:
+        accumulation_steps: Micro-steps per optimizer step on each GPU
+            (global batch / (micro batch x GPUs)); > 1 keeps unsharded fp32 grads.
+        eval_context: Prompt + generated tokens per sequence of the sampler (0: no evaluation).
+    """
+    n, p, d, vocab = num_gpus, shape.num_params, shape.hidden, shape.vocab
+    is_lora = method == "lora"
+    trainable = shape.lora_params(lora_rank, lora_targets) if is_lora else p
+    layer, root, embed = shape.layer_params, shape.root_params, shape.embed_params
+    states = gpu_state_bytes(shape, method, n, trainable=trainable, adam8bit=constants.adam8bit_bytes_per_param)
+    tokens = micro_batch_size * max_length
+    lora_in = shape.lora_input_features(lora_targets) if is_lora and lora_dropout > 0 else 0
+    per_layer = activation_bytes_per_token_layer(shape, lora_in_features=lora_in)
+
+    # Always held in forward/backward: sharded state, the root unit unsharded, accumulated grads,
+    # what checkpointing saves. On top, the larger of two moments of backward: the loss chunk
+    # (one layer prefetched, the lm_head grad appearing) or one layer's recompute and backward.
+    common = dict(states)
+    common["unsharded bf16 root (embed + lm_head)"] = 2 * root
+    if accumulation_steps > 1:
+        common["no-sync accumulated grads fp32 (unsharded)"] = 4 * trainable
+    if activation_checkpointing:
+        common["activations: saved layer inputs"] = shape.num_layers * tokens * d * 2
+        workspace = 2 * tokens * per_layer  # the layer's recomputed activations + their gradients
+    else:
+        common["activations: all layers"] = shape.num_layers * tokens * per_layer
+        workspace = tokens * per_layer
+    common["activations: embeddings, final hidden, grads"] = tokens * d * 12
+    loss_moment = {
+        "loss: one logits chunk": min(LOSS_CHUNK_ROWS, tokens) * vocab * constants.loss_bytes_per_logit,
+        "unsharded bf16: 1 layer (prefetch)": 2 * layer,
+    }
+    layer_moment = {"unsharded bf16: 2 layers": 4 * layer, "activations: 1-layer recompute/backward": workspace}
+    if not is_lora:
+        loss_moment["unsharded bf16 lm_head grad"] = 2 * embed
+        layer_moment["unsharded bf16 grads: root + 1 layer"] = 2 * root + 2 * layer
+        layer_moment["reduce-scatter fp32 buffer"] = 4 * layer
+    moment = max(loss_moment, layer_moment, key=lambda terms: sum(terms.values()))
+    terms = common | moment
+    train = sum(terms.values())
+
+    persistent = sum(states.values())
+    if method == "full":
+        step_temp = 4 * p / n  # foreach AdamW: sqrt(v) for every param at once
+    elif method == "full_8bit":
+        step_temp = 16 * embed / n  # per-param fp32 param, grad, m, v of the largest shard
+    elif is_lora:
+        step_temp = 4 * trainable / n
+    else:
+        step_temp = 0.0
+    grads = sum(v for k, v in states.items() if k.startswith("grads")) + (4 * trainable / n if is_lora else 0)
+    master_bytes = 4 if method in ("full", "full_offload") else 2
+    save = persistent - grads + master_bytes * embed  # export gathers one whole tensor at a time
+    evaluation = 0.0
+    if eval_context:
+        batch_tokens = eval_batch_size * eval_context
+        evaluation = 2 * p + batch_tokens * (vocab * 6 + per_layer + shape.num_layers * 4 * shape.kv_dim)
+    phases = {"train": train, "step": persistent + step_temp, "save": save, "eval": evaluation}
+
+    overhead = constants.cuda_context_gib + (constants.nccl_gib if n > 1 else 0.0)
+    peak = max(phases.values()) / GIB * (1 + constants.allocator_headroom) + overhead
+    return MemoryEstimate(
+        phases_gib={k: v / GIB for k, v in phases.items()},
+        breakdown_gib={k: v / GIB for k, v in terms.items()},
+        peak_gib=peak,
+        host_gib=host_bytes(shape, method=method, num_gpus=n, trainable=trainable, lora_targets=lora_targets,
+                            per_rank_gib=constants.host_per_rank_gib) / GIB,
+    )
+
+
+def host_bytes(shape: ModelShape, *, method: str, num_gpus: int, trainable: int, lora_targets: list[str],
+               per_rank_gib: float) -> float:
+    """Return the node's peak host RAM: processes, offloaded state, and rank 0's full state dict.
+
+    Rank 0 holds the whole state dict in the master dtype when it loads the base weights and
+    when it gathers the export (`get_model_state_dict(full_state_dict=True, cpu_offload=True)`),
+    plus one bf16 shard being written. A LoRA export also keeps an fp32 merged copy of every
+    targeted weight at once (`dream_job/train/export.py: _merge_lora`).
+    """
+    p = shape.num_params
+    full_dict = {"full": 4 * p, "full_offload": 4 * p, "full_8bit": 2 * p}.get(method, 2 * p + 4 * trainable)
+    if method == "lora":
+        full_dict += 4 * shape.lora_target_weights(lora_targets)
+    offloaded = 16 * p if method == "full_offload" else 0
+    cpu_step_temp = 4 * p if method == "full_offload" else 0
+    return num_gpus * per_rank_gib * GIB + offloaded + max(cpu_step_temp, full_dict + EXPORT_SHARD_BYTES)

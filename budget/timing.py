@@ -1,0 +1,195 @@
+"""Time model: training, evaluation and the fixed overheads a GPU machine is paid for.
+
+Inputs: the `Workload` (tokens, eval suites), the model shape, one GPU's `GpuSpec`, the method
+and GPU count, and `Calibration` (budget/data/calibration.toml: achieved MFU per GPU, sampler
+efficiency, offload rates, overheads; placeholders until the GPU benchmark measures them).
+
+- Training: FLOPs per token from `budget.flops.train_flops_per_token` (6N + bidirectional
+  attention + masked lm_head), divided by GPUs x peak x MFU; MFU is the trainer's own `perf/mfu`
+  convention (recompute not counted, so it is folded into the MFU). Per micro-step the slowest of
+  compute, FSDP all-gathers over the GPU link, and (full_offload) host-to-GPU copies; per step the
+  gradient reduce-scatter and the optimizer (HBM-bound on the GPU, or the CPU AdamW).
+- Evaluation: the sampler's forwards (reference: `steps` full forwards; fast: one full forward
+  per block plus `block/tokens_per_step` forwards of the block and what follows), each the
+  slower of compute and reading the bf16 weights, prompts split over the GPUs.
+- Overheads: provisioning, image pull, base-model download, data prep, checkpoint and export
+  writes, uploads to `artifacts.destinations`; spot runs add the expected restart share.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from budget.flops import forward_flops_per_token, train_flops_per_token
+from budget.gpus import DATA_DIR, GpuSpec
+from budget.memory import MemoryConstants
+from budget.shape import ModelShape
+from budget.tokens import Workload
+from dream_job.spec import JobSpec
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The parsed budget/data/calibration.toml."""
+
+    raw: dict[str, Any]
+
+    @property
+    def date(self) -> str:
+        return str(self.raw["date"])
+
+    def train_mfu(self, gpu: str, method: str, activation_checkpointing: bool) -> tuple[float, bool]:
+        """Return (MFU, measured) for a GPU and method; measured values win over placeholders."""
+        measured = self.raw.get("measured", {}).get(f"{gpu}.{method}")
+        if measured is not None:
+            mfu, is_measured = float(measured["mfu"]), True
+        else:
+            mfu = self.raw["train_mfu"][gpu] * self.raw["method_factor"][method]
+            is_measured = False
+        if not activation_checkpointing:
+            mfu *= self.raw["no_activation_checkpointing"]["mfu_factor"]
+        return min(mfu, 0.75), is_measured
+
+    def section(self, name: str) -> dict[str, Any]:
+        return self.raw[name]
+
+    def memory_constants(self) -> MemoryConstants:
+        return MemoryConstants(**self.raw["memory"])
+
+
+@functools.cache
+def calibration() -> Calibration:
+    """Return the shipped calibration (read once)."""
+    with open(DATA_DIR / "calibration.toml", "rb") as f:
+        return Calibration(tomllib.load(f))
+
+
+@dataclass(frozen=True)
+class TimeEstimate:
+    """Seconds of one run on one offer, by part."""
+
+    steps: int
+    train_s: float
+    eval_s: float
+    overheads_s: dict[str, float] = field(default_factory=dict)
+    mfu: float = 0.0
+    mfu_measured: bool = False
+    spot_extra_s: float = 0.0
+
+    @property
+    def total_s(self) -> float:
+        return self.train_s + self.eval_s + sum(self.overheads_s.values()) + self.spot_extra_s
+
+
+def total_steps(spec: JobSpec, rows: int) -> int:
+    """Optimizer steps of the run: full global batches per epoch x epochs, capped by `max_steps`."""
+    steps = rows // spec.train.global_batch_size * spec.train.epochs
+    return min(steps, spec.train.max_steps) if spec.train.max_steps else steps
+
+
+def checkpoint_bytes(shape: ModelShape, method: str, trainable: int, adam8bit: float) -> float:
+    """Bytes of one DCP checkpoint: model state dict (master dtype) + optimizer states (no grads)."""
+    p = shape.num_params
+    if method == "full_8bit":
+        return (2 + adam8bit) * p
+    if method == "lora":
+        return 2 * p + 12 * trainable  # frozen bf16 base is in the model state dict too
+    return 12 * p
+
+
+def train_seconds(spec: JobSpec, shape: ModelShape, work: Workload, gpu: GpuSpec, *, method: str, num_gpus: int,
+                  trainable: int, cal: Calibration) -> tuple[int, float, float, bool]:
+    """Return (steps, seconds, MFU, MFU measured) of the training loop."""
+    train, n, p = spec.train, num_gpus, shape.num_params
+    steps = total_steps(spec, work.rows)
+    mfu, measured = cal.train_mfu(gpu.name, method, train.activation_checkpointing)
+    per_token = train_flops_per_token(
+        hidden=shape.hidden, intermediate=shape.intermediate, num_layers=shape.num_layers,
+        num_heads=shape.num_heads, num_kv_heads=shape.num_kv_heads, vocab=shape.vocab, seq_len=round(work.mean_length),
+    )
+    micro_tokens = train.micro_batch_size * work.mean_length
+    compute = micro_tokens * per_token / (gpu.bf16_tflops * 1e12 * mfu)
+    share = (n - 1) / n
+    all_gather = 2 * 2 * p * share / (gpu.link_gb_s * 1e9)  # bf16 params, forward and backward
+    host_copies = 2 * 4 * p / n / (gpu.pcie_gb_s * 1e9) if method == "full_offload" else 0.0
+    micro = max(compute, all_gather, host_copies)
+    accumulation = train.global_batch_size // (train.micro_batch_size * n)
+    reduce_scatter = 4 * trainable * share / (gpu.link_gb_s * 1e9)
+    if method == "full_offload":
+        optimizer = p / cal.section("offload")["cpu_adam_params_per_s"] + 4 * p / n / (gpu.pcie_gb_s * 1e9)
+    else:
+        touched = {"full": 36 * p, "full_8bit": 12 * p}.get(method, 36 * trainable) / n
+        optimizer = touched / (gpu.mem_bw_gb_s * 1e9 * 0.7)
+    return steps, steps * (accumulation * micro + reduce_scatter + optimizer), mfu, measured
+
+
+def eval_seconds(spec: JobSpec, shape: ModelShape, work: Workload, gpu: GpuSpec, *, num_gpus: int,
+                 cal: Calibration) -> float:
+    """Return the seconds the sampler needs for every suite and evaluated model."""
+    ev, sampler, cfg = spec.eval, spec.eval.sampler, cal.section("eval")
+    peak, weights = gpu.bf16_tflops * 1e12 * cfg["mfu"], 2 * shape.num_params
+    weight_read = weights / (gpu.mem_bw_gb_s * 1e9 * cfg["bandwidth_efficiency"])
+    total = 0.0
+    for suite in work.suites:
+        context = round(suite.prompt_tokens) + sampler.gen_length
+        per_token = forward_flops_per_token(matmul_params=shape.forward_matmul_params, hidden=shape.hidden,
+                                            num_layers=shape.num_layers, context=context)
+        if sampler.mode == "reference":
+            forwards = [context] * sampler.steps
+        else:
+            block = sampler.block_length
+            steps_per_block = math.ceil(block / cfg["fast_tokens_per_step"])
+            forwards = []
+            for start in range(0, sampler.gen_length, block):
+                forwards += [context] + [sampler.gen_length - start] * (steps_per_block - 1)
+        items_per_gpu = math.ceil(suite.items / num_gpus)
+        full_batches, rest = divmod(items_per_gpu, ev.batch_size)
+        for batch, count in ((ev.batch_size, full_batches), (rest, 1 if rest else 0)):
+            total += count * sum(max(batch * tokens * per_token / peak, weight_read) for tokens in forwards)
+    return len(ev.models) * total
+
+
+def overhead_seconds(spec: JobSpec, shape: ModelShape, *, method: str, steps: int, trainable: int,
+                     cal: Calibration) -> dict[str, float]:
+    """Return the fixed and per-save seconds outside the training loop and the sampler."""
+    over, budget, artifacts = cal.section("overheads"), spec.budget, spec.artifacts
+    download = budget.download_mb_per_s * 1e6
+    upload = budget.upload_mb_per_s * 1e6
+    disk = over["disk_write_gb_per_s"] * 1e9
+    model_bytes = 2 * shape.num_params  # bf16 safetensors: 15.2 GB for Dream 7B
+    ckpt = checkpoint_bytes(shape, method, trainable, cal.section("memory")["adam8bit_bytes_per_param"])
+    saves = math.ceil(steps / spec.train.save_every_steps) if steps else 0
+    parts = {
+        "provision": float(over["provision_s"]),
+        "image pull": over["image_gb"] * 1e9 / download * over["image_extract_factor"],
+        "model download": model_bytes / download,
+        "data prep": float(over["prep_s"]),
+        "checkpoint writes": saves * ckpt / disk,
+        "export write": model_bytes / disk,
+        "eval model loads": len(spec.eval.models) * float(over["eval_load_s"]) if spec.eval.suites else 0.0,
+    }
+    if artifacts.destinations:
+        syncs = math.ceil(steps / artifacts.sync_every_steps) if artifacts.sync_every_steps and steps else 0
+        parts["upload export"] = len(artifacts.destinations) * model_bytes / upload
+        parts["upload checkpoints"] = syncs * ckpt / upload
+    return parts
+
+
+def estimate_time(spec: JobSpec, shape: ModelShape, work: Workload, gpu: GpuSpec, *, method: str, num_gpus: int,
+                  spot: bool, cal: Calibration) -> TimeEstimate:
+    """Return the wall-clock of the whole run on `num_gpus` x `gpu` with `method`."""
+    is_lora = method == "lora"
+    trainable = shape.lora_params(spec.train.lora.rank, list(spec.train.lora.targets)) if is_lora else shape.num_params
+    steps, train_s, mfu, measured = train_seconds(spec, shape, work, gpu, method=method, num_gpus=num_gpus,
+                                                  trainable=trainable, cal=cal)
+    eval_s = eval_seconds(spec, shape, work, gpu, num_gpus=num_gpus, cal=cal) if spec.eval.suites else 0.0
+    overheads = overhead_seconds(spec, shape, method=method, steps=steps, trainable=trainable, cal=cal)
+    base = TimeEstimate(steps=steps, train_s=train_s, eval_s=eval_s, overheads_s=overheads, mfu=mfu,
+                        mfu_measured=measured)
+    extra = base.total_s * cal.section("spot")["restart_fraction"] if spot else 0.0
+    return TimeEstimate(steps=steps, train_s=train_s, eval_s=eval_s, overheads_s=overheads, mfu=mfu,
+                        mfu_measured=measured, spot_extra_s=extra)

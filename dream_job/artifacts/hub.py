@@ -1,0 +1,171 @@
+"""`hf://user/repo` destinations: publish an export to a private Hub model repo, and pull one.
+
+Publishing writes `README.md` (the model card), `dream_job_run.json` and `MANIFEST.sha256` into
+the folder, creates the repo (`private=True, exist_ok=True`), compares the repo's files with the
+folder (LFS sha256, or the git blob id of small files) and uploads only those that differ, then
+reads the repo's file list back and checks every file again. The upload is
+`HfApi.upload_large_folder` where the installed huggingface_hub has it (1.x), else
+`HfApi.upload_folder`, which in huggingface_hub 2.x is the resumable, multi-commit upload when
+`hf_xet` is installed. The token comes only from `HF_TOKEN`; `HF_ENDPOINT` selects a mirror.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dream_job.artifacts.card import ModelCardInputs, write_model_card
+from dream_job.artifacts.folder import (
+    MANIFEST_NAME, RUN_MARKER_NAME, check_marker, marker_text, render_manifest, sha256_file, write_atomic,
+)
+from dream_job.artifacts.transfer import ProgressFn, PublishResult, digest_folder
+from dream_job.errors import EXIT_TRANSIENT, ArtifactError
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+MAX_ATTEMPTS = 5
+BACKOFF_BASE_S = 2.0
+
+
+def publish_to_hub(local: Path, repo_id: str, *, run_id: str, force: bool, card: ModelCardInputs | None,
+                   progress: ProgressFn | None) -> PublishResult:
+    """Publish `local` to the Hub repo `repo_id`; see `dream_job.artifacts.publish_folder`."""
+    from huggingface_hub import HfApi
+
+    token = os.environ.get("HF_TOKEN")
+    if not token:
+        raise ArtifactError(f"`HF_TOKEN` is not set, so `hf://{repo_id}` cannot be written",
+                            hint="export a write token: `export HF_TOKEN=hf_...` (https://huggingface.co/settings/tokens)")
+    api = HfApi(endpoint=_endpoint(), token=token)
+    where = f"hf://{repo_id}"
+    _retrying(where, "creating the repository", lambda: api.create_repo(
+        repo_id, private=True, exist_ok=True, repo_type="model"))
+    existing = _retrying(where, f"reading `{RUN_MARKER_NAME}`", lambda: _read_text(api, repo_id, RUN_MARKER_NAME, token))
+    check_marker(existing, run_id=run_id, force=force, where=where)
+    if card is not None or not (local / "README.md").is_file():
+        inputs = card or ModelCardInputs(spec_yaml="")
+        write_model_card(local, spec_yaml=inputs.spec_yaml, data_report=inputs.data_report,
+                         eval_summary=inputs.eval_summary, loss_png=inputs.loss_png, repo_id=repo_id)
+    write_atomic(local / RUN_MARKER_NAME, marker_text(run_id).encode("utf-8"))
+    digests = digest_folder(local)
+    sha256 = {d.relpath: d.sha256 for d in digests}
+    write_atomic(local / MANIFEST_NAME, render_manifest(sha256).encode("utf-8"))
+    names = [*sha256, MANIFEST_NAME, RUN_MARKER_NAME]
+    stale = _retrying(where, "listing the repository", lambda: _stale_files(api, repo_id, local, names))
+    if stale:
+        upload: Callable[..., Any] | None = getattr(api, "upload_large_folder", None)
+        patterns = [glob.escape(name) for name in stale]
+        if upload is not None:  # huggingface_hub 1.x
+            call = lambda: upload(repo_id=repo_id, folder_path=local, repo_type="model", allow_patterns=patterns)  # noqa: E731
+        else:
+            call = lambda: api.upload_folder(  # noqa: E731
+                repo_id=repo_id, folder_path=local, repo_type="model", allow_patterns=patterns,
+                commit_message=f"dream-job: publish run {run_id}")
+        _retrying(where, f"uploading {len(stale)} files", call)
+    left = _retrying(where, "listing the repository", lambda: _stale_files(api, repo_id, local, names))
+    if left:
+        raise ArtifactError(f"after the upload, {len(left)} files at `{where}` still differ from `{local}`",
+                            caused_by=[f"`{name}`" for name in left[:20]],
+                            hint="re-run the publish; it uploads only what differs", exit_code=EXIT_TRANSIENT)
+    if progress is not None:
+        for digest in digests:
+            progress(digest.relpath, digest.size, digest.size)
+    num_uploaded = len([d for d in digests if d.relpath in stale])
+    logger.info("published %s to %s: %d files uploaded, %d already there", local, where, num_uploaded,
+                len(digests) - num_uploaded)
+    return PublishResult(where, len(digests), num_uploaded, len(digests) - num_uploaded,
+                         sum(d.size for d in digests if d.relpath in stale), sha256)
+
+
+def pull_from_hub(repo_id: str, dest: Path) -> None:
+    """Download the repo into `dest` with `snapshot_download` (resumable; `HF_TOKEN` if set)."""
+    from huggingface_hub import snapshot_download
+
+    token = os.environ.get("HF_TOKEN") or False
+    _retrying(f"hf://{repo_id}", "downloading", lambda: snapshot_download(
+        repo_id, repo_type="model", local_dir=dest, token=token, endpoint=_endpoint()))
+
+
+def _endpoint() -> str | None:
+    return os.environ.get("HF_ENDPOINT", "").rstrip("/") or None
+
+
+def _read_text(api: Any, repo_id: str, filename: str, token: str) -> str | None:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    with tempfile.TemporaryDirectory() as cache:
+        try:
+            path = hf_hub_download(repo_id, filename, repo_type="model", token=token, cache_dir=cache,
+                                   endpoint=api.endpoint)
+        except EntryNotFoundError:
+            return None
+        return Path(path).read_text(encoding="utf-8")
+
+
+def _stale_files(api: Any, repo_id: str, local: Path, names: list[str]) -> list[str]:
+    """Return the names whose repo copy is missing or differs (LFS sha256, or git blob sha1 of small files)."""
+    info = api.model_info(repo_id, files_metadata=True)
+    remote = {sibling.rfilename: sibling for sibling in info.siblings or []}
+    stale = []
+    for name in names:
+        path, sibling = local / name, remote.get(name)
+        if sibling is None or sibling.size != path.stat().st_size:
+            stale.append(name)
+        elif sibling.lfs is not None:
+            if sibling.lfs.sha256 != sha256_file(path):
+                stale.append(name)
+        elif sibling.blob_id != _git_blob_id(path):
+            stale.append(name)
+    return stale
+
+
+def _git_blob_id(path: Path) -> str:
+    data = path.read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+def _retrying(where: str, what: str, fn: Callable[[], T]) -> T:
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+
+    last: BaseException | None = None
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            return fn()
+        except OfflineModeIsEnabled:
+            raise ArtifactError(f"{what} at `{where}` needs the network, but `HF_HUB_OFFLINE` is set",
+                                hint="unset `HF_HUB_OFFLINE` for this command") from None
+        except HfHubHTTPError as exc:
+            status = getattr(exc.response, "status_code", 0) or 0
+            if status in (401, 403) or isinstance(exc, RepositoryNotFoundError):
+                raise ArtifactError(
+                    f"the Hugging Face Hub `{_endpoint() or 'https://huggingface.co'}` refused {what} at `{where}` "
+                    f"with the token in `HF_TOKEN` (HTTP {status})",
+                    hint="check that `HF_TOKEN` is a token with write access to the repo's namespace",
+                ) from None
+            if status < 500 and status != 429:
+                raise ArtifactError(f"{what} at `{where}` failed (HTTP {status})",
+                                    caused_by=[str(exc).splitlines()[0]]) from None
+            last = exc
+        except Exception as exc:
+            names = {cls.__name__ for cls in type(exc).__mro__}
+            if not names & {"TransportError", "ConnectionError", "TimeoutError", "TimeoutException"}:
+                raise
+            last = exc
+        if attempt < MAX_ATTEMPTS:
+            delay = BACKOFF_BASE_S * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)
+            logger.warning("%s at %s failed (attempt %d of %d: %s); retrying in %.1f s",
+                           what, where, attempt, MAX_ATTEMPTS, type(last).__name__, delay)
+            time.sleep(delay)
+    raise ArtifactError(f"{what} at `{where}` failed after {MAX_ATTEMPTS} attempts",
+                        caused_by=[f"{type(last).__name__}: {str(last).splitlines()[0] if str(last) else ''}"],
+                        hint="re-run the same command later; it uploads only files that differ",
+                        exit_code=EXIT_TRANSIENT) from None

@@ -1,0 +1,42 @@
+"""Verb `eval`: decode the suites with a model and write `<run_dir>/eval/`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dream_job.cli import JsonOpt, SetOpt, SpecArg, app, guarded
+from dream_job.spec import load_spec
+
+ModelOpt = Annotated[str, typer.Option("--model", help="`base`, `final` (the run's export) or a model folder.")]
+
+
+@app.command("eval")
+@guarded
+def eval_(spec: SpecArg = "jobs/smoke.yaml", model: ModelOpt = "final", set_: SetOpt = None,
+          as_json: JsonOpt = False) -> None:
+    """Evaluate a model on the job's suites; items already decoded are reused.
+
+    Example: `dream-job eval jobs/smoke.yaml --model base`, then `--model final` for the side-by-side report
+    """
+    import json
+
+    from dream_job.eval.report import write_report
+    from dream_job.eval.run import evaluate
+    from dream_job.progress import eval_progress, eval_summary_table, stderr, stdout
+
+    job = load_spec(spec, set_)
+    label, folder = (model, None) if model in ("base", "final") else (Path(model).name, Path(model))
+    if model == "final":
+        folder = job.run_dir() / "export"
+    with eval_progress() as progress:
+        evaluate(job, model_label=label, model_dir=folder, progress=progress)
+    report = write_report(job.run_dir())
+    summary = json.loads((job.run_dir() / "eval" / "summary.json").read_text())
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    stdout.print(eval_summary_table(summary))
+    stderr.print(f"report: {report}", highlight=False)

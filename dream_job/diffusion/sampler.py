@@ -1,0 +1,335 @@
+"""Diffusion decoding for Dream: the reference sampler and a Fast-dLLM-style cached sampler.
+
+Input: a `DreamModel`, prompts as token ids and a `SamplerSpec`. Output: `gen_length` generated
+ids per prompt (`GenerationResult`), with everything after the first EOS set to EOS. The batch is
+left-padded here; every prompt's N generated slots sit at the same columns [P, P + N).
+
+- `reference`: Dream's `diffusion_generate` (remote `generation_utils.py`, dream.md §14). Start
+  from prompt ++ N masks; timesteps t_i = linspace(1, eps, steps + 1); each step runs one full
+  forward, shifts the logits by one (dream.md §6), proposes a token for every mask and reveals
+  some: `origin` reveals each mask with probability 1 - s/t, the others reveal the k = int(M(1 - s/t))
+  most confident masks (the last step: all), ranking by p(x0) (`maskgit_plus`), top1 - top2
+  (`topk_margin`) or sum p log p (`entropy`). With eps > 0 the count is below M/steps: steps = N
+  reveals 0, then 1 per step, then 2 at the last step, exactly as Dream (dream.md §14).
+- `fast`: Fast-dLLM (arXiv 2505.22618; data-and-eval.md §7). The N slots are decoded block by block,
+  left to right. Each step reveals every mask of the current block whose p(x0) > threshold, and at
+  least the most confident one. A block starts with one full forward (it also reveals), whose
+  keys/values of the settled prefix (prompt and earlier blocks; with `dual_cache` also of the
+  all-mask suffix) are kept; later steps of the block run only positions [block start - 1, end)
+  (prefix cache) or [block start - 1, block end) (dual cache). The window starts one position early
+  so the logit shift of the block's first position uses a freshly computed hidden state. The cache
+  is Fast-dLLM's approximation: in a bidirectional model the prefix's keys/values at layers >= 2
+  depend on the block's tokens, which change during the block; the cache keeps their values from
+  the block start. On a 1-layer model (keys depend only on token and position) it is exact.
+
+Deviations from Dream's reference code, all in both modes where they apply:
+1. k is computed per row from that row's own masks (Dream uses one batch-averaged k), so a batch
+   decodes each row exactly as alone, and a row never has non-mask positions re-masked.
+2. Only the N generated slots are decoded: mask ids inside a prompt are left as they are.
+3. The mask token id is never proposed (its logit is -inf before filtering).
+4. Softmax, filtering and confidences are fp32 (Dream uses the model dtype); sampling is
+   Gumbel-max from `generator` (same distributions as Dream's `Categorical` / `multinomial`, not
+   the same random stream); positions under `alg_temp > 0` are a Gumbel-top-k (k draws without
+   replacement from softmax(conf / alg_temp)).
+5. The reference loop stops early once no mask remains (possible with `origin`); outputs are the same.
+6. After decoding, everything after the first EOS is set to EOS.
+
+Shape letters: B batch, L padded prompt + generation length, P padded prompt length, N generated
+slots, C block columns, W window (positions run in a cached step), M masked positions (flattened),
+R proposal rows per chunk, D hidden size, V vocab size.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from dream_job.model.dream import DreamModel
+
+if TYPE_CHECKING:  # only read as attributes; keeps pydantic out of the GPU image's imports
+    from dream_job.spec import SamplerSpec
+
+# Masked positions per lm_head call: bounds the [R, V] fp32 temporaries of the proposals
+# (V = 152,064 for Dream, so 256 rows are ~150 MB each; top_p also sorts them).
+_PROPOSAL_ROWS = 256
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """Generated ids of one `generate` call.
+
+    Attributes:
+        tokens: Per prompt, exactly `gen_length` ids; everything after the first EOS is EOS.
+        num_forward_passes: Model calls for the whole batch (full or cached windows).
+        seconds: Wall time of the call, including padding and the copy back to Python lists.
+    """
+
+    tokens: list[list[int]]
+    num_forward_passes: int
+    seconds: float
+
+
+def decode_until_eos(tokens: list[int], eos_id: int) -> list[int]:
+    """Return `tokens` up to (not including) the first `eos_id`; all of them if there is none."""
+    return tokens[: tokens.index(eos_id)] if eos_id in tokens else list(tokens)
+
+
+def generate(
+    model: DreamModel,
+    prompts: list[list[int]],
+    settings: SamplerSpec,
+    *,
+    mask_id: int,
+    eos_id: int,
+    pad_id: int,
+    generator: torch.Generator | None = None,
+) -> GenerationResult:
+    """Decode `settings.gen_length` tokens after each prompt with Dream's masked diffusion.
+
+    The prompts are left-padded with `pad_id` into one batch; with any padding the model gets the
+    padding mask and positions cumsum(mask) - 1 (clamped at 0), as Dream does. Runs under
+    `torch.inference_mode` on the model's device and dtype. See the module docstring for the two
+    modes and for where they deviate from Dream's code.
+
+    Args:
+        model: The Dream model (eval mode expected; it is not modified).
+        prompts: Token ids per prompt; each must be non-empty.
+        settings: Mode, length, steps, proposal and position-selection settings.
+        mask_id: The `<|mask|>` id (151666 for Dream).
+        eos_id: The EOS id (151643 for Dream).
+        pad_id: The id put on left pads (Dream: 151643).
+        generator: Randomness for temperature > 0, `origin` and `alg_temp > 0` (drawn on the
+            generator's device, then moved); None uses torch's global generator. Temperature 0 with a non-`origin`
+            algorithm draws nothing and is deterministic.
+
+    Returns:
+        The generated ids (`gen_length` per prompt), the number of forward passes and the time.
+
+    Raises:
+        ValueError: `prompts` is empty or holds an empty prompt.
+    """
+    if not prompts or any(len(prompt) == 0 for prompt in prompts):
+        lengths = [len(prompt) for prompt in prompts]
+        raise ValueError(f"`prompts` must be a non-empty list of non-empty prompts, got lengths `{lengths}`")
+    start_s = time.perf_counter()
+    device = model.lm_head.weight.device
+    B, P, N = len(prompts), max(len(prompt) for prompt in prompts), settings.gen_length
+    rows = [[pad_id] * (P - len(prompt)) + list(prompt) + [mask_id] * N for prompt in prompts]
+    with torch.inference_mode():
+        x_BL = torch.tensor(rows, dtype=torch.long, device=device)
+        real_BL = torch.ones_like(x_BL, dtype=torch.bool)
+        for b, prompt in enumerate(prompts):
+            real_BL[b, : P - len(prompt)] = False
+        position_ids_BL = (real_BL.long().cumsum(-1) - 1).clamp(min=0)
+        attention_mask_BL = None if bool(real_BL.all()) else real_BL  # no mask: SDPA's fast path
+        decode = _decode_reference if settings.mode == "reference" else _decode_fast
+        num_passes = decode(model, x_BL, attention_mask_BL, position_ids_BL, P, settings, mask_id, generator)
+        tokens = _fill_after_eos(x_BL[:, P:], eos_id).tolist()
+    return GenerationResult(tokens=tokens, num_forward_passes=num_passes, seconds=time.perf_counter() - start_s)
+
+
+def _decode_reference(
+    model: DreamModel,
+    x_BL: Tensor,
+    attention_mask_BL: Tensor | None,
+    position_ids_BL: Tensor,
+    P: int,
+    settings: SamplerSpec,
+    mask_id: int,
+    generator: torch.Generator | None,
+) -> int:
+    """Run Dream's reference loop on `x_BL` in place; return the number of forward passes."""
+    # fp32 on the CPU, like Dream's default-dtype linspace; int(M * (1 - s/t)) depends on its rounding.
+    timesteps = torch.linspace(1, settings.eps, settings.steps + 1)
+    num_passes = 0
+    for i in range(settings.steps):
+        mask_BL = x_BL == mask_id
+        mask_BL[:, :P] = False  # only the generated slots are decoded (deviation 2)
+        if not bool(mask_BL.any()):
+            break  # deviation 5: nothing left; Dream would run the remaining steps for nothing
+        hidden_BLD = model.hidden_states(x_BL, attention_mask_BL=attention_mask_BL, position_ids_BL=position_ids_BL)
+        num_passes += 1
+        b_M, l_M = mask_BL.nonzero(as_tuple=True)
+        # Logit shift (dream.md §6): position l is predicted by the hidden state at l - 1 (l >= P >= 1).
+        x0_M, conf_M = _propose(hidden_BLD[b_M, l_M - 1], model.lm_head, settings, settings.alg, mask_id, generator)
+        is_last = i == settings.steps - 1
+        t, s = timesteps[i], timesteps[i + 1]
+        if settings.alg == "origin":
+            # Each mask is revealed independently with probability 1 - s/t (all at the last step).
+            p_reveal = 1.0 if is_last else float(1 - s / t)
+            reveal_M = _uniform(x0_M.shape, generator, x0_M.device) < p_reveal
+        else:
+            conf_BL = torch.full(x_BL.shape, -torch.inf, device=x_BL.device)
+            conf_BL[b_M, l_M] = conf_M
+            num_masks_B = mask_BL.sum(dim=1)
+            # k = int(M * (1 - s/t)) in fp32 as Dream, but M is this row's own count (deviation 1).
+            k_B = num_masks_B if is_last else (num_masks_B.float() * (1 - s / t).to(x_BL.device)).long()
+            reveal_M = _choose_positions(conf_BL, k_B, settings.alg_temp, generator)[b_M, l_M]
+        x_BL[b_M[reveal_M], l_M[reveal_M]] = x0_M[reveal_M]
+    return num_passes
+
+
+def _decode_fast(
+    model: DreamModel,
+    x_BL: Tensor,
+    attention_mask_BL: Tensor | None,
+    position_ids_BL: Tensor,
+    P: int,
+    settings: SamplerSpec,
+    mask_id: int,
+    generator: torch.Generator | None,
+) -> int:
+    """Run the block-wise cached loop on `x_BL` in place; return the number of forward passes."""
+    L = x_BL.shape[1]
+    num_passes = 0
+    for lo in range(P, L, settings.block_length):
+        hi = min(lo + settings.block_length, L)
+        # Block start: one full pass; it reveals like any step and refreshes the cache.
+        hidden_BLD, kv = model.hidden_states_cached(
+            x_BL, position_ids_BQ=position_ids_BL, key_mask_BS=attention_mask_BL
+        )
+        num_passes += 1
+        _reveal_confident(x_BL, hidden_BLD, lo, hi, 0, model.lm_head, settings, mask_id, generator)
+        # Later steps run the window [lo - 1, end): position lo - 1 is included so that the
+        # shifted logits of position lo come from a freshly computed hidden state.
+        end = hi if settings.dual_cache else L
+        cached_P = torch.arange(lo - 1, device=x_BL.device)  # the settled prefix, minus lo - 1
+        if settings.dual_cache:  # plus the suffix, all masks until its block comes
+            cached_P = torch.cat((cached_P, torch.arange(hi, L, device=x_BL.device)))
+        past_kv = [(k_BKLE[:, :, cached_P], v_BKLE[:, :, cached_P]) for k_BKLE, v_BKLE in kv]
+        key_mask_BS = None
+        if attention_mask_BL is not None:  # key order: cached positions, then the window
+            key_mask_BS = torch.cat((attention_mask_BL[:, cached_P], attention_mask_BL[:, lo - 1 : end]), dim=1)
+        while bool((x_BL[:, lo:hi] == mask_id).any()):
+            hidden_BWD, _ = model.hidden_states_cached(
+                x_BL[:, lo - 1 : end],
+                position_ids_BQ=position_ids_BL[:, lo - 1 : end],
+                past_kv=past_kv,
+                key_mask_BS=key_mask_BS,
+            )
+            num_passes += 1
+            _reveal_confident(x_BL, hidden_BWD, lo, hi, lo - 1, model.lm_head, settings, mask_id, generator)
+    return num_passes
+
+
+def _reveal_confident(
+    x_BL: Tensor,
+    hidden_BWD: Tensor,
+    lo: int,
+    hi: int,
+    window_start: int,
+    lm_head: nn.Linear,
+    settings: SamplerSpec,
+    mask_id: int,
+    generator: torch.Generator | None,
+) -> None:
+    """Reveal, in block [lo, hi) of `x_BL`, each mask with p(x0) > threshold, and at least the best.
+
+    `hidden_BWD[:, w]` is the hidden state of position `window_start + w`.
+    """
+    block_BC = x_BL[:, lo:hi]  # a view: writing it writes x_BL
+    mask_BC = block_BC == mask_id
+    b_M, c_M = mask_BC.nonzero(as_tuple=True)
+    if b_M.numel() == 0:
+        return
+    hidden_MD = hidden_BWD[b_M, lo + c_M - 1 - window_start]  # logit shift (dream.md §6)
+    # Fast-dLLM thresholds a probability, so the confidence is p(x0) whatever `alg` says.
+    x0_M, conf_M = _propose(hidden_MD, lm_head, settings, "maskgit_plus", mask_id, generator)
+    conf_BC = torch.full(mask_BC.shape, -torch.inf, device=x_BL.device)
+    conf_BC[b_M, c_M] = conf_M
+    reveal_BC = conf_BC > settings.threshold
+    rows_B = torch.arange(x_BL.shape[0], device=x_BL.device)
+    best_B = conf_BC.argmax(dim=1)
+    reveal_BC[rows_B, best_B] |= mask_BC.any(dim=1)  # at least one per unfinished row
+    proposal_BC = block_BC.clone()
+    proposal_BC[b_M, c_M] = x0_M
+    block_BC.copy_(torch.where(reveal_BC & mask_BC, proposal_BC, block_BC))
+
+
+def _propose(
+    hidden_MD: Tensor,
+    lm_head: nn.Linear,
+    settings: SamplerSpec,
+    alg: str,
+    mask_id: int,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor]:
+    """Propose a token and a confidence for each masked position (Dream's `sample_tokens`).
+
+    Logits / temperature, then top-p, then top-k; T > 0 samples x0 and its confidence is p(x0),
+    T = 0 takes the argmax and its probability. `topk_margin` replaces the confidence by
+    top1 - top2 and `entropy` by sum p log(p + 1e-10) (negative entropy), both of the filtered probs.
+
+    Returns:
+        x0_M: Proposed ids.
+        conf_M: fp32 confidences (higher = reveal first).
+    """
+    x0s, confs = [], []
+    for hidden_RD in hidden_MD.split(_PROPOSAL_ROWS):
+        logits_RV = lm_head(hidden_RD).float()
+        logits_RV[:, mask_id] = -torch.inf  # deviation 3: never propose the mask token
+        if settings.temperature > 0:
+            logits_RV = logits_RV / settings.temperature
+        if settings.top_p is not None and settings.top_p < 1:
+            logits_RV = _filter_top_p(logits_RV, settings.top_p)
+        if settings.top_k is not None:
+            kth_R1 = logits_RV.topk(min(settings.top_k, logits_RV.shape[-1]), dim=-1).values[:, -1:]
+            logits_RV = logits_RV.masked_fill(logits_RV < kth_R1, -torch.inf)
+        probs_RV = logits_RV.softmax(dim=-1)
+        if settings.temperature > 0:  # Gumbel-max: argmax(log p + G) is a draw from p
+            gumbel_RV = -torch.log(-torch.log(_uniform(logits_RV.shape, generator, logits_RV.device)))
+            x0_R = (logits_RV + gumbel_RV).argmax(dim=-1)
+            conf_R = probs_RV.gather(-1, x0_R[:, None]).squeeze(-1)
+        else:
+            conf_R, x0_R = probs_RV.max(dim=-1)
+        if alg == "topk_margin":
+            top2_R2 = probs_RV.topk(2, dim=-1).values
+            conf_R = top2_R2[:, 0] - top2_R2[:, 1]
+        elif alg == "entropy":
+            conf_R = (probs_RV * torch.log(probs_RV + 1e-10)).sum(dim=-1)
+        x0s.append(x0_R)
+        confs.append(conf_R)
+    return torch.cat(x0s), torch.cat(confs)
+
+
+def _filter_top_p(logits_RV: Tensor, top_p: float) -> Tensor:
+    """Keep the smallest set of tokens whose probability reaches `top_p` (always the top one)."""
+    sorted_RV, order_RV = logits_RV.sort(dim=-1, descending=True)
+    cumulative_RV = sorted_RV.softmax(dim=-1).cumsum(dim=-1)
+    drop_sorted_RV = torch.zeros_like(cumulative_RV, dtype=torch.bool)
+    drop_sorted_RV[:, 1:] = cumulative_RV[:, :-1] > top_p  # shifted right: keep the token that crosses
+    drop_RV = drop_sorted_RV.scatter(-1, order_RV, drop_sorted_RV)
+    return logits_RV.masked_fill(drop_RV, -torch.inf)
+
+
+def _choose_positions(
+    conf_BL: Tensor, k_B: Tensor, alg_temp: float | None, generator: torch.Generator | None
+) -> Tensor:
+    """Return a mask of the k_B[b] highest-confidence positions per row (-inf = never chosen).
+
+    With `alg_temp > 0`, the Gumbel-top-k trick draws k positions without replacement from
+    softmax(conf / alg_temp) (Dream: `torch.multinomial`).
+    """
+    if alg_temp:
+        gumbel_BL = -torch.log(-torch.log(_uniform(conf_BL.shape, generator, conf_BL.device)))
+        conf_BL = conf_BL / alg_temp + gumbel_BL
+    B, L = conf_BL.shape
+    order_BL = conf_BL.argsort(dim=1, descending=True, stable=True)
+    rank_BL = torch.empty_like(order_BL).scatter_(1, order_BL, torch.arange(L, device=conf_BL.device).expand(B, L))
+    return (rank_BL < k_B[:, None]) & (conf_BL > -torch.inf)  # deviation 1: never a non-mask position
+
+
+def _uniform(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """U(0, 1) draws in fp32 from `generator` (on its own device), clamped away from 0 for Gumbel noise."""
+    u = torch.rand(shape, generator=generator, device=device if generator is None else generator.device)
+    return u.to(device).clamp_(min=torch.finfo(torch.float32).tiny)
+
+
+def _fill_after_eos(tokens_BN: Tensor, eos_id: int) -> Tensor:
+    """Set every token after the first `eos_id` of each row to `eos_id`."""
+    after_eos_BN = (tokens_BN == eos_id).cumsum(dim=1) > 0
+    return torch.where(after_eos_BN, eos_id, tokens_BN)

@@ -1,0 +1,181 @@
+"""Find and load the model and tokenizer that evaluation runs on.
+
+A model is named by a label and an optional folder:
+
+- `base` (no folder): the job's base model, `model.base` (a local folder or a hub snapshot). For
+  `model.init: random` (tiny smoke models) it is the random start of training, built exactly as
+  the trainer builds it (`torch.manual_seed(train.seed)`, `DreamModel(config)`, `init_weights()`);
+- `final` (no folder): the run's export, `<run_dir>/export/`;
+- any label with a folder: that HF folder (`config.json` + safetensors).
+
+The tokenizer is the run's own (`<run_dir>/data/tokenizer/`, written by prep) when present,
+else `model.tokenizer` or `model.base`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dream_job.data.tokenizer import MASK_TOKEN, load_tokenizer
+from dream_job.errors import CheckpointError, DataError
+from dream_job.model.dream import DreamConfig, DreamModel
+from dream_job.model.weights import INDEX_NAME, SINGLE_FILE_NAME, load_safetensors_weights
+from dream_job.spec import JobSpec
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+EXPORT_DIR = "export"
+TOKENIZER_DIR = Path("data") / "tokenizer"
+MANIFEST_NAME = "dream_job_export.json"  # written by `train/export.py`
+
+
+@dataclass
+class EvalModel:
+    """A model ready to decode, where it came from, and the token ids the sampler needs."""
+
+    model: DreamModel
+    config: DreamConfig
+    source: str  # where the weights came from, for people (summary, report)
+    fingerprint: str  # identifies the weights independently of where the run dir is mounted; keys reuse
+    mask_id: int
+    eos_id: int
+    pad_id: int
+
+
+def eval_device(spec: JobSpec) -> torch.device:
+    """Return the device of `train.device` (`auto`: CUDA when present)."""
+    if spec.train.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec.train.device)
+
+
+def load_eval_model(spec: JobSpec, *, label: str, model_dir: Path | None, tokenizer: Any) -> EvalModel:
+    """Load the model a label names (see the module docstring) in `model.dtype` on `train.device`.
+
+    Raises:
+        CheckpointError: The folder is missing, is not a Dream checkpoint, or its weights do not
+            match its config; `final` before training exported anything.
+        DataError: The tokenizer's EOS or mask id differs from the model config's.
+        DreamJobError: The base model cannot be found or downloaded.
+    """
+    dtype, device = DTYPES[spec.model.dtype], eval_device(spec)
+    if model_dir is None and label == "base":
+        from dream_job.train.build import resolve_base_dir
+
+        base_dir = resolve_base_dir(spec)
+        if spec.model.init == "random":
+            config = _read_config(base_dir)
+            with torch.random.fork_rng(devices=[]):  # leave the caller's CPU random stream alone
+                torch.manual_seed(spec.train.seed)  # the trainer's order: seed, build, init (train/build.py)
+                model = DreamModel(config)
+                model.init_weights()
+            model.to(device=device, dtype=dtype)
+            source = f"{spec.model.base} (random init, seed {spec.train.seed})"
+            fingerprint = json.dumps([source, config.to_hf_dict()], sort_keys=True)
+            return _with_ids(model.eval(), config, source, fingerprint, tokenizer)
+        folder = base_dir
+        source = fingerprint = f"{spec.model.base}@{spec.model.revision or 'default'}"
+    elif model_dir is None and label == "final":
+        folder = spec.run_dir() / EXPORT_DIR
+        if not folder.is_dir():
+            raise CheckpointError(
+                f"the run has no exported model at `{folder}` to evaluate as `final`",
+                hint="train first (`dream-job train`), or pass the folder of a Dream checkpoint",
+            )
+        source, fingerprint = str(folder.resolve()), _folder_fingerprint(folder)
+    elif model_dir is None:
+        raise CheckpointError(
+            f"model label `{label}` is neither `base` nor `final` and no model folder was given",
+            hint="pass the folder of a Dream checkpoint to evaluate under this label",
+        )
+    else:
+        folder = Path(model_dir)
+        source, fingerprint = str(folder.resolve()), _folder_fingerprint(folder)
+    config = _read_config(folder)
+    if not ((folder / INDEX_NAME).is_file() or (folder / SINGLE_FILE_NAME).is_file()):
+        raise CheckpointError(
+            f"`{folder}` is not a Dream checkpoint: it has no `{INDEX_NAME}` or `{SINGLE_FILE_NAME}`",
+            hint="pass a folder written by `dream-job train` (`<run_dir>/export/`) or a Dream hub snapshot",
+        )
+    with torch.device("meta"):
+        model = DreamModel(config)
+    load_safetensors_weights(model, folder, dtype=dtype, device=device)
+    return _with_ids(model.eval(), config, source, fingerprint, tokenizer)
+
+
+def load_eval_tokenizer(spec: JobSpec) -> Any:
+    """Load the run's tokenizer (`<run_dir>/data/tokenizer/`), else the spec's.
+
+    Raises:
+        DataError: The tokenizer cannot be loaded or lacks EOS, mask token or chat template.
+    """
+    run_tokenizer = spec.run_dir() / TOKENIZER_DIR
+    if run_tokenizer.is_dir():
+        return load_tokenizer(str(run_tokenizer), key=f"{TOKENIZER_DIR}")
+    if spec.model.tokenizer:
+        return load_tokenizer(spec.model.tokenizer, spec.model.revision, key="model.tokenizer")
+    return load_tokenizer(spec.model.base, spec.model.revision, key="model.base")
+
+
+def _read_config(folder: Path) -> DreamConfig:
+    """Read a Dream `config.json`, refusing folders that hold no Dream model."""
+    if not folder.is_dir():
+        raise CheckpointError(f"model folder `{folder}` does not exist", hint="check the path")
+    path = folder / "config.json"
+    hint = "pass a folder written by `dream-job train` (`<run_dir>/export/`) or a Dream hub snapshot"
+    if not path.is_file():
+        raise CheckpointError(f"`{folder}` is not a Dream checkpoint: it has no `config.json`", hint=hint)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        model_type = data.get("model_type", "Dream")
+        if model_type != "Dream":
+            raise CheckpointError(
+                f"`{folder}` is not a Dream checkpoint: `config.json` has `model_type` `{model_type}`, "
+                f"expected `Dream`",
+                hint=hint,
+            )
+        return DreamConfig.from_dict(data)
+    except (ValueError, TypeError, AttributeError) as exc:  # bad JSON, or maths Dream does not have
+        raise CheckpointError(
+            f"`{path}` is not a Dream config", caused_by=[str(exc).splitlines()[0]], hint=hint
+        ) from None
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    """Hash a checkpoint folder's config, weight index (or single file's size) and export time.
+
+    Not its path: a run directory mounted elsewhere after a restart keeps its finished items.
+    A re-export (new `exported_at` in `dream_job_export.json`) changes it.
+    """
+    digest = hashlib.sha256()
+    for name in ("config.json", INDEX_NAME):
+        if (folder / name).is_file():
+            digest.update((folder / name).read_bytes())
+    if (folder / SINGLE_FILE_NAME).is_file():
+        digest.update(str((folder / SINGLE_FILE_NAME).stat().st_size).encode())
+    if (folder / MANIFEST_NAME).is_file():
+        digest.update(str(json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8")).get("exported_at")).encode())
+    return digest.hexdigest()
+
+
+def _with_ids(model: DreamModel, config: DreamConfig, source: str, fingerprint: str, tokenizer: Any) -> EvalModel:
+    """Attach the sampler's token ids (the config's, as in training) after checking the tokenizer agrees."""
+    mask_id = tokenizer.convert_tokens_to_ids(MASK_TOKEN)
+    for what, tokenizer_id, config_id in (
+        ("EOS", tokenizer.eos_token_id, config.eos_token_id),
+        ("mask", mask_id, config.mask_token_id),
+    ):
+        if tokenizer_id != config_id:
+            raise DataError(
+                f"the tokenizer's {what} id is `{tokenizer_id}` but the model config says `{config_id}`",
+                hint="use the tokenizer the model was trained with (`<run_dir>/data/tokenizer/` or `model.tokenizer`)",
+            )
+    return EvalModel(model, config, source, fingerprint, config.mask_token_id, config.eos_token_id, config.pad_token_id)

@@ -1,0 +1,197 @@
+"""`dream-job eval`: decode every suite with one model and score the answers.
+
+Input: the spec, a model label (`base`, `final`, or any name with a folder) and the run's data.
+Output under `<run_dir>/eval/` (see `records.py`): `items-<label>-<suite>.jsonl` and the
+`<label>` entries of `summary.json`. Re-running with the same sampler and prompt settings and
+the same model reuses the items already written and decodes only the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dream_job.diffusion.sampler import GenerationResult, decode_until_eos, generate
+from dream_job.errors import SpecError
+from dream_job.eval.answers import build_prompt, check_answer, extract_answer
+from dream_job.eval.models import EvalModel, load_eval_model, load_eval_tokenizer
+from dream_job.eval.records import (
+    EVAL_DIR,
+    append_items,
+    items_name,
+    read_items,
+    suite_stats,
+    update_summary,
+    write_items,
+)
+from dream_job.eval.suites import EvalItem, load_suite
+from dream_job.spec import JobSpec
+
+logger = logging.getLogger(__name__)
+
+GenerateFn = Callable[..., GenerationResult]
+# Called as progress(description, num_done, num_total): once when a suite starts (num_done
+# counts the reused items), then after every batch.
+ProgressFn = Callable[[str, int, int], None]
+
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Dream's documented context: it was trained on 2,048 tokens of prompt + generation (data-and-eval.md §4).
+DREAM_TRAINED_CONTEXT = 2048
+
+
+def evaluate(
+    spec: JobSpec,
+    *,
+    model_label: str,
+    model_dir: Path | None = None,
+    generate_fn: GenerateFn = generate,
+    progress: ProgressFn | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate one model on every suite of `eval.suites` and record the results.
+
+    Loads the tokenizer and the suites first, then the model (`eval/models.py`), checks that
+    every prompt plus `eval.sampler.gen_length` fits the model's context, and decodes the items
+    not done yet in batches of `eval.batch_size`. Writes, per suite, `<run_dir>/eval/
+    items-<label>-<suite>.jsonl` (appended per batch, rewritten in suite order at the end) and
+    the `summary.json` entry of (label, suite), atomically and merged with the other entries.
+
+    Args:
+        spec: The job spec (`eval`, `model`, `data.system_prompt`, `train.seed`/`device`).
+        model_label: `base`, `final`, or a name for the model in `model_dir`; names the files.
+        model_dir: An HF Dream folder to evaluate instead of what the label names.
+        generate_fn: The decoder (`dream_job.diffusion.sampler.generate`'s signature).
+        progress: Called as `progress(description, num_done, num_total)`; see `ProgressFn`.
+
+    Returns:
+        {suite: summary entry} for this label (n, correct, accuracy, tokens/s, settings, ...).
+
+    Raises:
+        SpecError: The label is not a plain name, or a prompt plus `gen_length` exceeds the
+            model's `max_position_embeddings`.
+        DataError: A suite or the tokenizer cannot be read.
+        CheckpointError: The model folder is missing or not a Dream checkpoint.
+    """
+    if not _LABEL.match(model_label):
+        raise SpecError(f"model label `{model_label}` must be letters, digits, `.`, `_` or `-`")
+    run_dir = spec.run_dir()
+    eval_dir = run_dir / EVAL_DIR
+    tokenizer = load_eval_tokenizer(spec)
+    suites = {suite: load_suite(suite, spec.eval, run_dir) for suite in spec.eval.suites}
+    prompts = {
+        suite: [
+            build_prompt(tokenizer, item.question, system_prompt=spec.data.system_prompt,
+                         prefill_think=spec.eval.prefill_think)
+            for item in items
+        ]
+        for suite, items in suites.items()
+    }
+    loaded = load_eval_model(spec, label=model_label, model_dir=model_dir, tokenizer=tokenizer)
+    _check_context(prompts, spec.eval.sampler.gen_length, loaded.config.max_position_embeddings)
+    key = settings_key(spec, loaded.fingerprint)
+    device = loaded.model.lm_head.weight.device
+    generator = torch.Generator(device=device).manual_seed(spec.eval.seed)
+    results = {}
+    for suite, items in suites.items():
+        records = _run_suite(
+            spec, loaded, tokenizer, items, prompts[suite], eval_dir / items_name(model_label, suite),
+            key=key, generate_fn=generate_fn, generator=generator,
+            progress=(lambda done, total, s=suite: progress(f"{model_label} {s}", done, total)) if progress else None,
+        )
+        entry = {
+            **suite_stats(records),
+            "items": items_name(model_label, suite),
+            "model": loaded.source,
+            "sampler": spec.eval.sampler.model_dump(),
+            "prefill_think": spec.eval.prefill_think,
+            "limit": spec.eval.limit,
+            "seed": spec.eval.seed,
+            "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        update_summary(eval_dir, model_label, suite, entry)
+        tok_s = entry["tokens_per_second"]
+        logger.info("%s %s: %d/%d correct (%.1f%%), %s tok/s", model_label, suite, entry["correct"], entry["n"],
+                    100 * entry["accuracy"], "-" if tok_s is None else f"{tok_s:.1f}")
+        results[suite] = entry
+    return results
+
+
+def settings_key(spec: JobSpec, model_fingerprint: str) -> str:
+    """Return the hash that decides whether an item written earlier can be reused."""
+    payload = {
+        "sampler": spec.eval.sampler.model_dump(),
+        "prefill_think": spec.eval.prefill_think,
+        "system_prompt": spec.data.system_prompt,
+        "model": model_fingerprint,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_context(prompts: dict[str, list[list[int]]], gen_length: int, max_positions: int) -> None:
+    """Refuse a suite whose longest prompt plus `gen_length` does not fit the model's positions."""
+    for suite, suite_prompts in prompts.items():
+        longest = max(len(p) for p in suite_prompts)
+        total = longest + gen_length
+        if total > max_positions:
+            room = max_positions - longest
+            raise SpecError(
+                f"`eval.sampler.gen_length` ({gen_length}) plus the longest `{suite}` prompt ({longest} tokens) is "
+                f"{total} tokens, over the model's context of {max_positions} (`max_position_embeddings`)",
+                hint=f"set `--set eval.sampler.gen_length={room}` or less" if room > 0
+                else "the prompt alone does not fit; evaluate a model with a longer context",
+            )
+        if total > DREAM_TRAINED_CONTEXT and max_positions > DREAM_TRAINED_CONTEXT:
+            logger.warning("`%s`: prompt + generation reach %d tokens; Dream was trained on %d", suite, total,
+                           DREAM_TRAINED_CONTEXT)
+
+
+def _run_suite(
+    spec: JobSpec,
+    loaded: EvalModel,
+    tokenizer: Any,
+    items: list[EvalItem],
+    prompts: list[list[int]],
+    path: Path,
+    *,
+    key: str,
+    generate_fn: GenerateFn,
+    generator: torch.Generator,
+    progress: Callable[[int, int], None] | None,
+) -> list[dict[str, Any]]:
+    """Decode the items of one suite not in `path` yet; return every item's record in suite order."""
+    done = read_items(path, key=key, golds={item.id: item.gold for item in items})
+    pending = [(item, prompt) for item, prompt in zip(items, prompts, strict=True) if item.id not in done]
+    if progress:
+        progress(len(done), len(items))
+    batch_size = spec.eval.batch_size
+    for start in range(0, len(pending), batch_size):
+        batch = pending[start : start + batch_size]
+        result = generate_fn(
+            loaded.model, [prompt for _, prompt in batch], spec.eval.sampler,
+            mask_id=loaded.mask_id, eos_id=loaded.eos_id, pad_id=loaded.pad_id, generator=generator,
+        )
+        seconds = result.seconds / len(batch)  # the batch decodes together; share its time evenly
+        records = []
+        for (item, prompt), tokens in zip(batch, result.tokens, strict=True):
+            generated = decode_until_eos(tokens, loaded.eos_id)
+            output = tokenizer.decode(generated, skip_special_tokens=False)
+            extracted = extract_answer(output)
+            records.append({
+                "id": item.id, "key": key, "prompt": tokenizer.decode(prompt, skip_special_tokens=False),
+                "output": output, "extracted": extracted, "gold": item.gold,
+                "correct": check_answer(item.gold, extracted), "tokens": len(generated), "seconds": seconds,
+            })
+        append_items(path, records)
+        done.update((r["id"], r) for r in records)
+        if progress:
+            progress(len(done), len(items))
+    ordered = [done[item.id] for item in items]
+    write_items(path, ordered)
+    return ordered
