@@ -11,7 +11,8 @@ Public API:
   `budget.gpus.resolve_gpu`; FLOPs in `budget.flops`. Data and its sources: `budget/data/`.
 """
 
-from budget.estimate import Candidate, Estimate, NoOfferError, estimate, sky_launch_command
+from budget.estimate import estimate
+from budget.result import Candidate, Estimate, NoOfferError, sky_launch_command
 from budget.tokens import load_data_report
 
 __all__ = ["Candidate", "Estimate", "NoOfferError", "estimate", "load_data_report", "sky_launch_command"]

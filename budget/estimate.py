@@ -11,7 +11,6 @@ training recipe (8-bit AdamW or LoRA instead of fp32 AdamW, and back) are candid
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from budget.catalog import Offer, load_prices
 from budget.gpus import GpuSpec, gpu_table, resolve_gpu
 from budget.memory import MemoryEstimate, estimate_memory
+from budget.result import Candidate, Estimate, NoOfferError
 from budget.shape import ModelShape, model_shape
 from budget.timing import Calibration, TimeEstimate, calibration, estimate_time
 from budget.tokens import Workload, workload
@@ -28,94 +28,6 @@ from dream_job.spec import JobSpec
 METHODS = ("full", "full_8bit", "full_offload", "lora")
 # Methods with the same recipe train the same maths: offload only moves fp32 AdamW to the CPU.
 RECIPE = {"full": "fp32 AdamW", "full_offload": "fp32 AdamW", "full_8bit": "8-bit AdamW", "lora": "LoRA"}
-CHOICE_KEYS = ("gpu", "count", "method", "cloud", "spot", "peak_gib", "hours", "cost_cny", "usd_per_hour")
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One priced way to run the job."""
-
-    gpu: str
-    accelerator: str
-    count: int
-    method: str
-    cloud: str
-    instance_type: str
-    region: str
-    spot: bool
-    usd_per_hour: float
-    peak_gib: float
-    vram_gib: float
-    host_gib: float
-    host_mem_gib: float | None
-    hours: float
-    train_hours: float
-    eval_hours: float
-    overhead_hours: float
-    cost_cny: float
-    mfu: float
-    fits: bool
-    within_budget: bool
-    recipe_change: bool
-    reason: str
-
-    @property
-    def accepted(self) -> bool:
-        return self.fits and self.within_budget and not self.reason
-
-    def to_json(self) -> dict[str, Any]:
-        """Return the candidate as JSON-ready values (numbers rounded for reading)."""
-        out = asdict(self)
-        for key, digits in (("peak_gib", 2), ("vram_gib", 2), ("host_gib", 1), ("hours", 3), ("train_hours", 3),
-                            ("eval_hours", 3), ("overhead_hours", 3), ("cost_cny", 2), ("mfu", 3)):
-            out[key] = round(out[key], digits)
-        return out
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """Everything `dream-job estimate` shows; `to_json()` is the stable machine-readable form."""
-
-    job: str
-    budget_cny: float
-    cny_per_usd: float
-    prices_source: str
-    prices_date: date
-    tokens_source: str
-    tokens_are_estimate: bool
-    rows: int
-    tokens_per_epoch: float
-    steps: int
-    managed_job: bool
-    infra: str | None
-    candidates: list[Candidate]
-    choice: Candidate | None
-    rejected: list[str]
-    notes: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        """Return `{choice, candidates, budget_cny, prices_source, prices_date, ...}` (stable keys)."""
-        choice = None
-        if self.choice is not None:
-            full = self.choice.to_json()
-            choice = {key: full[key] for key in CHOICE_KEYS} | {"accelerator": full["accelerator"]}
-        return {
-            "job": self.job, "choice": choice, "candidates": [c.to_json() for c in self.candidates],
-            "budget_cny": self.budget_cny, "cny_per_usd": self.cny_per_usd, "prices_source": self.prices_source,
-            "prices_date": self.prices_date.isoformat(), "tokens_source": self.tokens_source,
-            "tokens_are_estimate": self.tokens_are_estimate, "rows": self.rows,
-            "tokens_per_epoch": round(self.tokens_per_epoch), "steps": self.steps, "managed_job": self.managed_job,
-            "infra": self.infra, "rejected": self.rejected, "notes": self.notes,
-        }
-
-
-class NoOfferError(BudgetError):
-    """No candidate fits within the budget; carries the estimate and the minimum budget needed."""
-
-    def __init__(self, message: str, *, hint: str | None, estimate: Estimate, min_budget_cny: float | None) -> None:
-        super().__init__(message, hint=hint)
-        self.estimate = estimate
-        self.min_budget_cny = min_budget_cny
 
 
 def _memory(spec: JobSpec, shape: ModelShape, method: str, count: int, work: Workload, cal: Calibration) -> MemoryEstimate:
@@ -132,15 +44,19 @@ def _memory(spec: JobSpec, shape: ModelShape, method: str, count: int, work: Wor
     )
 
 
-def _memory_reason(mem: MemoryEstimate, gpu: GpuSpec) -> str:
+def _memory_reason(spec: JobSpec, mem: MemoryEstimate, gpu: GpuSpec) -> str:
     terms = mem.breakdown_gib
+    has = f"{gpu.name} has {gpu.vram_gib:.1f} GiB"
+    if mem.peak_phase == "eval":
+        return (f"needs {mem.peak_gib:.1f} GiB per GPU while evaluating (bf16 weights + logits of "
+                f"`eval.batch_size` {spec.eval.batch_size}), {has}; lower `eval.batch_size`")
     states = sum(v for k, v in terms.items() if k.startswith(("params", "grads", "AdamW", "base", "adapters")))
     parts = [f"params+grads+optimizer {states:.1f}"]
     if (acc := terms.get("no-sync accumulated grads fp32 (unsharded)")) is not None:
         parts.append(f"no-sync accumulated fp32 grads {acc:.1f}")
     parts.append(f"activations+loss {sum(v for k, v in terms.items() if k.startswith(('activations', 'loss'))):.1f}")
-    return (f"needs {mem.peak_gib:.1f} GiB per GPU at its {mem.peak_phase} peak ({', '.join(parts)} GiB), "
-            f"{gpu.name} has {gpu.vram_gib:.1f} GiB")
+    phase = {"train": "forward/backward", "step": "optimizer step", "save": "checkpoint/export"}[mem.peak_phase]
+    return f"needs {mem.peak_gib:.1f} GiB per GPU at its {phase} peak ({', '.join(parts)} GiB), {has}"
 
 
 def _candidate(spec: JobSpec, offer: Offer, method: str, mem: MemoryEstimate, time: TimeEstimate,
@@ -161,7 +77,7 @@ def _candidate(spec: JobSpec, offer: Offer, method: str, mem: MemoryEstimate, ti
         reason = (f"`train.global_batch_size` {train.global_batch_size} is not a multiple of "
                   f"`train.micro_batch_size` {train.micro_batch_size} x {offer.count} GPUs")
     elif not fits_gpu:
-        reason = _memory_reason(mem, gpu)
+        reason = _memory_reason(spec, mem, gpu)
     elif not fits_host:
         has = f"has {host_ram:.0f} GiB" if host_known else f"does not list its RAM (assumed {host_ram:.0f} GiB)"
         reason = (f"needs {mem.host_gib:.0f} GiB of host RAM (rank 0's full state dict at load and export"
@@ -183,16 +99,31 @@ def _candidate(spec: JobSpec, offer: Offer, method: str, mem: MemoryEstimate, ti
     )
 
 
-def _rejected_families(candidates: list[Candidate]) -> list[str]:
-    """One line per (method, GPU, count) with no accepted candidate: the reason of its cheapest."""
+def _rejected_families(spec: JobSpec, candidates: list[Candidate]) -> list[str]:
+    """One line per (method, GPU, count) with no accepted candidate: the reason of its cheapest.
+
+    Families held back only because their method changes the recipe collapse into one line per method.
+    """
     families: dict[tuple[str, str, int], list[Candidate]] = {}
     for c in candidates:
         families.setdefault((c.method, c.gpu, c.count), []).append(c)
-    lines = []
-    for (method, gpu, count), members in families.items():
-        if not any(c.accepted for c in members):
-            best = min(members, key=lambda c: (not c.fits, c.cost_cny))
-            lines.append(f"{method} on {count}x {gpu}: {best.reason}")
+    lines, alternatives = [], {}
+    order = [spec.train.method, *(m for m in METHODS if m != spec.train.method)]
+    for (method, gpu, count), members in sorted(families.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1:])):
+        if any(c.accepted for c in members):
+            continue
+        best = min(members, key=lambda c: (not c.fits, c.cost_cny))
+        if best.fits and best.within_budget and best.recipe_change:
+            alternatives.setdefault(method, []).append(best)
+            continue
+        lines.append(f"{method} on {count}x {gpu}: {best.reason}")
+    for method, members in alternatives.items():
+        cheapest = min(members, key=lambda c: c.cost_cny)
+        lines.append(
+            f"{method} on any GPU: changes the recipe to {RECIPE[method]}; {len(members)} GPU set(s) fit within the "
+            f"budget, cheapest ¥{cheapest.cost_cny:.2f} ({cheapest.count}x {cheapest.gpu}, {cheapest.cloud}); "
+            f"allow with `--set budget.allow_recipe_change=true` or `--set train.method={method}`"
+        )
     return lines
 
 
@@ -273,7 +204,7 @@ def estimate(spec: JobSpec, *, data_report: dict[str, Any] | None, catalog_dir: 
         prices_source=prices.source, prices_date=prices.date, tokens_source=work.source,
         tokens_are_estimate=work.is_estimate, rows=work.rows, tokens_per_epoch=work.tokens_per_epoch, steps=steps,
         managed_job=budget.managed_job, infra=_infra(spec, choice, candidates), candidates=candidates,
-        choice=choice, rejected=_rejected_families(candidates), notes=notes,
+        choice=choice, rejected=_rejected_families(spec, candidates), notes=notes,
     )
     if choice is None:
         _raise_no_offer(spec, result)
@@ -301,22 +232,3 @@ def _raise_no_offer(spec: JobSpec, result: Estimate) -> None:
                 f"the recipe to {RECIPE[alt.method]}")
     raise NoOfferError(f"no offer fits `{spec.name}` with `train.method` `{spec.train.method}` in memory",
                        hint=hint, estimate=result, min_budget_cny=None)
-
-
-def sky_launch_command(result: Estimate, *, task_yaml: str = "sky.yaml") -> str:
-    """Return the `sky jobs launch` (or `sky launch`) line for the chosen offer.
-
-    Raises:
-        ValueError: The estimate has no choice.
-    """
-    choice = result.choice
-    if choice is None:
-        raise ValueError("the estimate has no choice to launch")
-    parts = (["sky", "jobs", "launch", "-n", result.job] if result.managed_job
-             else ["sky", "launch", "-c", result.job, "--down"])
-    parts += ["--gpus", f"{choice.accelerator}:{choice.count}"]
-    if choice.spot:
-        parts.append("--use-spot")
-    if result.infra:
-        parts += ["--infra", result.infra]
-    return " ".join([*parts, task_yaml])

@@ -206,3 +206,59 @@ def eval_summary_table(summary: dict[str, Any]) -> Table:
         cells += [format_speed(e) for e in entries.values()]
         table.add_row(*cells)
     return table
+
+
+def estimate_tables(estimate: Any, *, max_rows: int = 20) -> list[Table]:
+    """Render a `budget.Estimate`: candidates that fit (choice first), rejected families, the choice.
+
+    Args:
+        estimate: The `budget.Estimate` (typed loosely: this module does not import `budget`).
+        max_rows: Fitting candidates shown; the rest are in `--json`.
+    """
+    from budget import sky_launch_command
+
+    fitting = [c for c in estimate.candidates if c.fits]
+    table = Table(
+        title=f"{estimate.job}: candidates that fit, cheapest first (budget ¥{estimate.budget_cny:g}, "
+        f"{estimate.cny_per_usd:g} CNY/USD)",
+        caption=f"prices: {estimate.prices_source}, {estimate.prices_date}; tokens: {estimate.tokens_source}"
+        + (f"; {len(fitting) - max_rows} more in --json" if len(fitting) > max_rows else ""),
+    )
+    for name, justify in (("GPUs", "left"), ("method", "left"), ("cloud", "left"), ("kind", "left"),
+                          ("$/h", "right"), ("peak GiB/GPU", "right"), ("hours", "right"), ("¥ total", "right"),
+                          ("fits", "center"), ("within budget", "center"), ("note", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for c in fitting[:max_rows]:
+        chosen = c is estimate.choice
+        note = "◀ choice" if chosen else ("recipe change" if c.recipe_change else "")
+        table.add_row(
+            f"{c.count}x {c.gpu}", c.method, c.cloud, "spot" if c.spot else "on-demand", f"{c.usd_per_hour:.2f}",
+            f"{c.peak_gib:.1f} / {c.vram_gib:.0f}", f"{c.hours:.2f}", f"{c.cost_cny:.2f}", "yes",
+            "yes" if c.within_budget else "no", note, style="bold" if chosen else None,
+        )
+    rejected = Table(title="rejected (method on GPUs: why)")
+    rejected.add_column("family")
+    rejected.add_column("why")
+    for line in estimate.rejected:
+        family, _, why = line.partition(": ")
+        rejected.add_row(family, why)
+    summary = Table(title="choice", show_header=False)
+    summary.add_column("what")
+    summary.add_column("value")
+    choice = estimate.choice
+    if choice is None:
+        summary.add_row("choice", "none fits within the budget")
+    else:
+        summary.add_row("offer", f"{choice.count}x {choice.gpu} ({choice.accelerator}) on {choice.cloud}, "
+                        f"{'spot' if choice.spot else 'on-demand'}, `{choice.instance_type}` ${choice.usd_per_hour:.2f}/h")
+        summary.add_row("method", choice.method + (" (changes the recipe)" if choice.recipe_change else ""))
+        summary.add_row("peak memory", f"{choice.peak_gib:.1f} GiB of {choice.vram_gib:.1f} per GPU; host "
+                        f"{choice.host_gib:.0f} GiB")
+        summary.add_row("time", f"{choice.hours:.2f} h = train {choice.train_hours:.2f} + eval {choice.eval_hours:.2f}"
+                        f" + overheads {choice.overhead_hours:.2f} ({estimate.steps} steps, MFU {choice.mfu:.2f})")
+        summary.add_row("cost", f"¥{choice.cost_cny:.2f} of ¥{estimate.budget_cny:g}"
+                        + (" incl. the jobs controller" if estimate.managed_job else ""))
+        summary.add_row("launch", sky_launch_command(estimate))
+    for note in estimate.notes:
+        summary.add_row("note", note)
+    return [table, rejected, summary]

@@ -20,8 +20,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,7 +105,8 @@ class S3Server:
         for sub in ("data", "logs"):
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
         identity = {"identities": [{"name": "admin", "credentials": [
-            {"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+            {"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
         (self.folder / "s3.json").write_text(json.dumps(identity), encoding="utf-8")
         self.num_starts += 1
         log = (self.folder / f"weed-{self.num_starts}.out").open("wb")
@@ -124,10 +123,15 @@ class S3Server:
         raise RuntimeError(f"`weed mini` did not answer S3 within {timeout_s:.0f} s:\n{self.log_tail()}")
 
     def _answers(self) -> bool:
+        """True once S3 authenticates, and an object can be written and read back (volumes are up)."""
+        probe = "s3server-ready-probe"
         try:
-            self.client().list_buckets()
-            return True
-        except Exception:  # not listening yet, or the filer is still starting
+            client = self.client()
+            if probe not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+                client.create_bucket(Bucket=probe)
+            client.put_object(Bucket=probe, Key="probe", Body=b"ready")
+            return client.get_object(Bucket=probe, Key="probe")["Body"].read() == b"ready"
+        except Exception:  # not listening yet, or the filer/volume server is still starting
             return False
 
     def client(self, **overrides: Any) -> Any:

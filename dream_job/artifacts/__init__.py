@@ -194,6 +194,8 @@ def _store(kind: str, target: str, url: str, s3: S3Settings | None) -> Store:
 def _checkpoint_store(destination: str, s3: S3Settings | None) -> Store:
     kind, target = _parse(destination)
     if kind == "hf":
-        raise ArtifactError(f"checkpoints cannot be synced to `{destination}`: only `s3://` and `file://` are supported",
-                            hint="set `artifacts.destinations` to include an `s3://bucket/prefix` for checkpoints")
+        raise ArtifactError(
+            f"checkpoints cannot be synced to `{destination}`: only `s3://` and `file://` are supported",
+            hint="set `artifacts.destinations` to include an `s3://bucket/prefix` for checkpoints",
+        )
     return _store(kind, target, destination, s3)

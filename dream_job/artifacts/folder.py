@@ -43,7 +43,8 @@ class FileDigest:
         """Return S3's composite checksum (`base64(sha256(part digests))-N`) or None if single-part."""
         if self.part_size is None:
             return None
-        return f"{base64.b64encode(hashlib.sha256(b''.join(self.part_sha256)).digest()).decode()}-{len(self.part_sha256)}"
+        digest = hashlib.sha256(b"".join(self.part_sha256)).digest()
+        return f"{base64.b64encode(digest).decode()}-{len(self.part_sha256)}"
 
 
 def hash_file(path: Path, relpath: str, *, part_size: int | None = None) -> FileDigest:
@@ -133,7 +134,8 @@ def verify_folder(folder: Path, manifest: dict[str, str], where: str) -> None:
         raise ArtifactError(
             f"`{folder}` does not match the `{MANIFEST_NAME}` of `{where}` ({len(problems)} of {len(manifest)} files)",
             caused_by=problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else []),
-            hint=f"pull it again into an empty folder: `dream-job pull {where} ./fresh-dir`",
+            hint=f"pull again (`dream-job pull {where} {folder}` fetches only the differing files); if it fails "
+                 "again, the source changed after it was published: publish it again",
         )
 
 

@@ -42,34 +42,40 @@ def publish_to_hub(local: Path, repo_id: str, *, run_id: str, force: bool, card:
 
     token = os.environ.get("HF_TOKEN")
     if not token:
-        raise ArtifactError(f"`HF_TOKEN` is not set, so `hf://{repo_id}` cannot be written",
-                            hint="export a write token: `export HF_TOKEN=hf_...` (https://huggingface.co/settings/tokens)")
+        raise ArtifactError(
+            f"`HF_TOKEN` is not set, so `hf://{repo_id}` cannot be written",
+            hint="export a write token: `export HF_TOKEN=hf_...` (https://huggingface.co/settings/tokens)",
+        )
     api = HfApi(endpoint=_endpoint(), token=token)
     where = f"hf://{repo_id}"
     _retrying(where, "creating the repository", lambda: api.create_repo(
         repo_id, private=True, exist_ok=True, repo_type="model"))
-    existing = _retrying(where, f"reading `{RUN_MARKER_NAME}`", lambda: _read_text(api, repo_id, RUN_MARKER_NAME, token))
-    check_marker(existing, run_id=run_id, force=force, where=where)
+    existing = _retrying(where, f"reading `{RUN_MARKER_NAME}`",
+                         lambda: _read_text(api, repo_id, RUN_MARKER_NAME, token))
+    rewrite_marker = check_marker(existing, run_id=run_id, force=force, where=where)
     if card is not None or not (local / "README.md").is_file():
         inputs = card or ModelCardInputs(spec_yaml="")
         write_model_card(local, spec_yaml=inputs.spec_yaml, data_report=inputs.data_report,
                          eval_summary=inputs.eval_summary, loss_png=inputs.loss_png, repo_id=repo_id)
-    write_atomic(local / RUN_MARKER_NAME, marker_text(run_id).encode("utf-8"))
+    # Keep the repo's own marker when it is this run's, so a re-publish does not re-upload it.
+    marker = marker_text(run_id) if rewrite_marker or existing is None else existing
+    write_atomic(local / RUN_MARKER_NAME, marker.encode("utf-8"))
     digests = digest_folder(local)
     sha256 = {d.relpath: d.sha256 for d in digests}
     write_atomic(local / MANIFEST_NAME, render_manifest(sha256).encode("utf-8"))
     names = [*sha256, MANIFEST_NAME, RUN_MARKER_NAME]
     stale = _retrying(where, "listing the repository", lambda: _stale_files(api, repo_id, local, names))
     if stale:
-        upload: Callable[..., Any] | None = getattr(api, "upload_large_folder", None)
         patterns = [glob.escape(name) for name in stale]
-        if upload is not None:  # huggingface_hub 1.x
-            call = lambda: upload(repo_id=repo_id, folder_path=local, repo_type="model", allow_patterns=patterns)  # noqa: E731
-        else:
-            call = lambda: api.upload_folder(  # noqa: E731
-                repo_id=repo_id, folder_path=local, repo_type="model", allow_patterns=patterns,
-                commit_message=f"dream-job: publish run {run_id}")
-        _retrying(where, f"uploading {len(stale)} files", call)
+
+        def upload() -> None:
+            large: Callable[..., Any] | None = getattr(api, "upload_large_folder", None)
+            if large is not None:  # huggingface_hub 1.x
+                large(repo_id=repo_id, folder_path=local, repo_type="model", allow_patterns=patterns)
+            else:  # 2.x: resumable multi-commit upload when hf_xet is installed
+                api.upload_folder(repo_id=repo_id, folder_path=local, repo_type="model", allow_patterns=patterns,
+                                  commit_message=f"dream-job: publish run {run_id}")
+        _retrying(where, f"uploading {len(stale)} files", upload)
     left = _retrying(where, "listing the repository", lambda: _stale_files(api, repo_id, local, names))
     if left:
         raise ArtifactError(f"after the upload, {len(left)} files at `{where}` still differ from `{local}`",
@@ -100,13 +106,13 @@ def _endpoint() -> str | None:
 
 def _read_text(api: Any, repo_id: str, filename: str, token: str) -> str | None:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, RevisionNotFoundError
 
     with tempfile.TemporaryDirectory() as cache:
         try:
             path = hf_hub_download(repo_id, filename, repo_type="model", token=token, cache_dir=cache,
                                    endpoint=api.endpoint)
-        except EntryNotFoundError:
+        except (EntryNotFoundError, RevisionNotFoundError):  # no such file, or a repo without commits yet
             return None
         return Path(path).read_text(encoding="utf-8")
 
@@ -134,7 +140,9 @@ def _git_blob_id(path: Path) -> str:
 
 
 def _retrying(where: str, what: str, fn: Callable[[], T]) -> T:
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError,
+    )
 
     last: BaseException | None = None
     for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -146,14 +154,21 @@ def _retrying(where: str, what: str, fn: Callable[[], T]) -> T:
         except HfHubHTTPError as exc:
             status = getattr(exc.response, "status_code", 0) or 0
             if status in (401, 403) or isinstance(exc, RepositoryNotFoundError):
+                token_note = "with the token in `HF_TOKEN`" if os.environ.get("HF_TOKEN") else "without a token"
                 raise ArtifactError(
                     f"the Hugging Face Hub `{_endpoint() or 'https://huggingface.co'}` refused {what} at `{where}` "
-                    f"with the token in `HF_TOKEN` (HTTP {status})",
-                    hint="check that `HF_TOKEN` is a token with write access to the repo's namespace",
+                    f"{token_note} (HTTP {status})",
+                    hint="check the repo id, and that `HF_TOKEN` holds a token that may read (pull) or write "
+                         "(publish) it",
                 ) from None
             if status < 500 and status != 429:
                 raise ArtifactError(f"{what} at `{where}` failed (HTTP {status})",
                                     caused_by=[str(exc).splitlines()[0]]) from None
+            last = exc
+        except LocalEntryNotFoundError as exc:  # snapshot_download: the Hub did not answer, no local copy
+            if isinstance(exc.__cause__, OfflineModeIsEnabled):
+                raise ArtifactError(f"{what} at `{where}` needs the network, but `HF_HUB_OFFLINE` is set",
+                                    hint="unset `HF_HUB_OFFLINE` for this command") from None
             last = exc
         except Exception as exc:
             names = {cls.__name__ for cls in type(exc).__mro__}

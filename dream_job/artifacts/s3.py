@@ -62,6 +62,9 @@ class S3Settings:
         max_attempts: Attempts of each file transfer before giving up with exit code 3.
         backoff_base_s: First wait between attempts; doubles each time (2, 4, 8, 16 s by default).
         botocore_max_attempts: Attempts of each HTTP request inside botocore (`standard` mode).
+        checksum_algorithm: S3 checksum sent with uploads and read back by HEAD (`SHA256`); None for
+            stores without S3 checksums (then only size and the sha256 metadata are read back, and
+            botocore sends checksums only where S3 requires them).
     """
 
     endpoint_url: str | None = None
@@ -71,6 +74,7 @@ class S3Settings:
     max_attempts: int = 5
     backoff_base_s: float = 2.0
     botocore_max_attempts: int = 3
+    checksum_algorithm: str | None = "SHA256"
 
 
 class _VerifyMismatch(Exception):
@@ -92,7 +96,10 @@ class S3Store:
             connect_timeout=10, read_timeout=120, signature_version="s3v4",
             # S3-compatible stores rarely serve virtual-hosted bucket names on a bare IP or host.
             s3={"addressing_style": "path"} if endpoint else None,
+            request_checksum_calculation="when_supported" if self.settings.checksum_algorithm else "when_required",
         )
+        algorithm = self.settings.checksum_algorithm
+        self._checksum = {"ChecksumAlgorithm": algorithm} if algorithm else {}
         self.client = self._session.client("s3", endpoint_url=endpoint, config=config)
         self.endpoint = self.client.meta.endpoint_url
         self._transfer = TransferConfig(
@@ -132,7 +139,7 @@ class S3Store:
         data = text.encode("utf-8")
 
         def put() -> None:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ChecksumAlgorithm="SHA256",
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **self._checksum,
                                    Metadata={"sha256": hashlib.sha256(data).hexdigest()})
             back = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
             if back != data:
@@ -171,7 +178,7 @@ class S3Store:
         def upload() -> None:
             self.client.upload_file(
                 str(path), self.bucket, self._key(key), Config=self._transfer, Callback=on_bytes,
-                ExtraArgs={"Metadata": {"sha256": digest.sha256}, "ChecksumAlgorithm": "SHA256"},
+                ExtraArgs={"Metadata": {"sha256": digest.sha256}, **self._checksum},
             )
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED")
             problem = _mismatch(head, digest)

@@ -21,10 +21,16 @@ left-padded here; every prompt's N generated slots sit at the same columns [P, P
   is Fast-dLLM's approximation: in a bidirectional model the prefix's keys/values at layers >= 2
   depend on the block's tokens, which change during the block; the cache keeps their values from
   the block start. On a 1-layer model (keys depend only on token and position) it is exact.
+  Unlike Fast-dLLM's Dream code, the block's first position is not force-revealed at the block
+  start, and the window starts at block start - 1 instead of duplicating its first logits.
+  `steps`, `eps`, `alg` and `alg_temp` are unused. Fast mode at threshold 1.0 is NOT reference
+  mode with steps = N: the reference reveals 0, 1, ..., 1, 2 tokens (above) from full forwards,
+  fast reveals 1 per step with a stale cache (the tests pin the equivalences that do hold).
 
 Deviations from Dream's reference code, all in both modes where they apply:
 1. k is computed per row from that row's own masks (Dream uses one batch-averaged k), so a batch
-   decodes each row exactly as alone, and a row never has non-mask positions re-masked.
+   decodes each row as it would alone (bit-equal in fp32; in bf16, padding changes kernels and
+   rounding, and a near-tie can flip), and a row never has non-mask positions re-masked.
 2. Only the N generated slots are decoded: mask ids inside a prompt are left as they are.
 3. The mask token id is never proposed (its logit is -inf before filtering).
 4. Softmax, filtering and confidences are fp32 (Dream uses the model dtype); sampling is
@@ -102,8 +108,10 @@ def generate(
         mask_id: The `<|mask|>` id (151666 for Dream).
         eos_id: The EOS id (151643 for Dream).
         pad_id: The id put on left pads (Dream: 151643).
-        generator: Randomness for temperature > 0, `origin` and `alg_temp > 0` (drawn on the
-            generator's device, then moved); None uses torch's global generator. Temperature 0 with a non-`origin`
+        generator: Randomness for temperature > 0, `origin` and `alg_temp > 0`; None uses torch's
+            global generator. A generator on another device than the model (e.g. a CPU one for a
+            CUDA model) only seeds a fresh one on the model's device: drawing [masks, V] uniforms
+            on the CPU each step would dominate the run time. Temperature 0 with a non-`origin`
             algorithm draws nothing and is deterministic.
 
     Returns:
@@ -117,7 +125,10 @@ def generate(
         raise ValueError(f"`prompts` must be a non-empty list of non-empty prompts, got lengths `{lengths}`")
     start_s = time.perf_counter()
     device = model.lm_head.weight.device
-    B, P, N = len(prompts), max(len(prompt) for prompt in prompts), settings.gen_length
+    if generator is not None and generator.device != device:
+        seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
+        generator = torch.Generator(device=device).manual_seed(seed)
+    P, N = max(len(prompt) for prompt in prompts), settings.gen_length
     rows = [[pad_id] * (P - len(prompt)) + list(prompt) + [mask_id] * N for prompt in prompts]
     with torch.inference_mode():
         x_BL = torch.tensor(rows, dtype=torch.long, device=device)
@@ -324,9 +335,9 @@ def _choose_positions(
 
 
 def _uniform(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
-    """U(0, 1) draws in fp32 from `generator` (on its own device), clamped away from 0 for Gumbel noise."""
-    u = torch.rand(shape, generator=generator, device=device if generator is None else generator.device)
-    return u.to(device).clamp_(min=torch.finfo(torch.float32).tiny)
+    """U(0, 1) draws in fp32 from `generator`, clamped away from 0 so Gumbel noise stays finite."""
+    u = torch.rand(shape, generator=generator, device=device)
+    return u.clamp_(min=torch.finfo(torch.float32).tiny)
 
 
 def _fill_after_eos(tokens_BN: Tensor, eos_id: int) -> Tensor:

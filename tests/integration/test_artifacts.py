@@ -14,7 +14,7 @@ import os
 import threading
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import botocore.client
 import pytest
@@ -24,7 +24,11 @@ from dream_job.artifacts import (
 )
 from dream_job.artifacts.s3 import S3Settings
 from dream_job.errors import EXIT_TRANSIENT, EXIT_USER, ArtifactError
-from tests.s3server import S3Server, s3_server  # noqa: F401  (fixture)
+
+if TYPE_CHECKING:
+    from tests.s3server import S3Server
+
+pytest_plugins = ["tests.s3server"]  # the `s3_server` fixture (a SeaweedFS S3 server per module)
 
 MIB = 1024 * 1024
 BIG = "model-00001-of-00002.safetensors"
@@ -66,7 +70,7 @@ def settings(server: S3Server, **overrides: Any) -> S3Settings:
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Credentials only from the environment, never from the machine's `~/.aws`."""
-    from tests.s3server import ACCESS_KEY, SECRET_KEY
+    from tests.s3server import ACCESS_KEY, SECRET_KEY  # the server's test identity
 
     for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
@@ -151,6 +155,22 @@ def test_s3_wrong_secret_is_rejected_with_one_clear_sentence(
     assert s3_server.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
 
 
+def test_s3_missing_bucket_and_missing_credentials_are_named(
+        s3_server: S3Server, aws_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    export = make_export(tmp_path / "export")
+    with pytest.raises(ArtifactError) as missing_bucket:
+        publish_folder(export, "s3://no-such-bucket-here/x", run_id="r", s3=settings(s3_server))
+    assert missing_bucket.value.message == (f"bucket `no-such-bucket-here` does not exist at the S3 endpoint "
+                                            f"`{s3_server.endpoint_url}`")
+    assert missing_bucket.value.hint == "create it first (`aws s3 mb s3://no-such-bucket-here`) or fix the destination"
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(ArtifactError) as no_credentials:
+        publish_folder(export, "s3://any-bucket/x", run_id="r", s3=settings(s3_server))
+    assert no_credentials.value.message == "no S3 credentials found for `s3://any-bucket/x`"
+    assert no_credentials.value.exit_code == EXIT_USER
+
+
 def test_s3_other_run_is_refused_unless_forced(s3_server: S3Server, aws_env: None, tmp_path: Path) -> None:
     bucket = new_bucket(s3_server)
     destination = f"s3://{bucket}/shared"
@@ -190,6 +210,8 @@ def test_s3_pull_round_trip_and_tampered_object(s3_server: S3Server, aws_env: No
 
 
 def test_s3_server_killed_mid_upload_then_publish_resumes(aws_env: None, tmp_path: Path) -> None:
+    from tests.s3server import S3Server
+
     server = S3Server(tmp_path / "seaweedfs").start()
     try:
         bucket = new_bucket(server)
@@ -212,10 +234,12 @@ def test_s3_server_killed_mid_upload_then_publish_resumes(aws_env: None, tmp_pat
         assert "re-run" in (error.hint or "")
 
         server.start()  # same data folder and ports
-        result = publish_folder(export, f"s3://{bucket}/p", run_id="r", s3=settings(server))
+        # A restarted store may answer 500 for a moment; the retry loop absorbs that, as in production.
+        patient = settings(server, max_attempts=5, backoff_base_s=0.2)
+        result = publish_folder(export, f"s3://{bucket}/p", run_id="r", s3=patient)
         # config.json, empty.txt and generation_config.json landed before the crash.
         assert result.num_skipped == 3 and result.num_uploaded == 4
-        pulled = files_of(pull(f"s3://{bucket}/p", tmp_path / "pulled", s3=settings(server)))
+        pulled = files_of(pull(f"s3://{bucket}/p", tmp_path / "pulled", s3=patient))
         pulled.pop(MANIFEST_NAME)
         assert pulled == files_of(export)
     finally:

@@ -146,7 +146,8 @@ def test_after_the_first_eos_everything_is_eos() -> None:
 @pytest.mark.parametrize(
     "settings",
     [*(spec(alg=a) for a in CONFIDENCE_ALGS), spec(steps=3, alg="entropy"),
-     spec(mode="fast", block_length=3, threshold=0.3), spec(mode="fast", block_length=3, threshold=0.3, dual_cache=True)],
+     spec(mode="fast", block_length=3, threshold=0.3),
+     spec(mode="fast", block_length=3, threshold=0.3, dual_cache=True)],
 )
 def test_greedy_is_deterministic_and_a_batch_equals_one_by_one(settings: SamplerSpec) -> None:
     model = make_model()

@@ -1,0 +1,116 @@
+"""The memory model against hand-computed cases (Dream 7B shape; the arithmetic is written out)."""
+
+from __future__ import annotations
+
+import pytest
+
+from budget.memory import GIB, MemoryConstants, estimate_memory
+from budget.shape import DREAM_7B
+
+P = 7_615_616_512  # dream.md §4: every parameter of Dream 7B
+LAYER = 233_057_792  # one decoder layer (weights, q/k/v biases, two norms)
+EMBED = 152_064 * 3584  # 544,997,376: the embedding, and again the untied lm_head
+ROOT = 2 * EMBED + 3584  # FSDP root unit: embedding + lm_head + final norm
+ZERO = MemoryConstants(cuda_context_gib=0.0, nccl_gib=0.0, allocator_headroom=0.0, host_per_rank_gib=0.0,
+                       unknown_host_ram_per_vram=1.0, adam8bit_bytes_per_param=2.0, loss_bytes_per_logit=12.0)
+
+
+def memory(method: str, num_gpus: int, *, accumulation: int = 1, checkpointing: bool = True, max_length: int = 2048,
+           constants: MemoryConstants = ZERO, eval_context: int = 0, **lora):
+    return estimate_memory(
+        DREAM_7B, method=method, num_gpus=num_gpus, micro_batch_size=1, max_length=max_length,
+        activation_checkpointing=checkpointing, accumulation_steps=accumulation,
+        lora_rank=lora.get("rank", 64), lora_targets=lora.get("targets", ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                            "gate_proj", "up_proj", "down_proj"]),
+        lora_dropout=lora.get("dropout", 0.05), eval_batch_size=8, eval_context=eval_context, constants=constants,
+    )
+
+
+def test_shape_matches_the_published_counts() -> None:
+    assert DREAM_7B.num_params == P
+    assert DREAM_7B.layer_params == LAYER
+    assert DREAM_7B.root_params == ROOT
+    # data-and-eval.md §12: 7.07e9 weights multiplied per token with the lm_head at every position.
+    assert DREAM_7B.forward_matmul_params == 7_070_285_824
+    # gpus-and-costs.md §4: 2.52M adapter params per unit of rank over all seven linears.
+    assert DREAM_7B.lora_params(1, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]) == (
+        28 * ((3584 + 3584) + 2 * (3584 + 512) + (3584 + 3584) + 2 * (3584 + 18944) + (18944 + 3584))
+    ) == 2_523_136
+
+
+def test_full_on_two_gpus_without_accumulation() -> None:
+    mem = memory("full", 2)
+    terms = {k: v * GIB for k, v in mem.breakdown_gib.items()}
+    # fp32 params, fp32 grads, fp32 m and v, each sharded over 2 GPUs: 16 B x P / 2 = 60,924,932,096 B.
+    assert terms["params fp32"] + terms["grads fp32"] + terms["AdamW m,v fp32"] == pytest.approx(16 * P / 2)
+    assert terms["unsharded bf16 root (embed + lm_head)"] == 2 * ROOT
+    assert "no-sync accumulated grads fp32 (unsharded)" not in terms
+    # Per-layer checkpointing keeps each layer's bf16 input: 28 x 2048 x 3584 x 2 = 411,041,792 B.
+    assert terms["activations: saved layer inputs"] == 28 * 2048 * 3584 * 2 == 411_041_792
+    # The backward moment of one layer is larger than the loss chunk's for `full`: two layers
+    # unsharded (4 x LAYER), bf16 grads of root + one layer, an fp32 reduce-scatter copy of a layer.
+    assert terms["unsharded bf16: 2 layers"] == 4 * LAYER
+    assert terms["unsharded bf16 grads: root + 1 layer"] == 2 * ROOT + 2 * LAYER
+    assert terms["reduce-scatter fp32 buffer"] == 4 * LAYER
+    # Optimizer step: the state (16 B/param / 2) plus foreach AdamW's fp32 sqrt(v) temporary (4 B/param / 2).
+    assert mem.phases_gib["step"] * GIB == pytest.approx(20 * P / 2)
+    # No context or headroom in these constants: the peak is the largest phase.
+    assert mem.peak_gib == pytest.approx(max(mem.phases_gib.values()))
+
+
+def test_gradient_accumulation_keeps_unsharded_fp32_grads_on_every_gpu() -> None:
+    # FSDP2 with set_requires_gradient_sync(False): 4 B x trainable params, not divided by the GPU count.
+    one = memory("full", 8, accumulation=1)
+    two = memory("full", 8, accumulation=2)
+    assert (two.phases_gib["train"] - one.phases_gib["train"]) * GIB == pytest.approx(4 * P)
+    lora = memory("lora", 1, accumulation=16, rank=64)
+    assert lora.breakdown_gib["no-sync accumulated grads fp32 (unsharded)"] * GIB == 4 * 64 * 2_523_136
+
+
+def test_full_on_one_a100_80gb_cannot_fit() -> None:
+    mem = memory("full", 1, accumulation=16)
+    # 16 B x 7.6156e9 = 121.8 GB = 113.5 GiB of state alone, before anything else.
+    assert 16 * P / GIB == pytest.approx(113.48, abs=0.01)
+    assert mem.peak_gib > 113.48 > 80
+
+
+def test_full_8bit_and_offload_states() -> None:
+    mem = memory("full_8bit", 1)
+    terms = {k: v * GIB for k, v in mem.breakdown_gib.items()}
+    # bf16 params (2 B) + bf16 grads (2 B) + 8-bit AdamW (2.0 B in these constants).
+    assert terms["params bf16"] + terms["grads bf16"] + terms["AdamW8bit states"] == pytest.approx(6 * P)
+    offload = memory("full_offload", 1)
+    assert not any(k.startswith(("params", "grads", "AdamW")) for k in offload.breakdown_gib)
+    # Host: pinned fp32 params + grads + m + v (16 B/param) + rank 0's fp32 state dict at export
+    # (4 B/param) + one 5 GiB shard being written, per-rank baseline 0 here.
+    assert offload.host_gib * GIB == pytest.approx(16 * P + 4 * P + 5 * GIB)
+
+
+def test_lora_loss_chunk_and_checkpointing() -> None:
+    mem = memory("lora", 1, rank=64)
+    terms = {k: v * GIB for k, v in mem.breakdown_gib.items()}
+    adapters = 64 * 2_523_136  # 161,480,704 adapter params
+    assert terms["base bf16 (frozen)"] == 2 * P
+    assert terms["adapters+grads+AdamW fp32"] == 16 * adapters
+    # The loss applies the lm_head to at most min(4096, 1 x 2048) rows: 2048 x 152,064 logits at
+    # 12 B each (fp32 log-softmax kept, its incoming and outgoing gradients) = 3,737,124,864 B.
+    assert terms["loss: one logits chunk"] == 2048 * 152_064 * 12 == 3_737_124_864
+    # One layer saves 2 B x (12·d + 2·kv + 4·I) per token = 2 x (43,008 + 1,024 + 75,776) = 239,616 B,
+    # plus LoRA dropout's copy (2 B) and mask (1 B) of each targeted input: 3 x (6 x 3584 + 18,944) = 121,344 B.
+    per_layer = 239_616 + 121_344
+    without = memory("lora", 1, rank=64, checkpointing=False)
+    assert without.breakdown_gib["activations: all layers"] * GIB == 28 * 2048 * per_layer  # 20.7 GB
+
+
+def test_context_headroom_and_nccl_are_added_to_the_largest_phase() -> None:
+    constants = MemoryConstants(cuda_context_gib=0.6, nccl_gib=0.5, allocator_headroom=0.07, host_per_rank_gib=3.0,
+                                unknown_host_ram_per_vram=1.0, adam8bit_bytes_per_param=2.03,
+                                loss_bytes_per_logit=12.0)
+    mem = memory("full", 4, accumulation=4, constants=constants)
+    assert mem.peak_gib == pytest.approx(max(mem.phases_gib.values()) * 1.07 + 0.6 + 0.5)
+    assert mem.host_gib == pytest.approx(4 * 3.0 + (4 * P + 5 * GIB) / GIB)
+
+
+def test_eval_phase_holds_bf16_weights_and_batch_logits() -> None:
+    mem = memory("lora", 1, eval_context=762)
+    assert mem.phases_gib["eval"] * GIB > 2 * P + 8 * 762 * 152_064 * 6
