@@ -147,7 +147,8 @@ def load_catalog(folder: Path, *, clouds: list[str], today: date, max_age_days: 
         age = (today - _file_date(path)).days
         if age > max_age_days:
             raise BudgetError(
-                f"SkyPilot catalog `{path}` is {age} days old, older than `budget.max_catalog_age_days` ({max_age_days})",
+                f"SkyPilot catalog `{path}` is {age} days old, older than `budget.max_catalog_age_days` "
+                f"({max_age_days})",
                 hint=f"refresh it with `sky gpus list --infra {cloud}`, or raise the limit with "
                 f"`--set budget.max_catalog_age_days={age}`",
             )

@@ -30,7 +30,8 @@ METHODS = ("full", "full_8bit", "full_offload", "lora")
 RECIPE = {"full": "fp32 AdamW", "full_offload": "fp32 AdamW", "full_8bit": "8-bit AdamW", "lora": "LoRA"}
 
 
-def _memory(spec: JobSpec, shape: ModelShape, method: str, count: int, work: Workload, cal: Calibration) -> MemoryEstimate:
+def _memory(spec: JobSpec, shape: ModelShape, method: str, count: int, work: Workload,
+            cal: Calibration) -> MemoryEstimate:
     train = spec.train
     prompt = max((s.prompt_tokens for s in work.suites), default=0.0)
     return estimate_memory(
@@ -67,7 +68,9 @@ def _candidate(spec: JobSpec, offer: Offer, method: str, mem: MemoryEstimate, ti
     if host_ram is None:
         host_ram = offer.count * gpu.vram_gib * cal.memory_constants().unknown_host_ram_per_vram
     hours = time.total_s / 3600
-    usd = hours * offer.usd_per_hour + (hours * budget.controller_usd_per_hour if budget.managed_job else 0.0)
+    # The jobs controller runs as long as the job, then idles 10 minutes before it autostops.
+    controller = (hours + 10 / 60) * budget.controller_usd_per_hour if budget.managed_job else 0.0
+    usd = hours * offer.usd_per_hour + controller
     cost = usd * budget.cny_per_usd
     fits_gpu = mem.peak_gib <= gpu.vram_gib
     fits_host = mem.host_gib <= host_ram
@@ -94,6 +97,7 @@ def _candidate(spec: JobSpec, offer: Offer, method: str, mem: MemoryEstimate, ti
         peak_gib=mem.peak_gib, vram_gib=gpu.vram_gib, host_gib=mem.host_gib, host_mem_gib=offer.host_mem_gib,
         hours=hours, train_hours=time.train_s / 3600, eval_hours=time.eval_s / 3600,
         overhead_hours=(sum(time.overheads_s.values()) + time.spot_extra_s) / 3600, cost_cny=cost, mfu=time.mfu,
+        mfu_measured=time.mfu_measured,
         fits=fits_gpu and fits_host and not train.global_batch_size % per_round,
         within_budget=cost <= budget.max_cost_yuan, recipe_change=recipe_change, reason=reason,
     )
@@ -195,9 +199,9 @@ def estimate(spec: JobSpec, *, data_report: dict[str, Any] | None, catalog_dir: 
         notes.append(f"prices are {age} days old ({prices.date}); treat them as indicative")
     if work.is_estimate:
         notes.append("tokens are an ESTIMATE from the shipped s1K-1.1 length profile; pass `--data-report`")
-    if not any(t.mfu_measured for t in times.values()):
-        notes.append(f"MFU values are placeholders from public sources (budget/data/calibration.toml, {cal.date}) "
-                     "until the GPU benchmark measures them")
+    if choice is not None and not choice.mfu_measured:
+        notes.append(f"MFU {choice.mfu:.2f} of {choice.gpu} {choice.method} is a placeholder from public sources "
+                     f"(budget/data/calibration.toml, {cal.date}) until the GPU benchmark measures it")
     notes.append("evaluation is assumed split over all GPUs of the machine")
     result = Estimate(
         job=spec.name, budget_cny=budget.max_cost_yuan, cny_per_usd=budget.cny_per_usd,

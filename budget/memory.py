@@ -6,21 +6,26 @@ Mirrors `dream_job/train/build.py` and `loop.py` (FSDP2 full shard over the GPU 
 
 - `full`: fp32 master params, fp32 grads, fp32 AdamW m and v, sharded: 16 B/param / GPUs.
   `foreach` AdamW allocates one more fp32 param-sized temporary (sqrt of v) in the step.
-- `full_8bit`: bf16 params and grads (2 + 2 B) + torchao AdamW8bit states (~2.03 B), sharded.
+- `full_8bit`: bf16 params and grads (2 + 2 B) + torchao AdamW8bit states (~2.05 B measured), sharded.
 - `full_offload`: params, grads and AdamW states in host RAM (pinned fp32, 16 B/param, plus the
   4 B/param `foreach` temporary of the CPU step); the GPU holds bf16 compute copies only.
 - `lora`: frozen bf16 base (2 B/param, sharded) + fp32 adapters with fp32 grads and AdamW (16 B).
 
 Terms every method shares: the root unit's bf16 params stay unsharded from forward to the end of
-backward (FSDP2 does not reshard the root), two decoder layers are unsharded at once (current +
-prefetch). **Gradient accumulation**: the trainer turns gradient sync off on all but the last
-micro-step (`set_requires_gradient_sync(False)`), and FSDP2 then keeps every unsharded gradient
-in the reduce dtype: 4 B x trainable params on every GPU, not divided by the GPU count
-(torch/distributed/fsdp/_fully_shard/_fsdp_param.py: `to_accumulated_grad_if_needed`).
-Activations: with per-layer checkpointing the bf16 input of each layer (2·T·d B) plus one
-layer's recompute and backward workspace; without, every layer's saved tensors. The loss applies
-the lm_head to masked rows only, in chunks of 4096 rows recomputed in backward. The save peak
-(after `zero_grad`, so no grads) gathers one whole tensor at a time for the export. Sizes are
+backward (FSDP2 does not reshard the root; also on one GPU, where it still copies), two decoder
+layers are unsharded at once (current + prefetch). **Gradient accumulation** adds nothing: the
+trainer reduce-scatters after every micro-step (with sync off, FSDP2 would keep an unsharded fp32
+gradient of every parameter on each GPU, measured +5.4 GiB on a 14-layer model, so the trainer
+does not do that). Activations: with per-layer checkpointing the bf16 input of each layer
+(2·T·d B) plus one layer's recompute and backward workspace; without, every layer's saved
+tensors. The loss applies the lm_head to masked rows only, in chunks of 4096 rows recomputed in
+backward. The save peak (after `zero_grad`, so no grads) gathers one whole tensor at a time.
+
+Checked on 1x H100 (2026-11-24, torch 2.11, Dream 7B shape, the trainer's `build_training` and
+micro-step sequence at 2048 tokens with every response position masked): `max_memory_allocated`
+in forward/backward was 51.1 GiB for full_8bit without accumulation (model: 50.5) and 32.7 for
+a 14-layer full_8bit (model: 31.9), both measured before the trainer dropped no-sync
+accumulation; reserved memory was 9-22 % above allocated. Sizes are
 bytes; results in GiB.
 """
 
@@ -84,17 +89,19 @@ def activation_bytes_per_token_layer(shape: ModelShape, *, lora_in_features: int
     return 2.0 * (12 * d + 2 * kv + 4 * inter) + 3.0 * lora_in_features
 
 
-def gpu_state_bytes(shape: ModelShape, method: str, num_gpus: int, *, trainable: int, adam8bit: float) -> dict[str, float]:
-    """Return the sharded, persistent per-GPU bytes: params, grads and optimizer states."""
+def gpu_state_bytes(shape: ModelShape, method: str, num_gpus: int, *, trainable: int,
+                    adam8bit: float) -> dict[str, float]:
+    """Return the sharded per-GPU bytes of params, optimizer states and (keys `grads ...`) gradients."""
     p, n = shape.num_params, num_gpus
     if method == "full":
-        return {"params fp32": 4 * p / n, "grads fp32": 4 * p / n, "AdamW m,v fp32": 8 * p / n}
+        return {"params fp32": 4 * p / n, "AdamW m,v fp32": 8 * p / n, "grads fp32": 4 * p / n}
     if method == "full_8bit":
-        return {"params bf16": 2 * p / n, "grads bf16": 2 * p / n, "AdamW8bit states": adam8bit * p / n}
+        return {"params bf16": 2 * p / n, "AdamW8bit states": adam8bit * p / n, "grads bf16": 2 * p / n}
     if method == "full_offload":
         return {}
     if method == "lora":
-        return {"base bf16 (frozen)": 2 * p / n, "adapters+grads+AdamW fp32": 16 * trainable / n}
+        return {"base bf16 (frozen)": 2 * p / n, "adapters+AdamW fp32": 12 * trainable / n,
+                "grads fp32 (adapters)": 4 * trainable / n}
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -118,7 +125,8 @@ def estimate_memory(
 
     Args:
         accumulation_steps: Micro-steps per optimizer step on each GPU
-            (global batch / (micro batch x GPUs)); > 1 keeps unsharded fp32 grads.
+            (global batch / (micro batch x GPUs)). The trainer reduce-scatters after every
+            micro-step, so accumulation adds no unsharded gradients.
         eval_context: Prompt + generated tokens per sequence of the sampler (0: no evaluation).
     """
     n, p, d, vocab = num_gpus, shape.num_params, shape.hidden, shape.vocab
@@ -130,13 +138,16 @@ def estimate_memory(
     lora_in = shape.lora_input_features(lora_targets) if is_lora and lora_dropout > 0 else 0
     per_layer = activation_bytes_per_token_layer(shape, lora_in_features=lora_in)
 
-    # Always held in forward/backward: sharded state, the root unit unsharded, accumulated grads,
-    # what checkpointing saves. On top, the larger of two moments of backward: the loss chunk
-    # (one layer prefetched, the lm_head grad appearing) or one layer's recompute and backward.
-    common = dict(states)
+    grads = {k: v for k, v in states.items() if k.startswith("grads")}
+    held = {k: v for k, v in states.items() if k not in grads}
+    # Held through forward/backward: params, optimizer states, the root unit unsharded, what
+    # checkpointing saves. On top, the larger of two moments of the last micro-step's backward
+    # (zero_grad freed the sharded grads at the previous step): its start, with the loss chunk,
+    # one layer prefetched, the lm_head grad and the no-sync grads of the earlier micro-steps; and
+    # its end, with one layer's recompute and backward, the root's grads and all sharded grads
+    # (the no-sync grads were reduce-scattered into them layer by layer, except the root's).
+    common = dict(held)
     common["unsharded bf16 root (embed + lm_head)"] = 2 * root
-    if accumulation_steps > 1:
-        common["no-sync accumulated grads fp32 (unsharded)"] = 4 * trainable
     if activation_checkpointing:
         common["activations: saved layer inputs"] = shape.num_layers * tokens * d * 2
         workspace = 2 * tokens * per_layer  # the layer's recomputed activations + their gradients
@@ -144,31 +155,30 @@ def estimate_memory(
         common["activations: all layers"] = shape.num_layers * tokens * per_layer
         workspace = tokens * per_layer
     common["activations: embeddings, final hidden, grads"] = tokens * d * 12
-    loss_moment = {
+    start = {
         "loss: one logits chunk": min(LOSS_CHUNK_ROWS, tokens) * vocab * constants.loss_bytes_per_logit,
         "unsharded bf16: 1 layer (prefetch)": 2 * layer,
     }
-    layer_moment = {"unsharded bf16: 2 layers": 4 * layer, "activations: 1-layer recompute/backward": workspace}
+    end = {"unsharded bf16: 2 layers": 4 * layer, "activations: 1-layer recompute/backward": workspace, **grads}
     if not is_lora:
-        loss_moment["unsharded bf16 lm_head grad"] = 2 * embed
-        layer_moment["unsharded bf16 grads: root + 1 layer"] = 2 * root + 2 * layer
-        layer_moment["reduce-scatter fp32 buffer"] = 4 * layer
-    moment = max(loss_moment, layer_moment, key=lambda terms: sum(terms.values()))
+        start["unsharded bf16 lm_head grad"] = 2 * embed
+        end["unsharded bf16 grads: root + 1 layer"] = 2 * root + 2 * layer
+        end["reduce-scatter fp32 buffer"] = 4 * layer
+    moment = max(start, end, key=lambda terms: sum(terms.values()))
     terms = common | moment
     train = sum(terms.values())
 
-    persistent = sum(states.values())
+    persistent = sum(held.values()) + sum(grads.values())
     if method == "full":
         step_temp = 4 * p / n  # foreach AdamW: sqrt(v) for every param at once
     elif method == "full_8bit":
-        step_temp = 16 * embed / n  # per-param fp32 param, grad, m, v of the largest shard
+        step_temp = 8 * embed / n  # torchao's per-param fp32 temporaries (measured: 8 B x the embedding)
     elif is_lora:
         step_temp = 4 * trainable / n
     else:
         step_temp = 0.0
-    grads = sum(v for k, v in states.items() if k.startswith("grads")) + (4 * trainable / n if is_lora else 0)
     master_bytes = 4 if method in ("full", "full_offload") else 2
-    save = persistent - grads + master_bytes * embed  # export gathers one whole tensor at a time
+    save = sum(held.values()) + master_bytes * embed  # after zero_grad; export gathers one tensor at a time
     evaluation = 0.0
     if eval_context:
         batch_tokens = eval_batch_size * eval_context

@@ -40,6 +40,7 @@ class Candidate:
     overhead_hours: float
     cost_cny: float
     mfu: float
+    mfu_measured: bool
     fits: bool
     within_budget: bool
     recipe_change: bool

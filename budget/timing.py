@@ -6,7 +6,8 @@ efficiency, offload rates, overheads; placeholders until the GPU benchmark measu
 
 - Training: FLOPs per token from `budget.flops.train_flops_per_token` (6N + bidirectional
   attention + masked lm_head), divided by GPUs x peak x MFU; MFU is the trainer's own `perf/mfu`
-  convention (recompute not counted, so it is folded into the MFU). Per micro-step the slowest of
+  convention, calibrated with per-layer checkpointing; `recompute_flops_per_token` (the layers'
+  second forward, the loss chunk's lm_head) converts it for runs without. Per micro-step the slowest of
   compute, FSDP all-gathers over the GPU link, and (full_offload) host-to-GPU copies; per step the
   gradient reduce-scatter and the optimizer (HBM-bound on the GPU, or the CPU AdamW).
 - Evaluation: the sampler's forwards (reference: `steps` full forwards; fast: one full forward
@@ -24,7 +25,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from budget.flops import forward_flops_per_token, train_flops_per_token
+from budget.flops import forward_flops_per_token, recompute_flops_per_token, train_flops_per_token
 from budget.gpus import DATA_DIR, GpuSpec
 from budget.memory import MemoryConstants
 from budget.shape import ModelShape
@@ -42,17 +43,15 @@ class Calibration:
     def date(self) -> str:
         return str(self.raw["date"])
 
-    def train_mfu(self, gpu: str, method: str, activation_checkpointing: bool) -> tuple[float, bool]:
-        """Return (MFU, measured) for a GPU and method; measured values win over placeholders."""
+    def train_mfu(self, gpu: str, method: str) -> tuple[float, bool]:
+        """Return (MFU with per-layer checkpointing, measured) for a GPU and method; measured values win."""
         measured = self.raw.get("measured", {}).get(f"{gpu}.{method}")
         if measured is not None:
             mfu, is_measured = float(measured["mfu"]), True
         else:
             mfu = self.raw["train_mfu"][gpu] * self.raw["method_factor"][method]
             is_measured = False
-        if not activation_checkpointing:
-            mfu *= self.raw["no_activation_checkpointing"]["mfu_factor"]
-        return min(mfu, 0.75), is_measured
+        return mfu, is_measured
 
     def section(self, name: str) -> dict[str, Any]:
         return self.raw[name]
@@ -106,11 +105,16 @@ def train_seconds(spec: JobSpec, shape: ModelShape, work: Workload, gpu: GpuSpec
     """Return (steps, seconds, MFU, MFU measured) of the training loop."""
     train, n, p = spec.train, num_gpus, shape.num_params
     steps = total_steps(spec, work.rows)
-    mfu, measured = cal.train_mfu(gpu.name, method, train.activation_checkpointing)
-    per_token = train_flops_per_token(
-        hidden=shape.hidden, intermediate=shape.intermediate, num_layers=shape.num_layers,
-        num_heads=shape.num_heads, num_kv_heads=shape.num_kv_heads, vocab=shape.vocab, seq_len=round(work.mean_length),
-    )
+    mfu, measured = cal.train_mfu(gpu.name, method)
+    dims = {"hidden": shape.hidden, "intermediate": shape.intermediate, "num_layers": shape.num_layers,
+            "num_heads": shape.num_heads, "num_kv_heads": shape.num_kv_heads, "vocab": shape.vocab,
+            "seq_len": round(work.mean_length)}
+    per_token = train_flops_per_token(**dims)
+    # The calibrated MFU was measured with per-layer checkpointing: it fixes the hardware rate
+    # (model + recompute FLOPs per second); without checkpointing the recompute goes away.
+    hardware_rate = mfu * (per_token + recompute_flops_per_token(**dims, activation_checkpointing=True)) / per_token
+    hardware = per_token + recompute_flops_per_token(**dims, activation_checkpointing=train.activation_checkpointing)
+    mfu = min(hardware_rate * per_token / hardware, 0.75)
     micro_tokens = train.micro_batch_size * work.mean_length
     compute = micro_tokens * per_token / (gpu.bf16_tflops * 1e12 * mfu)
     share = (n - 1) / n
@@ -122,7 +126,9 @@ def train_seconds(spec: JobSpec, shape: ModelShape, work: Workload, gpu: GpuSpec
     if method == "full_offload":
         optimizer = p / cal.section("offload")["cpu_adam_params_per_s"] + 4 * p / n / (gpu.pcie_gb_s * 1e9)
     else:
-        touched = {"full": 36 * p, "full_8bit": 12 * p}.get(method, 36 * trainable) / n
+        # Bytes moved per param: foreach AdamW reads p, g, m, v and writes p, m, v (+ its temporary);
+        # torchao's 8-bit step took 0.26 s for Dream 7B on one H100 (probe), ~80 B/param at 70 %.
+        touched = {"full": 36 * p, "full_8bit": 80 * p}.get(method, 36 * trainable) / n
         optimizer = touched / (gpu.mem_bw_gb_s * 1e9 * 0.7)
     return steps, steps * (accumulation * micro + reduce_scatter + optimizer), mfu, measured
 

@@ -182,12 +182,20 @@ def _eval_stage(spec: JobSpec) -> dict[str, Any]:
 
 
 def _publish_stage(spec: JobSpec, force: bool) -> dict[str, Any]:
-    from dream_job.artifacts import publish_folder
+    """Publish the export (with the model card for `hf://`) to every destination."""
+    import yaml
 
-    export_dir = spec.run_dir() / "export"
+    from dream_job.artifacts import S3Settings, model_card_inputs, publish_folder
+
+    run_dir = spec.run_dir()
+    card = model_card_inputs(run_dir, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     published = []
     for destination in spec.artifacts.destinations:
-        publish_folder(export_dir, destination, run_id=run_id(spec), force=force)
+        s3 = S3Settings(endpoint_url=spec.artifacts.s3_endpoint_url) if destination.startswith("s3://") else None
+        result = publish_folder(run_dir / "export", destination, run_id=run_id(spec), force=force, s3=s3,
+                                model_card=card)
+        logger.info("published %d files to %s (%d uploaded, %d already there)", result.num_files, destination,
+                    result.num_uploaded, result.num_skipped)
         published.append(destination)
     return {"destinations": published}
 

@@ -249,8 +249,9 @@ def estimate_tables(estimate: Any, *, max_rows: int = 20) -> list[Table]:
     if choice is None:
         summary.add_row("choice", "none fits within the budget")
     else:
-        summary.add_row("offer", f"{choice.count}x {choice.gpu} ({choice.accelerator}) on {choice.cloud}, "
-                        f"{'spot' if choice.spot else 'on-demand'}, `{choice.instance_type}` ${choice.usd_per_hour:.2f}/h")
+        kind = "spot" if choice.spot else "on-demand"
+        summary.add_row("offer", f"{choice.count}x {choice.gpu} ({choice.accelerator}) on {choice.cloud}, {kind}, "
+                        f"`{choice.instance_type}` ${choice.usd_per_hour:.2f}/h")
         summary.add_row("method", choice.method + (" (changes the recipe)" if choice.recipe_change else ""))
         summary.add_row("peak memory", f"{choice.peak_gib:.1f} GiB of {choice.vram_gib:.1f} per GPU; host "
                         f"{choice.host_gib:.0f} GiB")

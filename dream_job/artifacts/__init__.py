@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 _HUB_REPO_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
-_FORMS = "`s3://bucket/prefix`, `hf://user/repo` or `file:///absolute/path`"
+_FORMS = "`s3://bucket/prefix`, `hf://user/repo`, `file:///absolute/path` or `file://relative/path`"
 
 
 def __getattr__(name: str) -> object:
@@ -179,6 +179,9 @@ def _parse(destination: str) -> tuple[str, str]:
         return "hf", f"{parsed.netloc}{parsed.path}".rstrip("/")
     if parsed.scheme == "file" and parsed.netloc in ("", "localhost") and parsed.path.startswith("/"):
         return "file", unquote(parsed.path)
+    if parsed.scheme == "file" and parsed.netloc:
+        # `file://runs/published/x`: a path relative to the working directory (local runs, the smoke job).
+        return "file", str(Path(unquote(parsed.netloc + parsed.path)).absolute())
     raise ArtifactError(f"`{destination}` is not a destination I can use", hint=f"write it as {_FORMS}")
 
 

@@ -126,20 +126,15 @@ def _full_state_dict(spec: JobSpec, base_dir: Path, config: DreamConfig, dtype: 
     return {k: v.to(dtype) for k, v in model.state_dict().items()}
 
 
-def build_training(spec: JobSpec, dist_info: Dist) -> Built:
-    """Build the sharded training model and its optimizer for `train.method`.
+def shard_model(spec: JobSpec, config: DreamConfig, dist_info: Dist) -> DreamForMaskedDiffusion:
+    """Build the training model on meta, add LoRA adapters, shard it with FSDP2 and allocate it (uninitialised).
 
-    Raises:
-        DreamJobError: The base model is missing or the method cannot run on this hardware.
+    Weights are materialised on the device (on the CPU for `full_offload`) in the master dtype:
+    fp32 for `full`/`full_offload`, the compute dtype for `full_8bit` and LoRA's frozen base.
     """
     train = spec.train
-    device = dist_info.device
-    _check_method(spec, device)
-    base_dir = resolve_base_dir(spec)
-    config = DreamConfig.from_pretrained_dir(base_dir)
     compute_dtype = DTYPES[spec.model.dtype]
     master_dtype = torch.float32 if train.method in ("full", "full_offload") else compute_dtype
-
     with torch.device("meta"):
         model = DreamForMaskedDiffusion(config)
     model.model.activation_checkpointing = train.activation_checkpointing
@@ -154,8 +149,7 @@ def build_training(spec: JobSpec, dist_info: Dist) -> Built:
             param.requires_grad_("lora_" in name)
             if "lora_" in name:
                 param.data = param.data.to(torch.float32)
-
-    mesh = init_device_mesh(device.type, (dist_info.world_size,))
+    mesh = init_device_mesh(dist_info.device.type, (dist_info.world_size,))
     shard_kwargs: dict[str, Any] = {
         "mesh": mesh,
         "mp_policy": MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32),
@@ -164,9 +158,43 @@ def build_training(spec: JobSpec, dist_info: Dist) -> Built:
     for layer in model.model.layers:
         fully_shard(layer, **shard_kwargs)
     fully_shard(model, **shard_kwargs)
-    model.to_empty(device="cpu" if train.method == "full_offload" else device)
-    model.init_buffers(device)
+    model.to_empty(device="cpu" if train.method == "full_offload" else dist_info.device)
+    model.init_buffers(dist_info.device)
+    return model
 
+
+def reset_lora(model: torch.nn.Module, seed: int) -> None:
+    """Initialise LoRA adapters as peft does (B = 0: training starts exactly at the base model)."""
+    torch.manual_seed(seed)
+    for module in model.modules():
+        if hasattr(module, "reset_lora_parameters"):
+            module.reset_lora_parameters("default", True)
+
+
+def make_optimizer(spec: JobSpec, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Return the method's optimizer over the trainable parameters."""
+    train = spec.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    kwargs = {"lr": train.learning_rate, "betas": tuple(train.adam_betas), "weight_decay": train.weight_decay}
+    if train.method == "full_8bit":
+        from torchao.optim import AdamW8bit
+
+        return AdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, foreach=True, **kwargs)
+
+
+def build_training(spec: JobSpec, dist_info: Dist) -> Built:
+    """Build the sharded training model, fill it from rank 0's weights, and make its optimizer.
+
+    Raises:
+        DreamJobError: The base model is missing or the method cannot run on this hardware.
+    """
+    train = spec.train
+    _check_method(spec, dist_info.device)
+    base_dir = resolve_base_dir(spec)
+    config = DreamConfig.from_pretrained_dir(base_dir)
+    model = shard_model(spec, config, dist_info)
+    master_dtype = next(p for p in model.parameters() if not p.requires_grad or train.method != "lora").dtype
     full = _full_state_dict(spec, base_dir, config, master_dtype) if dist_info.is_rank0 else {}
     if train.method == "lora":
         model_keys = set(model.state_dict())
@@ -177,21 +205,9 @@ def build_training(spec: JobSpec, dist_info: Dist) -> Built:
     )
     del full
     if train.method == "lora":
-        torch.manual_seed(train.seed)
-        for module in model.modules():
-            if hasattr(module, "reset_lora_parameters"):
-                module.reset_lora_parameters("default", True)  # B = 0: training starts at the base model
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    kwargs = {"lr": train.learning_rate, "betas": tuple(train.adam_betas), "weight_decay": train.weight_decay}
-    optimizer: torch.optim.Optimizer
-    if train.method == "full_8bit":
-        from torchao.optim import AdamW8bit
-
-        optimizer = AdamW8bit(params, **kwargs)
-    else:
-        optimizer = torch.optim.AdamW(params, foreach=True, **kwargs)
-    num_trainable = sum(p.numel() for p in params)
+        reset_lora(model, train.seed)
+    optimizer = make_optimizer(spec, model)
+    num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("model %s: %s parameters, %s trainable (%s)", spec.model.base, f"{config.num_parameters():,}",
                 f"{num_trainable:,}", train.method)
     return Built(model=model, optimizer=optimizer, config=config, base_dir=base_dir, num_trainable=num_trainable)

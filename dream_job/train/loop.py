@@ -119,7 +119,7 @@ def _train_step(built: Built, plan: BatchPlan, dataset: Any, spec: JobSpec, dist
     model, train = built.model, spec.train
     micros = plan.micro_batches(step, dist_info.rank)
     loss_sum, tokens = 0.0, 0
-    for i, (micro_index, row_ids) in enumerate(micros):
+    for micro_index, row_ids in micros:
         rows = dataset[row_ids]
         batch = collate(
             [{"input_ids": ids, "prompt_length": p} for ids, p in zip(rows["input_ids"], rows["prompt_length"])],
@@ -128,7 +128,9 @@ def _train_step(built: Built, plan: BatchPlan, dataset: Any, spec: JobSpec, dist
         )
         # LoRA dropout draws from the global generator: seed it per micro-batch too.
         torch.manual_seed(hash_seed(train.seed, step, micro_index, 1))
-        model.set_requires_gradient_sync(i == len(micros) - 1)
+        # Gradients are reduce-scattered after every micro-batch (FSDP2's default). Turning sync off
+        # for accumulation would keep an unsharded fp32 gradient of every parameter on each GPU
+        # (+28 GiB for Dream-7B, measured on an H100), more than the saved communication is worth.
         loss, _ = model(
             batch.input_ids_BL, loss_mask_BL=batch.loss_mask_BL, attention_mask_BL=batch.attention_mask_BL,
             position_ids_BL=batch.position_ids_BL, generator=batch.generator, time_eps=train.time_eps,

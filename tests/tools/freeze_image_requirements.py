@@ -87,7 +87,8 @@ def render(pins: dict[str, str]) -> str:
     env = default_environment()
     header = HEADER.format(extra=EXTRA, python=f"Python {env['python_full_version']}",
                            platform=env["sys_platform"] + "/" + env["platform_machine"])
-    return header + "".join(f"{name}=={version}\n" for name, version in sorted(pins.items(), key=lambda kv: kv[0].lower()))
+    lines = [f"{name}=={version}\n" for name, version in sorted(pins.items(), key=lambda kv: kv[0].lower())]
+    return header + "".join(lines)
 
 
 def main() -> None:
@@ -100,8 +101,8 @@ def main() -> None:
         sys.stdout.write(text)
         return
     if REQUIREMENTS.read_text(encoding="utf-8") != text:
-        sys.stderr.write(f"error: `{REQUIREMENTS.relative_to(REPO)}` is stale\n\n"
-                         "hint: run `.venv/bin/python tests/tools/freeze_image_requirements.py > image/requirements.txt`\n")
+        sys.stderr.write(f"error: `{REQUIREMENTS.relative_to(REPO)}` is stale\n\nhint: run "
+                         "`.venv/bin/python tests/tools/freeze_image_requirements.py > image/requirements.txt`\n")
         raise SystemExit(1)
 
 

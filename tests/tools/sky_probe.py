@@ -37,6 +37,8 @@ def _task(path: str, envs: list[str]) -> Any:
 
 
 def _load(task: Any) -> dict[str, Any]:
+    from sky.skylet import constants
+
     return {
         "name": task.name,
         "num_nodes": task.num_nodes,
@@ -45,6 +47,10 @@ def _load(task: Any) -> dict[str, Any]:
         "secret_refs": sorted(ref.name for ref in task._managed_secret_refs),  # `KEY: null` secrets
         "storage_mounts": {path: {"name": s.name, "mode": s.mode.value, "stores": sorted(str(k) for k in s.stores)}
                            for path, s in task.storage_mounts.items()},
+        # The variables SkyPilot exports to `run` on every node (names from its own constants).
+        "node_env_names": sorted([constants.SKYPILOT_NUM_NODES, constants.SKYPILOT_NODE_IPS,
+                                  constants.SKYPILOT_NUM_GPUS_PER_NODE, constants.SKYPILOT_NODE_RANK,
+                                  constants.TASK_ID_ENV_VAR]),
         "setup": task.setup,
         "run": task.run,
     }

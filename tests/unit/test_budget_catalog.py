@@ -39,7 +39,8 @@ VAST = "\n".join([
     f'1x-A100-32-65536,A100,1,32,64,{gpu_info("A100_PCIE", 81920)},0.87,0.00,"United States, US, NA"',
 ])
 AWS = "\n".join([
-    "InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,GpuInfo,Price,SpotPrice,Region,AvailabilityZone,Arch",
+    "InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,GpuInfo,Price,SpotPrice,Region,AvailabilityZone,"
+    "Arch",
     "g6.xlarge,L4,1,4,16,,0.8048,0.4012,us-east-1,us-east-1a,x86_64",
     "g6.xlarge,L4,1,4,16,,0.8048,0.3901,us-east-1,us-east-1b,x86_64",
     "g6f.large,L4,0.125,2,8,,0.2,0.1,us-east-1,us-east-1a,x86_64",  # fractional GPU slice

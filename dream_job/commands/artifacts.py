@@ -1,0 +1,28 @@
+"""Verb `pull`: fetch a published model and verify it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dream_job.cli import app, guarded
+
+
+@app.command()
+@guarded
+def pull(
+    source: Annotated[str, typer.Argument(help="`hf://user/repo`, `s3://bucket/prefix` or `file:///path`.")],
+    dest: Annotated[Path, typer.Argument(help="Local folder to write the model into.")],
+) -> None:
+    """Download a finished model, check every file against its manifest and that it is a Dream export.
+
+    Example: `dream-job pull hf://you/dream-s1k ./dream-s1k`
+    """
+    from dream_job.artifacts import pull as pull_model
+    from dream_job.progress import stderr
+
+    folder = pull_model(source, dest)
+    stderr.print(f"pulled and verified {source} into {folder}; load it with "
+                 f"AutoModel.from_pretrained('{folder}', trust_remote_code=True)", highlight=False)

@@ -1,0 +1,234 @@
+"""`sky.yaml`: its `run` script under bash with a fake `dream-job` (fast); SkyPilot itself (slow).
+
+The slow tests install `skypilot==0.14.1` into its own cached venv (`~/.cache/dream-job-test/
+sky-venv`; SkyPilot pins click<8.2, the project needs click>=8.4.2) and run
+`tests/tools/sky_probe.py` there with `HOME` and `SKY_RUNTIME_DIR` in a temp folder: the file
+must pass SkyPilot's own validation (and a broken copy must not), and SkyPilot's optimizer,
+with clouds faked as enabled and tiny catalogs seeded in SkyPilot's v8 CSV format, must choose
+the cheapest candidate. Offline throughout: the catalogs are never fetched.
+
+What the optimizer does not check: bucket mounts need FUSE, which RunPod and Vast lack, so the
+cheapest choice below (RunPod) is one SkyPilot's provisioner would then skip for the next
+candidate; sky.yaml's `file_mounts` comment says how to run there.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dream_job.errors import EXIT_TRANSIENT
+from tests.conftest import REPO
+
+SKY_YAML = REPO / "sky.yaml"
+CACHE = Path(os.environ.get("DREAM_JOB_TEST_CACHE", "~/.cache/dream-job-test")).expanduser()
+SKY_VENV = CACHE / "sky-venv"
+SKY_VERSION = "0.14.1"
+PROBE = REPO / "tests" / "tools" / "sky_probe.py"
+RESULT_MARK = "SKY_PROBE_RESULT "
+
+# A few real rows in SkyPilot's v8 catalog format (prices from budget/data/prices.csv, the
+# skypilot-catalog snapshot read 2026-11-24). RunPod's GpuInfo stores GB in `SizeInMiB`, as the
+# real catalog does. No `.md5` files: SkyPilot then treats them as user-provided, never refetched.
+CATALOGS = {
+    "common/accelerators.csv": """\
+AcceleratorName,Clouds
+A100-80GB,"['Lambda', 'RunPod']"
+H100,"['Lambda']"
+RTX4090,"['RunPod']"
+""",
+    "lambda/vms.csv": """\
+InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,Price,Region,GpuInfo,SpotPrice
+gpu_8x_a100_80gb_sxm4,A100-80GB,8,240,1800,22.32,us-east-1,"{'Gpus': [{'Name': 'A100-80GB', 'Manufacturer': 'NVIDIA', 'Count': 8.0, 'MemoryInfo': {'SizeInMiB': 81920}}], 'TotalGpuMemoryInMiB': 655360}",
+gpu_8x_h100_sxm5,H100,8,208,1800,31.92,us-east-1,"{'Gpus': [{'Name': 'H100', 'Manufacturer': 'NVIDIA', 'Count': 8.0, 'MemoryInfo': {'SizeInMiB': 81920}}], 'TotalGpuMemoryInMiB': 655360}",
+gpu_1x_h100_sxm5,H100,1,26,225,4.29,us-east-1,"{'Gpus': [{'Name': 'H100', 'Manufacturer': 'NVIDIA', 'Count': 1.0, 'MemoryInfo': {'SizeInMiB': 81920}}], 'TotalGpuMemoryInMiB': 81920}",
+""",
+    "runpod/vms.csv": """\
+InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,Region,SpotPrice,Price,AvailabilityZone,GpuInfo
+8x_A100-80GB_SECURE,A100-80GB,8,128,936,US,11.12,11.12,US-KS-2,"{'Gpus': [{'Name': 'A100-80GB', 'Manufacturer': 'NVIDIA', 'Count': 8.0, 'MemoryInfo': {'SizeInMiB': 80}}], 'TotalGpuMemoryInMiB': 640}"
+1x_RTX4090_SECURE,RTX4090,1,16,29,US,0.74,0.74,US-KS-2,"{'Gpus': [{'Name': 'RTX4090', 'Manufacturer': 'NVIDIA', 'Count': 1.0, 'MemoryInfo': {'SizeInMiB': 24}}], 'TotalGpuMemoryInMiB': 24}"
+""",
+}
+
+
+def _sky_config() -> dict:
+    return yaml.safe_load(SKY_YAML.read_text(encoding="utf-8"))
+
+
+# --- fast: the file and its `run` script -----------------------------------------------------
+
+
+def test_sky_yaml_recovers_on_the_transient_exit_code_only() -> None:
+    resources = _sky_config()["resources"]
+    assert resources["job_recovery"]["recover_on_exit_codes"] == [EXIT_TRANSIENT]
+    assert resources["autostop"] == {"idle_minutes": 10, "down": True}
+    assert _sky_config()["secrets"] == {"HF_TOKEN": None, "AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}
+
+
+def _fake_machine(tmp_path: Path, *, dream_job_rc: int = 0, dream_job_sleep_s: float = 0) -> dict[str, str]:
+    """A HOME with the no-image venv (a fake `dream-job` that logs its arguments) and SkyPilot's env."""
+    home = tmp_path / "home"
+    bin_dir = home / "dream-job-venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "activate").write_text(f'export PATH="{bin_dir}:$PATH"\n')
+    fake = bin_dir / "dream-job"
+    fake.write_text(f"#!/usr/bin/env bash\necho \"$@\" >> \"$HOME/calls.log\"\nsleep {dream_job_sleep_s}\n"
+                    f"exit {dream_job_rc}\n")
+    fake.chmod(0o755)
+    envs = {k: str(v) for k, v in _sky_config()["envs"].items()}
+    return {**envs, "HOME": str(home), "PATH": os.environ["PATH"], "SKYPILOT_NODE_IPS": "10.0.0.1\n10.0.0.2",
+            "SKYPILOT_NUM_NODES": "2", "SKYPILOT_NODE_RANK": "1", "SKYPILOT_NUM_GPUS_PER_NODE": "8",
+            "SKYPILOT_TASK_ID": "sky-managed-2026-11-24-12-00-00-000000_dream_1-0"}
+
+
+def _run_script(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    if Path("/opt/dream-job/image/entrypoint.sh").exists():
+        pytest.skip("inside the dream-job image the script takes the image branch")
+    return subprocess.run(["bash", "-c", _sky_config()["run"]], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_run_script_runs_the_pipeline_in_the_task_run_dir(tmp_path: Path) -> None:
+    env = _fake_machine(tmp_path)
+    result = _run_script(env)
+    assert result.returncode == 0, result.stderr
+    run_dir = f"{env['HOME']}/dream-job-runs/{env['SKYPILOT_TASK_ID']}"
+    calls = (Path(env["HOME"]) / "calls.log").read_text()
+    assert calls == f"run jobs/dream-s1k.yaml --set artifacts.run_dir={run_dir}\n"
+
+
+def test_run_script_passes_the_transient_exit_code_through(tmp_path: Path) -> None:
+    result = _run_script(_fake_machine(tmp_path, dream_job_rc=EXIT_TRANSIENT))
+    assert result.returncode == EXIT_TRANSIENT
+
+
+def test_run_script_caps_wall_clock_across_restarts(tmp_path: Path) -> None:
+    env = {**_fake_machine(tmp_path, dream_job_sleep_s=30), "BUDGET_HOURS": "0.0006"}  # 2 s
+    start = time.monotonic()
+    first = _run_script(env)
+    assert time.monotonic() - start < 20
+    assert first.returncode == 1
+    assert "stopped at the wall-clock cap `BUDGET_HOURS=0.0006`" in first.stderr
+    # A recovery of the same task (same SKYPILOT_TASK_ID) finds the cap used up and never starts.
+    (Path(env["HOME"]) / "calls.log").unlink()
+    second = _run_script(env)
+    assert second.returncode == 1
+    assert "is used up" in second.stderr
+    assert not (Path(env["HOME"]) / "calls.log").exists()
+
+
+# --- slow: SkyPilot 0.14.1 -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sky_python() -> Path:
+    """Return the python of a venv with skypilot==0.14.1, made once and cached."""
+    python = SKY_VENV / "bin" / "python"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / "sky-venv.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel sessions share the cache
+        probe = "import importlib.metadata as m; print(m.version('skypilot'))"
+        if python.exists() and subprocess.run([python, "-c", probe], capture_output=True, text=True,
+                                              check=False).stdout.strip() == SKY_VERSION:
+            return python
+        shutil.rmtree(SKY_VENV, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(SKY_VENV)], check=True)
+        install = subprocess.run([python, "-m", "pip", "install", "--quiet", f"skypilot=={SKY_VERSION}"],
+                                 capture_output=True, text=True, timeout=900, check=False)
+        if install.returncode != 0:
+            shutil.rmtree(SKY_VENV, ignore_errors=True)
+            pytest.skip(f"`pip install skypilot=={SKY_VERSION}` failed: {install.stderr[-800:]}")
+    return python
+
+
+@pytest.fixture
+def sky_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for SkyPilot: state and seeded catalogs under a temp HOME, no usage reporting."""
+    home = tmp_path / "sky-home"
+    for name, text in CATALOGS.items():
+        path = home / ".sky" / "catalogs" / "v8" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYPILOT_", "SKY_"))}
+    return {**env, "HOME": str(home), "SKY_RUNTIME_DIR": str(home), "SKYPILOT_DISABLE_USAGE_COLLECTION": "1"}
+
+
+def _probe(python: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(python), str(PROBE), *args], env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+def _result(completed: subprocess.CompletedProcess[str]) -> dict:
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    line = next(line for line in completed.stdout.splitlines() if line.startswith(RESULT_MARK))
+    return json.loads(line[len(RESULT_MARK):])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_skypilot_accepts_sky_yaml(sky_python: Path, sky_env: dict[str, str]) -> None:
+    task = _result(_probe(sky_python, sky_env, "load", str(SKY_YAML), "--env", "RUNS_BUCKET=my-runs"))
+    print(json.dumps(task["resources"], indent=1))  # shown with -s: what SkyPilot made of the file
+    assert task["name"] == "dream-job"
+    assert [r["accelerators"] for r in task["resources"]] == [{"A100-80GB": 8}, {"H100": 8}]
+    for resources in task["resources"]:
+        assert resources["image_id"] == {"null": "docker:ghcr.io/dream-job/dream-job:0.1.0"}
+        assert resources["use_spot"] is False and resources["disk_size"] == 500
+        assert resources["autostop"] == {"idle_minutes": 10, "down": True}
+        assert resources["job_recovery"] == {"strategy": "EAGER_NEXT_REGION", "max_restarts_on_errors": 2,
+                                             "recover_on_exit_codes": [3]}
+        assert resources["_docker_username_for_runpod"] == "dreamjob"
+    assert task["secret_refs"] == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN"]
+    assert set(task["envs"]) >= {"JOB", "DREAM_JOB_USD_PER_HOUR", "BUDGET_HOURS"}
+    assert task["storage_mounts"]["/runs"]["name"] == "my-runs"  # `--env` reaches the bucket name
+    assert task["storage_mounts"]["/runs"]["mode"] == "MOUNT_CACHED"
+    # `run` uses exactly the node variables SkyPilot exports, spelled as SkyPilot spells them.
+    used = set(re.findall(r"\$\{?(SKYPILOT_[A-Z_]+)", task["run"]))
+    assert used == set(task["node_env_names"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ("- accelerators: H100:8", "- acceleratorz: H100:8", "did you mean 'accelerators'"),
+    ("mode: MOUNT_CACHED", "mode: SYNC", "'SYNC' is not one of"),
+    ("max_restarts_on_errors: 2", "max_restarts_on_errors: -1", "-1 is less than the minimum of 0"),
+])
+def test_skypilot_rejects_a_broken_copy(sky_python: Path, sky_env: dict[str, str], tmp_path: Path,
+                                        old: str, new: str, message: str) -> None:
+    text = SKY_YAML.read_text(encoding="utf-8")
+    assert old in text
+    broken = tmp_path / "sky.yaml"
+    broken.write_text(text.replace(old, new))
+    completed = _probe(sky_python, sky_env, "load", str(broken))
+    assert completed.returncode == 1
+    assert message in completed.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize(("clouds", "extra", "expected"), [
+    # All candidates priced: RunPod's 8x A100-80GB ($11.12/h) beats Lambda's ($22.32) and H100:8 ($31.92).
+    ("lambda,runpod", [], ("RunPod", "8x_A100-80GB_SECURE", {"A100-80GB": 8}, 11.12)),
+    # Only Lambda: the A100-80GB:8 candidate is cheaper than the H100:8 one.
+    ("lambda", [], ("Lambda", "gpu_8x_a100_80gb_sxm4", {"A100-80GB": 8}, 22.32)),
+    # The estimate's override for the LoRA job, run without the bucket mount (RunPod has no FUSE).
+    ("lambda,runpod", ["--gpus", "RTX4090:1", "--no-mounts"], ("RunPod", "1x_RTX4090_SECURE", {"RTX4090": 1}, 0.74)),
+    # `--gpus H100:1` (full_8bit) overrides both candidates.
+    ("lambda,runpod", ["--gpus", "H100:1"], ("Lambda", "gpu_1x_h100_sxm5", {"H100": 1}, 4.29)),
+])
+def test_skypilot_optimizer_picks_the_cheapest_candidate(sky_python: Path, sky_env: dict[str, str], clouds: str,
+                                                         extra: list[str], expected: tuple) -> None:
+    choice = _result(_probe(sky_python, sky_env, "optimize", str(SKY_YAML), "--clouds", clouds, *extra))
+    assert (choice["cloud"], choice["instance_type"], choice["accelerators"], choice["usd_per_hour"]) == expected
+    assert choice["use_spot"] is False

@@ -1,0 +1,132 @@
+"""Token counts and the time model against hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from budget.flops import forward_flops_per_token, train_flops_per_token
+from budget.gpus import resolve_gpu
+from budget.shape import DREAM_7B
+from budget.timing import calibration, eval_seconds, overhead_seconds, train_seconds
+from budget.tokens import EvalSuite, Workload, length_profile, truncated_moments, workload
+from dream_job.spec import JobSpec, load_spec
+from tests.conftest import REPO
+
+P = 7_615_616_512
+
+
+def test_profile_tokens_after_truncation() -> None:
+    quantiles = length_profile()["total_quantiles"]
+    clipped, fits, _ = truncated_moments(quantiles, 2048)
+    # Q(u) rises 800 -> 2048 over u in [0, 0.04], then stays above 2048: E[min(Q, 2048)] =
+    # 0.04 x (800 + 2048) / 2 + 0.96 x 2048 = 56.96 + 1966.08 = 2023.04.
+    assert clipped == pytest.approx(2023.04)
+    assert fits == pytest.approx(0.04)
+    # The uncut mean is within the published 8.5-10K estimate (data-and-eval.md §3).
+    assert 8500 < truncated_moments(quantiles, 10**9)[0] < 10_000
+    spec = load_spec(REPO / "jobs" / "dream-s1k.yaml")
+    work = workload(spec, None)
+    assert work.rows == 1000 - 50 and work.tokens_per_epoch == pytest.approx(950 * 2023.04)
+    dropped = workload(load_spec(REPO / "jobs" / "dream-s1k.yaml", ["data.truncation=drop"]), None)
+    assert dropped.rows == int(950 * 0.04) and dropped.mean_length == pytest.approx((800 + 2048) / 2)
+
+
+def test_train_seconds_on_one_gpu() -> None:
+    spec = load_spec(REPO / "jobs" / "dream-s1k.yaml")
+    work = Workload(rows=950, tokens_per_epoch=950 * 2000.0, mean_length=2000.0, suites=[], source="test",
+                    is_estimate=False)
+    h100 = resolve_gpu("H100")
+    steps, seconds, mfu, measured = train_seconds(spec, DREAM_7B, work, h100, method="full", num_gpus=1,
+                                                  trainable=P, cal=calibration())
+    assert steps == 950 // 16 * 3 == 177 and not measured
+    # One GPU: no all-gather or reduce-scatter. 16 micro-steps of 2000 tokens at
+    # (6 x 6,525,288,448 + 12 x 28 x 2000 x 3584 + 6 x 3584 x 152,064 x 0.5) FLOP/token over 989e12 x MFU,
+    # plus the HBM-bound AdamW step: 36 B/param over 3.35 TB/s at 70 %.
+    per_token = 6 * 6_525_288_448 + 12 * 28 * 2000 * 3584 + 6 * 3584 * 152_064 * 0.5
+    assert per_token == pytest.approx(train_flops_per_token(hidden=3584, intermediate=18944, num_layers=28,
+                                                            num_heads=28, num_kv_heads=4, vocab=152_064, seq_len=2000))
+    micro = 2000 * per_token / (989e12 * mfu)
+    optimizer = 36 * P / (3350e9 * 0.7)
+    assert seconds == pytest.approx(177 * (16 * micro + optimizer))
+
+
+def test_multi_gpu_is_bound_by_the_slower_of_compute_and_all_gather() -> None:
+    spec = load_spec(REPO / "jobs" / "dream-s1k.yaml")
+    work = Workload(rows=950, tokens_per_epoch=950 * 2000.0, mean_length=2000.0, suites=[], source="test",
+                    is_estimate=False)
+    rtx = resolve_gpu("RTX4090")
+    _, seconds, mfu, _ = train_seconds(spec, DREAM_7B, work, rtx, method="full", num_gpus=8, trainable=P,
+                                       cal=calibration())
+    # PCIe 4090s: per micro-step the bf16 params are all-gathered twice (forward, backward):
+    # 2 x 2 B x P x 7/8 over 10 GB/s = 2.67 s, longer than the 2000-token compute.
+    all_gather = 2 * 2 * P * 7 / 8 / 10e9
+    compute = 2000 * train_flops_per_token(hidden=3584, intermediate=18944, num_layers=28, num_heads=28,
+                                           num_kv_heads=4, vocab=152_064, seq_len=2000) / (165.2e12 * mfu)
+    assert all_gather > compute
+    reduce_scatter = 4 * P * 7 / 8 / 10e9
+    optimizer = 36 * P / 8 / (1008e9 * 0.7)
+    assert seconds == pytest.approx(177 * (2 * all_gather + reduce_scatter + optimizer))
+
+
+def test_eval_seconds_of_the_reference_sampler() -> None:
+    spec = JobSpec.model_validate({
+        "name": "t", "eval": {"suites": ["gsm8k"], "models": ["final"], "limit": 8, "batch_size": 8,
+                              "sampler": {"mode": "reference", "gen_length": 64, "steps": 64}},
+    })
+    work = Workload(rows=1, tokens_per_epoch=1.0, mean_length=1.0, suites=[EvalSuite("gsm8k", 8, 150.0)],
+                    source="test", is_estimate=False)
+    h100 = resolve_gpu("H100")
+    # 64 steps, each one forward of 8 prompts x (150 + 64) tokens; a forward costs the slower of
+    # compute at 30 % of 989 TFLOP/s and reading 15.2 GB of bf16 weights at 70 % of 3.35 TB/s.
+    per_token = 2 * 7_070_285_824 + 4 * 28 * 214 * 3584
+    assert per_token == forward_flops_per_token(matmul_params=DREAM_7B.forward_matmul_params, hidden=3584,
+                                                num_layers=28, context=214)
+    forward = max(8 * 214 * per_token / (989e12 * 0.3), 2 * P / (3350e9 * 0.7))
+    assert eval_seconds(spec, DREAM_7B, work, h100, num_gpus=1, cal=calibration()) == pytest.approx(64 * forward)
+    # Two GPUs split the prompts: 4 each, one batch of 4.
+    forward_4 = max(4 * 214 * per_token / (989e12 * 0.3), 2 * P / (3350e9 * 0.7))
+    assert eval_seconds(spec, DREAM_7B, work, h100, num_gpus=2, cal=calibration()) == pytest.approx(64 * forward_4)
+
+
+def test_fast_sampler_costs_less_than_reference() -> None:
+    base = {"name": "t", "eval": {"suites": ["math500"], "models": ["base", "final"], "limit": 16}}
+    work = Workload(rows=1, tokens_per_epoch=1.0, mean_length=1.0, suites=[EvalSuite("math500", 16, 150.0)],
+                    source="test", is_estimate=False)
+    fast = JobSpec.model_validate(base)
+    reference = JobSpec.model_validate({**base, "eval": {**base["eval"], "sampler": {"mode": "reference"}}})
+    h100 = resolve_gpu("H100")
+    t_fast = eval_seconds(fast, DREAM_7B, work, h100, num_gpus=1, cal=calibration())
+    t_ref = eval_seconds(reference, DREAM_7B, work, h100, num_gpus=1, cal=calibration())
+    # Fast-dLLM reports ~3-8x on Dream; the block model with 2 tokens/step lands in that range.
+    assert 3 < t_ref / t_fast < 8
+
+
+def test_overheads_download_checkpoints_and_uploads() -> None:
+    spec = load_spec(REPO / "jobs" / "dream-s1k.yaml", ["artifacts.destinations=[s3://b/p]"])
+    parts = overhead_seconds(spec, DREAM_7B, method="full", steps=177, trainable=P, cal=calibration())
+    # 15.2 GB of bf16 weights at 100 MB/s; 9 DCP saves (every 20 steps of 177) of 12 B/param at 1 GB/s.
+    assert parts["model download"] == pytest.approx(2 * P / 100e6)
+    assert parts["checkpoint writes"] == pytest.approx(math.ceil(177 / 20) * 12 * P / 1e9)
+    # Checkpoints sync to the destination every 20 steps too, at 50 MB/s: this dominates.
+    assert parts["upload checkpoints"] == pytest.approx(9 * 12 * P / 50e6)
+    assert parts["upload export"] == pytest.approx(2 * P / 50e6)
+
+
+def test_turning_checkpointing_off_removes_the_recompute() -> None:
+    work = Workload(rows=950, tokens_per_epoch=950 * 2000.0, mean_length=2000.0, suites=[], source="test",
+                    is_estimate=False)
+    h100 = resolve_gpu("H100")
+    times = {}
+    for ac in (True, False):
+        spec = load_spec(REPO / "jobs" / "dream-s1k.yaml", [f"train.activation_checkpointing={str(ac).lower()}"])
+        times[ac] = train_seconds(spec, DREAM_7B, work, h100, method="full", num_gpus=1, trainable=P,
+                                  cal=calibration())[1]
+    # Model FLOPs/token at 2000: 6 x 6,525,288,448 + 12 x 28 x 2000 x 3584 + 6 x 3584 x 152,064 x 0.5.
+    model = 6 * 6_525_288_448 + 12 * 28 * 2000 * 3584 + 3 * 3584 * 152_064
+    head = 2 * 3584 * 152_064 * 0.5  # the loss chunk's lm_head is recomputed either way
+    layers = 2 * 6_525_288_448 + 4 * 28 * 2000 * 3584  # the second forward of every layer with AC
+    optimizer = 177 * 36 * P / (3350e9 * 0.7)
+    ratio = (model + head + layers) / (model + head)
+    assert (times[True] - optimizer) / (times[False] - optimizer) == pytest.approx(ratio)
