@@ -1,0 +1,166 @@
+"""Training-step benchmark at Dream-7B's shape: the project's step vs a naive step, side by side.
+
+For each method that fits one GPU it builds the trainer's own FSDP2 model (`shard_model`) and
+optimizer (`make_optimizer`) from Dream's published config with random weights (speed and
+memory do not depend on the values), then times, in the same process:
+
+- the project's step: `DreamForMaskedDiffusion.forward` (no attention mask: SDPA's flash path;
+  lm_head + CE only at masked positions, in chunks) + backward + clip + optimizer step;
+- a naive step on the same weights: full-vocab logits for every position, a 4-D bool attention
+  mask, CE over the whole [L, V] logits (then masked), no chunking.
+
+MFU = model FLOPs per token (budget/flops.py: 6 x matmul params + 12·L·d·layers for
+bidirectional attention + the lm_head at the masked fraction) x tokens/s / 989 TFLOP/s (H100 dense bf16).
+
+    PYTHONPATH=. python bench/train_step.py --methods full_8bit lora --lengths 2048 4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from budget.flops import peak_flops, train_flops_per_token  # noqa: E402
+from dream_job.diffusion.objective import loss_weights, mask_tokens, sample_t  # noqa: E402
+from dream_job.model.dream import DreamConfig, DreamModel  # noqa: E402
+from torch.distributed.fsdp import register_fsdp_forward_method  # noqa: E402
+from dream_job.spec import load_spec  # noqa: E402
+from dream_job.train.build import make_optimizer, reset_lora, shard_model  # noqa: E402
+from dream_job.train.distributed import init_distributed  # noqa: E402
+
+DREAM_CONFIG = REPO / "tests" / "fixtures" / "dream-hub" / "config.json"
+
+
+def _batch(config: DreamConfig, length: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.randint(0, 151643, (1, length), generator=generator, device="cuda")
+    loss_mask = torch.zeros_like(ids, dtype=torch.bool)
+    loss_mask[:, length // 10 :] = True  # a 10 % prompt, as s1K rows have about that much
+    return ids, loss_mask
+
+
+def project_step(model, optimizer, ids, loss_mask, generator) -> float:
+    """The trainer's step (loop._train_step without data loading)."""
+    loss, _ = model(ids, loss_mask_BL=loss_mask, attention_mask_BL=None, position_ids_BL=None, generator=generator,
+                    time_eps=1e-3, weighting="cart", cart_p=0.1)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss)
+
+
+def naive_step(model, optimizer, ids, loss_mask, generator) -> float:
+    """Full-vocab logits at every position, a 4-D bool mask, unchunked CE (what the official trainer does)."""
+    config = model.config
+    t = sample_t(1, eps=1e-3, generator=generator, device="cuda")
+    noisy, masked = mask_tokens(ids, loss_mask, t, mask_token_id=config.mask_token_id, generator=generator)
+    w = loss_weights(masked, t, scheme="cart", cart_p=0.1)
+    # An all-ones padding mask makes the model build the [B, 1, L, L] bool mask (no flash path).
+    # `DreamModel.forward` (full logits) through FSDP's hooks: registered as an FSDP forward method.
+    logits = model.full_logits(noisy, attention_mask_BL=torch.ones_like(ids, dtype=torch.bool))
+    shifted = torch.cat([logits[:, :1], logits[:, :-1]], dim=1).float()
+    ce = F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), ids.reshape(-1), reduction="none").view_as(ids)
+    loss = (ce * w * masked).sum() / masked.sum()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss)
+
+
+def measure(step, model, optimizer, config, length: int, warmup: int, steps: int) -> dict[str, float]:
+    """Time `steps` steps after `warmup`; return tokens/s, MFU and peak memory."""
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    ids, loss_mask = _batch(config, length, generator)
+    for _ in range(warmup):
+        step(model, optimizer, ids, loss_mask, generator)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(model, optimizer, ids, loss_mask, generator)
+    torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / steps
+    flops = train_flops_per_token(
+        hidden=config.hidden_size, intermediate=config.intermediate_size, num_layers=config.num_hidden_layers,
+        num_heads=config.num_attention_heads, num_kv_heads=config.num_key_value_heads, vocab=config.vocab_size,
+        seq_len=length,
+    )
+    tokens_per_s = length / seconds
+    peak = peak_flops(torch.cuda.get_device_name()) or 989e12
+    return {"step_s": seconds, "tokens_per_s": tokens_per_s, "mfu": flops * tokens_per_s / peak,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+
+
+def bench_method(method: str, lengths: list[int], *, naive: bool, warmup: int, steps: int) -> list[dict]:
+    """Build the method's model once, then measure each length (and the naive step when asked)."""
+    base = Path(tempfile.mkdtemp())
+    shutil.copy(DREAM_CONFIG, base / "config.json")
+    spec = load_spec(REPO / "jobs" / "dream-s1k.yaml", [
+        f"model.base={base}", "model.init=random", f"train.method={method}", "train.device=cuda",
+        "train.activation_checkpointing=true", "train.lora.rank=64"])
+    dist_info = init_distributed("cuda")
+    config = DreamConfig.from_pretrained_dir(base)
+    build_start = time.perf_counter()
+    model = shard_model(spec, config, dist_info)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.normal_(0.0, 0.02) if param.dim() > 1 else param.fill_(1.0)
+    if method == "lora":
+        reset_lora(model, 0)
+    model.full_logits = DreamModel.forward.__get__(model)
+    register_fsdp_forward_method(model, "full_logits")
+    optimizer = make_optimizer(spec, model)
+    build_s = time.perf_counter() - build_start
+    rows = []
+    for length in lengths:
+        for kind, step in (("project", project_step), *((("naive", naive_step),) if naive else ())):
+            try:
+                result = measure(step, model, optimizer, config, length, warmup, steps)
+            except torch.OutOfMemoryError:
+                result = {"oom": True, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+            gc.collect()
+            torch.cuda.empty_cache()
+            rows.append({"method": method, "length": length, "step": kind, "build_s": build_s, **result})
+            print(json.dumps(rows[-1]), flush=True)
+    del model, optimizer
+    gc.collect()
+    torch.cuda.empty_cache()
+    return rows
+
+
+def main() -> None:
+    """Run the benchmark and print one JSON line per measurement, then the ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=["full_8bit", "lora"])
+    parser.add_argument("--lengths", nargs="+", type=int, default=[2048, 4096])
+    parser.add_argument("--naive", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+    print(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__}), flush=True)
+    rows = []
+    for method in args.methods:
+        rows += bench_method(method, args.lengths, naive=args.naive, warmup=args.warmup, steps=args.steps)
+    for method in args.methods:
+        for length in args.lengths:
+            found = {r["step"]: r for r in rows if r["method"] == method and r["length"] == length}
+            if "naive" in found and "tokens_per_s" in found["naive"] and "tokens_per_s" in found["project"]:
+                ratio = found["project"]["tokens_per_s"] / found["naive"]["tokens_per_s"]
+                print(json.dumps({"method": method, "length": length, "project_over_naive": ratio}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
