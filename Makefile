@@ -16,10 +16,11 @@ $(BIN)/dream-job: pyproject.toml
 .PHONY: setup smoke test
 setup: $(BIN)/dream-job
 
-# The main job on its embedded default, the tiny CPU smoke job: prep, then train (+ export).
+# The main job on its embedded default, the tiny CPU smoke job: prep, train, eval, publish to
+# file://runs/published/smoke, then pull the published model back and verify it.
 smoke: setup
-	$(BIN)/dream-job prep jobs/smoke.yaml
-	$(BIN)/dream-job train jobs/smoke.yaml
+	$(BIN)/dream-job run jobs/smoke.yaml
+	$(BIN)/dream-job pull file://runs/published/smoke runs/pulled/smoke
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -177,6 +177,43 @@ def train(spec: JobSpec) -> TrainResult:
         close_distributed()
 
 
+def _sync_targets(spec: JobSpec) -> list[tuple[str, Any]]:
+    """Destinations that can hold checkpoints (`s3://`, `file://`), with their S3 settings."""
+    from dream_job.artifacts import S3Settings
+
+    return [(d, S3Settings(endpoint_url=spec.artifacts.s3_endpoint_url) if d.startswith("s3://") else None)
+            for d in spec.artifacts.destinations if d.startswith(("s3://", "file://"))]
+
+
+def _sync_checkpoint(spec: JobSpec, folder: Path, step: int, dist_info: Dist, *, final: bool) -> None:
+    """Upload a just-saved checkpoint every `artifacts.sync_every_steps` (and before a preempted exit)."""
+    every = spec.artifacts.sync_every_steps
+    if every is None or not (final or step % every == 0) or not dist_info.is_rank0:
+        return
+    from dream_job.artifacts import sync_checkpoint
+    from dream_job.pipeline import run_id
+
+    for destination, s3 in _sync_targets(spec):
+        sync_checkpoint(folder, destination, run_id=run_id(spec), s3=s3)
+        logger.info("synced %s to %s", folder.name, destination)
+
+
+def _fetch_synced_checkpoint(spec: JobSpec, root: Path, dist_info: Dist) -> None:
+    """On a new machine with no local checkpoint, download the newest one a previous machine synced."""
+    if spec.artifacts.sync_every_steps is None or not _sync_targets(spec):
+        return
+    if dist_info.is_rank0:
+        from dream_job.artifacts import fetch_latest_checkpoint
+        from dream_job.pipeline import run_id
+
+        for destination, s3 in _sync_targets(spec):
+            step = fetch_latest_checkpoint(destination, run_id(spec), root, s3=s3)
+            if step is not None:
+                logger.info("fetched checkpoint step %d from %s", step, destination)
+                break
+    dist.barrier()
+
+
 def _smaller_setting(spec: JobSpec) -> str:
     train = spec.train
     if train.micro_batch_size > 1:
@@ -208,6 +245,8 @@ def _run(spec: JobSpec, dataset: Any, report: dict[str, Any], dist_info: Dist, s
     states = {"model": ModelOptimizerState(built.model, built.optimizer), "scheduler": DictState(scheduler),
               "train": state}
     checkpoints = CheckpointManager(run_dir / "checkpoints", keep=train.keep_checkpoints)
+    if checkpoints.latest_step() is None:
+        _fetch_synced_checkpoint(spec, checkpoints.root, dist_info)
     resumed_from = checkpoints.latest_step()
     if resumed_from is not None:
         checkpoints.load(resumed_from, states)
@@ -252,6 +291,7 @@ def _run(spec: JobSpec, dataset: Any, report: dict[str, Any], dist_info: Dist, s
         stopping = bool(_all_sum([float(stop.requested)], dist_info.device)[0])
         if stopping or state.step % train.save_every_steps == 0 or state.step == total_steps:
             checkpoints.save(state.step, states)
+            _sync_checkpoint(spec, checkpoints.folder(state.step), state.step, dist_info, final=stopping)
         if stopping:
             view.close()
             metrics.close()

@@ -183,3 +183,19 @@ def test_train_without_prep_says_to_run_prep(tmp_path: Path) -> None:
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 1
     assert stderr.startswith(f"error: no prepared data in `{tmp_path / 'empty' / 'data'}`")
+
+
+def test_synced_checkpoint_resumes_on_a_new_machine(tmp_path: Path, prepared: Path) -> None:
+    dest = tmp_path / "dest"
+    common = ("--set", f"artifacts.destinations=[file://{dest}]", "--set", "artifacts.sync_every_steps=4",
+              "--set", "train.save_every_steps=2")
+    first = new_run(tmp_path, prepared, "first")
+    run_ok("train", str(SMOKE), *run_args(first, "--set", "train.max_steps=8", *common))
+    # A new machine: the same run id, a fresh run dir with only the prepared data.
+    second = new_run(tmp_path, prepared, "second")
+    process = dream_job("train", str(SMOKE), *run_args(second, "--set", "train.max_steps=10", *common),
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    assert "fetched checkpoint step 8" in output
+    assert sorted(losses(second)) == [9, 10]
