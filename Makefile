@@ -13,7 +13,7 @@ $(BIN)/dream-job: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[container,dev]'
 	touch $@
 
-.PHONY: setup smoke test
+.PHONY: setup smoke test test-slow
 setup: $(BIN)/dream-job
 
 # The main job on its embedded default, the tiny CPU smoke job: prep, train, eval, publish to
@@ -22,5 +22,10 @@ smoke: setup
 	$(BIN)/dream-job run jobs/smoke.yaml
 	$(BIN)/dream-job pull file://runs/published/smoke runs/pulled/smoke
 
+# The default suite (a few minutes on 2 cores); slow integration tests (container build, SkyPilot
+# in its own venv, multi-stage pipeline) are marked `slow` and run by `make test-slow` and CI.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow

@@ -198,6 +198,14 @@ class BudgetSpec(_Section):
 
     max_cost_yuan: float = Field(100.0, gt=0.0, description="Total spend allowed for the whole run, in CNY.")
     cny_per_usd: float = Field(7.10, gt=0.0, description="Exchange rate (default read 2026-11-24).")
+    usd_per_hour: float | None = Field(
+        None, ge=0.0, description="Hourly price of the machine running the job, for the in-job budget guard; "
+        "the launcher's `DREAM_JOB_USD_PER_HOUR` overrides it (null and unset: no guard).",
+    )
+    reserve_fraction: float = Field(
+        0.2, ge=0.0, lt=1.0, description="Share of `max_cost_yuan` the guard keeps for evaluation, publishing and a "
+        "margin: training stops early (checkpointed) when spend reaches the rest.",
+    )
     use_spot: bool = Field(True, description="Consider spot/preemptible offers.")
     gpus: list[str] = Field([], description="Restrict candidates to these GPU names (empty: all in the catalog).")
     clouds: list[str] = Field(

@@ -7,6 +7,8 @@ files; the chart shows the same accuracies as grouped bars (matplotlib, Agg, no 
 
 from __future__ import annotations
 
+from dream_job.costs import stopped_early
+
 import os
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,11 @@ def write_report(run_dir: Path) -> Path:
         )
     labels = ordered_labels(summary)
     suites = ordered_suites(summary)
-    write_text_atomically(eval_dir / REPORT_NAME, render_report(summary, labels, suites))
+    text = render_report(summary, labels, suites)
+    reason = stopped_early(Path(run_dir))
+    if reason:
+        text += f"\n**Budget guard:** {reason}.\n"
+    write_text_atomically(eval_dir / REPORT_NAME, text)
     write_chart(eval_dir / CHART_NAME, summary, labels, suites)
     return eval_dir / REPORT_NAME
 

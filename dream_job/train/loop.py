@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import shutil
 import signal
 import time
@@ -24,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from budget.flops import peak_flops, train_flops_per_token
+from dream_job.costs import open_costs
 from dream_job.data.prep import read_report
 from dream_job.errors import EXIT_TRANSIENT, DreamJobError
 from dream_job.progress import TrainingView
@@ -38,8 +38,6 @@ from dream_job.train.metrics import MetricsLogger
 logger = logging.getLogger(__name__)
 
 TRAIN_STATE_VERSION = 1
-# The hourly price of this machine in USD, set by the launcher (sky.yaml `envs`); spend is logged when set.
-PRICE_ENV = "DREAM_JOB_USD_PER_HOUR"
 
 
 @dataclass(frozen=True)
@@ -255,7 +253,7 @@ def _run(spec: JobSpec, dataset: Any, report: dict[str, Any], dist_info: Dist, s
     peak = peak_flops(torch.cuda.get_device_name(dist_info.device)) if dist_info.device.type == "cuda" else None
     cfg = built.config
     view = TrainingView(total_steps, state.step, enabled=dist_info.is_rank0)
-    usd_per_hour = float(os.environ.get(PRICE_ENV, "0") or 0)
+    costs = open_costs(spec) if dist_info.is_rank0 else None
     started, start_step, loss = time.perf_counter(), state.step, float("nan")
     while state.step < total_steps:
         step_start = time.perf_counter()
@@ -282,16 +280,21 @@ def _run(spec: JobSpec, dataset: Any, report: dict[str, Any], dist_info: Dist, s
                     seq_len=round(tokens / (train.global_batch_size)),
                 )
                 values["perf/mfu"] = per_token * tokens / seconds / (peak * dist_info.world_size)
-        if usd_per_hour:
-            hours = (time.perf_counter() - started) / 3600
-            values["cost/spent_yuan"] = hours * usd_per_hour * spec.budget.cny_per_usd
+        if costs is not None and costs.usd_per_hour:
+            values["cost/spent_yuan"] = costs.spent_yuan()
         view.update(state.step, values)
         if state.step % train.log_every_steps == 0 or state.step == total_steps:
             metrics.log(state.step, values)
-        stopping = bool(_all_sum([float(stop.requested)], dist_info.device)[0])
-        if stopping or state.step % train.save_every_steps == 0 or state.step == total_steps:
+        over_budget = costs is not None and costs.must_stop()
+        stopping, over_budget = (bool(v) for v in _all_sum([float(stop.requested), float(over_budget)], dist_info.device))
+        if stopping or over_budget or state.step % train.save_every_steps == 0 or state.step == total_steps:
             checkpoints.save(state.step, states)
-            _sync_checkpoint(spec, checkpoints.folder(state.step), state.step, dist_info, final=stopping)
+            _sync_checkpoint(spec, checkpoints.folder(state.step), state.step, dist_info,
+                             final=stopping or over_budget)
+        if over_budget and not stopping:
+            if costs is not None:
+                logger.warning("%s", costs.record_stop(state.step, total_steps))
+            break
         if stopping:
             view.close()
             metrics.close()
@@ -303,7 +306,7 @@ def _run(spec: JobSpec, dataset: Any, report: dict[str, Any], dist_info: Dist, s
     view.close()
     metrics.close()
     export_dir = run_dir / "export"
-    if resumed_from == total_steps and (export_dir / "dream_job_export.json").exists():
+    if resumed_from == state.step and (export_dir / "dream_job_export.json").exists():
         logger.info("already trained and exported: %s", export_dir)
         return TrainResult(steps=state.step, final_loss=loss, export_dir=export_dir, resumed_from=resumed_from)
     # An export of an earlier, shorter run is replaced: write the new one, then drop the old.

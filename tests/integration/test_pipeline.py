@@ -65,3 +65,21 @@ def test_killed_in_each_stage_then_rerun_equals_an_uninterrupted_run(tmp_path: P
     assert results(run_dir, published) == results(straight_run, straight_pub)
     again = run_to_end(run_dir, published)
     assert all(f"stage {s}: skipped (done before)" in again for s in ("prep", "train", "eval", "publish"))
+
+
+def test_budget_guard_stops_training_early_and_the_run_still_evaluates_and_publishes(tmp_path: Path) -> None:
+    run_dir, published = tmp_path / "guarded", tmp_path / "guarded-pub"
+    # ¥1 budget with ¥0.2 kept in reserve at $1000/h: the rest is spent within a second of training.
+    process = dream_job("run", str(SMOKE), *run_args(run_dir, published), "--set", "budget.max_cost_yuan=1",
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                        extra_env={"DREAM_JOB_USD_PER_HOUR": "1000"})
+    output, _ = process.communicate(timeout=900)
+    assert process.returncode == 0, output
+    assert "training stopped early at step" in output
+    cost = json.loads((run_dir / "cost.json").read_text())
+    assert cost["stopped_early"].startswith("training stopped early at step ")
+    steps = [json.loads(line)["step"] for line in (run_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) < 16
+    assert "stage eval: done" in output and "stage publish: done" in output
+    assert "**Budget guard:** training stopped early" in (run_dir / "eval" / "report.md").read_text()
+    assert (published / "MANIFEST.sha256").exists()

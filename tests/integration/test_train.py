@@ -22,8 +22,8 @@ def run_args(run_dir: Path, *extra: str) -> list[str]:
     return ["--set", f"artifacts.run_dir={run_dir}", "--set", "train.log_every_steps=1", *extra]
 
 
-def dream_job(*args: str, nproc: int = 1, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
+def dream_job(*args: str, nproc: int = 1, extra_env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, **(extra_env or {}), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     if nproc > 1:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",

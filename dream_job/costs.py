@@ -1,0 +1,76 @@
+"""Spend of a run and the in-job budget guard.
+
+`<run_dir>/cost.json` holds when the run first started, the machine's hourly price (from
+`DREAM_JOB_USD_PER_HOUR`, set by the launcher, or `budget.usd_per_hour`), the budget, and,
+when the guard stopped training early, why. Spend is wall-clock time since the first start x
+price, so time lost to preemptions and re-provisioning counts too (conservative).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dream_job.spec import JobSpec
+
+PRICE_ENV = "DREAM_JOB_USD_PER_HOUR"
+COST_FILE = "cost.json"
+
+
+@dataclass(frozen=True)
+class CostTracker:
+    """The run's price and budget, and the time it first started."""
+
+    path: Path
+    started_at: float
+    usd_per_hour: float
+    cny_per_usd: float
+    budget_yuan: float
+    reserve_yuan: float
+
+    def spent_yuan(self, now: float | None = None) -> float:
+        """Return what the run has cost so far."""
+        hours = ((now or time.time()) - self.started_at) / 3600
+        return hours * self.usd_per_hour * self.cny_per_usd
+
+    def must_stop(self, now: float | None = None) -> bool:
+        """True when what is left no longer covers evaluation, publishing and the margin."""
+        return self.usd_per_hour > 0 and self.spent_yuan(now) + self.reserve_yuan >= self.budget_yuan
+
+    def record_stop(self, step: int, total_steps: int) -> str:
+        """Write why training stopped early into `cost.json` and return that sentence."""
+        reason = (f"training stopped early at step {step} of {total_steps}: spent ¥{self.spent_yuan():.2f} of "
+                  f"¥{self.budget_yuan:.2f}, keeping ¥{self.reserve_yuan:.2f} for evaluation and publishing")
+        body = json.loads(self.path.read_text(encoding="utf-8"))
+        body["stopped_early"] = reason
+        _write(self.path, body)
+        return reason
+
+
+def _write(path: Path, body: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def open_costs(spec: JobSpec) -> CostTracker:
+    """Read (or start) the run's `cost.json`; the first start time survives restarts and recoveries."""
+    path = spec.run_dir() / COST_FILE
+    body = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"started_at": time.time()}
+    env_price = os.environ.get(PRICE_ENV)
+    usd_per_hour = float(env_price) if env_price else (spec.budget.usd_per_hour or 0.0)
+    body.update(usd_per_hour=usd_per_hour, budget_yuan=spec.budget.max_cost_yuan, cny_per_usd=spec.budget.cny_per_usd)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write(path, body)
+    return CostTracker(path=path, started_at=body["started_at"], usd_per_hour=usd_per_hour,
+                       cny_per_usd=spec.budget.cny_per_usd, budget_yuan=spec.budget.max_cost_yuan,
+                       reserve_yuan=spec.budget.reserve_fraction * spec.budget.max_cost_yuan)
+
+
+def stopped_early(run_dir: Path) -> str | None:
+    """Return why the guard stopped training early, or None."""
+    path = run_dir / COST_FILE
+    return json.loads(path.read_text(encoding="utf-8")).get("stopped_early") if path.is_file() else None
