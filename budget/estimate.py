@@ -45,6 +45,16 @@ def _memory(spec: JobSpec, shape: ModelShape, method: str, count: int, work: Wor
     )
 
 
+def plan_memory(spec: JobSpec, method: str, num_gpus: int,
+                data_report: dict[str, Any] | None = None) -> MemoryEstimate:
+    """Return the memory model's per-GPU peak of `spec` trained with `method` on `num_gpus` GPUs.
+
+    Used by the container's preflight to check the plan against the GPUs it actually got.
+    """
+    cal = calibration()
+    return _memory(spec, model_shape(spec), method, num_gpus, workload(spec, data_report), cal)
+
+
 def _memory_reason(spec: JobSpec, mem: MemoryEstimate, gpu: GpuSpec) -> str:
     terms = mem.breakdown_gib
     has = f"{gpu.name} has {gpu.vram_gib:.1f} GiB"

@@ -101,6 +101,7 @@ def preflight(spec: JobSpec) -> dict[str, Any]:
             hint="pass them at launch: `sky launch --secret HF_TOKEN --secret AWS_ACCESS_KEY_ID "
             "--secret AWS_SECRET_ACCESS_KEY sky.yaml`",
         )
+    method = _check_gpu_memory(spec, gpus) if gpus else spec.train.method
     run_dir = spec.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     free_gib = _free_gib(run_dir)
@@ -111,7 +112,41 @@ def preflight(spec: JobSpec) -> dict[str, Any]:
             "(base model, checkpoints, export)",
             hint="launch with a larger `disk_size` in sky.yaml, or lower `train.keep_checkpoints`",
         )
-    return {"gpus": gpus, "free_gib": round(free_gib, 1), "needed_gib": round(needed_gib, 1)}
+    return {"gpus": gpus, "free_gib": round(free_gib, 1), "needed_gib": round(needed_gib, 1), "method": method}
+
+
+# Fallbacks when the planned method does not fit, the same training recipe first.
+_FALLBACKS = {"full": ["full_offload", "full_8bit", "lora"], "full_offload": ["full_8bit", "lora"],
+              "full_8bit": ["lora"], "lora": []}
+
+
+def _check_gpu_memory(spec: JobSpec, gpus: int) -> str:
+    """Check the plan against the GPUs this machine has; return the method to train with.
+
+    Raises:
+        DreamJobError: The method does not fit and `train.on_memory_mismatch` is `refuse`, or none fits.
+    """
+    import torch
+
+    from budget import plan_memory
+
+    name = torch.cuda.get_device_name(0)
+    have_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    method = spec.train.method
+    need_gib = plan_memory(spec, method, gpus).peak_gib
+    if need_gib <= have_gib:
+        return method
+    fitting = [m for m in _FALLBACKS[method] if plan_memory(spec, m, gpus).peak_gib <= have_gib]
+    where = f"this machine's {gpus}x {name} ({have_gib:.0f} GiB each)"
+    if spec.train.on_memory_mismatch == "switch" and fitting:
+        logger.warning("`train.method` `%s` needs about %.0f GiB per GPU on %s: training with `%s` instead",
+                       method, need_gib, where, fitting[0])
+        return fitting[0]
+    raise DreamJobError(
+        f"`train.method` `{method}` needs about {need_gib:.0f} GiB per GPU on {where}",
+        hint=(f"`--set train.method={fitting[0]}` fits (or `--set train.on_memory_mismatch=switch`); "
+              if fitting else "") + "`dream-job estimate` lists the GPUs that fit",
+    )
 
 
 def _have_aws_credentials() -> bool:
@@ -249,6 +284,10 @@ def run_pipeline(
 
     stage("preflight", spec.model_dump(), lambda: preflight(spec), always=True)
     previous = ""  # preflight results do not change what later stages compute
+    method = outcomes[-1].summary["method"]
+    if method != spec.train.method:  # `train.on_memory_mismatch: switch` picked a method that fits
+        overrides = [*overrides, f"train.method={method}"]
+        spec = spec.model_copy(update={"train": spec.train.model_copy(update={"method": method})})
     stage("prep", spec.data.model_dump(), lambda: {"rows_kept": prepare_data(spec).report["rows_kept"]})
     stage("train", [spec.model.model_dump(), spec.train.model_dump()], lambda: _train_stage(spec, spec_path, overrides))
     if not is_head:

@@ -138,6 +138,10 @@ class TrainSpec(_Section):
     log_every_steps: int = Field(1, ge=1, description="Log a metrics line every N optimizer steps.")
     seed: int = Field(42, description="Seed for data order, noise and initialisation.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto` uses CUDA when present.")
+    on_memory_mismatch: Literal["refuse", "switch"] = Field(
+        "refuse", description="When the memory model says `method` does not fit the GPUs the job got: `refuse` "
+        "stops before any download, `switch` trains with the first method that fits (same recipe first).",
+    )
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings for `method: lora`.")
 
 

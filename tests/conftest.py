@@ -78,3 +78,13 @@ def qwen_dream_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("tokenizer_config.json", "added_tokens.json", "special_tokens_map.json"):
         shutil.copy(FIXTURES / "dream-hub" / name, folder / name)
     return folder
+
+
+def tiny_config(**overrides: Any):
+    """A 2-layer Dream config for unit tests (vocab 128, hidden 32); keyword arguments override fields."""
+    from dream_job.model.dream import DreamConfig
+
+    fields = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, rope_theta=10_000.0, max_position_embeddings=256, mask_token_id=127,
+                  pad_token_id=0, eos_token_id=0, bos_token_id=0)
+    return DreamConfig(**{**fields, **overrides})

@@ -327,10 +327,19 @@ def test_pull_rejects_a_folder_that_is_not_a_dream_export(tmp_path: Path) -> Non
 
 
 def test_bad_destinations_are_named(tmp_path: Path) -> None:
-    for bad in ("s3:/nobucket", "hf://just-a-name", "file://relative/path", "gs://bucket/x"):
+    for bad in ("s3:/nobucket", "hf://just-a-name", "file:relative/path", "gs://bucket/x"):
         with pytest.raises(ArtifactError) as caught:
             publish_folder(tmp_path, bad, run_id="r")
         assert caught.value.message == f"`{bad}` is not a destination I can use"
+
+
+def test_relative_file_destination_starts_at_the_working_directory(tmp_path: Path, monkeypatch) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.txt").write_text("a")
+    monkeypatch.chdir(tmp_path)
+    publish_folder(source, "file://out/here", run_id="r")
+    assert (tmp_path / "out" / "here" / "a.txt").read_text() == "a"
 
 
 def test_no_secret_reaches_files_or_logs(

@@ -12,21 +12,9 @@ import torch
 from dream_job.errors import CheckpointError
 from dream_job.model import DreamConfig, DreamModel
 from dream_job.train.checkpoint import CheckpointManager, DictState, ModelOptimizerState, TrainState
+from tests.conftest import tiny_config
 
-TINY = DreamConfig(
-    vocab_size=128,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    rope_theta=10_000.0,
-    max_position_embeddings=64,
-    mask_token_id=127,
-    pad_token_id=0,
-    eos_token_id=0,
-    bos_token_id=0,
-)
+TINY = tiny_config(max_position_embeddings=64)
 
 
 def make_training(seed: int = 0, num_steps: int = 2):

@@ -27,23 +27,9 @@ from dream_job.train.export import (
     load_export,
 )
 
-from tests.conftest import FIXTURES, TINY_DREAM
+from tests.conftest import FIXTURES, TINY_DREAM, tiny_config
 
-TINY = DreamConfig(
-    vocab_size=128,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    rope_theta=10_000.0,
-    max_position_embeddings=256,
-    initializer_range=0.1,  # O(1) logits, so the comparisons below are meaningful
-    mask_token_id=127,
-    pad_token_id=0,
-    eos_token_id=0,
-    bos_token_id=0,
-)
+TINY = tiny_config(initializer_range=0.1)  # O(1) logits, so the comparisons below are meaningful
 WEIGHT_FILES = ("config.json", "model.safetensors.index.json", "model-00001-of-00001.safetensors")
 
 

@@ -15,25 +15,13 @@ import torch
 from dream_job.diffusion.sampler import _fill_after_eos, decode_until_eos, generate
 from dream_job.model.dream import DreamConfig, DreamModel
 from dream_job.spec import SamplerSpec
+from tests.conftest import tiny_config
 
 MASK, EOS, PAD = 63, 1, 0
 # Larger init than Dream's 0.02 so the tiny model's probabilities are far from uniform and
 # argmax decisions are not at the mercy of float noise.
-TINY = DreamConfig(
-    vocab_size=64,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    rope_theta=10_000.0,
-    max_position_embeddings=256,
-    initializer_range=0.3,
-    mask_token_id=MASK,
-    pad_token_id=PAD,
-    eos_token_id=EOS,
-    bos_token_id=EOS,
-)
+TINY = tiny_config(vocab_size=64, initializer_range=0.3, mask_token_id=MASK, pad_token_id=PAD, eos_token_id=EOS,
+                   bos_token_id=EOS)
 # Left padding: lengths 3, 1, 5 (one prompt holds a mask id, which must be kept).
 PROMPTS = [[5, 9, 12], [7], [3, 4, MASK, 6, 8]]
 CONFIDENCE_ALGS = ["maskgit_plus", "topk_margin", "entropy"]
