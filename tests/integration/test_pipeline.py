@@ -13,6 +13,8 @@ from tests.integration.test_train import SMOKE, dream_job, kill_tree
 
 pytestmark = pytest.mark.slow
 
+SECRETS = {"HF_TOKEN": "hf_FAKEsecretForPipelineTest123", "AWS_SECRET_ACCESS_KEY": "FAKEawsSecretForPipelineTest456"}
+
 
 def run_args(run_dir: Path, published: Path) -> list[str]:
     return [
@@ -72,7 +74,7 @@ def test_budget_guard_stops_training_early_and_the_run_still_evaluates_and_publi
     # ¥1 budget with ¥0.2 kept in reserve at $1000/h: the rest is spent within a second of training.
     process = dream_job("run", str(SMOKE), *run_args(run_dir, published), "--set", "budget.max_cost_yuan=1",
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                        extra_env={"DREAM_JOB_USD_PER_HOUR": "1000"})
+                        extra_env={"DREAM_JOB_USD_PER_HOUR": "1000", **SECRETS})
     output, _ = process.communicate(timeout=900)
     assert process.returncode == 0, output
     assert "training stopped early at step" in output
@@ -83,3 +85,10 @@ def test_budget_guard_stops_training_early_and_the_run_still_evaluates_and_publi
     assert "stage eval: done" in output and "stage publish: done" in output
     assert "**Budget guard:** training stopped early" in (run_dir / "eval" / "report.md").read_text()
     assert (published / "MANIFEST.sha256").exists()
+    # Secrets in the environment reach no log line, run-dir file or published file.
+    for folder in (run_dir, published):
+        for path in folder.rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                assert not any(v.encode() in data for v in SECRETS.values()), path
+    assert not any(v in output for v in SECRETS.values())
