@@ -50,18 +50,22 @@ def _batch(config: DreamConfig, length: int, generator: torch.Generator) -> tupl
     return ids, loss_mask
 
 
-def project_step(model, optimizer, ids, loss_mask, generator) -> float:
-    """The trainer's step (loop._train_step without data loading)."""
-    loss, _ = model(ids, loss_mask_BL=loss_mask, attention_mask_BL=None, position_ids_BL=None, generator=generator,
-                    time_eps=1e-3, weighting="cart", cart_p=0.1)
-    loss.backward()
+def optimizer_step(model, optimizer) -> None:
+    """Clip and step, as the trainer does once per global batch."""
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+def project_micro(model, ids, loss_mask, generator) -> float:
+    """The trainer's micro-step: forward with the masked chunked loss, backward."""
+    loss, _ = model(ids, loss_mask_BL=loss_mask, attention_mask_BL=None, position_ids_BL=None, generator=generator,
+                    time_eps=1e-3, weighting="cart", cart_p=0.1)
+    loss.backward()
     return float(loss)
 
 
-def naive_step(model, optimizer, ids, loss_mask, generator) -> float:
+def naive_micro(model, ids, loss_mask, generator) -> float:
     """Full-vocab logits at every position, a 4-D bool mask, unchunked CE (what the official trainer does)."""
     config = model.config
     t = sample_t(1, eps=1e-3, generator=generator, device="cuda")
@@ -74,25 +78,37 @@ def naive_step(model, optimizer, ids, loss_mask, generator) -> float:
     ce = F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), ids.reshape(-1), reduction="none").view_as(ids)
     loss = (ce * w * masked).sum() / masked.sum()
     loss.backward()
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
     return float(loss)
 
 
-def measure(step, model, optimizer, config, length: int, warmup: int, steps: int) -> dict[str, float]:
-    """Time `steps` steps after `warmup`; return tokens/s, MFU and peak memory."""
+ACCUMULATION = 16  # the real job's global batch of 16 sequences on one GPU
+
+
+def measure(micro, model, optimizer, config, length: int, warmup: int, steps: int) -> dict[str, float]:
+    """Time micro-steps (forward + backward) and the optimizer step separately, after `warmup` steps.
+
+    Returns tokens/s of the micro-step alone and of a whole optimizer step at the real job's
+    accumulation (16 sequences per step), MFU of both, and peak memory.
+    """
     generator = torch.Generator(device="cuda").manual_seed(0)
     ids, loss_mask = _batch(config, length, generator)
     for _ in range(warmup):
-        step(model, optimizer, ids, loss_mask, generator)
+        micro(model, ids, loss_mask, generator)
+        optimizer_step(model, optimizer)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
+    micro_s = opt_s = 0.0
     for _ in range(steps):
-        step(model, optimizer, ids, loss_mask, generator)
-    torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / steps
+        start = time.perf_counter()
+        micro(model, ids, loss_mask, generator)
+        torch.cuda.synchronize()
+        middle = time.perf_counter()
+        optimizer_step(model, optimizer)
+        torch.cuda.synchronize()
+        micro_s += middle - start
+        opt_s += time.perf_counter() - middle
+    micro_s, opt_s = micro_s / steps, opt_s / steps
+    seconds = (ACCUMULATION * micro_s + opt_s) / ACCUMULATION
     flops = train_flops_per_token(
         hidden=config.hidden_size, intermediate=config.intermediate_size, num_layers=config.num_hidden_layers,
         num_heads=config.num_attention_heads, num_kv_heads=config.num_key_value_heads, vocab=config.vocab_size,
@@ -100,8 +116,9 @@ def measure(step, model, optimizer, config, length: int, warmup: int, steps: int
     )
     tokens_per_s = length / seconds
     peak = peak_flops(torch.cuda.get_device_name()) or 989e12
-    return {"step_s": seconds, "tokens_per_s": tokens_per_s, "mfu": flops * tokens_per_s / peak,
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+    return {"micro_s": micro_s, "optimizer_s": opt_s, "micro_tokens_per_s": length / micro_s,
+            "micro_mfu": flops * length / micro_s / peak, "tokens_per_s": tokens_per_s,
+            "mfu": flops * tokens_per_s / peak, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
 
 
 def bench_method(method: str, lengths: list[int], *, naive: bool, warmup: int, steps: int) -> list[dict]:
@@ -126,7 +143,7 @@ def bench_method(method: str, lengths: list[int], *, naive: bool, warmup: int, s
     build_s = time.perf_counter() - build_start
     rows = []
     for length in lengths:
-        for kind, step in (("project", project_step), *((("naive", naive_step),) if naive else ())):
+        for kind, step in (("project", project_micro), *((("naive", naive_micro),) if naive else ())):
             try:
                 result = measure(step, model, optimizer, config, length, warmup, steps)
             except torch.OutOfMemoryError:
@@ -142,7 +159,11 @@ def bench_method(method: str, lengths: list[int], *, naive: bool, warmup: int, s
 
 
 def main() -> None:
-    """Run the benchmark and print one JSON line per measurement, then the ratios."""
+    """Run the benchmark and print one JSON line per measurement, then the ratios.
+
+    `tokens_per_s`/`mfu` are per sequence of a whole optimizer step at 16 accumulated sequences
+    (the real job's global batch on one GPU); `micro_*` are the forward + backward alone.
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=["full_8bit", "lora"])
     parser.add_argument("--lengths", nargs="+", type=int, default=[2048, 4096])

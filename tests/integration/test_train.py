@@ -91,6 +91,7 @@ def new_run(tmp_path: Path, prepared: Path, name: str) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_two_process_fsdp_training_lowers_the_loss_and_exports(tmp_path: Path, prepared: Path) -> None:
     run_dir = new_run(tmp_path, prepared, "two")
     run_ok("train", str(SMOKE), *run_args(run_dir, "--set", "train.epochs=3"), nproc=2)
@@ -128,6 +129,7 @@ def test_kill_and_resume_is_bit_identical(tmp_path: Path, prepared: Path) -> Non
         assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_resumes_on_one_process(tmp_path: Path, prepared: Path) -> None:
     common = ("--set", "train.max_steps=40", "--set", "train.save_every_steps=5", "--set", "train.keep_checkpoints=10")
     straight = new_run(tmp_path, prepared, "straight")

@@ -59,14 +59,14 @@ def test_real_job_rejects_full_fp32_adamw_on_one_a100_80gb_with_the_reason(tmp_p
     assert "needs" in line
 
 
-def test_lora_on_one_4090_fits_at_2048_with_rank_16_but_not_with_the_jobs_rank_64(tmp_path: Path) -> None:
-    # H100 probe (2026-11-24): LoRA r64 at 2048 allocated 22.2 GiB and reserved 24.2 GiB in
-    # forward/backward, before the CUDA context: over a 24 GiB card. Rank 16 saves ~1.8 GiB.
-    r16 = run(LORA_4090, "train.lora.rank=16", "train.lora.alpha=32", tmp_path=tmp_path)
+def test_lora_on_one_4090_fits_at_2048_with_the_jobs_rank_16_but_not_with_rank_64(tmp_path: Path) -> None:
+    # H100 probe (2026-11-24): LoRA r64 at 2048 allocated 21.2-22.2 GiB and reserved up to 24.2 GiB
+    # in forward/backward, before the CUDA context: over a 24 GiB card. Rank 16 saves ~1.8 GiB.
+    r16 = run(LORA_4090, tmp_path=tmp_path)
     one = find(r16, "lora", "RTX4090", 1)
     assert one and all(c.peak_gib <= c.vram_gib for c in one)
     assert r16.choice is not None and r16.choice.gpu == "RTX4090"
-    r64 = run(LORA_4090, tmp_path=tmp_path)
+    r64 = run(LORA_4090, "train.lora.rank=64", "train.lora.alpha=128", tmp_path=tmp_path)
     one = find(r64, "lora", "RTX4090", 1)
     assert one and not any(c.fits for c in one)
     assert one[0].reason.startswith("needs ") and one[0].reason.endswith("RTX4090 has 24.0 GiB")
