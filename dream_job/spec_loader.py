@@ -1,0 +1,187 @@
+"""Read a job YAML file into a `JobSpec`: `--set` overrides and errors that name key, line and fix.
+
+PyYAML is used with YAML 1.2 floats (`1e-5` is a number); each key path is mapped to its line,
+so a validation error says `file:line` (or the `--set` flag it came from), the value got, what
+is allowed, and the closest key for typos.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from dream_job.errors import SpecError
+from dream_job.spec import JobSpec
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-5` as a float (YAML 1.2), not a string as PyYAML's YAML 1.1 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?$|^[-+]?\d+[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map each key path of a YAML document to its 1-based line number."""
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key_path = (*path, str(key_node.value))
+                lines[key_path] = key_node.start_mark.line + 1
+                walk(value_node, key_path)
+
+    root = yaml.compose(text, Loader=_Loader)
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b.c=value` into its key path and the YAML-parsed value.
+
+    Raises:
+        SpecError: The text has no `=` or an empty key.
+    """
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise SpecError(
+            f"`--set {text}` is not of the form `a.b.c=value`",
+            hint="for example `--set train.epochs=1`",
+        )
+    value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""
+    return key.strip().split("."), value
+
+
+def _apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _section_fields(loc: tuple[str | int, ...]) -> list[str]:
+    """Return the allowed keys of the spec section at `loc` (for typo suggestions)."""
+    model: type[BaseModel] = JobSpec
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _describe_expected(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx", {})
+    if kind == "literal_error":
+        return f"one of {ctx.get('expected', '')}".replace("'", "`")
+    if kind in {"int_type", "int_parsing", "int_from_float"}:
+        return "an integer"
+    if kind in {"float_type", "float_parsing"}:
+        return "a number"
+    if kind in {"bool_type", "bool_parsing"}:
+        return "`true` or `false`"
+    if kind == "string_type":
+        return "a string"
+    if kind == "list_type":
+        return "a list"
+    if kind in {"model_type", "model_attributes_type", "dict_type"}:
+        return "a mapping of keys"
+    message = str(error["msg"]).removeprefix("Input should be ").removeprefix("Value error, ")
+    return message[0].lower() + message[1:]
+
+
+def _format_error(error: dict[str, Any], where: str) -> tuple[str, str | None]:
+    """Turn one pydantic error into (sentence, hint)."""
+    loc = tuple(error["loc"])
+    key = ".".join(str(p) for p in loc)
+    got = error.get("input")
+    if error["type"] == "extra_forbidden":
+        allowed = _section_fields(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+        prefix = ".".join(str(p) for p in loc[:-1])
+        hint = f"did you mean `{prefix + '.' if prefix else ''}{close[0]}`?" if close else None
+        if hint is None and allowed:
+            hint = "allowed keys here: " + ", ".join(f"`{k}`" for k in allowed)
+        return f"unknown key `{key}` in {where}", hint
+    if error["type"] == "missing":
+        return f"`{key}` is required in {where}", None
+    if error["type"] == "value_error" and not loc:
+        return f"{error['msg'].removeprefix('Value error, ')} in {where}", None
+    if error["type"] == "value_error":
+        return f"`{key}` in {where}: {error['msg'].removeprefix('Value error, ')}", None
+    shown = yaml.safe_dump(got, default_flow_style=True).strip().removesuffix("...").strip()
+    return f"`{key}` in {where} must be {_describe_expected(error)}, got `{shown}`", None
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
+    """Read a job YAML file, apply `--set` overrides and validate it.
+
+    Args:
+        path: The job file.
+        overrides: `a.b.c=value` strings; values are parsed as YAML.
+
+    Returns:
+        The validated, frozen `JobSpec`.
+
+    Raises:
+        SpecError: The file is missing or not YAML, an override is malformed, or the spec is
+            invalid; the message names the key, `file:line` (or the `--set`), value and fix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(
+            f"job file `{path}` does not exist",
+            hint="pass a job file such as `jobs/smoke.yaml` (see `ls jobs/`)",
+        )
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.load(text, Loader=_Loader)
+        lines = _key_lines(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise SpecError(f"`{at}` is not valid YAML", caused_by=[str(exc).splitlines()[0]]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"`{path}` must hold a mapping of sections (`name`, `model`, `data`, ...)")
+    overridden: dict[tuple[str, ...], str] = {}
+    for text_override in overrides or []:
+        key_path, value = parse_override(text_override)
+        _apply_override(data, key_path, value)
+        overridden[tuple(key_path)] = text_override
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = tuple(str(p) for p in error["loc"])
+            source = next((overridden[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in overridden), None)
+            if source is not None:
+                where = f"`--set {source}`"
+            else:
+                line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
+                where = f"`{path}:{line}`" if line else f"`{path}`"
+            problems.append(_format_error(error, where))
+        first, hint = problems[0]
+        rest = [f"{sentence}" + (f" ({h})" if h else "") for sentence, h in problems[1:]]
+        raise SpecError(first, hint=hint, caused_by=[f"also: {r}" for r in rest]) from None
+
+
