@@ -159,7 +159,8 @@ def _plan_shards(sizes: Mapping[str, int], max_shard_bytes: int) -> list[list[st
     return shards
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or folder's) contents to disk, so a later rename publishes complete data."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -219,18 +220,18 @@ def save_hf_folder(
             tensors = {k: state[k].detach().to("cpu", stored_dtype(state[k])).contiguous() for k in keys}
             # `format: pt` is what transformers' loader checks for in the header.
             save_file(tensors, tmp / name, metadata={"format": "pt"})
-            _fsync(tmp / name)
+            fsync_path(tmp / name)
             weight_map.update(dict.fromkeys(keys, name))
             del tensors
         index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": dict(sorted(weight_map.items()))}
         hf_config = config.to_hf_dict(torch_dtype=str(dtype).removeprefix("torch."))
         for name, content in ((INDEX_NAME, index), ("config.json", hf_config)):
             (tmp / name).write_text(json.dumps(content, indent=2) + "\n")
-            _fsync(tmp / name)
+            fsync_path(tmp / name)
         if folder.exists():
             folder.rmdir()  # empty (checked above); a directory cannot be renamed over a non-empty one
         tmp.rename(folder)
-        _fsync(folder.parent)  # make the rename itself durable
+        fsync_path(folder.parent)  # make the rename itself durable
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

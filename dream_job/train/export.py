@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +25,7 @@ from torch import Tensor, nn
 
 from dream_job.errors import CheckpointError, DataError
 from dream_job.model.dream import DreamConfig, DreamModel
-from dream_job.model.weights import load_safetensors_weights, save_hf_folder
+from dream_job.model.weights import fsync_path, load_safetensors_weights, save_hf_folder
 
 logger = logging.getLogger(__name__)
 
@@ -305,11 +304,11 @@ def _write_export(
     (partial / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     # The shards were fsynced by save_hf_folder; syncing them again costs nothing (no dirty pages).
     for path in [*partial.rglob("*"), partial]:
-        _fsync(path)
+        fsync_path(path)
     if out_dir.exists():
         out_dir.rmdir()  # empty (checked by the caller); rename cannot replace a directory
     partial.rename(out_dir)
-    _fsync(out_dir.parent)  # make the rename durable
+    fsync_path(out_dir.parent)  # make the rename durable
     logger.info("exported %s parameters to `%s`", f"{config.num_parameters():,}", out_dir)
 
 
@@ -331,10 +330,3 @@ def _write_adapter(model: nn.Module, state: dict[str, Tensor], adapter: str, fol
     peft_config.inference_mode = True  # as `PeftModel.save_pretrained` writes it
     peft_config.save_pretrained(str(folder))
 
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
