@@ -24,5 +24,6 @@ def pull(
     from dream_job.progress import stderr
 
     folder = pull_model(source, dest)
-    stderr.print(f"pulled and verified {source} into {folder}; load it with "
-                 f"AutoModel.from_pretrained('{folder}', trust_remote_code=True)", highlight=False)
+    how = (f"AutoModel.from_pretrained('{folder}', trust_remote_code=True)" if (folder / "modeling_dream.py").exists()
+           else f"dream_job.train.export.load_export('{folder}') (it has no Dream remote code)")
+    stderr.print(f"pulled and verified {source} into {folder}; load it with {how}", highlight=False, soft_wrap=True)
