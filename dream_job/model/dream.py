@@ -269,25 +269,8 @@ class DreamAttention(nn.Module):
         self.o_proj = nn.Linear(H * E, D, bias=False)
 
     def forward(self, x_BLD: Tensor, cos_BLE: Tensor, sin_BLE: Tensor, mask_B1LL: Tensor | None) -> Tensor:
-        B, L, _ = x_BLD.shape
-        H, K, E = self.num_heads, self.num_kv_heads, self.head_dim
-        q_BHLE = self.q_proj(x_BLD).view(B, L, H, E).transpose(1, 2)  # (B, H, L, E)
-        k_BKLE = self.k_proj(x_BLD).view(B, L, K, E).transpose(1, 2)  # (B, K, L, E)
-        v_BKLE = self.v_proj(x_BLD).view(B, L, K, E).transpose(1, 2)  # (B, K, L, E)
-        q_BHLE, k_BKLE = apply_rope(q_BHLE, cos_BLE, sin_BLE), apply_rope(k_BKLE, cos_BLE, sin_BLE)
-        if mask_B1LL is None:
-            # No mask: the flash kernel may run and handles GQA itself (no K -> H copy).
-            # is_causal=False (SDPA's default) everywhere: Dream attends both ways.
-            y_BHLE = F.scaled_dot_product_attention(q_BHLE, k_BKLE, v_BKLE, is_causal=False, enable_gqa=True)
-        else:
-            # With a mask, `enable_gqa` can push CUDA onto the slow math kernel (transformers'
-            # `use_gqa_in_sdpa` avoids it for that reason), so repeat kv heads explicitly.
-            # Query head h uses kv head h // (H / K), the same grouping as `enable_gqa`.
-            k_BHLE = k_BKLE.repeat_interleave(H // K, dim=1)  # (B, H, L, E)
-            v_BHLE = v_BKLE.repeat_interleave(H // K, dim=1)  # (B, H, L, E)
-            y_BHLE = F.scaled_dot_product_attention(q_BHLE, k_BHLE, v_BHLE, attn_mask=mask_B1LL)
-        y_BLD = y_BHLE.transpose(1, 2).reshape(B, L, H * E)  # (B, L, D)
-        return self.o_proj(y_BLD)
+        """Attend every position to every position (no cache): `forward_cached` with nothing cached."""
+        return self.forward_cached(x_BLD, cos_BLE, sin_BLE, mask_B1LL, None)[0]
 
     def forward_cached(
         self,
@@ -310,8 +293,13 @@ class DreamAttention(nn.Module):
             k_BKSE = torch.cat((k_BKPE, k_BKQE), dim=2)  # (B, K, S, E): cached keys first
             v_BKSE = torch.cat((v_BKPE, v_BKQE), dim=2)  # (B, K, S, E)
         if mask_B1QS is None:
+            # No mask: the flash kernel may run and handles GQA itself (no K -> H copy).
+            # is_causal=False (SDPA's default) everywhere: Dream attends both ways.
             y_BHQE = F.scaled_dot_product_attention(q_BHQE, k_BKSE, v_BKSE, is_causal=False, enable_gqa=True)
-        else:  # explicit kv-head repeat with a mask, as in `forward`
+        else:
+            # With a mask, `enable_gqa` can push CUDA onto the slow math kernel (transformers'
+            # `use_gqa_in_sdpa` avoids it for that reason), so repeat kv heads explicitly.
+            # Query head h uses kv head h // (H / K), the same grouping as `enable_gqa`.
             k_BHSE = k_BKSE.repeat_interleave(H // K, dim=1)  # (B, H, S, E)
             v_BHSE = v_BKSE.repeat_interleave(H // K, dim=1)  # (B, H, S, E)
             y_BHQE = F.scaled_dot_product_attention(q_BHQE, k_BHSE, v_BHSE, attn_mask=mask_B1QS)
