@@ -34,6 +34,27 @@ def _local_files(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _BUILDERS)
 
 
+def read_local_dataset(path: Path, split: str) -> tuple[Any, list[Path]] | None:
+    """Load an existing local dataset: a `save_to_disk` folder, or a file or folder of one kind of data file.
+
+    Shared by prep (`data.dataset`) and evaluation (`eval.sources`); each names its own errors.
+
+    Returns:
+        `(dataset, files read)`, or None when `path` holds no single kind of data file.
+    """
+    import datasets
+
+    if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
+        loaded = datasets.load_from_disk(str(path))
+        dataset = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+        return dataset, sorted(p for p in path.rglob("*") if p.is_file())
+    files = _local_files(path)
+    builders = {_BUILDERS.get(f.suffix) for f in files}
+    if not files or None in builders or len(builders) != 1:
+        return None
+    return datasets.load_dataset(builders.pop(), data_files={split: [str(f) for f in files]}, split=split), files
+
+
 def load_rows(spec: DataSpec) -> tuple[Any, str]:
     """Load the dataset split the spec names.
 
@@ -61,20 +82,13 @@ def load_rows(spec: DataSpec) -> tuple[Any, str]:
                 hint="check the path (relative paths start at the working directory) or use a hub id such as "
                 "`simplescaling/s1K-1.1`",
             )
-        if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
-            loaded = datasets.load_from_disk(str(path))
-            dataset = loaded[spec.split] if isinstance(loaded, datasets.DatasetDict) else loaded
-            return dataset, "disk:" + _sha256_files(sorted(p for p in path.rglob("*") if p.is_file()))
-        files = _local_files(path)
-        builders = {_BUILDERS.get(f.suffix) for f in files}
-        if not files or None in builders or len(builders) != 1:
+        local = read_local_dataset(path, spec.split)
+        if local is None:
             raise DataError(
                 f"`data.dataset` points to `{name}`, which holds no single kind of data file",
                 hint="use one .parquet, .jsonl, .json or .arrow file (or a folder of one kind)",
             )
-        dataset = datasets.load_dataset(
-            builders.pop(), data_files={spec.split: [str(f) for f in files]}, split=spec.split
-        )
+        dataset, files = local
         return dataset, "file:" + _sha256_files(files)
     except DataError:
         raise

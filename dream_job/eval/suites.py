@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dream_job.data.source import read_local_dataset
 from dream_job.data.tokenizer import is_local
 from dream_job.errors import DataError
 from dream_job.spec import EvalSpec
 
-_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".arrow": "arrow"}
 
 
 @dataclass(frozen=True)
@@ -144,17 +144,13 @@ def _read_rows(suite: str, source: str, fmt: SuiteFormat) -> Any:
         path = Path(source).expanduser()
         if not path.exists():
             raise DataError(f"eval suite `{suite}` source `{source}` does not exist", hint=_fix_hint(suite))
-        if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
-            loaded = datasets.load_from_disk(str(path))
-            return loaded[SPLIT] if isinstance(loaded, datasets.DatasetDict) else loaded
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in _BUILDERS)
-        builders = {_BUILDERS.get(f.suffix) for f in files}
-        if not files or None in builders or len(builders) != 1:
+        local = read_local_dataset(path, SPLIT)
+        if local is None:
             raise DataError(
                 f"eval suite `{suite}` source `{source}` holds no single kind of data file",
                 hint="use one .jsonl, .json, .parquet or .arrow file (or a folder of one kind)",
             )
-        return datasets.load_dataset(builders.pop(), data_files={SPLIT: [str(f) for f in files]}, split=SPLIT)
+        return local[0]
     except DataError:
         raise
     except (FileNotFoundError, ValueError, OSError, datasets.exceptions.DatasetNotFoundError) as exc:
