@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dream_job.files import write_text_atomically
 from dream_job.spec import JobSpec
 
 PRICE_ENV = "DREAM_JOB_USD_PER_HOUR"
@@ -51,9 +52,7 @@ class CostTracker:
 
 
 def _write(path: Path, body: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomically(path, json.dumps(body, indent=2) + "\n")
 
 
 def open_costs(spec: JobSpec) -> CostTracker:
@@ -63,7 +62,6 @@ def open_costs(spec: JobSpec) -> CostTracker:
     env_price = os.environ.get(PRICE_ENV)
     usd_per_hour = float(env_price) if env_price else (spec.budget.usd_per_hour or 0.0)
     body.update(usd_per_hour=usd_per_hour, budget_yuan=spec.budget.max_cost_yuan, cny_per_usd=spec.budget.cny_per_usd)
-    path.parent.mkdir(parents=True, exist_ok=True)
     _write(path, body)
     return CostTracker(path=path, started_at=body["started_at"], usd_per_hour=usd_per_hour,
                        cny_per_usd=spec.budget.cny_per_usd, budget_yuan=spec.budget.max_cost_yuan,

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dream_job.errors import DreamJobError
+from dream_job.files import write_text_atomically
 from dream_job.spec import JobSpec
 
 logger = logging.getLogger(__name__)
@@ -61,13 +62,9 @@ def read_marker(run_dir: Path, stage: str) -> dict[str, Any] | None:
 
 def write_marker(run_dir: Path, stage: str, inputs_hash: str, summary: dict[str, Any]) -> None:
     """Record that `stage` finished with these inputs (atomic: temp file, then rename)."""
-    path = marker_path(run_dir, stage)
-    path.parent.mkdir(parents=True, exist_ok=True)
     body = {"stage": stage, "inputs_hash": inputs_hash, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
             time.gmtime()), "summary": summary}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomically(marker_path(run_dir, stage), json.dumps(body, indent=2) + "\n")
 
 
 def _num_gpus() -> int:

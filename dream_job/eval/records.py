@@ -18,6 +18,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from dream_job.files import write_text_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -104,14 +105,3 @@ def update_summary(eval_dir: Path, label: str, suite: str, entry: dict[str, Any]
     summary.setdefault(label, {})[suite] = entry
     write_text_atomically(eval_dir / SUMMARY_NAME, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return summary
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write `text` to a temp file next to `path`, fsync it, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -7,15 +7,15 @@ files; the chart shows the same accuracies as grouped bars (matplotlib, Agg, no 
 
 from __future__ import annotations
 
-from dream_job.costs import stopped_early
-
 import os
 from pathlib import Path
 from typing import Any
 
+from dream_job.costs import stopped_early
 from dream_job.errors import DreamJobError
-from dream_job.eval.records import EVAL_DIR, read_summary, write_text_atomically
+from dream_job.eval.records import EVAL_DIR, read_summary
 from dream_job.eval.suites import SUITE_FORMATS
+from dream_job.files import write_text_atomically
 
 REPORT_NAME = "report.md"
 CHART_NAME = "accuracy.png"
