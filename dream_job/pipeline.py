@@ -4,8 +4,8 @@ Each finished stage writes `<run_dir>/stages/<stage>.done` (JSON: the hash of it
 it finished, a short summary). A re-run skips a stage whose marker holds the same inputs hash
 and redoes it (and everything after it) when its inputs changed; training resumes from its
 newest checkpoint either way. Preflight always runs: after a spot recovery the machine is new.
-The run id is `SKYPILOT_TASK_ID` when set (stable across recoveries of a managed job), else the
-job name; it is recorded in `<run_dir>/run.json`.
+The run id is `DREAM_JOB_RUN_ID` (set by `dream-job launch`), else `SKYPILOT_TASK_ID` when set
+(stable across recoveries of a managed job), else the job name; it is recorded in `<run_dir>/run.json`.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ class StageOutcome:
 
 
 def run_id(spec: JobSpec) -> str:
-    """Return the run id: `SKYPILOT_TASK_ID` when set (same across recoveries), else the job name."""
-    return os.environ.get("SKYPILOT_TASK_ID") or spec.name
+    """Return the run id: `DREAM_JOB_RUN_ID` (set by `dream-job launch`), else `SKYPILOT_TASK_ID` when set
+    (same across recoveries), else the job name."""
+    return os.environ.get("DREAM_JOB_RUN_ID") or os.environ.get("SKYPILOT_TASK_ID") or spec.name
 
 
 def _hash(*parts: Any) -> str:

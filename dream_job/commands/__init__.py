@@ -1,3 +1,3 @@
 """The CLI's verbs, one module per group; importing this package registers them on `cli.app`."""
 
-from dream_job.commands import artifacts, data, estimate, evaluate, train  # noqa: F401
+from dream_job.commands import artifacts, data, estimate, evaluate, launch, train  # noqa: F401

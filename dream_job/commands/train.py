@@ -50,18 +50,39 @@ def run(
 
 @app.command()
 @guarded
-def status(spec: SpecArg = "jobs/smoke.yaml", set_: SetOpt = None, as_json: JsonOpt = False) -> None:
-    """Show a run's stages, training step, loss, spend and destinations.
+def status(
+    target: Annotated[str, typer.Argument(help="Job file (its run dir) or a run id from `dream-job launch`.")]
+    = "jobs/smoke.yaml",
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+    run_dir: Annotated[str | None, typer.Option("--run-dir", help="Where a launched run's dir can be read (a "
+                                                "mounted folder or `s3://bucket/run id`).")] = None,
+) -> None:
+    """Show a run's stages, training step, loss, spend and destinations; for a launched run, SkyPilot's state too.
 
-    Example: `dream-job status jobs/dream-s1k.yaml --set artifacts.run_dir=/mnt/runs/abc`
+    Example: `dream-job status jobs/dream-s1k.yaml --set artifacts.run_dir=/mnt/runs/abc`, or
+    `dream-job status dream-s1k-20261124-120000` (state, recoveries, spend so far)
     """
     import json
 
+    from dream_job.launch import LaunchError, find_record, latest_for_job, launch_status, status_lines
     from dream_job.pipeline import run_status
     from dream_job.progress import status_table, stdout
 
-    result = run_status(load_spec(spec, set_))
+    is_job = target.endswith((".yaml", ".yml"))
+    result = run_status(job := load_spec(target, set_)) if is_job else {}
+    record = (None if set_ else latest_for_job(job.name)) if is_job else find_record(target)
+    if record is not None:
+        try:
+            result["launch"] = launch_status(record, run_dir=run_dir)
+        except LaunchError as exc:
+            if not is_job:
+                raise
+            result["launch"] = {"error": f"SkyPilot state of `{record['run_id']}` unavailable: {exc.message}"}
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    stdout.print(status_table(result))
+    if is_job:
+        stdout.print(status_table(result))
+    for what, value in status_lines(result["launch"]) if record is not None else []:
+        stdout.print(f"{what}: {value}", highlight=False, soft_wrap=True)

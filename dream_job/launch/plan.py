@@ -1,0 +1,269 @@
+"""What `dream-job launch` will do, decided before SkyPilot is called: offer, mode, caps, envs, secrets.
+
+Input: the validated spec, its file, the SkyPilot task template (`sky.yaml`, read as YAML, no
+SkyPilot import) and the user's environment. Output: a `LaunchPlan`, a frozen value that names
+secrets but never holds their values (those are read from the environment at submit time).
+
+Caps, in the order they bite: the in-job budget guard (`dream_job.costs`, from
+`DREAM_JOB_USD_PER_HOUR`) stops training early with a checkpoint; `BUDGET_HOURS` (the task's
+`run` script, kept across recoveries) sends SIGTERM, then SIGKILL 10 minutes later; in cluster
+mode the autostop hard limit (`wait_for: none`) tears the machine down when the budget is spent,
+whatever runs on it. Managed jobs get no `wait_for: none`: SkyPilot's jobs controller launches
+the job's cluster with its own 10-minute autodown and keeps the task's `wait_for`, which would
+then tear the job down 10 minutes after every start; the controller downs the cluster when the
+job ends, and `BUDGET_HOURS` is the cap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from dream_job.errors import DreamJobError
+from dream_job.spec import JobSpec
+
+Mode = Literal["managed", "cluster"]
+
+# The run script's SIGTERM -> SIGKILL grace (sky.yaml: `timeout --kill-after=10m`) plus 5 minutes
+# for the last checkpoint upload: `BUDGET_HOURS` ends this long before the hard limit.
+GRACE_MIN = 15
+# Clouds without FUSE cannot mount a bucket (SkyPilot PR #3389); the launcher drops the mounts there.
+NO_FUSE_CLOUDS = frozenset({"runpod", "vast", "shadeform"})
+RUN_ID_ENV = "DREAM_JOB_RUN_ID"
+INSTALL_HINT = "install the launcher extra in its own environment: `pip install 'dream-job[launcher]'`"
+
+
+class LaunchError(DreamJobError):
+    """`dream-job launch`, `logs` or `status` cannot go on (missing secret, no SkyPilot, no record)."""
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Everything the launch needs except secret values; `lines()` is what the user confirms."""
+
+    run_id: str
+    sky_name: str
+    mode: Mode
+    job: str
+    job_file: str
+    task_yaml: Path
+    accelerators: str
+    cloud: str
+    spot: bool
+    usd_per_hour: float
+    cost_cny: float
+    hours: float
+    budget_cny: float
+    hard_limit_min: int
+    budget_hours: float
+    envs: dict[str, str]
+    secrets: tuple[str, ...]
+    drop_secrets: tuple[str, ...]
+    drop_mounts: bool
+    autostop: dict[str, Any] | None
+    run_dir: str | None
+    destinations: tuple[str, ...]
+    notes: tuple[str, ...] = field(default=())
+    estimate: Any = field(default=None, compare=False, repr=False)
+
+    def lines(self) -> list[tuple[str, str]]:
+        """Return (what, value) rows describing the launch, for the confirmation prompt."""
+        how = ("managed job (`sky jobs launch`, recovers from preemption)" if self.mode == "managed"
+               else "cluster (`sky launch`)")
+        limit = (f"machine torn down {self.hard_limit_min} min after the job starts, also when it ended earlier "
+                 f"(`sky down {self.sky_name}` stops paying sooner)" if self.autostop
+                 and self.autostop.get("wait_for") == "none" else "the jobs controller tears the machine down "
+                 "when the job ends")
+        rows = [
+            ("run", f"`{self.run_id}` of `{self.job_file}` as {how} `{self.sky_name}`"),
+            ("offer", f"{self.accelerators} on {self.cloud}, {'spot' if self.spot else 'on-demand'}, "
+                      f"${self.usd_per_hour:.2f}/h"),
+            ("estimate", f"¥{self.cost_cny:.2f} for {self.hours:.2f} h of ¥{self.budget_cny:g}"),
+            ("caps", f"`BUDGET_HOURS={self.budget_hours:g}` in the job; {limit}"),
+            ("secrets", ", ".join(f"`{name}`" for name in self.secrets) or "none"),
+            ("run dir", self.run_dir or "the machine's disk (results leave through `artifacts.destinations`)"),
+        ]
+        return rows + [("note", note) for note in self.notes]
+
+
+def sky_name(text: str) -> str:
+    """Return `text` as a SkyPilot cluster/job name: lowercase letters, digits and `-`, a letter first."""
+    name = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    return name if name[:1].isalpha() else f"dj-{name}"
+
+
+def new_run_id(job: str, now: datetime | None = None) -> str:
+    """Return a run id `<job>-<UTC yyyymmdd-HHMMSS>`, also valid as a SkyPilot name."""
+    return f"{sky_name(job)}-{(now or datetime.now(UTC)):%Y%m%d-%H%M%S}"
+
+
+def read_template(path: Path) -> dict[str, Any]:
+    """Return the SkyPilot task template as a dict (plain YAML, no SkyPilot).
+
+    Raises:
+        LaunchError: The file is missing or is not a YAML mapping.
+    """
+    if not path.is_file():
+        raise LaunchError(f"SkyPilot task template `{path}` not found",
+                          hint="run from the repo root (it holds `sky.yaml`) or pass `--sky-yaml PATH`")
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(config, dict):
+        raise LaunchError(f"SkyPilot task template `{path}` is not a YAML mapping",
+                          hint="restore it from the repo: `git checkout sky.yaml`")
+    return config
+
+
+def required_secrets(spec: JobSpec, extra: list[str]) -> dict[str, str]:
+    """Return {secret name: why} the job cannot run without (its destinations, `--secret` names)."""
+    needed = {name: "asked for with `--secret`" for name in extra}
+    for destination in spec.artifacts.destinations:
+        if destination.startswith("hf://"):
+            needed.setdefault("HF_TOKEN", f"for the `{destination}` destination")
+        if destination.startswith("s3://"):
+            for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                needed.setdefault(name, f"for the `{destination}` destination")
+    return needed
+
+
+def check_secrets(needed: Mapping[str, str], environ: Mapping[str, str]) -> None:
+    """Raise `LaunchError` naming every required secret missing from `environ` (values are never shown)."""
+    missing = [f"`{name}` ({why})" for name, why in needed.items() if not environ.get(name)]
+    if missing:
+        names = " ".join(f"{name}=..." for name in needed if not environ.get(name))
+        raise LaunchError(f"missing secret {', '.join(missing)} in this shell's environment; nothing was launched",
+                          hint=f"export it and launch again: `export {names}`")
+
+
+def _choose(estimate: Any, spot: bool) -> Any:
+    if not spot:
+        return estimate.choice
+    spot_offers = [c for c in estimate.candidates if c.accepted and c.spot]
+    if not spot_offers:
+        raise LaunchError(f"no spot offer runs `{estimate.job}` within its budget ¥{estimate.budget_cny:g}",
+                          hint="launch without `--spot`, or allow spot with `--set budget.use_spot=true`")
+    return min(spot_offers, key=lambda c: (round(c.cost_cny, 2), c.hours))
+
+
+def _estimate(spec: JobSpec, managed: bool, **kwargs: Any) -> Any:
+    from budget import estimate
+
+    kwargs.setdefault("data_report", None)
+    if spec.budget.managed_job != managed:  # the estimate counts the jobs controller only for managed jobs
+        spec = spec.model_copy(update={"budget": spec.budget.model_copy(update={"managed_job": managed})})
+    return estimate(spec, **kwargs)
+
+
+def _runs_mount(template: dict[str, Any], envs: Mapping[str, str]) -> tuple[str, str] | None:
+    """Return (mount path, `s3://bucket`) of the template's first S3 bucket mount, env vars filled in."""
+    for path, mount in (template.get("file_mounts") or {}).items():
+        if isinstance(mount, dict) and mount.get("store") == "s3" and mount.get("name"):
+            name = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: envs.get(m.group(1) or m.group(2), m.group(0)),
+                          str(mount["name"]))
+            return str(path), f"s3://{name}"
+    return None
+
+
+def _job_file(spec_path: Path) -> str:
+    try:
+        return Path(os.path.relpath(spec_path.resolve(), Path.cwd())).as_posix()
+    except ValueError:  # another drive (Windows)
+        return spec_path.as_posix()
+
+
+def plan_launch(spec: JobSpec, spec_path: Path, *, task_yaml: Path, mode: Mode | None = None, spot: bool = False,
+                envs: list[str] | None = None, secrets: list[str] | None = None,
+                environ: Mapping[str, str] | None = None, now: datetime | None = None,
+                **estimate_kwargs: Any) -> LaunchPlan:
+    """Estimate the job and decide how to launch it; read-only, nothing is provisioned.
+
+    Args:
+        spec: The validated job.
+        spec_path: Its file; must lie under the working directory (the task's `workdir`).
+        task_yaml: The SkyPilot task template (`sky.yaml`).
+        mode: `managed` or `cluster`; None: managed for a spot offer, else `budget.managed_job`.
+        spot: Only spot offers.
+        envs: Extra `K=V` task envs (e.g. `RUNS_BUCKET=my-bucket`); they override the template's.
+        secrets: Extra secret names the job needs, taken from `environ`.
+        environ: Where secrets come from (default `os.environ`); only presence is checked here.
+        now: Clock for the run id.
+        **estimate_kwargs: Passed to `budget.estimate` (`data_report`, `catalog_dir`, `now`).
+
+    Returns:
+        The plan; `LaunchPlan.lines()` describes it.
+
+    Raises:
+        LaunchError: A required secret is missing, the job file lies outside the working
+            directory, no spot offer fits, the budget buys less than the grace period, or a
+            FUSE-less cloud was chosen for a job with no `artifacts.destinations`.
+        BudgetError: From the estimate (nothing fits, stale catalog, ...).
+    """
+    environ = os.environ if environ is None else environ
+    job_file = _job_file(spec_path)
+    if job_file.startswith("../") or Path(job_file).is_absolute():
+        raise LaunchError(f"job file `{spec_path}` is outside the working directory, so the machine cannot read it",
+                          hint="launch from the repo root with a job file under it, e.g. `jobs/my-job.yaml`")
+    template = read_template(task_yaml)
+    needed = required_secrets(spec, list(secrets or []))
+    check_secrets(needed, environ)
+    extra_envs = dict(item.split("=", 1) if "=" in item else (item, environ.get(item, "")) for item in envs or [])
+
+    managed = mode == "managed" if mode else spec.budget.managed_job
+    result = _estimate(spec, managed, **estimate_kwargs)
+    choice = _choose(result, spot)
+    if mode is None and choice.spot and not managed:  # spot offers recover only as managed jobs
+        managed = True
+        result = _estimate(spec, managed, **estimate_kwargs)
+        choice = _choose(result, spot)
+    run_mode: Mode = "managed" if managed else "cluster"
+
+    controller = spec.budget.controller_usd_per_hour if managed else 0.0
+    hard_limit_min = math.floor(spec.budget.max_cost_yuan / spec.budget.cny_per_usd
+                                / (choice.usd_per_hour + controller) * 60)
+    if hard_limit_min <= GRACE_MIN:
+        raise LaunchError(f"`budget.max_cost_yuan` ¥{spec.budget.max_cost_yuan:g} buys {hard_limit_min} min of "
+                          f"{choice.count}x {choice.gpu}, less than the {GRACE_MIN} min shutdown grace",
+                          hint=f"raise it: `--set budget.max_cost_yuan={math.ceil(choice.cost_cny) * 2}`")
+    budget_hours = math.floor((hard_limit_min - GRACE_MIN) / 60 * 100) / 100
+    notes = [f"the estimate ({choice.hours:.2f} h) is longer than `BUDGET_HOURS` {budget_hours:g}: the job may be "
+             "stopped before it ends"] if choice.hours > budget_hours else []
+
+    run_id = new_run_id(spec.name, now)
+    task_envs = {k: str(v) for k, v in (template.get("envs") or {}).items() if v is not None}
+    task_envs = {**task_envs, "JOB": job_file, "DREAM_JOB_USD_PER_HOUR": f"{choice.usd_per_hour:g}",
+                 "BUDGET_HOURS": f"{budget_hours:g}", RUN_ID_ENV: run_id, **extra_envs}
+    mount = _runs_mount(template, task_envs)
+    drop_mounts = choice.cloud in NO_FUSE_CLOUDS and bool(template.get("file_mounts"))
+    if drop_mounts:
+        if not spec.artifacts.destinations:
+            raise LaunchError(f"`{choice.cloud}` cannot mount the run dir bucket and `artifacts.destinations` of "
+                              f"`{job_file}` is empty, so the results would be lost with the machine",
+                              hint="add a destination: `--set 'artifacts.destinations=[\"hf://you/"
+                              f"{spec.name}\"]'`, or leave out the cloud: `--set budget.clouds=[aws]`")
+        notes.append(f"`{choice.cloud}` has no FUSE: the task's bucket mounts are left out; the run dir stays on "
+                     "the machine's disk and `artifacts.destinations` carry the results")
+    declared = template.get("secrets") or {}
+    passed = [name for name in declared if environ.get(name)] if isinstance(declared, dict) else []
+    passed += [name for name in needed if name not in passed]
+    autostop = ({"idle_minutes": hard_limit_min, "down": True, "wait_for": "none"} if run_mode == "cluster"
+                else None)
+    return LaunchPlan(
+        run_id=run_id, sky_name=run_id, mode=run_mode, job=spec.name, job_file=job_file, task_yaml=task_yaml,
+        accelerators=f"{choice.accelerator}:{choice.count}", cloud=choice.cloud, spot=choice.spot,
+        usd_per_hour=choice.usd_per_hour, cost_cny=choice.cost_cny, hours=choice.hours,
+        budget_cny=spec.budget.max_cost_yuan, hard_limit_min=hard_limit_min, budget_hours=budget_hours,
+        envs=task_envs, secrets=tuple(passed),
+        drop_secrets=tuple(name for name in declared if name not in passed) if isinstance(declared, dict) else (),
+        drop_mounts=drop_mounts, autostop=autostop,
+        run_dir=None if drop_mounts or mount is None else f"{mount[1]}/{run_id}",
+        destinations=tuple(spec.artifacts.destinations), notes=tuple(notes),
+        estimate=dataclasses.replace(result, choice=choice),
+    )
