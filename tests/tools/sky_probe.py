@@ -56,15 +56,21 @@ def _load(task: Any) -> dict[str, Any]:
     }
 
 
-def _optimize(task: Any, clouds: list[str], gpus: str | None, no_mounts: bool) -> dict[str, Any]:
-    import sky
+def enable_clouds(clouds: list[str]) -> None:
+    """Fake `sky check` having enabled `clouds`, as SkyPilot's own tests do (the real check calls the clouds)."""
     from sky import check as sky_check
-    from sky import optimizer
     from sky.utils import registry
 
     enabled = [registry.CLOUD_REGISTRY.from_str(name) for name in clouds]
     sky_check.get_cached_enabled_clouds_or_refresh = lambda *args, **kwargs: enabled
     sky_check.check_capability = lambda *args, **kwargs: {}
+
+
+def _optimize(task: Any, clouds: list[str], gpus: str | None, no_mounts: bool) -> dict[str, Any]:
+    import sky
+    from sky import optimizer
+
+    enable_clouds(clouds)
     if gpus:
         task.set_resources_override({"accelerators": gpus})
     if no_mounts:
