@@ -10,14 +10,16 @@ import typer
 from dream_job.cli import SetOpt, SpecArg, app, guarded
 from dream_job.spec import load_spec
 
-TargetArg = Annotated[str, typer.Argument(help="Run id printed by `dream-job launch`, or the job file (its newest run).")]
+TargetArg = Annotated[str, typer.Argument(help="Run id printed by `dream-job launch`, or the job file (its newest "
+                                          "run).")]
 ModeOpt = Annotated[bool | None, typer.Option(
     "--managed/--cluster", help="`sky jobs launch` (recovers from preemption) or `sky launch`; default: managed for "
     "spot offers, else `budget.managed_job`.")]
 SpotOpt = Annotated[bool, typer.Option("--spot", help="Only spot offers.")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Launch without asking.")]
 DryrunOpt = Annotated[bool, typer.Option("--dryrun", help="Let SkyPilot choose the machine; provision nothing.")]
-EnvOpt = Annotated[list[str] | None, typer.Option("--env", help="Task env `K=V`, e.g. `RUNS_BUCKET=my-runs` (repeatable).")]
+EnvOpt = Annotated[list[str] | None, typer.Option("--env", help="Task env `K=V`, e.g. `RUNS_BUCKET=my-runs` "
+                                                  "(repeatable).")]
 SecretOpt = Annotated[list[str] | None, typer.Option("--secret", help="Another secret NAME the job needs, from this "
                                                      "shell's environment (repeatable).")]
 SkyYamlOpt = Annotated[Path, typer.Option("--sky-yaml", help="SkyPilot task template.")]

@@ -13,6 +13,7 @@ candidate; sky.yaml's `file_mounts` comment says how to run there.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -71,6 +72,14 @@ def test_run_script_runs_the_pipeline_in_the_task_run_dir(tmp_path: Path) -> Non
     result = _run_script(env)
     assert result.returncode == 0, result.stderr
     run_dir = f"{env['HOME']}/dream-job-runs/{env['SKYPILOT_TASK_ID']}"
+    calls = (Path(env["HOME"]) / "calls.log").read_text()
+    assert calls == f"run jobs/dream-s1k.yaml --set artifacts.run_dir={run_dir}\n"
+
+
+def test_run_script_names_the_run_dir_by_the_launchers_run_id(tmp_path: Path) -> None:
+    env = {**_fake_machine(tmp_path), "DREAM_JOB_RUN_ID": "dream-s1k-20261124-120000"}  # set by `dream-job launch`
+    assert _run_script(env).returncode == 0
+    run_dir = f"{env['HOME']}/dream-job-runs/dream-s1k-20261124-120000"
     calls = (Path(env["HOME"]) / "calls.log").read_text()
     assert calls == f"run jobs/dream-s1k.yaml --set artifacts.run_dir={run_dir}\n"
 
