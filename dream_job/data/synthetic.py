@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 SOURCE_TYPE = "dream-job/synthetic-addition"
+COMPACT_SOURCE_TYPE = "dream-job/synthetic-addition-compact"
 
 _STORIES = (
     ("{name} has {a} marbles and finds {b} more.", "How many marbles does {name} have now?"),
@@ -85,6 +86,70 @@ def generate_rows(num_rows: int, seed: int = 0, max_digits: int = 4) -> list[dic
     """Return `num_rows` rows, identical for the same arguments."""
     rng = random.Random(seed)
     return [make_row(i, rng, max_digits) for i in range(num_rows)]
+
+
+def compact_addition_trace(a: int, b: int) -> str:
+    """Write `a + b` column by column from the right, one fixed-width line per column.
+
+    Each line is `da+db+carry=tt` with the column total as two digits, so the written digit
+    is its last digit and the next carry its first; a final carry of 1 leads the answer.
+    For 95 + 17: `5+7+0=12`, `9+1+1=11`.
+    """
+    digits_a, digits_b = str(a)[::-1], str(b)[::-1]
+    lines, carry = [], 0
+    for i in range(max(len(digits_a), len(digits_b))):
+        da = int(digits_a[i]) if i < len(digits_a) else 0
+        db = int(digits_b[i]) if i < len(digits_b) else 0
+        total = da + db + carry
+        lines.append(f"{da}+{db}+{carry}={total:02d}")
+        carry = total // 10
+    return "\n".join(lines)
+
+
+def _operand(rng: random.Random, max_digits: int) -> int:
+    """Draw a number whose digit count is uniform in 1..max_digits, then uniform among those."""
+    num_digits = rng.randint(1, max_digits)
+    return rng.randint(0 if num_digits == 1 else 10 ** (num_digits - 1), 10**num_digits - 1)
+
+
+def generate_compact_rows(num_rows: int, seed: int = 0, max_digits: int = 3) -> list[dict[str, Any]]:
+    """Return `num_rows` short addition rows (`What is a + b?`, compact trace), no pair repeated.
+
+    The learning check trains on these: the prompt and the response are short (about 40
+    tokens of response for 3 digits), so a small model learns the rule rather than the rows,
+    and distinct (a, b) pairs make every held-out question unseen in training.
+
+    Raises:
+        ValueError: More rows than half the distinct pairs of `max_digits`-digit numbers.
+    """
+    if num_rows > 10 ** (2 * max_digits) // 2:
+        raise ValueError(f"{num_rows} distinct pairs of numbers below 10**{max_digits} are too many to draw")
+    rng = random.Random(seed)
+    seen: set[tuple[int, int]] = set()
+    rows = []
+    while len(rows) < num_rows:
+        a, b = _operand(rng, max_digits), _operand(rng, max_digits)
+        if (a, b) in seen:
+            continue
+        seen.add((a, b))
+        total = str(a + b)
+        trace = compact_addition_trace(a, b)
+        rows.append({
+            "solution": total,
+            "question": f"What is {a} + {b}?",
+            "cot_type": "math",
+            "source_type": COMPACT_SOURCE_TYPE,
+            "metadata": repr({"index": len(rows), "a": a, "b": b}),
+            "gemini_thinking_trajectory": trace,
+            "gemini_attempt": total,
+            "deepseek_thinking_trajectory": trace,
+            "deepseek_attempt": total,
+            "gemini_grade": "Yes",
+            "gemini_grade_reason": "The attempt matches the reference answer.",
+            "deepseek_grade": "Yes",
+            "deepseek_grade_reason": "The attempt matches the reference answer.",
+        })
+    return rows
 
 
 def write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
