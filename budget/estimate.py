@@ -36,7 +36,8 @@ def _memory(spec: JobSpec, shape: ModelShape, method: str, count: int, work: Wor
     prompt = max((s.prompt_tokens for s in work.suites), default=0.0)
     return estimate_memory(
         shape, method=method, num_gpus=count, micro_batch_size=train.micro_batch_size,
-        max_length=spec.data.max_length, activation_checkpointing=train.activation_checkpointing,
+        max_length=spec.data.max_length, checkpointed_layers=train.num_checkpointed_layers(shape.num_layers),
+        fsdp=spec.wraps_in_fsdp(method, count), compiled=train.compile,
         accumulation_steps=max(1, train.global_batch_size // (train.micro_batch_size * count)),
         lora_rank=train.lora.rank, lora_targets=list(train.lora.targets), lora_dropout=train.lora.dropout,
         eval_batch_size=spec.eval.batch_size,

@@ -82,20 +82,19 @@ def recompute_flops_per_token(
     num_kv_heads: int,
     vocab: int,
     seq_len: int,
-    activation_checkpointing: bool,
+    checkpointed_layers: float,
     masked_fraction: float = 0.5,
 ) -> float:
     """Return the FLOPs per token the trainer recomputes in backward (not model FLOPs).
 
     The chunked masked loss always recomputes its lm_head chunk (2·d·V per masked token); with
-    per-layer activation checkpointing every decoder layer's forward runs again (2·N_layers plus
-    the bidirectional attention's 4·L·d per layer). Hardware FLOPs = model FLOPs + these.
+    activation checkpointing each checkpointed decoder layer's forward runs again (2·N_layers plus
+    the bidirectional attention's 4·L·d per layer) for each of the `checkpointed_layers`.
+    Hardware FLOPs = model FLOPs + these.
     """
     head = 2.0 * hidden * vocab * masked_fraction
-    if not activation_checkpointing:
-        return head
     layers = 2.0 * matmul_params(
         hidden=hidden, intermediate=intermediate, num_layers=num_layers, num_heads=num_heads,
         num_kv_heads=num_kv_heads,
     )
-    return layers + 4.0 * num_layers * seq_len * hidden + head
+    return (layers + 4.0 * num_layers * seq_len * hidden) * checkpointed_layers / num_layers + head

@@ -18,7 +18,7 @@ trainer reduce-scatters after every micro-step (with sync off, FSDP2 would keep 
 gradient of every parameter on each GPU, measured +5.4 GiB on a 14-layer model, so the trainer
 does not do that). Activations: with per-layer checkpointing the bf16 input of each layer
 (2·T·d B) plus one layer's recompute and backward workspace; without, every layer's saved
-tensors. The loss applies the lm_head to masked rows only, in chunks of 4096 rows recomputed in
+tensors. The loss applies the lm_head to masked rows only, in chunks of 1024 rows recomputed in
 backward. The save peak (after `zero_grad`, so no grads) gathers one whole tensor at a time.
 
 Checked on 1x H100 (2026-11-24, torch 2.11, Dream 7B shape, the trainer's `build_training` and
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from budget.shape import ModelShape
 
 GIB = 2**30
-LOSS_CHUNK_ROWS = 4096  # DreamForMaskedDiffusion.loss_chunk_size
+LOSS_CHUNK_ROWS = 1024  # DreamForMaskedDiffusion.loss_chunk_size
 EXPORT_SHARD_BYTES = 5 * GIB  # save_hf_folder casts one <= 5 GiB shard at a time
 TRAINABLE_FULL = ("full", "full_8bit", "full_offload")
 
@@ -52,6 +52,7 @@ class MemoryConstants:
     unknown_host_ram_per_vram: float
     adam8bit_bytes_per_param: float
     loss_bytes_per_logit: float
+    compiled_activation_factor: float
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,9 @@ def estimate_memory(
     num_gpus: int,
     micro_batch_size: int,
     max_length: int,
-    activation_checkpointing: bool,
+    checkpointed_layers: int,
+    fsdp: bool,
+    compiled: bool,
     accumulation_steps: int,
     lora_rank: int,
     lora_targets: list[str],
@@ -127,6 +130,11 @@ def estimate_memory(
         accumulation_steps: Micro-steps per optimizer step on each GPU
             (global batch / (micro batch x GPUs)). The trainer reduce-scatters after every
             micro-step, so accumulation adds no unsharded gradients.
+        checkpointed_layers: Decoder layers recomputed in backward (the others keep all their activations).
+        fsdp: The model is wrapped in FSDP2 (`JobSpec.wraps_in_fsdp`); one process without it holds
+            no unsharded copies, prefetch or reduce-scatter buffers.
+        compiled: The decoder layers are compiled (`train.compile`): a layer kept whole saves
+            `compiled_activation_factor` of the eager bytes (inductor recomputes cheap pointwise ops).
         eval_context: Prompt + generated tokens per sequence of the sampler (0: no evaluation).
     """
     n, p, d, vocab = num_gpus, shape.num_params, shape.hidden, shape.vocab
@@ -140,30 +148,36 @@ def estimate_memory(
 
     grads = {k: v for k, v in states.items() if k.startswith("grads")}
     held = {k: v for k, v in states.items() if k not in grads}
-    # Held through forward/backward: params, optimizer states, the root unit unsharded, what
-    # checkpointing saves. On top, the larger of two moments of the last micro-step's backward
+    # Held through forward/backward: params, optimizer states, the root unit unsharded (FSDP2),
+    # what checkpointing saves and the layers kept whole. On top (FSDP2), the larger of two moments of the last micro-step's backward
     # (zero_grad freed the sharded grads at the previous step): its start, with the loss chunk,
     # one layer prefetched, the lm_head grad and the no-sync grads of the earlier micro-steps; and
     # its end, with one layer's recompute and backward, the root's grads and all sharded grads
     # (the no-sync grads were reduce-scattered into them layer by layer, except the root's).
     common = dict(held)
-    common["unsharded bf16 root (embed + lm_head)"] = 2 * root
-    if activation_checkpointing:
-        common["activations: saved layer inputs"] = shape.num_layers * tokens * d * 2
-        workspace = 2 * tokens * per_layer  # the layer's recomputed activations + their gradients
-    else:
-        common["activations: all layers"] = shape.num_layers * tokens * per_layer
-        workspace = tokens * per_layer
+    kept_layers = shape.num_layers - checkpointed_layers
+    if checkpointed_layers:
+        common["activations: inputs of checkpointed layers"] = checkpointed_layers * tokens * d * 2
+    if kept_layers:
+        kept_per_layer = per_layer * (constants.compiled_activation_factor if compiled else 1.0)
+        common["activations: layers kept whole"] = kept_layers * tokens * kept_per_layer
+    # The layer in backward: recomputed activations + their gradients, or only the gradients.
+    workspace = (2 if checkpointed_layers else 1) * tokens * per_layer
     common["activations: embeddings, final hidden, grads"] = tokens * d * 12
-    start = {
-        "loss: one logits chunk": min(LOSS_CHUNK_ROWS, tokens) * vocab * constants.loss_bytes_per_logit,
-        "unsharded bf16: 1 layer (prefetch)": 2 * layer,
-    }
-    end = {"unsharded bf16: 2 layers": 4 * layer, "activations: 1-layer recompute/backward": workspace, **grads}
-    if not is_lora:
-        start["unsharded bf16 lm_head grad"] = 2 * embed
-        end["unsharded bf16 grads: root + 1 layer"] = 2 * root + 2 * layer
-        end["reduce-scatter fp32 buffer"] = 4 * layer
+    loss_chunk = min(LOSS_CHUNK_ROWS, tokens) * vocab * constants.loss_bytes_per_logit
+    if not fsdp:
+        # The plain module: gradients accumulate in place, so they are all there from the second
+        # micro-step on; on top, the larger of the loss chunk and one layer's backward.
+        start = {"loss: one logits chunk": loss_chunk, **grads}
+        end = {"activations: 1-layer recompute/backward": workspace, **grads}
+    else:
+        common["unsharded bf16 root (embed + lm_head)"] = 2 * root
+        start = {"loss: one logits chunk": loss_chunk, "unsharded bf16: 1 layer (prefetch)": 2 * layer}
+        end = {"unsharded bf16: 2 layers": 4 * layer, "activations: 1-layer recompute/backward": workspace, **grads}
+        if not is_lora:
+            start["unsharded bf16 lm_head grad"] = 2 * embed
+            end["unsharded bf16 grads: root + 1 layer"] = 2 * root + 2 * layer
+            end["reduce-scatter fp32 buffer"] = 4 * layer
     moment = max(start, end, key=lambda terms: sum(terms.values()))
     terms = common | moment
     train = sum(terms.values())

@@ -6,8 +6,9 @@ efficiency, offload rates, overheads; placeholders until the GPU benchmark measu
 
 - Training: FLOPs per token from `budget.flops.train_flops_per_token` (6N + bidirectional
   attention + masked lm_head), divided by GPUs x peak x MFU; MFU is the trainer's own `perf/mfu`
-  convention, calibrated with per-layer checkpointing; `recompute_flops_per_token` (the layers'
-  second forward, the loss chunk's lm_head) converts it for runs without. Per micro-step the slowest of
+  convention, calibrated at a stated checkpointing share and compile setting;
+  `recompute_flops_per_token` (the checkpointed layers' second forward, the loss chunk's lm_head)
+  and `[compile]` convert it to the job's setting. Per micro-step the slowest of
   compute, FSDP all-gathers over the GPU link, and (full_offload) host-to-GPU copies; per step the
   gradient reduce-scatter and the optimizer (HBM-bound on the GPU, or the CPU AdamW).
 - Evaluation: the sampler's forwards (reference: `steps` full forwards; fast: one full forward
@@ -34,6 +35,21 @@ from dream_job.spec import JobSpec
 
 
 @dataclass(frozen=True)
+class MfuPoint:
+    """A calibrated MFU and the trainer setting it was measured (or assumed) with.
+
+    Attributes:
+        checkpointed_fraction: Share of decoder layers recomputed in backward (1.0: all).
+        compiled: Whether the decoder layers were compiled (`train.compile`).
+    """
+
+    mfu: float
+    measured: bool
+    checkpointed_fraction: float
+    compiled: bool
+
+
+@dataclass(frozen=True)
 class Calibration:
     """The parsed budget/data/calibration.toml."""
 
@@ -43,15 +59,15 @@ class Calibration:
     def date(self) -> str:
         return str(self.raw["date"])
 
-    def train_mfu(self, gpu: str, method: str) -> tuple[float, bool]:
-        """Return (MFU with per-layer checkpointing, measured) for a GPU and method; measured values win."""
+    def train_mfu(self, gpu: str, method: str) -> MfuPoint:
+        """Return the calibrated MFU of a GPU and method and the setting it holds for; measured values win."""
         measured = self.raw.get("measured", {}).get(f"{gpu}.{method}")
         if measured is not None:
-            mfu, is_measured = float(measured["mfu"]), True
-        else:
-            mfu = self.raw["train_mfu"][gpu] * self.raw["method_factor"][method]
-            is_measured = False
-        return mfu, is_measured
+            return MfuPoint(mfu=float(measured["mfu"]), measured=True,
+                            checkpointed_fraction=float(measured.get("checkpointed_fraction", 1.0)),
+                            compiled=bool(measured.get("compile", False)))
+        mfu = self.raw["train_mfu"][gpu] * self.raw["method_factor"][method]
+        return MfuPoint(mfu=mfu, measured=False, checkpointed_fraction=1.0, compiled=False)
 
     def section(self, name: str) -> dict[str, Any]:
         return self.raw[name]
@@ -105,16 +121,20 @@ def train_seconds(spec: JobSpec, shape: ModelShape, work: Workload, gpu: GpuSpec
     """Return (steps, seconds, MFU, MFU measured) of the training loop."""
     train, n, p = spec.train, num_gpus, shape.num_params
     steps = total_steps(spec, work.rows)
-    mfu, measured = cal.train_mfu(gpu.name, method)
+    point = cal.train_mfu(gpu.name, method)
     dims = {"hidden": shape.hidden, "intermediate": shape.intermediate, "num_layers": shape.num_layers,
             "num_heads": shape.num_heads, "num_kv_heads": shape.num_kv_heads, "vocab": shape.vocab,
             "seq_len": round(work.mean_length)}
     per_token = train_flops_per_token(**dims)
-    # The calibrated MFU was measured with per-layer checkpointing: it fixes the hardware rate
-    # (model + recompute FLOPs per second); without checkpointing the recompute goes away.
-    hardware_rate = mfu * (per_token + recompute_flops_per_token(**dims, activation_checkpointing=True)) / per_token
-    hardware = per_token + recompute_flops_per_token(**dims, activation_checkpointing=train.activation_checkpointing)
-    mfu = min(hardware_rate * per_token / hardware, 0.75)
+    # The calibrated MFU fixes the hardware rate (model + recompute FLOPs per second) at the
+    # setting it was measured with; the job's own checkpointing and compile setting convert it.
+    at_point = recompute_flops_per_token(**dims, checkpointed_layers=point.checkpointed_fraction * shape.num_layers)
+    hardware_rate = point.mfu * (per_token + at_point) / per_token
+    if train.compile != point.compiled:
+        factor = float(cal.section("compile")["hardware_rate_factor"])
+        hardware_rate *= factor if train.compile else 1 / factor
+    recompute = recompute_flops_per_token(**dims, checkpointed_layers=train.num_checkpointed_layers(shape.num_layers))
+    mfu = min(hardware_rate * per_token / (per_token + recompute), 0.75)
     micro_tokens = train.micro_batch_size * work.mean_length
     compute = micro_tokens * per_token / (gpu.bf16_tflops * 1e12 * mfu)
     share = (n - 1) / n
@@ -130,7 +150,7 @@ def train_seconds(spec: JobSpec, shape: ModelShape, work: Workload, gpu: GpuSpec
         # torchao's 8-bit step took 0.26 s for Dream 7B on one H100 (probe), ~80 B/param at 70 %.
         touched = {"full": 36 * p, "full_8bit": 80 * p}.get(method, 36 * trainable) / n
         optimizer = touched / (gpu.mem_bw_gb_s * 1e9 * 0.7)
-    return steps, steps * (accumulation * micro + reduce_scatter + optimizer), mfu, measured
+    return steps, steps * (accumulation * micro + reduce_scatter + optimizer), mfu, point.measured
 
 
 def eval_seconds(spec: JobSpec, shape: ModelShape, work: Workload, gpu: GpuSpec, *, num_gpus: int,

@@ -15,7 +15,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from dream_job.errors import SpecError
 
 DTYPES = ("bfloat16", "float32", "float16")
 
@@ -121,7 +123,15 @@ class TrainSpec(_Section):
     weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay.")
     adam_betas: list[float] = Field([0.9, 0.95], min_length=2, max_length=2, description="AdamW betas.")
     grad_clip: float = Field(1.0, gt=0.0, description="Gradient-norm clipping threshold.")
-    activation_checkpointing: bool = Field(True, description="Recompute each decoder layer in backward.")
+    activation_checkpointing: bool | int = Field(
+        True,
+        description="Decoder layers recomputed in backward: `true` all (least memory), `false` none (fastest), "
+        "or a number of layers spread evenly over the depth (in between).",
+    )
+    compile: bool = Field(
+        False, description="Compile each decoder layer with `torch.compile` (faster on GPUs; the first steps "
+        "take a minute longer).",
+    )
     loss_weighting: Literal["cart", "linear", "inverse_t", "none"] = Field(
         "cart", description="Per-token loss weight: CART (Dream's), 1 - t, 1 / t or none."
     )
@@ -140,6 +150,30 @@ class TrainSpec(_Section):
         "stops before any download, `switch` trains with the first method that fits (same recipe first).",
     )
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings for `method: lora`.")
+
+    @field_validator("activation_checkpointing", mode="before")
+    @classmethod
+    def _layers_or_flag(cls, value: Any) -> Any:
+        # One message for the union instead of pydantic's one per branch.
+        if isinstance(value, bool) or (isinstance(value, int) and value >= 0):
+            return value
+        raise ValueError(f"must be `true`, `false` or a number of layers (0 or more), got `{value}`")
+
+    def num_checkpointed_layers(self, num_layers: int) -> int:
+        """Return how many of the model's `num_layers` decoder layers `activation_checkpointing` recomputes.
+
+        Raises:
+            SpecError: A layer count larger than the model has.
+        """
+        setting = self.activation_checkpointing
+        if isinstance(setting, bool):
+            return num_layers if setting else 0
+        if setting > num_layers:
+            raise SpecError(
+                f"`train.activation_checkpointing` is {setting} but the model has {num_layers} decoder layers",
+                hint=f"use a number from 0 to {num_layers}, `true` (all) or `false` (none)",
+            )
+        return setting
 
 
 class SamplerSpec(_Section):
@@ -280,6 +314,16 @@ class JobSpec(BaseModel):
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation.")
     budget: BudgetSpec = Field(default_factory=BudgetSpec, description="Cost limits.")
     artifacts: ArtifactsSpec = Field(default_factory=ArtifactsSpec, description="Run directory and destinations.")
+
+    def wraps_in_fsdp(self, method: str, num_gpus: int) -> bool:
+        """Whether the trainer wraps the model in FSDP2 for `method` on `num_gpus` GPUs (processes).
+
+        Several processes shard; one process still needs FSDP2 for CPU offload and for its
+        mixed-precision casts (fp32 master weights of `full` computing in bf16, LoRA's fp32
+        adapters). Otherwise one process trains the plain module (`dream_job/train/build.py`).
+        """
+        one_dtype = method == "full_8bit" or (method == "full" and self.model.dtype == "float32")
+        return num_gpus > 1 or not one_dtype
 
     @model_validator(mode="after")
     def _check(self) -> JobSpec:

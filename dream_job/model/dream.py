@@ -358,16 +358,25 @@ class DreamBaseModel(nn.Module):
         self.layers = nn.ModuleList(DreamDecoderLayer(config) for _ in range(config.num_hidden_layers))
         self.norm = DreamRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = DreamRotaryEmbedding(config.head_dim, config.rope_theta)
-        # Per-layer activation checkpointing (training only): keep each layer's input, recompute
-        # the layer in backward. Non-reentrant, so it composes with FSDP2's per-layer hooks.
-        self.activation_checkpointing = False
+        # Activation checkpointing (training only): the layers listed here keep only their input
+        # and are recomputed in backward; the others keep everything. Non-reentrant, so it composes
+        # with FSDP2's per-layer hooks and with compiled layers. See `set_checkpointed_layers`.
+        self.checkpointed_layers: frozenset[int] = frozenset()
+
+    def set_checkpointed_layers(self, count: int) -> None:
+        """Recompute `count` decoder layers in backward, spread evenly over the depth (0: none)."""
+        total = len(self.layers)
+        if not 0 <= count <= total:
+            raise ValueError(f"count must be in 0..{total}, got {count}")
+        # Layer i is chosen when floor((i+1)·count/total) steps up: exactly `count` layers, evenly spaced.
+        self.checkpointed_layers = frozenset(i for i in range(total) if (i + 1) * count // total > i * count // total)
 
     def forward(self, input_ids_BL: Tensor, position_ids_BL: Tensor, mask_B1LL: Tensor | None) -> Tensor:
         x_BLD = self.embed_tokens(input_ids_BL)
         cos_BLE, sin_BLE = self.rotary_emb(position_ids_BL, x_BLD.dtype)  # shared by all layers
-        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
-        for layer in self.layers:
-            if recompute:
+        training = self.training and torch.is_grad_enabled()
+        for i, layer in enumerate(self.layers):
+            if training and i in self.checkpointed_layers:
                 x_BLD = checkpoint(layer, x_BLD, cos_BLE, sin_BLE, mask_B1LL, use_reentrant=False)
             else:
                 x_BLD = layer(x_BLD, cos_BLE, sin_BLE, mask_B1LL)

@@ -14,6 +14,15 @@ Methods (`train.method`):
 The model is built on the meta device, sharded (`fully_shard` per decoder layer, then the
 root), materialised, and filled by broadcasting rank 0's full state dict, so no rank but 0
 ever holds a whole copy of the weights.
+
+One process with one dtype (`full_8bit`, or `full` computing in fp32) trains the plain module:
+FSDP2 would still copy every weight in and out of its all-gather buffers at each forward and
+backward and cast every gradient for a reduce-scatter to itself, which measured 42 % of a
+2048-token micro-step of Dream 7B on one H100 (bench/RESULTS.md). Checkpoints are the same DCP
+format either way, so a run resumes across world sizes in both directions.
+
+With `train.compile`, each decoder layer's `forward` is compiled (`torch.compile`); FSDP2's hooks
+and activation checkpointing stay outside the compiled code, and parameter names do not change.
 """
 
 from __future__ import annotations
@@ -129,6 +138,8 @@ def _full_state_dict(spec: JobSpec, base_dir: Path, config: DreamConfig, dtype: 
 def shard_model(spec: JobSpec, config: DreamConfig, dist_info: Dist) -> DreamForMaskedDiffusion:
     """Build the training model on meta, add LoRA adapters, shard it with FSDP2 and allocate it (uninitialised).
 
+    One process with a single dtype gets the plain module instead (`JobSpec.wraps_in_fsdp`).
+
     Weights are materialised on the device (on the CPU for `full_offload`) in the master dtype:
     fp32 for `full`/`full_offload`, the compute dtype for `full_8bit` and LoRA's frozen base.
     """
@@ -137,7 +148,7 @@ def shard_model(spec: JobSpec, config: DreamConfig, dist_info: Dist) -> DreamFor
     master_dtype = torch.float32 if train.method in ("full", "full_offload") else compute_dtype
     with torch.device("meta"):
         model = DreamForMaskedDiffusion(config)
-    model.model.activation_checkpointing = train.activation_checkpointing
+    model.model.set_checkpointed_layers(train.num_checkpointed_layers(config.num_hidden_layers))
     model.to(master_dtype)
     if train.method == "lora":
         from peft import LoraConfig, inject_adapter_in_model
@@ -149,6 +160,13 @@ def shard_model(spec: JobSpec, config: DreamConfig, dist_info: Dist) -> DreamFor
             param.requires_grad_("lora_" in name)
             if "lora_" in name:
                 param.data = param.data.to(torch.float32)
+    if train.compile:
+        for layer in model.model.layers:
+            layer.forward = torch.compile(layer.forward)  # instance attribute: hooks and names stay as they are
+    if not spec.wraps_in_fsdp(train.method, dist_info.world_size):
+        model.to_empty(device=dist_info.device)
+        model.init_buffers(dist_info.device)
+        return model
     mesh = init_device_mesh(dist_info.device.type, (dist_info.world_size,))
     shard_kwargs: dict[str, Any] = {
         "mesh": mesh,
@@ -179,7 +197,10 @@ def make_optimizer(spec: JobSpec, model: torch.nn.Module) -> torch.optim.Optimiz
     if train.method == "full_8bit":
         from torchao.optim import AdamW8bit
 
-        return AdamW8bit(params, **kwargs)
+        # Weights are bf16 here: at lr 1e-5 an update is ~1e-3 of a weight, below bf16's resolution
+        # (2^-8), so round-to-nearest would drop most updates; stochastic rounding keeps them in expectation.
+        bf16 = all(p.dtype == torch.bfloat16 for p in params)
+        return AdamW8bit(params, bf16_stochastic_round=bf16, **kwargs)
     return torch.optim.AdamW(params, foreach=True, **kwargs)
 
 

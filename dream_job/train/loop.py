@@ -216,8 +216,8 @@ def _smaller_setting(spec: JobSpec) -> str:
     train = spec.train
     if train.micro_batch_size > 1:
         return f"try `--set train.micro_batch_size={train.micro_batch_size // 2}`"
-    if not train.activation_checkpointing:
-        return "try `--set train.activation_checkpointing=true`"
+    if train.activation_checkpointing is not True:
+        return "try `--set train.activation_checkpointing=true` (recompute every layer)"
     nxt = {"full": "full_8bit", "full_8bit": "full_offload", "full_offload": "lora"}.get(train.method)
     if nxt:
         return f"try `--set train.method={nxt}` (see `dream-job estimate` for what fits)"

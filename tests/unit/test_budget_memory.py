@@ -14,14 +14,15 @@ LAYER = 233_057_792  # one decoder layer (weights, q/k/v biases, two norms)
 EMBED = 152_064 * 3584  # 544,997,376: the embedding, and again the untied lm_head
 ROOT = 2 * EMBED + 3584  # FSDP root unit: embedding + lm_head + final norm
 ZERO = MemoryConstants(cuda_context_gib=0.0, nccl_gib=0.0, allocator_headroom=0.0, host_per_rank_gib=0.0,
-                       unknown_host_ram_per_vram=1.0, adam8bit_bytes_per_param=2.0, loss_bytes_per_logit=12.0)
+                       unknown_host_ram_per_vram=1.0, adam8bit_bytes_per_param=2.0, loss_bytes_per_logit=12.0,
+                       compiled_activation_factor=0.7)
 
 
 def memory(method: str, num_gpus: int, *, accumulation: int = 1, checkpointing: bool = True, max_length: int = 2048,
            constants: MemoryConstants = ZERO, eval_context: int = 0, **lora):
     return estimate_memory(
         DREAM_7B, method=method, num_gpus=num_gpus, micro_batch_size=1, max_length=max_length,
-        activation_checkpointing=checkpointing, accumulation_steps=accumulation,
+        checkpointed_layers=28 if checkpointing else 0, fsdp=True, compiled=False, accumulation_steps=accumulation,
         lora_rank=lora.get("rank", 64), lora_targets=lora.get("targets", ["q_proj", "k_proj", "v_proj", "o_proj",
                                                                             "gate_proj", "up_proj", "down_proj"]),
         lora_dropout=lora.get("dropout", 0.05), eval_batch_size=8, eval_context=eval_context, constants=constants,
@@ -48,7 +49,7 @@ def test_full_on_two_gpus_without_accumulation() -> None:
     assert terms["unsharded bf16 root (embed + lm_head)"] == 2 * ROOT
     assert "no-sync accumulated grads fp32 (unsharded)" not in terms
     # Per-layer checkpointing keeps each layer's bf16 input: 28 x 2048 x 3584 x 2 = 411,041,792 B.
-    assert terms["activations: saved layer inputs"] == 28 * 2048 * 3584 * 2 == 411_041_792
+    assert terms["activations: inputs of checkpointed layers"] == 28 * 2048 * 3584 * 2 == 411_041_792
     # The backward moment of one layer is larger than the loss chunk's for `full`: two layers
     # unsharded (4 x LAYER), bf16 grads of root + one layer, an fp32 reduce-scatter copy of a layer.
     assert terms["unsharded bf16: 2 layers"] == 4 * LAYER
@@ -80,7 +81,7 @@ def test_model_matches_the_h100_probe(method: str, layers: int, accumulation: in
     shape = dataclasses.replace(DREAM_7B, num_layers=layers)
     constants = dataclasses.replace(ZERO, adam8bit_bytes_per_param=2.05)
     mem = estimate_memory(
-        shape, method=method, num_gpus=1, micro_batch_size=1, max_length=2048, activation_checkpointing=True,
+        shape, method=method, num_gpus=1, micro_batch_size=1, max_length=2048, checkpointed_layers=layers, fsdp=True, compiled=False,
         accumulation_steps=accumulation, lora_rank=64, lora_targets=list(shape.linear_shapes()), lora_dropout=0.05,
         eval_batch_size=8, eval_context=0, constants=constants,
     )
@@ -114,20 +115,25 @@ def test_lora_loss_chunk_and_checkpointing() -> None:
     assert terms["adapters+AdamW fp32"] == 12 * adapters  # fp32 adapter params + m + v
     states = gpu_state_bytes(DREAM_7B, "lora", 2, trainable=adapters, adam8bit=2.0)
     assert states["grads fp32 (adapters)"] == 4 * adapters / 2
-    # The loss applies the lm_head to at most min(4096, 1 x 2048) rows: 2048 x 152,064 logits at
-    # 12 B each (fp32 log-softmax kept, its incoming and outgoing gradients) = 3,737,124,864 B.
-    assert terms["loss: one logits chunk"] == 2048 * 152_064 * 12 == 3_737_124_864
+    # The loss applies the lm_head to at most min(1024, 1 x 2048) rows at 12 B per logit (fp32
+    # log-softmax kept, its incoming and outgoing gradients). With a 10x vocabulary that moment
+    # is the larger one: 1024 x 1,520,640 x 12 = 18,685,624,320 B.
+    wide = estimate_memory(
+        dataclasses.replace(DREAM_7B, vocab=1_520_640), method="lora", num_gpus=1, micro_batch_size=1,
+        max_length=2048, checkpointed_layers=28, fsdp=True, compiled=False, accumulation_steps=1, lora_rank=64,
+        lora_targets=["q_proj"], lora_dropout=0.0, eval_batch_size=8, eval_context=0, constants=ZERO)
+    assert wide.breakdown_gib["loss: one logits chunk"] * GIB == 1024 * 1_520_640 * 12 == 18_685_624_320
     # One layer saves 2 B x (12·d + 2·kv + 4·I) per token = 2 x (43,008 + 1,024 + 75,776) = 239,616 B,
     # plus LoRA dropout's copy (2 B) and mask (1 B) of each targeted input: 3 x (6 x 3584 + 18,944) = 121,344 B.
     per_layer = 239_616 + 121_344
     without = memory("lora", 1, rank=64, checkpointing=False)
-    assert without.breakdown_gib["activations: all layers"] * GIB == 28 * 2048 * per_layer  # 20.7 GB
+    assert without.breakdown_gib["activations: layers kept whole"] * GIB == 28 * 2048 * per_layer  # 20.7 GB
 
 
 def test_context_headroom_and_nccl_are_added_to_the_largest_phase() -> None:
     constants = MemoryConstants(cuda_context_gib=0.6, nccl_gib=0.5, allocator_headroom=0.07, host_per_rank_gib=3.0,
                                 unknown_host_ram_per_vram=1.0, adam8bit_bytes_per_param=2.03,
-                                loss_bytes_per_logit=12.0)
+                                loss_bytes_per_logit=12.0, compiled_activation_factor=0.7)
     mem = memory("full", 4, accumulation=4, constants=constants)
     assert mem.peak_gib == pytest.approx(max(mem.phases_gib.values()) * 1.07 + 0.6 + 0.5)
     assert mem.host_gib == pytest.approx(4 * 3.0 + (4 * P + 5 * GIB) / GIB)
