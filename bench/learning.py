@@ -1,11 +1,19 @@
 """Learning check: a small Dream-architecture model trained from scratch with dream-job's own
 prep, trainer and sampler on synthetic addition with a written trace, then decoded.
 
-Prints exact match per sampler setting (reference with each alg, fast) and tokens/s, so the
-fast/reference speed ratio is measured side by side in one run. The CPU-sized version runs in
-the tests (`tests/integration/test_learning.py`); the GPU version:
+The task (`dream_job.data.synthetic.generate_compact_rows`): "What is 493 + 817?", a trace of
+one fixed-width line per column from the right (`3+7+0=10`, `9+1+1=11`, `4+8+1=13`), then
+`Answer: 1310`. Every (a, b) pair is distinct, so the held-out questions are unseen in
+training, and exact match measures the learned rule, not memorized rows. `--task story` uses
+the smoke job's word problems with a long prose trace instead.
 
-    PYTHONPATH=. python bench/learning.py --device cuda --rows 6000 --hidden 256 --layers 6 --epochs 8
+Prints exact match per sampler setting (reference with each alg, fast) and tokens/s, so the
+fast/reference speed ratio is measured side by side in one run, plus seconds per stage. The
+CPU-sized version runs in the tests (`tests/integration/test_learning.py`: 2 digits, 4 x 128,
+1,500 steps); the GPU version, with the defaults (3 digits, 160,000 rows, 2 epochs at batch 128
+= 2,496 steps of a 6-layer, 256-wide model, about 4 minutes on one H100):
+
+    PYTHONPATH=. python bench/learning.py --device cuda --out /tmp/learn
 
 Targets (GPU): exact match >= 95%; fast >= 5x the reference's tokens/s at <= 1 point lower.
 """
@@ -16,14 +24,17 @@ import argparse
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dream_job.data.synthetic import generate_rows, write_jsonl  # noqa: E402
+from dream_job.data.synthetic import generate_compact_rows, generate_rows, write_jsonl  # noqa: E402
 from dream_job.spec import load_spec  # noqa: E402
+
+TASKS = {"compact": generate_compact_rows, "story": generate_rows}
 
 
 def _model_folder(out: Path, *, hidden: int, layers: int, heads: int) -> Path:
@@ -40,6 +51,7 @@ def _model_folder(out: Path, *, hidden: int, layers: int, heads: int) -> Path:
 def learning_check(
     out: Path,
     *,
+    task: str = "compact",
     rows: int,
     max_digits: int,
     hidden: int,
@@ -48,39 +60,67 @@ def learning_check(
     epochs: int,
     batch: int,
     lr: float,
+    warmup_ratio: float = 0.05,
+    loss_weighting: str = "cart",
     holdout: int,
     gen_length: int,
     device: str,
     settings: list[dict[str, Any]],
+    eval_batch: int = 64,
+    num_proc: int = 1,
+    untrained: bool = False,
+    extra_overrides: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Prepare, train and evaluate; return {setting name: {accuracy, tokens_per_second, n}} and the final loss."""
+    """Prepare, train and evaluate; return the final loss, steps, seconds per stage and, per
+    setting name, {n, correct, accuracy, tokens_per_second, seconds}.
+
+    With `untrained`, the model as training starts (random init) is decoded first with the
+    first setting, under the name `untrained-<setting>`: the chance level of exact match.
+
+    Writes everything under `out` (rows, model folder, run dir); a rerun reuses the prepared
+    data and the finished training there.
+    """
     from dream_job.data.prep import prepare_data
     from dream_job.eval.run import evaluate
     from dream_job.train.loop import train
 
     out.mkdir(parents=True, exist_ok=True)
     data = out / "rows.jsonl"
-    write_jsonl(generate_rows(rows, seed=1, max_digits=max_digits), data)
+    start_s = time.perf_counter()
+    write_jsonl(TASKS[task](rows, seed=1, max_digits=max_digits), data)
     model = _model_folder(out, hidden=hidden, layers=layers, heads=heads)
     base = [
         f"artifacts.run_dir={out / 'run'}", f"model.base={model}", f"data.dataset={data}", "data.max_length=512",
-        f"data.holdout_size={holdout}", "data.truncation=drop", f"train.epochs={epochs}",
+        f"data.holdout_size={holdout}", "data.truncation=drop", f"data.num_proc={num_proc}",
+        f"train.epochs={epochs}",
         f"train.global_batch_size={batch}", f"train.micro_batch_size={batch}", f"train.learning_rate={lr}",
-        "train.warmup_ratio=0.05", "train.save_every_steps=100000", "train.log_every_steps=50",
+        f"train.warmup_ratio={warmup_ratio}", f"train.loss_weighting={loss_weighting}",
+        "train.save_every_steps=100000", "train.log_every_steps=50",
         f"train.device={device}", "train.activation_checkpointing=false", "train.cutoff=none",
-        "eval.suites=[s1k_holdout]", f"eval.batch_size={min(holdout, 64)}", f"eval.limit={holdout}",
-        f"eval.sampler.gen_length={gen_length}",
+        "eval.suites=[s1k_holdout]", f"eval.batch_size={min(holdout, eval_batch)}", f"eval.limit={holdout}",
+        f"eval.sampler.gen_length={gen_length}", *(extra_overrides or []),
     ]
     spec = load_spec(REPO / "jobs" / "smoke.yaml", base)
     prepare_data(spec)
-    result = train(spec)
-    report: dict[str, Any] = {"final_loss": result.final_loss, "steps": result.steps, "settings": {}}
-    for setting in settings:
-        name = setting["name"]
+    prep_s = time.perf_counter() - start_s
+    report: dict[str, Any] = {"prep_s": round(prep_s, 1), "settings": {}}
+
+    def decode(setting: dict[str, Any], label: str, model_dir: Path | None, name: str) -> None:
         overrides = [f"eval.sampler.{k}={v}" for k, v in setting.items() if k != "name"]
-        entry = evaluate(load_spec(REPO / "jobs" / "smoke.yaml", base + overrides), model_label=name,
-                         model_dir=result.export_dir)["s1k_holdout"]
+        eval_start_s = time.perf_counter()
+        entry = evaluate(load_spec(REPO / "jobs" / "smoke.yaml", base + overrides), model_label=label,
+                         model_dir=model_dir)["s1k_holdout"]
         report["settings"][name] = {k: entry[k] for k in ("n", "correct", "accuracy", "tokens_per_second")}
+        report["settings"][name]["seconds"] = round(time.perf_counter() - eval_start_s, 1)
+
+    if untrained:  # `base` with `model.init: random` is the trainer's own random start
+        decode(settings[0], "base", None, f"untrained-{settings[0]['name']}")
+    train_start_s = time.perf_counter()
+    result = train(spec)
+    report.update(final_loss=result.final_loss, steps=result.steps,
+                  train_s=round(time.perf_counter() - train_start_s, 1))
+    for setting in settings:
+        decode(setting, setting["name"], result.export_dir, setting["name"])
     return report
 
 
@@ -95,27 +135,37 @@ def main() -> None:
     """Run the learning check and print its report as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/learning"))
-    parser.add_argument("--rows", type=int, default=6000)
+    parser.add_argument("--task", choices=sorted(TASKS), default="compact")
+    parser.add_argument("--rows", type=int, default=160_000)
     parser.add_argument("--max-digits", type=int, default=3)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup-ratio", type=float, default=0.05)
+    parser.add_argument("--loss-weighting", default="cart")
     parser.add_argument("--holdout", type=int, default=200)
-    parser.add_argument("--gen-length", type=int, default=192)
+    parser.add_argument("--gen-length", type=int, default=48)
+    parser.add_argument("--eval-batch", type=int, default=64)
+    parser.add_argument("--num-proc", type=int, default=8, help="processes that tokenize the rows")
+    parser.add_argument("--only", nargs="*", help="sampler settings to run (default: all)")
+    parser.add_argument("--set", dest="extra", action="append", default=[], help="extra job overrides")
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
+    settings = [s for s in default_settings(args.gen_length) if not args.only or s["name"] in args.only]
     report = learning_check(
-        args.out, rows=args.rows, max_digits=args.max_digits, hidden=args.hidden, layers=args.layers,
-        heads=args.heads, epochs=args.epochs, batch=args.batch, lr=args.lr, holdout=args.holdout,
-        gen_length=args.gen_length, device=args.device, settings=default_settings(args.gen_length),
+        args.out, task=args.task, rows=args.rows, max_digits=args.max_digits, hidden=args.hidden, layers=args.layers,
+        heads=args.heads, epochs=args.epochs, batch=args.batch, lr=args.lr, warmup_ratio=args.warmup_ratio,
+        loss_weighting=args.loss_weighting, holdout=args.holdout, gen_length=args.gen_length, device=args.device,
+        settings=settings, eval_batch=args.eval_batch, num_proc=args.num_proc, extra_overrides=args.extra,
     )
-    reference = report["settings"]["reference-entropy"]
-    fast = report["settings"]["fast"]
-    report["fast_speedup"] = fast["tokens_per_second"] / reference["tokens_per_second"]
-    report["fast_minus_reference_points"] = 100 * (fast["accuracy"] - reference["accuracy"])
+    names = report["settings"]
+    if "reference-entropy" in names and "fast" in names:
+        reference, fast = names["reference-entropy"], names["fast"]
+        report["fast_speedup"] = fast["tokens_per_second"] / reference["tokens_per_second"]
+        report["fast_minus_reference_points"] = 100 * (fast["accuracy"] - reference["accuracy"])
     print(json.dumps(report, indent=2))
 
 
