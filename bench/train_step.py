@@ -1,18 +1,24 @@
 """Training-step benchmark at Dream-7B's shape: the project's step vs a naive step, side by side.
 
-For each method that fits one GPU it builds the trainer's own FSDP2 model (`shard_model`) and
-optimizer (`make_optimizer`) from Dream's published config with random weights (speed and
-memory do not depend on the values), then times, in the same process:
+For each method that fits one GPU it builds the trainer's own model (`shard_model`: the plain
+module on one GPU where the method allows, else FSDP2) and optimizer (`make_optimizer`) from
+Dream's published config with random weights (speed and memory do not depend on the values),
+applies the job's `--set` overrides (`train.compile`, `train.activation_checkpointing`, ...),
+then times, in the same process:
 
 - the project's step: `DreamForMaskedDiffusion.forward` (no attention mask: SDPA's flash path;
-  lm_head + CE only at masked positions, in chunks) + backward + clip + optimizer step;
-- a naive step on the same weights: full-vocab logits for every position, a 4-D bool attention
-  mask, CE over the whole [L, V] logits (then masked), no chunking.
+  lm_head + CE only at masked positions, in chunks) + backward, gradients accumulated over the
+  timed micro-steps, then clip + optimizer step, as the real job's 16-sequence steps;
+- a naive step on the same weights, the official trainer's: eager layers, full-vocab logits for
+  every position, a 4-D bool attention mask, CE over the whole [L, V] logits, no chunking.
 
 MFU = model FLOPs per token (budget/flops.py: 6 x matmul params + 12·L·d·layers for
-bidirectional attention + the lm_head at the masked fraction) x tokens/s / 989 TFLOP/s (H100 dense bf16).
+bidirectional attention + the lm_head at the masked fraction) x tokens/s / 989 TFLOP/s (H100
+dense bf16). Peaks are `max_memory_allocated` of the micro-steps (with held gradients) and of
+the optimizer step; `forward_saved_gib` is what one forward keeps for backward.
 
-    PYTHONPATH=. python bench/train_step.py --methods full_8bit lora --lengths 2048 4096
+    PYTHONPATH=. python bench/train_step.py --methods full_8bit --lengths 2048 4096 \
+        --set train.compile=true --set train.activation_checkpointing=false
 """
 
 from __future__ import annotations
