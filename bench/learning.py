@@ -5,17 +5,22 @@ The task (`dream_job.data.synthetic.generate_compact_rows`): "What is 493 + 817?
 one fixed-width line per column from the right (`3+7+0=10`, `9+1+1=11`, `4+8+1=13`), then
 `Answer: 1310`. Every (a, b) pair is distinct, so the held-out questions are unseen in
 training, and exact match measures the learned rule, not memorized rows. `--task story` uses
-the smoke job's word problems with a long prose trace instead.
+the smoke job's word problems with a long prose trace instead (with `--gen-length 192`).
 
 Prints exact match per sampler setting (reference with each alg, fast) and tokens/s, so the
 fast/reference speed ratio is measured side by side in one run, plus seconds per stage. The
 CPU-sized version runs in the tests (`tests/integration/test_learning.py`: 2 digits, 4 x 128,
 1,500 steps); the GPU version, with the defaults (3 digits, 160,000 rows, 2 epochs at batch 128
-= 2,496 steps of a 6-layer, 256-wide model, about 4 minutes on one H100):
+= 2,496 steps of a 6-layer, 256-wide model at lr 5e-4, about 4 minutes on one H100):
 
     PYTHONPATH=. python bench/learning.py --device cuda --out /tmp/learn
 
 Targets (GPU): exact match >= 95%; fast >= 5x the reference's tokens/s at <= 1 point lower.
+
+Measured on CPU (bench/RESULTS.md): a learning rate of 2e-3 or more leaves the model on a
+plateau where it writes the layout but no correct column sums; 5e-4 to 1e-3 gets off it.
+With many epochs over few distinct rows a model can fit the rows without the rule: the first
+H100 run (20 epochs of 6,000 story rows, weighted loss 0.005) got 0-1 % held-out exact match.
 """
 
 from __future__ import annotations
@@ -143,7 +148,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--warmup-ratio", type=float, default=0.05)
     parser.add_argument("--loss-weighting", default="cart")
     parser.add_argument("--holdout", type=int, default=200)

@@ -58,6 +58,7 @@ def test_short_training_learns_the_trace_layout_and_the_sampler_decodes_it(tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 6 minutes alone on 2 cores; a shared machine can take twice that
 def test_training_from_scratch_adds_unseen_numbers(tmp_path: Path) -> None:
     """1,500 steps (about 6 minutes on 2 CPU cores): held-out exact match far above chance."""
     report = _bench().learning_check(
