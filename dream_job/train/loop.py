@@ -10,6 +10,7 @@ SIGTERM (spot preemption) saves at the next step boundary and exits with code 3.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -212,6 +213,17 @@ def _fetch_synced_checkpoint(spec: JobSpec, root: Path, dist_info: Dist) -> None
     dist.barrier()
 
 
+def _last_logged_loss(run_dir: Path, *, default: float) -> float:
+    """The loss of the last logged step (a finished run re-entered trains no step of its own)."""
+    path = run_dir / "logs" / "metrics.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    for line in reversed(lines):
+        loss = json.loads(line).get("train/loss")
+        if loss is not None:
+            return float(loss)
+    return default
+
+
 def _smaller_setting(spec: JobSpec) -> str:
     train = spec.train
     if train.micro_batch_size > 1:
@@ -311,7 +323,8 @@ def _run(spec: JobSpec, dataset: Any, report: dict[str, Any], dist_info: Dist, s
     export_dir = run_dir / "export"
     if resumed_from == state.step and (export_dir / "dream_job_export.json").exists():
         logger.info("already trained and exported: %s", export_dir)
-        return TrainResult(steps=state.step, final_loss=loss, export_dir=export_dir, resumed_from=resumed_from)
+        return TrainResult(steps=state.step, final_loss=_last_logged_loss(run_dir, default=loss),
+                           export_dir=export_dir, resumed_from=resumed_from)
     # An export of an earlier, shorter run is replaced: write the new one, then drop the old.
     stale = export_dir.with_name(".export.stale")
     if dist_info.is_rank0 and export_dir.exists():
