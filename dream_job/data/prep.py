@@ -187,7 +187,7 @@ def prepare_data(spec: JobSpec) -> PrepResult:
         keep_in_memory=True,
         desc="tokenizing",
     )
-    statuses = _column(encoded, "status")
+    statuses = read_column(encoded, "status")
     skipped.update(s for s in statuses if s == PROMPT_TOO_LONG)
     _check_bad_rows(skipped, rows_read, data_spec)
     dropped = Counter(s for s in statuses if s not in (KEPT, PROMPT_TOO_LONG))
@@ -198,7 +198,7 @@ def prepare_data(spec: JobSpec) -> PrepResult:
             hint="lower `data.holdout_size`, raise `data.max_length` or use `--set data.truncation=keep_answer`",
         )
     measured = [i for i, s in enumerate(statuses) if s != PROMPT_TOO_LONG]
-    columns = {part: _column(encoded, f"{part}_tokens") for part in ("prompt", "trace", "answer")}
+    columns = {part: read_column(encoded, f"{part}_tokens") for part in ("prompt", "trace", "answer")}
     lengths = {part: [values[i] for i in measured] for part, values in columns.items()}
     lengths["total"] = [sum(parts) for parts in zip(*lengths.values(), strict=True)]
     report = build_report(
@@ -206,10 +206,10 @@ def prepare_data(spec: JobSpec) -> PrepResult:
         rows_holdout=len(holdout),
         skipped=dict(skipped),
         dropped=dict(dropped),
-        rows_truncated=sum(_column(kept, "truncated")),
+        rows_truncated=sum(read_column(kept, "truncated")),
         max_length=data_spec.max_length,
         lengths=lengths,
-        kept_lengths=_column(kept, "num_tokens"),
+        kept_lengths=read_column(kept, "num_tokens"),
         extra={
             "inputs_hash": key,
             "dataset": data_spec.dataset,
@@ -226,8 +226,11 @@ def prepare_data(spec: JobSpec) -> PrepResult:
     return PrepResult(data_dir, report, reused=False)
 
 
-def _column(dataset: Any, name: str) -> list[Any]:
-    """One column as a Python list in one Arrow read (indexing the lazy column per row takes minutes at 100k rows)."""
+def read_column(dataset: Any, name: str) -> list[Any]:
+    """Return one column of a `datasets.Dataset` as a Python list, in one Arrow read.
+
+    Indexing the lazy column row by row takes minutes at 100k rows.
+    """
     return dataset.with_format("arrow")[name].to_pylist()
 
 

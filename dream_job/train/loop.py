@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from budget.flops import peak_flops, train_flops_per_token
 from dream_job.costs import open_costs
-from dream_job.data.prep import read_report
+from dream_job.data.prep import read_column, read_report
 from dream_job.errors import EXIT_TRANSIENT, DreamJobError
 from dream_job.progress import TrainingView
 from dream_job.spec import JobSpec
@@ -238,10 +238,7 @@ def _smaller_setting(spec: JobSpec) -> str:
 
 def _run(spec: JobSpec, dataset: Any, report: dict[str, Any], dist_info: Dist, stop: _StopFlag) -> TrainResult:
     train, run_dir = spec.train, spec.run_dir()
-    # One Arrow read: `dataset["num_tokens"]` is a lazy column whose per-row indexing made the batch
-    # plan take minutes for 160k rows.
-    lengths = dataset.with_format("arrow")["num_tokens"].to_pylist()
-    plan = BatchPlan(lengths, global_batch_size=train.global_batch_size,
+    plan = BatchPlan(read_column(dataset, "num_tokens"), global_batch_size=train.global_batch_size,
                      micro_batch_size=train.micro_batch_size, world_size=dist_info.world_size, seed=train.seed)
     total_steps = plan.steps_per_epoch * train.epochs
     if train.max_steps is not None:
