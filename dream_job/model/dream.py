@@ -330,8 +330,8 @@ class DreamDecoderLayer(nn.Module):
         self.mlp = DreamMLP(config)
 
     def forward(self, x_BLD: Tensor, cos_BLE: Tensor, sin_BLE: Tensor, mask_B1LL: Tensor | None) -> Tensor:
-        x_BLD = x_BLD + self.self_attn(self.input_layernorm(x_BLD), cos_BLE, sin_BLE, mask_B1LL)
-        return x_BLD + self.mlp(self.post_attention_layernorm(x_BLD))
+        """The block over every position (no cache): `forward_cached` with nothing cached."""
+        return self.forward_cached(x_BLD, cos_BLE, sin_BLE, mask_B1LL, None)[0]
 
     def forward_cached(
         self,
