@@ -45,9 +45,8 @@ def test_full_8bit_compiled_one_gpu_kill_and_resume(tmp_path: Path, prepared: Pa
     """The one-GPU plain module with compiled layers, partial checkpointing and torchao states resumes."""
     import shutil
     import subprocess
-    import time
 
-    from tests.integration.test_train import dream_job, kill_tree
+    from tests.integration.test_train import dream_job, kill_tree, wait_for
 
     common = ["--set", "train.device=cuda", "--set", "model.dtype=bfloat16", "--set", "train.method=full_8bit",
               "--set", "train.compile=true", "--set", "train.activation_checkpointing=1",
@@ -58,10 +57,7 @@ def test_full_8bit_compiled_one_gpu_kill_and_resume(tmp_path: Path, prepared: Pa
     run_ok("train", str(SMOKE), *run_args(straight, *common))
     process = dream_job("train", str(SMOKE), *run_args(resumed, *common), stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (resumed / "checkpoints" / "step-000010" / "COMPLETE").exists():
-        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
-        time.sleep(0.05)
+    wait_for(resumed / "checkpoints" / "step-000010" / "COMPLETE", process)
     kill_tree(process.pid)
     process.wait()
     assert not (resumed / "checkpoints" / "step-000030").exists()

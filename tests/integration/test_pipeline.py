@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_train import SMOKE, dream_job, kill_tree
+from tests.integration.test_train import SMOKE, dream_job, kill_tree, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -35,10 +34,7 @@ def run_to_end(run_dir: Path, published: Path) -> str:
 def kill_when(path: Path, run_dir: Path, published: Path) -> None:
     process = dream_job("run", str(SMOKE), *run_args(run_dir, published), stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600
-    while not path.exists():
-        assert process.poll() is None and time.monotonic() < deadline, f"the run ended before {path} appeared"
-        time.sleep(0.05)
+    wait_for(path, process, timeout_s=600)
     kill_tree(process.pid)
     process.wait()
 

@@ -54,6 +54,14 @@ def kill_tree(pid: int) -> None:
             pass
 
 
+def wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 300) -> None:
+    """Wait until `path` exists, failing if the run ends (or the time runs out) first."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert process.poll() is None and time.monotonic() < deadline, f"the run ended before {path} appeared"
+        time.sleep(0.05)
+
+
 def run_ok(*args: str, nproc: int = 1) -> None:
     process = dream_job(*args, nproc=nproc, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output, _ = process.communicate(timeout=600)
@@ -112,10 +120,7 @@ def test_kill_and_resume_is_bit_identical(tmp_path: Path, prepared: Path) -> Non
     resumed = new_run(tmp_path, prepared, "resumed")
     process = dream_job("train", str(SMOKE), *run_args(resumed, *common), nproc=2,
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (resumed / "checkpoints" / "step-000010" / "COMPLETE").exists():
-        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
-        time.sleep(0.05)
+    wait_for(resumed / "checkpoints" / "step-000010" / "COMPLETE", process)
     kill_tree(process.pid)
     process.wait()
     time.sleep(1)
@@ -137,10 +142,7 @@ def test_sigterm_saves_and_resumes_on_one_process(tmp_path: Path, prepared: Path
     preempted = new_run(tmp_path, prepared, "preempted")
     process = dream_job("train", str(SMOKE), *run_args(preempted, *common), nproc=2, stdout=subprocess.PIPE,
                         stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
-    while not (preempted / "checkpoints" / "step-000005" / "COMPLETE").exists():
-        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be stopped"
-        time.sleep(0.05)
+    wait_for(preempted / "checkpoints" / "step-000005" / "COMPLETE", process)
     process.send_signal(signal.SIGTERM)  # what a spot preemption sends; torchrun forwards it to the workers
     output, _ = process.communicate(timeout=300)
     assert "training stopped by SIGTERM after saving step" in output, output
