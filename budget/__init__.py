@@ -6,15 +6,14 @@ Imports no torch and nothing from the container side except `dream_job.spec` and
 Public API:
 - `estimate(spec, data_report=..., catalog_dir=None, now=None) -> Estimate` (`Estimate.to_json()`);
   raises `NoOfferError` (a `BudgetError`, with `.estimate` and `.min_budget_cny`) when nothing fits.
-- `sky_launch_command(estimate) -> str`, `load_data_report(path) -> dict`.
+- `load_data_report(path) -> dict`. The launch line for a choice is `dream_job.launch.LaunchPlan.sky_command()`.
 - `plan_memory(spec, method, num_gpus) -> MemoryEstimate`: the container preflight's check.
 - Models: `budget.memory.estimate_memory`, `budget.timing.estimate_time`, `budget.catalog.load_prices`,
   `budget.gpus.resolve_gpu`; FLOPs in `budget.flops`. Data and its sources: `budget/data/`.
 """
 
 from budget.estimate import estimate, plan_memory
-from budget.result import Candidate, Estimate, NoOfferError, sky_launch_command
+from budget.result import Candidate, Estimate, NoOfferError
 from budget.tokens import load_data_report
 
-__all__ = ["Candidate", "Estimate", "NoOfferError", "estimate", "load_data_report", "plan_memory",
-           "sky_launch_command"]
+__all__ = ["Candidate", "Estimate", "NoOfferError", "estimate", "load_data_report", "plan_memory"]

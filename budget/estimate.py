@@ -15,7 +15,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from budget.catalog import Offer, load_prices
+from budget.catalog import NO_FUSE_CLOUDS, Offer, guard_usd_per_hour, load_prices
 from budget.gpus import GpuSpec, gpu_table, resolve_gpu
 from budget.memory import MemoryEstimate, estimate_memory
 from budget.result import Candidate, Estimate, NoOfferError
@@ -81,7 +81,9 @@ def _candidate(spec: JobSpec, offer: Offer, method: str, mem: MemoryEstimate, ti
     hours = time.total_s / 3600
     # The jobs controller runs as long as the job, then idles 10 minutes before it autostops.
     controller = (hours + 10 / 60) * budget.controller_usd_per_hour if budget.managed_job else 0.0
-    usd = hours * offer.usd_per_hour + controller
+    guard_usd = guard_usd_per_hour(offer, managed=budget.managed_job)
+    usd = hours * guard_usd + controller
+    controller_cny = controller * budget.cny_per_usd
     cost = usd * budget.cny_per_usd
     fits_gpu = mem.peak_gib <= gpu.vram_gib
     fits_host = mem.host_gib <= host_ram
@@ -98,20 +100,40 @@ def _candidate(spec: JobSpec, offer: Offer, method: str, mem: MemoryEstimate, ti
                   f"{', the offloaded optimizer' if method == 'full_offload' else ''}), `{offer.instance_type}` {has}")
     elif cost > budget.max_cost_yuan:
         reason = f"costs ¥{cost:.2f}, over the ¥{budget.max_cost_yuan:g} budget"
+    elif offer.cloud in NO_FUSE_CLOUDS and not spec.artifacts.destinations:
+        reason = no_fuse_reason(spec, offer.cloud)
     recipe_change = RECIPE[method] != RECIPE[train.method]
     if not reason and recipe_change and not budget.allow_recipe_change:
         reason = (f"changes the recipe to {RECIPE[method]} (allow with `--set budget.allow_recipe_change=true` "
                   f"or `--set train.method={method}`)")
     return Candidate(
         gpu=offer.gpu, accelerator=offer.accelerator, count=offer.count, method=method, cloud=offer.cloud,
-        instance_type=offer.instance_type, region=offer.region, spot=offer.spot, usd_per_hour=offer.usd_per_hour,
-        peak_gib=mem.peak_gib, vram_gib=gpu.vram_gib, host_gib=mem.host_gib, host_mem_gib=offer.host_mem_gib,
-        hours=hours, train_hours=time.train_s / 3600, eval_hours=time.eval_s / 3600,
-        overhead_hours=(sum(time.overheads_s.values()) + time.spot_extra_s) / 3600, cost_cny=cost, mfu=time.mfu,
+        instance_type=offer.instance_type, region=offer.region, zone=offer.zone, spot=offer.spot,
+        usd_per_hour=offer.usd_per_hour, max_usd_per_hour_in_region=offer.max_usd_per_hour_in_region,
+        guard_usd_per_hour=guard_usd,
+        priced_on=offer.priced_on, peak_gib=mem.peak_gib, vram_gib=gpu.vram_gib, host_gib=mem.host_gib,
+        host_mem_gib=offer.host_mem_gib, hours=hours, train_hours=time.train_s / 3600, eval_hours=time.eval_s / 3600,
+        overhead_hours=(sum(time.overheads_s.values()) + time.spot_extra_s) / 3600,
+        overheads_hours=overheads_hours(time), cost_cny=cost, controller_cny=controller_cny, mfu=time.mfu,
         mfu_measured=time.mfu_measured,
         fits=fits_gpu and fits_host and not train.global_batch_size % per_round,
         within_budget=cost <= budget.max_cost_yuan, recipe_change=recipe_change, reason=reason,
     )
+
+
+def no_fuse_reason(spec: JobSpec, cloud: str) -> str:
+    """Why an offer on a cloud without FUSE cannot run a job without destinations (the one rule of estimate and launch)."""
+    return (f"`{cloud}` cannot mount the run-dir bucket (no FUSE) and `artifacts.destinations` is empty, so the "
+            f"results would be lost with the machine; to use it add one: "
+            f"`--set 'artifacts.destinations=[\"hf://you/{spec.name}\"]'`")
+
+
+def overheads_hours(time: TimeEstimate) -> dict[str, float]:
+    """Return the time outside training and evaluation, by part, in hours (spot restarts included)."""
+    parts = {name: seconds / 3600 for name, seconds in time.overheads_s.items()}
+    if time.spot_extra_s:
+        parts["spot restarts (expected)"] = time.spot_extra_s / 3600
+    return parts
 
 
 def _rejected_families(spec: JobSpec, candidates: list[Candidate]) -> list[str]:
@@ -142,18 +164,6 @@ def _rejected_families(spec: JobSpec, candidates: list[Candidate]) -> list[str]:
     return lines
 
 
-def _infra(spec: JobSpec, choice: Candidate | None, candidates: list[Candidate]) -> str | None:
-    """The cloud `sky launch` must be pinned to: the only allowed one, or the chosen one when
-    another cloud sells the same GPUs at the same or a lower price (SkyPilot would pick that)."""
-    if len(spec.budget.clouds) == 1:
-        return spec.budget.clouds[0]
-    if choice is None:
-        return None
-    rivals = [c for c in candidates if c.cloud != choice.cloud and c.accelerator == choice.accelerator
-              and c.count == choice.count and c.spot == choice.spot and c.usd_per_hour <= choice.usd_per_hour]
-    return choice.cloud if rivals else None
-
-
 def estimate(spec: JobSpec, *, data_report: dict[str, Any] | None, catalog_dir: Path | None = None,
              now: date | None = None) -> Estimate:
     """Price every candidate for `spec` and choose the cheapest that fits within the budget.
@@ -164,7 +174,7 @@ def estimate(spec: JobSpec, *, data_report: dict[str, Any] | None, catalog_dir: 
             None estimates the tokens from the shipped s1K-1.1 length profile (labelled so).
         catalog_dir: SkyPilot's catalog folder; None means `~/.sky/catalogs/v8`. When the folder
             does not exist the shipped price snapshot is used.
-        now: Today, for catalog staleness (default: the system date).
+        now: Today, for the age of the prices (default: the system date).
 
     Returns:
         The estimate, with a `choice`.
@@ -172,14 +182,14 @@ def estimate(spec: JobSpec, *, data_report: dict[str, Any] | None, catalog_dir: 
     Raises:
         NoOfferError: (a `BudgetError`) nothing fits within the budget; names the minimum budget
             and carries the full estimate for rendering.
-        BudgetError: An unknown GPU name, an empty or stale catalog, a data report made with
+        BudgetError: An unknown GPU name, a cloud without prices, a data report made with
             another `data.max_length`, or an unknown model.
     """
     today = now or date.today()
     budget, cal = spec.budget, calibration()
     gpus = {resolve_gpu(name).name for name in budget.gpus}
     clouds = [c.lower() for c in budget.clouds]
-    prices = load_prices(catalog_dir, clouds=clouds, today=today, max_age_days=budget.max_catalog_age_days)
+    prices = load_prices(catalog_dir, clouds=clouds)
     offers = [o for o in prices.offers if (not gpus or o.gpu in gpus) and (budget.use_spot or not o.spot)]
     if not offers:
         raise BudgetError(
@@ -206,8 +216,6 @@ def estimate(spec: JobSpec, *, data_report: dict[str, Any] | None, catalog_dir: 
     choice = accepted[0] if accepted else None
     steps = next(iter(times.values())).steps
     notes = list(prices.notes)
-    if (age := (today - prices.date).days) > budget.max_catalog_age_days:
-        notes.append(f"prices are {age} days old ({prices.date}); treat them as indicative")
     if work.is_estimate:
         notes.append("tokens are an ESTIMATE from the shipped s1K-1.1 length profile; pass `--data-report`")
     if choice is not None and not choice.mfu_measured:
@@ -218,7 +226,8 @@ def estimate(spec: JobSpec, *, data_report: dict[str, Any] | None, catalog_dir: 
         job=spec.name, budget_cny=budget.max_cost_yuan, cny_per_usd=budget.cny_per_usd,
         prices_source=prices.source, prices_date=prices.date, tokens_source=work.source,
         tokens_are_estimate=work.is_estimate, rows=work.rows, tokens_per_epoch=work.tokens_per_epoch, steps=steps,
-        managed_job=budget.managed_job, infra=_infra(spec, choice, candidates), candidates=candidates,
+        managed_job=budget.managed_job, today=today, max_price_age_days=budget.max_catalog_age_days,
+        cny_per_usd_source=budget.cny_per_usd_source, candidates=candidates,
         choice=choice, rejected=_rejected_families(spec, candidates), notes=notes,
     )
     if choice is None:
@@ -229,6 +238,15 @@ def estimate(spec: JobSpec, *, data_report: dict[str, Any] | None, catalog_dir: 
 def _raise_no_offer(spec: JobSpec, result: Estimate) -> None:
     allowed = [c for c in result.candidates if c.fits and (spec.budget.allow_recipe_change or not c.recipe_change)]
     where = "`budget.max_cost_yuan`"
+    if no_fuse := [c for c in allowed if c.within_budget and c.cloud in NO_FUSE_CLOUDS]:
+        cheapest = min(no_fuse, key=lambda c: (c.cost_cny, c.hours))
+        raise NoOfferError(
+            f"every offer that runs `{spec.name}` within ¥{spec.budget.max_cost_yuan:g} is on a cloud without a "
+            f"bucket mount and `artifacts.destinations` is empty; the cheapest is {cheapest.count}x {cheapest.gpu} on "
+            f"{cheapest.cloud} at ¥{cheapest.cost_cny:.2f}",
+            hint=f"add a destination for the results: `--set 'artifacts.destinations=[\"hf://you/{spec.name}\"]'`",
+            estimate=result, min_budget_cny=None,
+        )
     if allowed:
         cheapest = min(allowed, key=lambda c: (c.cost_cny, c.hours))
         needed = math.ceil(cheapest.cost_cny)

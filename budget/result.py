@@ -1,9 +1,10 @@
-"""What an estimate returns: priced candidates, the choice, and the launch command for it.
+"""What an estimate returns: priced candidates and the choice (the launch line is `dream_job.launch`'s).
 
 `Estimate.to_json()` is the stable machine-readable form of `dream-job estimate --json`:
 `{choice, candidates, budget_cny, prices_source, prices_date, ...}`; `choice` is null or holds
-`gpu, count, method, cloud, spot, peak_gib, hours, cost_cny, usd_per_hour` (+ `accelerator`),
-each candidate those fields plus `fits, within_budget, reason` and the details behind them.
+`gpu, count, method, cloud, spot, peak_gib, hours, cost_cny, usd_per_hour` (+ `accelerator`,
+`instance_type`, `region`, `zone`, `priced_on`), each candidate those fields plus `fits,
+within_budget, reason` and the details behind them (overheads by part, in hours).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Any
 
 from dream_job.errors import BudgetError
 
-CHOICE_KEYS = ("gpu", "count", "method", "cloud", "spot", "peak_gib", "hours", "cost_cny", "usd_per_hour")
+CHOICE_KEYS = ("gpu", "count", "method", "cloud", "spot", "peak_gib", "hours", "cost_cny", "usd_per_hour",
+               "guard_usd_per_hour",
+               "accelerator", "instance_type", "region", "zone", "priced_on")
 
 
 @dataclass(frozen=True)
@@ -28,8 +31,12 @@ class Candidate:
     cloud: str
     instance_type: str
     region: str
+    zone: str | None
     spot: bool
     usd_per_hour: float
+    max_usd_per_hour_in_region: float
+    guard_usd_per_hour: float  # what the run is budgeted at: see `budget.catalog.guard_usd_per_hour`
+    priced_on: date
     peak_gib: float
     vram_gib: float
     host_gib: float
@@ -38,7 +45,9 @@ class Candidate:
     train_hours: float
     eval_hours: float
     overhead_hours: float
+    overheads_hours: dict[str, float]
     cost_cny: float
+    controller_cny: float
     mfu: float
     mfu_measured: bool
     fits: bool
@@ -54,8 +63,10 @@ class Candidate:
         """Return the candidate as JSON-ready values (numbers rounded for reading)."""
         out = asdict(self)
         for key, digits in (("peak_gib", 2), ("vram_gib", 2), ("host_gib", 1), ("hours", 3), ("train_hours", 3),
-                            ("eval_hours", 3), ("overhead_hours", 3), ("cost_cny", 2), ("mfu", 3)):
+                            ("eval_hours", 3), ("overhead_hours", 3), ("cost_cny", 2), ("controller_cny", 2), ("mfu", 3)):
             out[key] = round(out[key], digits)
+        out["overheads_hours"] = {k: round(v, 3) for k, v in self.overheads_hours.items()}
+        out["priced_on"] = self.priced_on.isoformat()
         return out
 
 
@@ -74,25 +85,39 @@ class Estimate:
     tokens_per_epoch: float
     steps: int
     managed_job: bool
-    infra: str | None
+    today: date
+    max_price_age_days: int
+    cny_per_usd_source: str
     candidates: list[Candidate]
     choice: Candidate | None
     rejected: list[str]
     notes: list[str] = field(default_factory=list)
+
+    def price_age_days(self, candidate: Candidate) -> int:
+        """Return how many days old `candidate`'s price is."""
+        return (self.today - candidate.priced_on).days
+
+    def stale_price_warning(self) -> str | None:
+        """Return the warning for a choice priced longer ago than `budget.max_catalog_age_days`, else None."""
+        if self.choice is None or (age := self.price_age_days(self.choice)) <= self.max_price_age_days:
+            return None
+        return (f"prices are {age} days old ({self.choice.priced_on}), older than `budget.max_catalog_age_days` "
+                f"({self.max_price_age_days}): refresh them before launching")
 
     def to_json(self) -> dict[str, Any]:
         """Return `{choice, candidates, budget_cny, prices_source, prices_date, ...}` (stable keys)."""
         choice = None
         if self.choice is not None:
             full = self.choice.to_json()
-            choice = {key: full[key] for key in CHOICE_KEYS} | {"accelerator": full["accelerator"]}
+            choice = {key: full[key] for key in CHOICE_KEYS}
         return {
             "job": self.job, "choice": choice, "candidates": [c.to_json() for c in self.candidates],
-            "budget_cny": self.budget_cny, "cny_per_usd": self.cny_per_usd, "prices_source": self.prices_source,
+            "budget_cny": self.budget_cny, "cny_per_usd": self.cny_per_usd,
+            "cny_per_usd_source": self.cny_per_usd_source, "prices_source": self.prices_source,
             "prices_date": self.prices_date.isoformat(), "tokens_source": self.tokens_source,
             "tokens_are_estimate": self.tokens_are_estimate, "rows": self.rows,
             "tokens_per_epoch": round(self.tokens_per_epoch), "steps": self.steps, "managed_job": self.managed_job,
-            "infra": self.infra, "rejected": self.rejected, "notes": self.notes,
+            "stale_price_warning": self.stale_price_warning(), "rejected": self.rejected, "notes": self.notes,
         }
 
 
@@ -103,22 +128,3 @@ class NoOfferError(BudgetError):
         super().__init__(message, hint=hint)
         self.estimate = estimate
         self.min_budget_cny = min_budget_cny
-
-
-def sky_launch_command(result: Estimate, *, task_yaml: str = "sky.yaml") -> str:
-    """Return the `sky jobs launch` (or `sky launch`) line for the chosen offer.
-
-    Raises:
-        ValueError: The estimate has no choice.
-    """
-    choice = result.choice
-    if choice is None:
-        raise ValueError("the estimate has no choice to launch")
-    parts = (["sky", "jobs", "launch", "-n", result.job] if result.managed_job
-             else ["sky", "launch", "-c", result.job, "--down"])
-    parts += ["--gpus", f"{choice.accelerator}:{choice.count}"]
-    if choice.spot:
-        parts.append("--use-spot")
-    if result.infra:
-        parts += ["--infra", result.infra]
-    return " ".join([*parts, task_yaml])

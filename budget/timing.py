@@ -191,8 +191,9 @@ def overhead_seconds(spec: JobSpec, shape: ModelShape, *, method: str, steps: in
     saves = math.ceil(steps / spec.train.save_every_steps) if steps else 0
     parts = {
         "provision": float(over["provision_s"]),
-        "image pull": over["image_gb"] * 1e9 / download * over["image_extract_factor"],
-        "model download": model_bytes / download,
+        f"image pull at {budget.download_mb_per_s:g} MB/s": over["image_gb"] * 1e9 / download
+        * over["image_extract_factor"],
+        f"model download at {budget.download_mb_per_s:g} MB/s": model_bytes / download,
         "data prep": float(over["prep_s"]),
         "checkpoint writes": saves * ckpt / disk,
         "export write": model_bytes / disk,
@@ -200,8 +201,8 @@ def overhead_seconds(spec: JobSpec, shape: ModelShape, *, method: str, steps: in
     }
     if artifacts.destinations:
         syncs = math.ceil(steps / artifacts.sync_every_steps) if artifacts.sync_every_steps and steps else 0
-        parts["upload export"] = len(artifacts.destinations) * model_bytes / upload
-        parts["upload checkpoints"] = syncs * ckpt / upload
+        parts[f"upload export at {budget.upload_mb_per_s:g} MB/s"] = len(artifacts.destinations) * model_bytes / upload
+        parts[f"upload {syncs} checkpoints at {budget.upload_mb_per_s:g} MB/s"] = syncs * ckpt / upload
     return parts
 
 

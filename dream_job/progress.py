@@ -208,58 +208,69 @@ def eval_summary_table(summary: dict[str, Any]) -> Table:
     return table
 
 
-def estimate_tables(estimate: Any, *, max_rows: int = 20) -> list[Table]:
+def estimate_tables(estimate: Any, *, max_rows: int = 20, launch_line: str | None = None,
+                    plan_lines: list[tuple[str, str]] | None = None) -> list[Table]:
     """Render a `budget.Estimate`: candidates that fit (choice first), rejected families, the choice.
 
     Args:
         estimate: The `budget.Estimate` (typed loosely: this module does not import `budget`).
         max_rows: Fitting candidates shown; the rest are in `--json`.
+        launch_line: The `sky` line of the launch plan for the choice, when there is one.
+        plan_lines: Extra (what, value) rows from the launch plan (budget guard, notes).
     """
-    from budget import sky_launch_command
-
     fitting = [c for c in estimate.candidates if c.fits]
+    rate = f"{estimate.cny_per_usd:g} CNY/USD ({estimate.cny_per_usd_source})"
     table = Table(
-        title=f"{estimate.job}: candidates that fit, cheapest first (budget ¥{estimate.budget_cny:g}, "
-        f"{estimate.cny_per_usd:g} CNY/USD)",
-        caption=f"prices: {estimate.prices_source}, {estimate.prices_date}; tokens: {estimate.tokens_source}"
+        title=f"{estimate.job}: candidates that fit, cheapest first (budget ¥{estimate.budget_cny:g}, {rate})",
+        caption=f"prices: {estimate.prices_source}, from {estimate.prices_date}; tokens: {estimate.tokens_source}"
         + (f"; {len(fitting) - max_rows} more in --json" if len(fitting) > max_rows else ""),
     )
     for name, justify in (("GPUs", "left"), ("method", "left"), ("cloud", "left"), ("kind", "left"),
-                          ("$/h", "right"), ("peak GiB/GPU", "right"), ("hours", "right"), ("¥ total", "right"),
-                          ("fits", "center"), ("within budget", "center"), ("note", "left")):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+                          ("$/h machine", "right"), ("peak GiB/GPU", "right"), ("hours", "right"),
+                          ("¥ total", "right"), ("within budget", "center"), ("note", "left")):
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for c in fitting[:max_rows]:
         chosen = c is estimate.choice
-        note = "◀ choice" if chosen else ("recipe change" if c.recipe_change else "")
+        note = "◀ choice" if chosen else ("recipe change" if c.recipe_change else c.reason[:60])
         table.add_row(
             f"{c.count}x {c.gpu}", c.method, c.cloud, "spot" if c.spot else "on-demand", f"{c.usd_per_hour:.2f}",
-            f"{c.peak_gib:.1f} / {c.vram_gib:.0f}", f"{c.hours:.2f}", f"{c.cost_cny:.2f}", "yes",
+            f"{c.peak_gib:.1f} / {c.vram_gib:.0f}", f"{c.hours:.2f}", f"{c.cost_cny:.2f}",
             "yes" if c.within_budget else "no", note, style="bold" if chosen else None,
         )
     rejected = Table(title="rejected (method on GPUs: why)")
     rejected.add_column("family")
-    rejected.add_column("why")
+    rejected.add_column("why", overflow="fold")
     for line in estimate.rejected:
         family, _, why = line.partition(": ")
         rejected.add_row(family, why)
     summary = Table(title="choice", show_header=False)
     summary.add_column("what")
-    summary.add_column("value")
+    summary.add_column("value", overflow="fold")
     choice = estimate.choice
+    if (warning := estimate.stale_price_warning()) is not None:
+        summary.add_row("WARNING", warning)
     if choice is None:
         summary.add_row("choice", "none fits within the budget")
     else:
         kind = "spot" if choice.spot else "on-demand"
-        summary.add_row("offer", f"{choice.count}x {choice.gpu} ({choice.accelerator}) on {choice.cloud}, {kind}, "
-                        f"`{choice.instance_type}` ${choice.usd_per_hour:.2f}/h")
+        place = "/".join(p for p in (choice.cloud, choice.region, choice.zone) if p)
+        summary.add_row("offer", f"{choice.count}x {choice.gpu} ({choice.accelerator}, {choice.vram_gib:.0f} GiB each), "
+                        f"`{choice.instance_type}` in `{place}`, {kind}, ${choice.usd_per_hour:.2f}/h for the machine "
+                        f"(price of {choice.priced_on})")
         summary.add_row("method", choice.method + (" (changes the recipe)" if choice.recipe_change else ""))
         summary.add_row("peak memory", f"{choice.peak_gib:.1f} GiB of {choice.vram_gib:.1f} per GPU; host "
                         f"{choice.host_gib:.0f} GiB")
         summary.add_row("time", f"{choice.hours:.2f} h = train {choice.train_hours:.2f} + eval {choice.eval_hours:.2f}"
                         f" + overheads {choice.overhead_hours:.2f} ({estimate.steps} steps, MFU {choice.mfu:.2f})")
-        summary.add_row("cost", f"¥{choice.cost_cny:.2f} of ¥{estimate.budget_cny:g}"
-                        + (" incl. the jobs controller" if estimate.managed_job else ""))
-        summary.add_row("launch", sky_launch_command(estimate))
+        summary.add_row("overheads", ", ".join(f"{name} {hours:.2f} h" for name, hours in
+                                               choice.overheads_hours.items() if hours >= 0.005))
+        summary.add_row("cost", f"¥{choice.cost_cny:.2f} of ¥{estimate.budget_cny:g} at {rate}"
+                        + (f" incl. ¥{choice.controller_cny:.2f} for the jobs controller VM" if choice.controller_cny
+                           else ""))
+        for what, value in plan_lines or []:
+            summary.add_row(what, value)
+        if launch_line:
+            summary.add_row("launch", launch_line)
     for note in estimate.notes:
         summary.add_row("note", note)
     return [table, rejected, summary]

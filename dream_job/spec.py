@@ -232,7 +232,12 @@ class BudgetSpec(_Section):
     """Cost limits for the preflight estimate and the in-job guard."""
 
     max_cost_yuan: float = Field(100.0, gt=0.0, description="Total spend allowed for the whole run, in CNY.")
-    cny_per_usd: float = Field(7.10, gt=0.0, description="Exchange rate (default read 2026-11-24).")
+    cny_per_usd: float = Field(7.10, gt=0.0, description="Exchange rate, CNY per USD; set your own with its date in "
+                               "`cny_per_usd_source`.")
+    cny_per_usd_source: str = Field(
+        "dream-job's planning default of 2026-11-24 (not a market quote)",
+        description="Where and when `cny_per_usd` was read; shown next to every ¥ figure.",
+    )
     usd_per_hour: float | None = Field(
         None, ge=0.0, description="Hourly price of the machine running the job, for the in-job budget guard; "
         "the launcher's `DREAM_JOB_USD_PER_HOUR` overrides it (null and unset: no guard).",
@@ -276,7 +281,8 @@ class BudgetSpec(_Section):
     max_catalog_age_days: int = Field(
         14,
         ge=1,
-        description="Refuse a local SkyPilot price catalog (`~/.sky/catalogs/v8`) older than this many days.",
+        description="Prices older than this many days are flagged on the estimate's first line, and `dream-job "
+        "launch` refuses them until refreshed.",
     )
 
 

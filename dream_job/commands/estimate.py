@@ -14,22 +14,24 @@ from dream_job.spec import load_spec
 ReportOpt = Annotated[Path | None, typer.Option("--data-report", help="A `data_report.json` from a prep run.")]
 
 
+SkyYamlOpt = Annotated[Path, typer.Option("--sky-yaml", help="SkyPilot task template the launch line uses.")]
+
+
 @app.command()
 @guarded
 def estimate(spec: SpecArg = "jobs/dream-s1k.yaml", set_: SetOpt = None, data_report: ReportOpt = None,
-             as_json: JsonOpt = False) -> None:
-    """Estimate memory, time and price per GPU offer and pick the cheapest that fits the budget.
+             as_json: JsonOpt = False, sky_yaml: SkyYamlOpt = Path("sky.yaml")) -> None:
+    """Estimate memory, time and price per GPU offer, pick the cheapest that fits, print its launch line.
 
     Example: `dream-job estimate jobs/dream-s1k.yaml --data-report runs/dream-s1k/data/data_report.json`
     """
-    from budget import NoOfferError, load_data_report, sky_launch_command
-    from budget import estimate as run_estimate
+    from budget import NoOfferError, load_data_report
+    from dream_job.launch import preview
     from dream_job.progress import estimate_tables, stdout
 
-    job = load_spec(spec, set_)
     report = load_data_report(data_report) if data_report else None
     try:
-        result = run_estimate(job, data_report=report)
+        result, plan = preview(load_spec(spec, set_), Path(spec), task_yaml=sky_yaml, data_report=report)
     except NoOfferError as exc:
         if as_json:
             print(json.dumps(exc.estimate.to_json(), indent=2))
@@ -37,9 +39,13 @@ def estimate(spec: SpecArg = "jobs/dream-s1k.yaml", set_: SetOpt = None, data_re
             for table in estimate_tables(exc.estimate):
                 stdout.print(table)
         raise
+    line = plan.sky_command() if plan else None
     if as_json:
-        print(json.dumps(result.to_json(), indent=2))
+        print(json.dumps(result.to_json() | {"launch_command": line}, indent=2))
         return
-    for table in estimate_tables(result):
+    plan_rows = [row for row in plan.lines() if row[0] in ("guard", "caps", "secrets", "note")] if plan else [
+        ("launch", f"no `{sky_yaml}` here: run from the repo root for the launch line")]
+    for table in estimate_tables(result, launch_line=line, plan_lines=plan_rows):
         stdout.print(table)
-    print(sky_launch_command(result))
+    if line:
+        print(line)

@@ -3,6 +3,8 @@
 Public API (the CLI verbs call these; SkyPilot is imported only by `sky_api`, lazily):
 - `plan_launch(spec, spec_path, task_yaml=..., mode=..., spot=...) -> LaunchPlan`: estimate and
   decide (offer, managed or cluster, caps, envs, secret names); checks secrets; provisions nothing.
+- `preview(spec, spec_path, task_yaml=...) -> (Estimate, LaunchPlan | None)`: what `dream-job
+  estimate` shows: the plan's estimate and its `sky` line (`LaunchPlan.sky_command()`).
 - `launch(plan, dryrun=...) -> dict`: build the task from the template, hand it to SkyPilot, write
   the launch record (`records.py`) and return it.
 - `find_record(target)`, `launch_status(record, run_dir=...)`, `follow_logs(record, follow=...)`.
@@ -22,9 +24,29 @@ from typing import Any
 
 from dream_job.launch.plan import INSTALL_HINT, LaunchError, LaunchPlan, plan_launch
 from dream_job.launch.records import find_record, latest_for_job, launches_dir, save_record
+from dream_job.spec import JobSpec
 
 __all__ = ["INSTALL_HINT", "LaunchError", "LaunchPlan", "find_record", "follow_logs", "latest_for_job", "launch",
-           "launch_status", "launches_dir", "plan_launch", "require_skypilot", "status_lines"]
+           "launch_status", "launches_dir", "plan_launch", "preview", "require_skypilot", "status_lines"]
+
+
+def preview(spec: JobSpec, spec_path: Path, *, task_yaml: Path, **estimate_kwargs: Any) -> tuple[Any, LaunchPlan | None]:
+    """Return the estimate and, when `task_yaml` is here, the launch plan `dream-job launch` would make.
+
+    The estimate is the plan's own (same offer, same mode), so the printed `sky` line and the
+    choice box describe one launch. Secrets are named, not required; old prices are flagged.
+
+    Raises:
+        BudgetError: From the estimate (`NoOfferError` when nothing fits).
+        LaunchError: The job cannot be launched as planned (job file outside the working
+            directory, a budget shorter than the shutdown grace).
+    """
+    if not task_yaml.is_file():
+        from budget import estimate
+
+        return estimate(spec, **{"data_report": None, **estimate_kwargs}), None
+    plan = plan_launch(spec, spec_path, task_yaml=task_yaml, for_launch=False, **estimate_kwargs)
+    return plan.estimate, plan
 
 
 def require_skypilot() -> None:

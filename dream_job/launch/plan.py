@@ -20,6 +20,7 @@ import dataclasses
 import math
 import os
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from typing import Any, Literal
 
 import yaml
 
+from budget.catalog import NO_FUSE_CLOUDS, default_catalog_dir, refresh_hint
 from dream_job.errors import DreamJobError
 from dream_job.spec import JobSpec
 
@@ -36,8 +38,9 @@ Mode = Literal["managed", "cluster"]
 # The run script's SIGTERM -> SIGKILL grace (sky.yaml: `timeout --kill-after=10m`) plus 5 minutes
 # for the last checkpoint upload: `BUDGET_HOURS` ends this long before the hard limit.
 GRACE_MIN = 15
-# Clouds without FUSE cannot mount a bucket (SkyPilot PR #3389); the launcher drops the mounts there.
-NO_FUSE_CLOUDS = frozenset({"runpod", "vast", "shadeform"})
+# The template without its bucket mounts, for clouds without FUSE: derived from `sky.yaml` on every
+# estimate and launch (never edited by hand), so the printed `sky` line can name it.
+NO_MOUNTS_DIR = Path(".dream-job")
 RUN_ID_ENV = "DREAM_JOB_RUN_ID"
 INSTALL_HINT = "install the launcher extra in its own environment: `pip install 'dream-job[launcher]'`"
 
@@ -58,16 +61,20 @@ class LaunchPlan:
     task_yaml: Path
     accelerators: str
     cloud: str
+    infra: str
+    instance_type: str
     spot: bool
     usd_per_hour: float
+    guard_usd_per_hour: float
+    guard_basis: str
     cost_cny: float
     hours: float
     budget_cny: float
     hard_limit_min: int
     budget_hours: float
     envs: dict[str, str]
+    env_overrides: dict[str, str]
     secrets: tuple[str, ...]
-    drop_secrets: tuple[str, ...]
     drop_mounts: bool
     autostop: dict[str, Any] | None
     run_dir: str | None
@@ -85,14 +92,40 @@ class LaunchPlan:
                  "when the job ends")
         rows = [
             ("run", f"`{self.run_id}` of `{self.job_file}` as {how} `{self.sky_name}`"),
-            ("offer", f"{self.accelerators} on {self.cloud}, {'spot' if self.spot else 'on-demand'}, "
-                      f"${self.usd_per_hour:.2f}/h"),
+            ("offer", f"{self.accelerators} `{self.instance_type}` pinned to `{self.infra}`, "
+                      f"{'spot' if self.spot else 'on-demand'}, ${self.usd_per_hour:.2f}/h for the machine"),
+            ("guard", f"`DREAM_JOB_USD_PER_HOUR={self.guard_usd_per_hour:g}`: {self.guard_basis}"),
             ("estimate", f"¥{self.cost_cny:.2f} for {self.hours:.2f} h of ¥{self.budget_cny:g}"),
             ("caps", f"`BUDGET_HOURS={self.budget_hours:g}` in the job; {limit}"),
             ("secrets", ", ".join(f"`{name}`" for name in self.secrets) or "none"),
             ("run dir", self.run_dir or "the machine's disk (results leave through `artifacts.destinations`)"),
         ]
         return rows + [("note", note) for note in self.notes]
+
+    def task_file(self) -> Path:
+        """Return the task YAML the launch uses: the template, or its derived copy without bucket mounts."""
+        if not self.drop_mounts:
+            return self.task_yaml
+        return NO_MOUNTS_DIR / f"{self.task_yaml.stem}-no-mounts.yaml"
+
+    def sky_command(self) -> str:
+        """Return the `sky jobs launch` / `sky launch` line that builds the same task as `dream-job launch`.
+
+        Everything the launch sets is on the line: name, pinned place and instance type, GPUs,
+        spot, the caps, every task env and secret names (values come from the shell, `--secret NAME`).
+        """
+        parts = (["sky", "jobs", "launch", "-n", self.sky_name] if self.mode == "managed"
+                 else ["sky", "launch", "-c", self.sky_name])
+        parts += ["--infra", self.infra, "-t", self.instance_type, "--gpus", self.accelerators,
+                  "--use-spot" if self.spot else "--no-use-spot"]
+        if self.autostop:
+            parts += ["-i", str(self.autostop["idle_minutes"]), "--wait-for", str(self.autostop["wait_for"])]
+            parts += ["--down"] if self.autostop.get("down") else []
+        for key, value in self.env_overrides.items():
+            parts += ["--env", f"{key}={value}"]
+        for name in self.secrets:
+            parts += ["--secret", name]
+        return shlex.join([*parts, self.task_file().as_posix()])
 
 
 def sky_name(text: str) -> str:
@@ -179,11 +212,57 @@ def _job_file(spec_path: Path) -> str:
         return spec_path.as_posix()
 
 
+def pinned_place(cloud: str, region: str, zone: str | None, *, pin_zone: bool) -> str:
+    """Return SkyPilot's `infra` for an offer: `cloud`, `cloud/region` or `cloud/region/zone`."""
+    parts = [cloud] + ([region] if region else []) + ([zone] if region and zone and pin_zone else [])
+    return "/".join(parts)
+
+
+def guard_basis(choice: Any, *, zone_pinned: bool, mode: Mode) -> str:
+    """Say why the guard counts `choice.guard_usd_per_hour` (rule: `budget.catalog.guard_usd_per_hour`)."""
+    if zone_pinned:
+        return f"the price of zone `{choice.zone}`, where the cluster is pinned"
+    if choice.guard_usd_per_hour <= choice.usd_per_hour:
+        return f"the price in `{choice.region or choice.cloud}`, where the machine is pinned"
+    recover = "a managed job may recover into" if mode == "managed" else "SkyPilot may place it in"
+    return (f"the highest price among the zones of `{choice.region}` {recover} (the cheapest, "
+            f"${choice.usd_per_hour:g}, is what SkyPilot shows)")
+
+
+def write_no_mounts_template(template: dict[str, Any], path: Path, source: Path) -> None:
+    """Write `template` without its `file_mounts` to `path` (atomically), for clouds without FUSE."""
+    body = {k: v for k, v in template.items() if k != "file_mounts"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(f"# Derived from `{source}` by dream-job (its bucket mounts left out, for clouds without FUSE); "
+                   "regenerated on every estimate and launch: edit the source instead.\n"
+                   + yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def check_price_age(estimate: Any, catalog_dir: Path | None) -> None:
+    """Raise `LaunchError` when the choice's price is older than `budget.max_catalog_age_days`."""
+    warning = estimate.stale_price_warning()
+    if warning is None:
+        return
+    choice = estimate.choice
+    folder = catalog_dir if catalog_dir is not None else default_catalog_dir()
+    fix = (refresh_hint(folder, choice.cloud) if "SkyPilot catalog" in estimate.prices_source
+           and choice.cloud in estimate.prices_source.split("SkyPilot catalog", 1)[1].split(";")[0]
+           else f"`sky gpus list --infra {choice.cloud}`")
+    raise LaunchError(f"not launched: the {choice.cloud} {warning}",
+                      hint=f"refresh them with {fix}, or accept them with "
+                      f"`--set budget.max_catalog_age_days={estimate.price_age_days(choice)}`")
+
+
 def plan_launch(spec: JobSpec, spec_path: Path, *, task_yaml: Path, mode: Mode | None = None, spot: bool = False,
                 envs: list[str] | None = None, secrets: list[str] | None = None,
                 environ: Mapping[str, str] | None = None, now: datetime | None = None,
-                **estimate_kwargs: Any) -> LaunchPlan:
-    """Estimate the job and decide how to launch it; read-only, nothing is provisioned.
+                for_launch: bool = True, **estimate_kwargs: Any) -> LaunchPlan:
+    """Estimate the job and decide how to launch it; read-only but for the derived no-mounts template.
+
+    `dream-job estimate` calls this too (`for_launch=False`), so the line it prints is the task
+    `dream-job launch` builds.
 
     Args:
         spec: The validated job.
@@ -194,17 +273,19 @@ def plan_launch(spec: JobSpec, spec_path: Path, *, task_yaml: Path, mode: Mode |
         envs: Extra `K=V` task envs (e.g. `RUNS_BUCKET=my-bucket`); they override the template's.
         secrets: Extra secret names the job needs, taken from `environ`.
         environ: Where secrets come from (default `os.environ`); only presence is checked here.
-        now: Clock for the run id.
-        **estimate_kwargs: Passed to `budget.estimate` (`data_report`, `catalog_dir`, `now`).
+        now: Clock for the run id and the age of the prices (default: the system clock).
+        for_launch: Check that the secrets are set and the prices fresh (a launch); False names
+            the secrets and lets the estimate show old prices with a warning.
+        **estimate_kwargs: Passed to `budget.estimate` (`data_report`, `catalog_dir`).
 
     Returns:
-        The plan; `LaunchPlan.lines()` describes it.
+        The plan; `LaunchPlan.lines()` describes it, `LaunchPlan.sky_command()` is its `sky` line.
 
     Raises:
         LaunchError: A required secret is missing, the job file lies outside the working
-            directory, no spot offer fits, the budget buys less than the grace period, or a
-            FUSE-less cloud was chosen for a job with no `artifacts.destinations`.
-        BudgetError: From the estimate (nothing fits, stale catalog, ...).
+            directory, no spot offer fits, the budget buys less than the grace period, or the
+            chosen price is older than `budget.max_catalog_age_days` (launch only).
+        BudgetError: From the estimate (nothing fits, a cloud without prices, ...).
     """
     environ = os.environ if environ is None else environ
     job_file = _job_file(spec_path)
@@ -213,9 +294,12 @@ def plan_launch(spec: JobSpec, spec_path: Path, *, task_yaml: Path, mode: Mode |
                           hint="launch from the repo root with a job file under it, e.g. `jobs/my-job.yaml`")
     template = read_template(task_yaml)
     needed = required_secrets(spec, list(secrets or []))
-    check_secrets(needed, environ)
+    if for_launch:
+        check_secrets(needed, environ)
     extra_envs = dict(item.split("=", 1) if "=" in item else (item, environ.get(item, "")) for item in envs or [])
 
+    if now is not None:
+        estimate_kwargs.setdefault("now", now.date())
     managed = mode == "managed" if mode else spec.budget.managed_job
     result = _estimate(spec, managed, **estimate_kwargs)
     choice = _choose(result, spot)
@@ -224,10 +308,18 @@ def plan_launch(spec: JobSpec, spec_path: Path, *, task_yaml: Path, mode: Mode |
         result = _estimate(spec, managed, **estimate_kwargs)
         choice = _choose(result, spot)
     run_mode: Mode = "managed" if managed else "cluster"
+    result = dataclasses.replace(result, choice=choice)
+    if for_launch:
+        check_price_age(result, estimate_kwargs.get("catalog_dir"))
 
+    # A cluster stays where it is provisioned: pin its zone. A managed job keeps the region's
+    # zones open to recover into, and its guard counts the dearest of them.
+    zone_pinned = run_mode == "cluster" and bool(choice.region and choice.zone)
+    infra = pinned_place(choice.cloud, choice.region, choice.zone, pin_zone=zone_pinned)
+    guard_usd, why_guard = choice.guard_usd_per_hour, guard_basis(choice, zone_pinned=zone_pinned, mode=run_mode)
     controller = spec.budget.controller_usd_per_hour if managed else 0.0
     hard_limit_min = math.floor(spec.budget.max_cost_yuan / spec.budget.cny_per_usd
-                                / (choice.usd_per_hour + controller) * 60)
+                                / (guard_usd + controller) * 60)
     if hard_limit_min <= GRACE_MIN:
         raise LaunchError(f"`budget.max_cost_yuan` ¥{spec.budget.max_cost_yuan:g} buys {hard_limit_min} min of "
                           f"{choice.count}x {choice.gpu}, less than the {GRACE_MIN} min shutdown grace",
@@ -237,33 +329,32 @@ def plan_launch(spec: JobSpec, spec_path: Path, *, task_yaml: Path, mode: Mode |
              "stopped before it ends"] if choice.hours > budget_hours else []
 
     run_id = new_run_id(spec.name, now)
-    task_envs = {k: str(v) for k, v in (template.get("envs") or {}).items() if v is not None}
-    task_envs = {**task_envs, "JOB": job_file, "DREAM_JOB_USD_PER_HOUR": f"{choice.usd_per_hour:g}",
-                 "BUDGET_HOURS": f"{budget_hours:g}", RUN_ID_ENV: run_id, **extra_envs}
+    template_envs = {k: str(v) for k, v in (template.get("envs") or {}).items() if v is not None}
+    overrides = {"JOB": job_file, "DREAM_JOB_USD_PER_HOUR": f"{guard_usd:g}", "BUDGET_HOURS": f"{budget_hours:g}",
+                 RUN_ID_ENV: run_id, **extra_envs}
+    task_envs = {**template_envs, **overrides}
     mount = _runs_mount(template, task_envs)
+    # The estimate rejects FUSE-less offers for jobs without destinations (`budget.estimate.no_fuse_reason`).
     drop_mounts = choice.cloud in NO_FUSE_CLOUDS and bool(template.get("file_mounts"))
     if drop_mounts:
-        if not spec.artifacts.destinations:
-            raise LaunchError(f"`{choice.cloud}` cannot mount the run dir bucket and `artifacts.destinations` of "
-                              f"`{job_file}` is empty, so the results would be lost with the machine",
-                              hint="add a destination: `--set 'artifacts.destinations=[\"hf://you/"
-                              f"{spec.name}\"]'`, or leave out the cloud: `--set budget.clouds=[aws]`")
-        notes.append(f"`{choice.cloud}` has no FUSE: the task's bucket mounts are left out; the run dir stays on "
-                     "the machine's disk and `artifacts.destinations` carry the results")
+        notes.append(f"`{choice.cloud}` has no FUSE: the task is `sky.yaml` without its bucket mounts; the run dir "
+                     "stays on the machine's disk and `artifacts.destinations` carry the results")
     declared = template.get("secrets") or {}
     passed = [name for name in declared if environ.get(name)] if isinstance(declared, dict) else []
     passed += [name for name in needed if name not in passed]
     autostop = ({"idle_minutes": hard_limit_min, "down": True, "wait_for": "none"} if run_mode == "cluster"
                 else None)
-    return LaunchPlan(
+    plan = LaunchPlan(
         run_id=run_id, sky_name=run_id, mode=run_mode, job=spec.name, job_file=job_file, task_yaml=task_yaml,
-        accelerators=f"{choice.accelerator}:{choice.count}", cloud=choice.cloud, spot=choice.spot,
-        usd_per_hour=choice.usd_per_hour, cost_cny=choice.cost_cny, hours=choice.hours,
+        accelerators=f"{choice.accelerator}:{choice.count}", cloud=choice.cloud, infra=infra,
+        instance_type=choice.instance_type, spot=choice.spot, usd_per_hour=choice.usd_per_hour,
+        guard_usd_per_hour=guard_usd, guard_basis=why_guard, cost_cny=choice.cost_cny, hours=choice.hours,
         budget_cny=spec.budget.max_cost_yuan, hard_limit_min=hard_limit_min, budget_hours=budget_hours,
-        envs=task_envs, secrets=tuple(passed),
-        drop_secrets=tuple(name for name in declared if name not in passed) if isinstance(declared, dict) else (),
+        envs=task_envs, env_overrides=overrides, secrets=tuple(passed),
         drop_mounts=drop_mounts, autostop=autostop,
         run_dir=None if drop_mounts or mount is None else f"{mount[1]}/{run_id}",
-        destinations=tuple(spec.artifacts.destinations), notes=tuple(notes),
-        estimate=dataclasses.replace(result, choice=choice),
+        destinations=tuple(spec.artifacts.destinations), notes=tuple(notes), estimate=result,
     )
+    if drop_mounts:
+        write_no_mounts_template(template, plan.task_file(), task_yaml)
+    return plan

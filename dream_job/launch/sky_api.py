@@ -39,30 +39,26 @@ def import_sky() -> Any:
 def build_task(plan: LaunchPlan, environ: Mapping[str, str]) -> Any:
     """Return the `sky.Task` for `plan`: the template with the plan's resources, envs, secrets and caps.
 
-    Secret values are read from `environ` into the task only (SkyPilot redacts them in dumps);
-    template secrets the job does not need and the user has not set are left out, so SkyPilot
-    does not ask for them.
+    The same task as `plan.sky_command()` gives SkyPilot's CLI: the template (or its no-mounts
+    copy) with the env overrides, the secrets by name with their values from `environ` (SkyPilot
+    redacts them in dumps) and the resources override (place, instance type, GPUs, spot).
 
     Raises:
         LaunchError: SkyPilot is missing, or rejects the template (its message as the cause).
     """
     sky = import_sky()
-    config = copy.deepcopy(read_template(plan.task_yaml))  # from_yaml_config mutates its argument
-    if isinstance(config.get("secrets"), dict):
-        config["secrets"] = {k: v for k, v in config["secrets"].items() if k not in plan.drop_secrets}
-        config["secrets"] = config["secrets"] or None
-    if plan.drop_mounts:
-        config.pop("file_mounts", None)
+    config = copy.deepcopy(read_template(plan.task_file()))  # from_yaml_config mutates its argument
     try:
-        task = sky.Task.from_yaml_config(config, env_overrides=list(plan.envs.items()),
+        task = sky.Task.from_yaml_config(config, env_overrides=list(plan.env_overrides.items()),
                                          secrets_overrides=[(name, environ[name]) for name in plan.secrets])
     except Exception as exc:  # SkyPilot's schema errors come as several exception types
         raise LaunchError(f"SkyPilot rejects the task template `{plan.task_yaml}`",
                           caused_by=[f"{type(exc).__name__}: {exc}"],
                           hint="fix the file, or restore it: `git checkout sky.yaml`") from None
-    override: dict[str, Any] = {"accelerators": plan.accelerators, "infra": plan.cloud, "use_spot": plan.spot}
-    if plan.autostop is not None:
-        override["autostop"] = plan.autostop
+    # The offer pinned as the estimate priced it: place and instance type, so SkyPilot cannot
+    # substitute another machine with the same GPU name (e.g. Vast's 40 GB A100 for the 80 GB one).
+    override: dict[str, Any] = {"accelerators": plan.accelerators, "infra": plan.infra,
+                                "instance_type": plan.instance_type, "use_spot": plan.spot}
     # One resources object per distinct result: every `any_of` candidate collapses onto the chosen offer.
     unique = {json.dumps(r.to_yaml_config(), sort_keys=True, default=str): r
               for r in (r.copy(**override) for r in task.resources)}
@@ -83,8 +79,18 @@ def submit(task: Any, plan: LaunchPlan, *, dryrun: bool = False) -> int | None:
     if plan.mode == "managed":
         job_ids, _ = sky.stream_and_get(sky.jobs.launch(task, name=plan.sky_name))
         return job_ids[0] if isinstance(job_ids, list) else job_ids
-    job_id, _ = sky.stream_and_get(sky.launch(task, cluster_name=plan.sky_name))
+    job_id, _ = sky.stream_and_get(sky.launch(task, cluster_name=plan.sky_name, **autostop_kwargs(plan)))
     return job_id
+
+
+def autostop_kwargs(plan: LaunchPlan) -> dict[str, Any]:
+    """Return `sky.launch`'s autostop arguments for the plan, as `sky launch -i N --wait-for W --down` passes them."""
+    if plan.autostop is None:
+        return {}
+    from sky.skylet import autostop_lib
+
+    return {"idle_minutes_to_autostop": plan.autostop["idle_minutes"], "down": bool(plan.autostop.get("down")),
+            "wait_for": autostop_lib.AutostopWaitFor.from_str(plan.autostop["wait_for"])}
 
 
 def _value(status: Any) -> str | None:

@@ -10,21 +10,28 @@ from __future__ import annotations
 import json
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from dream_job.cli import app
-from dream_job.launch import plan_launch, sky_api
+from dream_job.launch import LaunchError, plan_launch, sky_api
 from dream_job.launch.records import save_record
 from dream_job.spec import load_spec
+from tests.conftest import REPO
 
 runner = CliRunner()
 JOB = "jobs/dream-s1k.yaml"
 SECRET = "hf_do_not_print_me"
 ON_DEMAND = ("budget.use_spot=false", "budget.clouds=[aws]", "budget.max_cost_yuan=400")  # an AWS on-demand offer
+# The shipped snapshot's prices are dated 2026-11-24: the CLI tests accept them on any day; the plan
+# tests pin the clock instead.
+ANY_DAY = ["--set", "budget.max_catalog_age_days=36500"]
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -46,7 +53,7 @@ def laptop(tmp_path: Path, in_repo: Path, monkeypatch: pytest.MonkeyPatch) -> li
 
 
 def test_launch_asks_and_a_no_launches_nothing(laptop: list[Any]) -> None:
-    result = runner.invoke(app, ["launch", JOB], input="n\n")
+    result = runner.invoke(app, ["launch", JOB, *ANY_DAY], input="n\n")
     assert result.exit_code == 1 and laptop == []
     assert "launch? [y/N]" in result.stderr
     assert result.stderr.endswith("error: not launched: the prompt was declined\n\n"
@@ -54,22 +61,23 @@ def test_launch_asks_and_a_no_launches_nothing(laptop: list[Any]) -> None:
 
 
 def test_launch_shows_the_choice_and_cost_then_launches_on_yes(laptop: list[Any]) -> None:
-    result = runner.invoke(app, ["launch", JOB], input="y\n")
+    result = runner.invoke(app, ["launch", JOB, *ANY_DAY], input="y\n")
     assert result.exit_code == 0, result.output
     (plan, dryrun), = laptop
     assert not dryrun and result.stdout.splitlines()[-1] == plan.run_id  # (the runner echoes the typed `y`)
-    assert f"offer: {plan.accelerators} on {plan.cloud}" in result.stderr and f"¥{plan.cost_cny:.2f}" in result.stderr
+    assert f"offer: {plan.accelerators} `{plan.instance_type}` pinned to `{plan.infra}`" in result.stderr
+    assert f"¥{plan.cost_cny:.2f}" in result.stderr
     assert f"dream-job logs {plan.run_id}" in result.stderr
 
 
 def test_launch_yes_skips_the_prompt(laptop: list[Any]) -> None:
-    result = runner.invoke(app, ["launch", JOB, "--yes"])
+    result = runner.invoke(app, ["launch", JOB, *ANY_DAY, "--yes"])
     assert result.exit_code == 0, result.output
     assert "launch?" not in result.stderr and len(laptop) == 1
 
 
 def test_missing_secret_is_named_before_the_prompt_and_any_launch(laptop: list[Any]) -> None:
-    result = runner.invoke(app, ["launch", JOB, "--yes", "--set", "artifacts.destinations=[hf://you/dream-s1k]"])
+    result = runner.invoke(app, ["launch", JOB, *ANY_DAY, "--yes", "--set", "artifacts.destinations=[hf://you/dream-s1k]"])
     assert result.exit_code == 1 and laptop == []
     assert result.stderr == (
         "error: missing secret `HF_TOKEN` (for the `hf://you/dream-s1k` destination) in this shell's environment; "
@@ -79,7 +87,7 @@ def test_missing_secret_is_named_before_the_prompt_and_any_launch(laptop: list[A
 def test_secret_values_never_reach_the_output_or_the_record(laptop: list[Any], monkeypatch: pytest.MonkeyPatch,
                                                             tmp_path: Path) -> None:
     monkeypatch.setenv("HF_TOKEN", SECRET)
-    result = runner.invoke(app, ["launch", JOB, "--yes", "--set", "artifacts.destinations=[hf://you/dream-s1k]",
+    result = runner.invoke(app, ["launch", JOB, *ANY_DAY, "--yes", "--set", "artifacts.destinations=[hf://you/dream-s1k]",
                                  "--set", "budget.max_cost_yuan=300"])
     assert result.exit_code == 0, result.output
     (plan, _), = laptop
@@ -91,7 +99,7 @@ def test_secret_values_never_reach_the_output_or_the_record(laptop: list[Any], m
 
 def test_launch_without_skypilot_says_how_to_install_it(in_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "sky", None)  # `import sky` raises ImportError
-    result = runner.invoke(app, ["launch", JOB, "--yes"])
+    result = runner.invoke(app, ["launch", JOB, *ANY_DAY, "--yes"])
     assert result.exit_code == 1
     assert result.stderr == ("error: SkyPilot is not installed in this environment (it stays out of the container's)"
                              "\n\nhint: install the launcher extra in its own environment: "
@@ -99,6 +107,7 @@ def test_launch_without_skypilot_says_how_to_install_it(in_repo: Path, monkeypat
 
 
 def _plan(*overrides: str, **kwargs: Any) -> Any:
+    kwargs.setdefault("now", NOW)
     return plan_launch(load_spec(JOB, list(overrides)), Path(JOB), task_yaml=Path("sky.yaml"), environ={}, **kwargs)
 
 
@@ -115,17 +124,18 @@ def test_spot_offers_launch_as_managed_jobs_on_demand_ones_as_the_job_says(lapto
 
 def test_plan_caps_envs_and_template_secrets(laptop: list[Any]) -> None:
     plan = _plan(*ON_DEMAND, mode="cluster", envs=["RUNS_BUCKET=my-runs"])
+    assert plan.guard_usd_per_hour == plan.usd_per_hour == 6.88  # p5.4xlarge on-demand, one price in us-east-1
     assert plan.hard_limit_min == int(400 / 7.10 / plan.usd_per_hour * 60)
     assert plan.budget_hours == int((plan.hard_limit_min - 15) / 60 * 100) / 100
     assert plan.envs["JOB"] == JOB and plan.envs["DREAM_JOB_RUN_ID"] == plan.run_id
     assert plan.envs["BUDGET_HOURS"] == f"{plan.budget_hours:g}" and plan.envs["RUNS_BUCKET"] == "my-runs"
     assert plan.envs["DREAM_JOB_USD_PER_HOUR"] == f"{plan.usd_per_hour:g}"
-    assert plan.secrets == () and plan.drop_secrets == ("HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    assert plan.secrets == ()  # sky.yaml declares none; the job's destinations need none
     assert plan.run_dir == f"s3://my-runs/{plan.run_id}"
 
 
 def test_spot_flag_without_a_spot_offer_is_an_error(laptop: list[Any]) -> None:
-    result = runner.invoke(app, ["launch", JOB, "--spot", "--yes", "--set", "budget.use_spot=false",
+    result = runner.invoke(app, ["launch", JOB, *ANY_DAY, "--spot", "--yes", "--set", "budget.use_spot=false",
                                  "--set", "budget.max_cost_yuan=400"])
     assert result.exit_code == 1 and laptop == []
     assert result.stderr.startswith("error: no spot offer runs `dream-s1k` within its budget ¥400\n")
@@ -188,3 +198,57 @@ def test_logs_follow_the_skypilot_job_and_fail_with_it(laptop: list[Any], tmp_pa
     assert seen == [(record["sky_name"], 12, True), (record["sky_name"], 12, False)]
     assert failed.exit_code == 1
     assert failed.stderr.startswith(f"error: run `{record['run_id']}` did not succeed (SkyPilot's exit code 100)")
+
+
+def test_launch_refuses_prices_older_than_the_limit_and_says_how_to_refresh(laptop: list[Any]) -> None:
+    with pytest.raises(LaunchError) as raised:
+        _plan(now=datetime(2027, 2, 3, tzinfo=UTC))
+    plan = _plan()
+    assert raised.value.message == (
+        f"not launched: the {plan.cloud} prices are 71 days old (2026-11-24), older than "
+        "`budget.max_catalog_age_days` (14): refresh them before launching")
+    assert raised.value.hint == (f"refresh them with `sky gpus list --infra {plan.cloud}`, or accept them with "
+                                 "`--set budget.max_catalog_age_days=71`")
+    # The estimate shows the same prices with the warning instead (its first line), and a line to paste.
+    result = runner.invoke(app, ["estimate", JOB, "--set", "budget.max_catalog_age_days=1"])
+    assert result.exit_code == 0, result.output
+    assert "│ WARNING     │ prices are" in result.stdout
+    as_json = json.loads(runner.invoke(app, ["estimate", JOB, "--set", "budget.max_catalog_age_days=1", "--json"]).stdout)
+    assert as_json["stale_price_warning"].endswith("older than `budget.max_catalog_age_days` (1): refresh them before "
+                                                   "launching")
+    assert as_json["launch_command"].startswith("sky jobs launch -n dream-s1k-")
+
+
+def test_the_plan_pins_the_priced_machine_and_its_line_says_everything(laptop: list[Any]) -> None:
+    cluster = _plan(*ON_DEMAND, mode="cluster", envs=["RUNS_BUCKET=my-runs"])
+    assert (cluster.infra, cluster.instance_type, cluster.accelerators) == ("aws/us-east-1", "p5.4xlarge", "H100:1")
+    assert cluster.sky_command() == (
+        f"sky launch -c {cluster.sky_name} --infra aws/us-east-1 -t p5.4xlarge --gpus H100:1 --no-use-spot "
+        f"-i {cluster.hard_limit_min} --wait-for none --down --env JOB=jobs/dream-s1k.yaml "
+        f"--env DREAM_JOB_USD_PER_HOUR=6.88 --env BUDGET_HOURS={cluster.budget_hours:g} "
+        f"--env DREAM_JOB_RUN_ID={cluster.run_id} --env RUNS_BUCKET=my-runs sky.yaml")
+    # A managed spot job may recover into any zone of us-east-1: the guard counts the dearest.
+    spot = _plan("budget.clouds=[aws]", "budget.max_cost_yuan=400")
+    assert (spot.mode, spot.instance_type, spot.usd_per_hour) == ("managed", "p4d.24xlarge", 2.47)
+    assert spot.guard_usd_per_hour == 8.19 and spot.envs["DREAM_JOB_USD_PER_HOUR"] == "8.19"
+    assert ("guard", "`DREAM_JOB_USD_PER_HOUR=8.19`: the highest price among the zones of `us-east-1` a managed job "
+            "may recover into (the cheapest, $2.47, is what SkyPilot shows)") in spot.lines()
+    assert spot.sky_command().startswith(f"sky jobs launch -n {spot.run_id} --infra aws/us-east-1 -t p4d.24xlarge "
+                                         "--gpus A100:8 --use-spot --env JOB=jobs/dream-s1k.yaml ")
+
+
+def test_a_cloud_without_fuse_gets_the_template_without_mounts(laptop: list[Any], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the derived template is written under the working directory
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "j.yaml").write_text((REPO / JOB).read_text())
+    (tmp_path / "sky.yaml").write_text((REPO / "sky.yaml").read_text())
+    plan = plan_launch(load_spec("jobs/j.yaml", ["budget.clouds=[vast]", "budget.use_spot=false",
+                                                 "artifacts.destinations=[hf://you/x]", "train.method=lora"]),
+                       Path("jobs/j.yaml"), task_yaml=Path("sky.yaml"), environ={}, now=NOW, for_launch=False)
+    assert plan.drop_mounts and plan.task_file() == Path(".dream-job/sky-no-mounts.yaml")
+    derived = yaml.safe_load(plan.task_file().read_text())
+    assert "file_mounts" not in derived
+    assert derived == {k: v for k, v in yaml.safe_load((tmp_path / "sky.yaml").read_text()).items()
+                       if k != "file_mounts"}
+    assert plan.sky_command().endswith("--secret HF_TOKEN .dream-job/sky-no-mounts.yaml")

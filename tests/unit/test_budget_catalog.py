@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from datetime import date
@@ -9,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from budget.catalog import load_catalog, load_prices, parse_vms_csv
+from budget.catalog import catalog_file_date, guard_usd_per_hour, load_prices, parse_vms_csv
 from budget.gpus import catalog_gpu, resolve_gpu
 from dream_job.errors import BudgetError
 
 TODAY = date(2026, 11, 24)
+# Every file date below is set by the test (os.utime), never taken from the wall clock.
+NOON = time.mktime((2026, 11, 24, 12, 0, 0, 0, 0, -1))
 
 
 def gpu_info(name: str, mib: int, count: int = 1) -> str:
@@ -37,6 +40,8 @@ VAST = "\n".join([
     f'1x-RTX_4090-32-65536,RTX4090,1,32,64,{gpu_info("RTX_4090", 24564)},0.40,0.00,"Germany, DE, EU"',
     # Vast labels an 80 GB A100 PCIe `A100`; its GpuInfo memory tells it apart.
     f'1x-A100-32-65536,A100,1,32,64,{gpu_info("A100_PCIE", 81920)},0.87,0.00,"United States, US, NA"',
+    # Vast's GpuInfo holds the machine's total (SkyPilot's fetcher writes `gpu_total_ram`): two 40 GB cards.
+    f'2x-A100_SXM4-32-65536,A100,2,32,64,{gpu_info("A100", 81920)},1.40,0.00,"United States, US, NA"',
 ])
 AWS = "\n".join([
     "InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,GpuInfo,Price,SpotPrice,Region,AvailabilityZone,"
@@ -46,6 +51,7 @@ AWS = "\n".join([
     "g6f.large,L4,0.125,2,8,,0.2,0.1,us-east-1,us-east-1a,x86_64",  # fractional GPU slice
     "p5e.48xlarge,H200,8,192,2048,,,18.7,us-east-2,us-east-2a,x86_64",  # capacity blocks: empty Price
     "p4de.24xlarge,A100-80GB,8,96,1152,,27.45,8.65,us-east-1,us-east-1c,x86_64",
+    "p4de.24xlarge,A100-80GB,8,96,1152,,27.45,9.97,us-east-1,us-east-1a,x86_64",  # a dearer zone of the region
     "g5g.xlarge,T4G,1,4,8,,0.42,0.2,us-east-1,us-east-1a,arm64",  # GPU not in our table, ARM
 ])
 LAMBDA = "\n".join([
@@ -62,6 +68,7 @@ def write_catalog(root: Path, **clouds: str) -> Path:
     for cloud, text in clouds.items():
         (folder / cloud).mkdir()
         (folder / cloud / "vms.csv").write_text(text + "\n")
+        os.utime(folder / cloud / "vms.csv", (NOON, NOON))
     return folder
 
 
@@ -71,7 +78,7 @@ def by_key(offers):
 
 def test_catalog_rows_become_the_cheapest_offer_per_gpu_count_and_kind(tmp_path: Path) -> None:
     folder = write_catalog(tmp_path, runpod=RUNPOD, vast=VAST, aws=AWS, **{"lambda": LAMBDA})
-    prices = load_catalog(folder, clouds=[], today=TODAY, max_age_days=14)
+    prices = load_prices(folder, clouds=["runpod", "vast", "aws", "lambda"])
     offers = by_key(prices.offers)
     assert offers[("runpod", "RTX4090", 1, False)].usd_per_hour == 0.59  # cheaper of two regions
     assert offers[("runpod", "RTX4090", 1, True)].usd_per_hour == 0.29
@@ -82,16 +89,20 @@ def test_catalog_rows_become_the_cheapest_offer_per_gpu_count_and_kind(tmp_path:
     assert offers[("vast", "RTX4090", 1, False)].usd_per_hour == 0.40
     assert ("vast", "RTX4090", 1, True) not in offers
     assert offers[("vast", "RTX4090", 1, False)].host_mem_gib is None
-    assert ("vast", "A100-80GB", 1, False) in offers
+    assert offers[("vast", "A100-80GB", 1, False)].instance_type == "1x-A100-32-65536"
+    assert offers[("vast", "A100", 2, False)].gpu_mem_gib == 40.0  # 81920 MiB over 2 cards, not one 80 GB card
     # AWS: cheapest AZ's spot, no fractional slice, no on-demand without a Price, SXM A100 by type.
     assert offers[("aws", "L4", 1, True)].usd_per_hour == pytest.approx(0.3901)
     assert ("aws", "H200", 8, False) not in offers and offers[("aws", "H200", 8, True)].usd_per_hour == 18.7
-    assert ("aws", "A100-80GB-SXM", 8, True) in offers
+    p4de = offers[("aws", "A100-80GB-SXM", 8, True)]
+    assert (p4de.usd_per_hour, p4de.zone, p4de.max_usd_per_hour_in_region) == (8.65, "us-east-1c", 9.97)
+    assert guard_usd_per_hour(p4de, managed=False) == 8.65  # a cluster pinned to us-east-1c
+    assert guard_usd_per_hour(p4de, managed=True) == 9.97  # a managed job may recover into us-east-1a
     assert all(o.count in (1, 2, 4, 8) for o in prices.offers)
     # Lambda: the PCIe H100 by its instance type; no spot; GH200 skipped.
     assert ("lambda", "H100-PCIE", 1, False) in offers and ("lambda", "H100-PCIE", 1, True) not in offers
     assert not any(o.gpu == "GH200" for o in prices.offers)
-    assert prices.date == TODAY
+    assert prices.date == TODAY and all(o.priced_on == TODAY for o in prices.offers)
     assert "SkyPilot catalog" in prices.source
     assert any("Vast spot prices ignored" in n for n in prices.notes)
 
@@ -106,9 +117,9 @@ def test_runpod_gpu_memory_field_is_never_used_for_vram() -> None:
 
 def test_parse_counts_unusable_gpu_rows(tmp_path: Path) -> None:
     (tmp_path / "vms.csv").write_text(AWS + "\n")
-    offers, skipped = parse_vms_csv(tmp_path / "vms.csv", "aws")
+    offers, skipped = parse_vms_csv(tmp_path / "vms.csv", "aws", priced_on=TODAY)
     assert skipped == 2  # the fractional g6f slice and the ARM T4G
-    assert len(offers) == 7  # g6.xlarge on-demand + spot in two AZs, p5e spot only, p4de on-demand + spot
+    assert len(offers) == 9  # g6.xlarge on-demand + spot in two AZs, p5e spot only, p4de in two AZs
     assert sorted({(o.instance_type, o.spot) for o in offers}) == [
         ("g6.xlarge", False), ("g6.xlarge", True), ("p4de.24xlarge", False), ("p4de.24xlarge", True),
         ("p5e.48xlarge", True),
@@ -116,40 +127,59 @@ def test_parse_counts_unusable_gpu_rows(tmp_path: Path) -> None:
 
 
 def test_missing_catalog_folder_falls_back_to_the_dated_snapshot(tmp_path: Path) -> None:
-    prices = load_prices(tmp_path / "no-such-folder", clouds=[], today=TODAY, max_age_days=14)
+    prices = load_prices(tmp_path / "no-such-folder", clouds=[])
     assert prices.source.startswith("snapshot budget/data/prices.csv")
     assert prices.date == date(2026, 11, 24)
     offers = by_key(prices.offers)
     assert offers[("runpod", "A100-80GB", 1, False)].usd_per_hour == 1.39
     assert not any(o.cloud == "vast" and o.spot for o in prices.offers)
+    p4d = offers[("aws", "A100", 8, True)]  # one zone's $2.47; the region's dearest zone $8.19
+    assert (p4d.usd_per_hour, p4d.max_usd_per_hour_in_region, p4d.zone) == (2.47, 8.19, None)
+    assert guard_usd_per_hour(p4d, managed=False) == 8.19  # no zone to pin: the dearest counts
 
 
-def test_empty_catalog_is_one_clear_sentence(tmp_path: Path) -> None:
-    folder = write_catalog(tmp_path)
-    with pytest.raises(BudgetError) as raised:
-        load_prices(folder, clouds=[], today=TODAY, max_age_days=14)
-    assert raised.value.message == f"the SkyPilot catalog `{folder}` holds no GPU offer we can price"
-    assert "sky gpus list" in raised.value.hint
+def test_a_failed_first_fetch_leaves_a_lock_only_and_the_snapshot_is_used_with_a_note(tmp_path: Path) -> None:
+    folder = tmp_path / ".sky" / "catalogs" / "v8"
+    (folder / ".meta" / "vast").mkdir(parents=True)
+    (folder / ".meta" / "vast" / "vms.csv.lock").write_text("")
+    prices = load_prices(folder, clouds=["vast", "runpod"])
+    assert prices.source == "snapshot budget/data/prices.csv (vast, runpod; skypilot-catalog, indicative)"
+    assert {o.cloud for o in prices.offers} == {"vast", "runpod"}
+    assert prices.notes[0] == (
+        f"`vast`: the SkyPilot catalog has no file; the shipped snapshot (2026-11-24) is used; refresh: "
+        f"`rm {folder / 'vast' / 'vms.csv'} && sky gpus list --infra vast`")
 
 
-def test_stale_catalog_is_one_clear_sentence(tmp_path: Path) -> None:
+def test_a_cloud_with_an_unusable_file_falls_back_while_others_keep_the_catalog(tmp_path: Path) -> None:
+    folder = write_catalog(tmp_path, runpod=RUNPOD, vast="InstanceType,AcceleratorName\n")
+    prices = load_prices(folder, clouds=["runpod", "vast"])
+    assert {o.cloud for o in prices.offers if o.priced_on == TODAY} >= {"runpod"}
+    assert prices.source.startswith(f"SkyPilot catalog {folder} (runpod); snapshot budget/data/prices.csv (vast")
+    assert any(n.startswith("`vast`: the SkyPilot catalog holds no GPU offer we can price") for n in prices.notes)
+
+
+def test_a_failed_refresh_does_not_make_old_prices_look_new(tmp_path: Path) -> None:
     folder = write_catalog(tmp_path, runpod=RUNPOD)
-    old = time.mktime((2026, 9, 1, 12, 0, 0, 0, 0, -1))
-    os.utime(folder / "runpod" / "vms.csv", (old, old))
+    csv_path, md5 = folder / "runpod" / "vms.csv", folder / ".meta" / "runpod" / "vms.csv.md5"
+    md5.parent.mkdir(parents=True)
+    md5.write_text(hashlib.md5(csv_path.read_bytes()).hexdigest())
+    fetched = time.mktime((2026, 10, 1, 12, 0, 0, 0, 0, -1))
+    os.utime(md5, (fetched, fetched))  # SkyPilot writes the md5 only when a fetch succeeds
+    os.utime(csv_path, (NOON, NOON))  # ... and touches the CSV when a later fetch fails
+    assert catalog_file_date(folder, "runpod") == date(2026, 10, 1)
+    assert load_prices(folder, clouds=["runpod"]).date == date(2026, 10, 1)
+    md5.write_text("0" * 32)  # the user edited the CSV since: SkyPilot never refreshes it, its mtime is its date
+    assert catalog_file_date(folder, "runpod") == TODAY
+
+
+def test_a_required_cloud_without_any_prices(tmp_path: Path) -> None:
+    folder = write_catalog(tmp_path, runpod=RUNPOD)
     with pytest.raises(BudgetError) as raised:
-        load_prices(folder, clouds=[], today=TODAY, max_age_days=14)
+        load_prices(folder, clouds=["azure"])
     assert raised.value.message == (
-        f"SkyPilot catalog `{folder / 'runpod' / 'vms.csv'}` is 84 days old, older than "
-        "`budget.max_catalog_age_days` (14)"
-    )
-    assert "sky gpus list --infra runpod" in raised.value.hint
-
-
-def test_a_required_cloud_missing_from_the_catalog(tmp_path: Path) -> None:
-    folder = write_catalog(tmp_path, runpod=RUNPOD)
-    with pytest.raises(BudgetError) as raised:
-        load_prices(folder, clouds=["lambda"], today=TODAY, max_age_days=14)
-    assert raised.value.message == f"cloud `lambda` in `budget.clouds` has no prices in the SkyPilot catalog `{folder}`"
+        f"cloud `azure` in `budget.clouds` has no prices: the SkyPilot catalog `{folder}` has no file and the "
+        "shipped snapshot has none")
+    assert f"`rm {folder / 'azure' / 'vms.csv'} && sky gpus list --infra azure`" in raised.value.hint
 
 
 def test_unknown_gpu_name_is_one_clear_sentence() -> None:

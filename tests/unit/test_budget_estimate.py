@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from budget import Estimate, NoOfferError, estimate, load_data_report, sky_launch_command
+from budget import Estimate, NoOfferError, estimate, load_data_report
 from dream_job.errors import BudgetError, SpecError
 from dream_job.spec import load_spec
 from tests.conftest import REPO
@@ -19,7 +19,7 @@ REAL = REPO / "jobs" / "dream-s1k.yaml"
 LORA_4090 = REPO / "jobs" / "dream-s1k-lora-4090.yaml"
 TODAY = date(2026, 11, 24)
 CHOICE_KEYS = {"gpu", "count", "method", "cloud", "spot", "peak_gib", "hours", "cost_cny", "usd_per_hour",
-               "accelerator"}
+               "guard_usd_per_hour", "accelerator", "instance_type", "region", "zone", "priced_on"}
 
 
 def run(job: Path, *overrides: str, report: dict | None = None, tmp_path: Path) -> Estimate:
@@ -44,8 +44,7 @@ def test_real_job_picks_a_fitting_offer_under_100_yuan(tmp_path: Path) -> None:
     assert result.tokens_are_estimate and "ESTIMATE" in result.tokens_source
     assert result.prices_date == date(2026, 11, 24)
     assert any("placeholder" in note for note in result.notes)
-    launch = f"sky jobs launch -n dream-s1k --gpus {choice.accelerator}:{choice.count}"
-    assert sky_launch_command(result).startswith(launch)
+    assert result.stale_price_warning() is None  # 0 days old on the injected date
 
 
 def test_real_job_rejects_full_fp32_adamw_on_one_a100_80gb_with_the_reason(tmp_path: Path) -> None:
@@ -133,20 +132,57 @@ def test_no_report_for_a_dataset_without_a_profile(tmp_path: Path) -> None:
                                     "shipped length profile covers `simplescaling/s1K-1.1` only")
 
 
-def test_json_is_stable_and_one_cloud_pins_infra(tmp_path: Path) -> None:
-    result = run(REAL, "budget.clouds=[runpod]", tmp_path=tmp_path)
+def test_json_is_stable_and_restricted_to_the_job_clouds(tmp_path: Path) -> None:
+    result = run(REAL, "budget.clouds=[runpod]", 'artifacts.destinations=["hf://you/x"]', "budget.max_cost_yuan=1000",
+                 tmp_path=tmp_path)
     data = json.loads(json.dumps(result.to_json()))
-    assert {"choice", "candidates", "budget_cny", "prices_source", "prices_date"} <= set(data)
+    assert {"choice", "candidates", "budget_cny", "prices_source", "prices_date", "cny_per_usd_source"} <= set(data)
     assert set(data["choice"]) == CHOICE_KEYS
-    assert data["prices_date"] == "2026-11-24" and data["budget_cny"] == 100
+    assert data["prices_date"] == "2026-11-24" and data["budget_cny"] == 1000
+    assert data["cny_per_usd_source"] == "dream-job's planning default of 2026-11-24 (not a market quote)"
     for candidate in data["candidates"]:
-        assert CHOICE_KEYS | {"fits", "within_budget", "reason"} <= set(candidate)
+        assert CHOICE_KEYS | {"fits", "within_budget", "reason", "overheads_hours"} <= set(candidate)
         assert candidate["cloud"] == "runpod"
-    assert result.infra == "runpod"
-    assert sky_launch_command(result).endswith("--infra runpod sky.yaml")
-    on_demand = run(REAL, "budget.use_spot=false", "budget.managed_job=false", tmp_path=tmp_path)
+    on_demand = run(REAL, "budget.use_spot=false", "budget.managed_job=false", "budget.max_cost_yuan=1000",
+                    tmp_path=tmp_path)
     assert not any(c.spot for c in on_demand.candidates)
-    assert sky_launch_command(on_demand).startswith("sky launch -c dream-s1k --down --gpus ")
+
+
+def test_prices_older_than_the_limit_are_flagged_not_refused(tmp_path: Path) -> None:
+    spec = load_spec(REAL, [])
+    later = estimate(spec, data_report=None, catalog_dir=tmp_path / "no-catalog", now=date(2027, 2, 3))
+    assert later.choice is not None
+    assert later.stale_price_warning() == (
+        "prices are 71 days old (2026-11-24), older than `budget.max_catalog_age_days` (14): refresh them before "
+        "launching")
+    assert later.to_json()["stale_price_warning"] == later.stale_price_warning()
+
+
+def test_offers_without_a_bucket_mount_need_destinations(tmp_path: Path) -> None:
+    # jobs/dream-s1k-full-length.yaml has no destinations: Vast and RunPod cannot keep its results.
+    full_length = REPO / "jobs" / "dream-s1k-full-length.yaml"
+    result = run(full_length, tmp_path=tmp_path)
+    assert result.choice.cloud not in ("runpod", "vast", "shadeform")
+    vast = [c for c in result.candidates if c.cloud == "vast" and c.fits and c.within_budget and not c.recipe_change]
+    assert vast and all(not c.accepted for c in vast)
+    assert vast[0].reason == (
+        "`vast` cannot mount the run-dir bucket (no FUSE) and `artifacts.destinations` is empty, so the results "
+        "would be lost with the machine; to use it add one: "
+        "`--set 'artifacts.destinations=[\"hf://you/dream-s1k-full-length\"]'`")
+    with_hub = run(full_length, 'artifacts.destinations=["hf://you/x"]', tmp_path=tmp_path)
+    assert with_hub.choice.cloud == "vast" and with_hub.choice.instance_type == "1x-A100-32-65536"
+    assert with_hub.choice.gpu == "A100-80GB" and with_hub.choice.vram_gib == 80.0
+
+
+def test_overheads_are_broken_down_and_add_up(tmp_path: Path) -> None:
+    result = run(REAL, 'artifacts.destinations=["hf://you/x"]', "artifacts.sync_every_steps=10",
+                 "budget.max_cost_yuan=1000", tmp_path=tmp_path)
+    for c in result.candidates:
+        assert sum(c.overheads_hours.values()) == pytest.approx(c.overhead_hours, abs=1e-9)
+    names = set(result.choice.overheads_hours)
+    assert {"provision", "image pull at 100 MB/s", "model download at 100 MB/s", "data prep", "export write",
+            "upload export at 50 MB/s"} <= names
+    assert any(name.startswith("upload ") and name.endswith(" checkpoints at 50 MB/s") for name in names)
 
 
 def test_recipe_changing_methods_are_alternatives_unless_allowed(tmp_path: Path) -> None:
@@ -165,7 +201,7 @@ def test_rich_tables_render(tmp_path: Path) -> None:
     for table in estimate_tables(run(REAL, tmp_path=tmp_path)):
         console.print(table)
     text = console.export_text()
-    assert "◀ choice" in text and "sky jobs launch" in text and "full on 1x A100-80GB" in text
+    assert "◀ choice" in text and "overheads" in text and "full on 1x A100-80GB" in text
 
 
 def test_budget_imports_no_torch_and_nothing_of_the_container_side() -> None:
