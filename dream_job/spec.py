@@ -188,7 +188,13 @@ class SamplerSpec(_Section):
     )
     temperature: float = Field(0.0, ge=0.0, description="0 means greedy (deterministic).")
     top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
-    top_k: int | None = Field(None, ge=1, description="Top-k sampling.")
+    top_k: int | None = Field(
+        50,
+        ge=1,
+        description="Keep the k most likely tokens before the softmax (null: all). It also changes the "
+        "confidences that rank positions. 50 is what Dream's `diffusion_generate` uses when called without a "
+        "`generation_config` (transformers 4.46.2's legacy default), so reference mode matches a user's call.",
+    )
     alg_temp: float | None = Field(
         None, ge=0.0, description="Temperature of position selection (reference mode); null or 0 is greedy."
     )

@@ -4,13 +4,23 @@ Input: a `DreamModel`, prompts as token ids and a `SamplerSpec`. Output: `gen_le
 ids per prompt (`GenerationResult`), with everything after the first EOS set to EOS. The batch is
 left-padded here; every prompt's N generated slots sit at the same columns [P, P + N).
 
-- `reference`: Dream's `diffusion_generate` (remote `generation_utils.py`, dream.md §14). Start
-  from prompt ++ N masks; timesteps t_i = linspace(1, eps, steps + 1); each step runs one full
-  forward, shifts the logits by one (dream.md §6), proposes a token for every mask and reveals
-  some: `origin` reveals each mask with probability 1 - s/t, the others reveal the k = int(M(1 - s/t))
-  most confident masks (the last step: all), ranking by p(x0) (`maskgit_plus`), top1 - top2
-  (`topk_margin`) or sum p log p (`entropy`). With eps > 0 the count is below M/steps: steps = N
-  reveals 0, then 1 per step, then 2 at the last step, exactly as Dream (dream.md §14).
+- `reference`: Dream's `diffusion_generate` (remote `generation_utils.py`, dream.md §14), as a user
+  calls it. Start from prompt ++ N masks; timesteps t_i = linspace(1, eps, steps + 1); each step
+  runs one full forward, shifts the logits by one (dream.md §6) and proposes a token for every
+  mask with Dream's `sample_tokens`: in the model's dtype, logits / temperature, top-p, then
+  top-k (masked with the dtype's lowest value), softmax; T = 0 takes the argmax, T > 0 draws
+  `Categorical(probs)` (`torch.multinomial`, the same random stream). `origin` reveals each mask
+  with probability 1 - s/t (one `torch.rand` per mask, then proposals only for the revealed
+  ones); the others reveal the k = int(M(1 - s/t)) most confident masks (the last step: all),
+  ranking by p(x0) (`maskgit_plus`), top1 - top2 (`topk_margin`) or sum p log p (`entropy`), with
+  `torch.topk` (so exact ties go the same way) or, with `alg_temp > 0`, `torch.multinomial` of
+  softmax(conf / alg_temp). With eps > 0 the count is below M/steps: steps = N reveals 0, then 1
+  per step, then 2 at the last step, exactly as Dream (dream.md §14). The mask token may be
+  proposed, as in Dream (that position stays masked). `top_k` defaults to 50 because Dream's
+  `diffusion_generate` called without a `generation_config` inherits transformers 4.46.2's
+  legacy `top_k=50` (its `generation_config.json` says null); it renormalises p over the top 50
+  and so changes the confidences that rank positions. Checked token for token and step for step
+  against the official code's outputs on a tiny model (`tests/unit/test_sampler_parity.py`).
 - `fast`: Fast-dLLM (arXiv 2505.22618; data-and-eval.md §7). The N slots are decoded block by block,
   left to right. Each step reveals every mask of the current block whose p(x0) > threshold, and at
   least the most confident one. A block starts with one full forward (it also reveals), whose
@@ -27,18 +37,23 @@ left-padded here; every prompt's N generated slots sit at the same columns [P, P
   mode with steps = N: the reference reveals 0, 1, ..., 1, 2 tokens (above) from full forwards,
   fast reveals 1 per step with a stale cache (the tests pin the equivalences that do hold).
 
-Deviations from Dream's reference code, all in both modes where they apply:
-1. k is computed per row from that row's own masks (Dream uses one batch-averaged k), so a batch
-   decodes each row as it would alone (bit-equal in fp32; in bf16, padding changes kernels and
-   rounding, and a near-tie can flip), and a row never has non-mask positions re-masked.
+Deviations from Dream's code, all in both modes where they apply. None changes a reference-mode
+decode whose prompts hold no mask id and whose model never proposes the mask token: then every
+row has the same number of masks at every step, so 1 and 2 change nothing.
+1. k is computed per row from that row's own masks (Dream uses one batch-averaged k), so a row
+   never has non-mask positions re-masked.
 2. Only the N generated slots are decoded: mask ids inside a prompt are left as they are.
-3. The mask token id is never proposed (its logit is -inf before filtering).
-4. Softmax, filtering and confidences are fp32 (Dream uses the model dtype); sampling is
-   Gumbel-max from `generator` (same distributions as Dream's `Categorical` / `multinomial`, not
-   the same random stream); positions under `alg_temp > 0` are a Gumbel-top-k (k draws without
-   replacement from softmax(conf / alg_temp)).
-5. The reference loop stops early once no mask remains (possible with `origin`); outputs are the same.
-6. After decoding, everything after the first EOS is set to EOS.
+3. Fast mode only: the mask token id is never proposed (its logit is the lowest value before
+   filtering); otherwise a block whose best proposal is the mask would never finish.
+4. Fast mode only: softmax, filtering and confidences are fp32, sampling is Gumbel-max from
+   `generator` (same distributions as Dream's `Categorical`, not the same random stream).
+5. The reference loop stops early once no mask remains (possible with `origin`); outputs and
+   the history are the same.
+6. After decoding, everything after the first EOS is set to EOS (`GenerationResult.tokens`; the
+   history keeps the raw sequences).
+Bitwise equality with the official code needs the same logits: this holds in fp32 on the CPU
+(the tests); in bf16 on a GPU, kernels that differ with the batch's shape (attention, the
+`lm_head` GEMM over only the masked rows) may round differently, and a near-tie can flip.
 
 Shape letters: B batch, L padded prompt + generation length, P padded prompt length, N generated
 slots, C block columns, W window (positions run in a cached step), M masked positions (flattened),
@@ -48,7 +63,7 @@ R proposal rows per chunk, D hidden size, V vocab size.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -59,9 +74,14 @@ from dream_job.model.dream import DreamModel
 if TYPE_CHECKING:  # only read as attributes; keeps pydantic out of the GPU image's imports
     from dream_job.spec import SamplerSpec
 
-# Masked positions per lm_head call: bounds the [R, V] fp32 temporaries of the proposals
-# (V = 152,064 for Dream, so 256 rows are ~150 MB each; top_p also sorts them).
+# Masked positions per lm_head call of the fast sampler: bounds the [R, V] fp32 temporaries of
+# the proposals (V = 152,064 for Dream, so 256 rows are ~150 MB each; top_p also sorts them). The
+# reference sampler proposes for all masks in one call, as Dream does (its [B, L, V] logits).
 _PROPOSAL_ROWS = 256
+# Dream's `sample_tokens` for `entropy`: sum p log(p + eps).
+_ENTROPY_EPS = 1e-10
+# torch's `Categorical(probs)` argument check (constraints.simplex): |sum(p) - 1| < 1e-6.
+_SIMPLEX_TOL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -72,11 +92,16 @@ class GenerationResult:
         tokens: Per prompt, exactly `gen_length` ids; everything after the first EOS is EOS.
         num_forward_passes: Model calls for the whole batch (full or cached windows).
         seconds: Wall time of the call, including padding and the copy back to Python lists.
+        history: With `record_history`, the whole left-padded batch (prompt and slots, raw ids,
+            no EOS fill) after every step: `steps` entries in reference mode, as Dream's
+            `output_history` (after an early stop the last state repeats), one per forward pass
+            in fast mode; else empty.
     """
 
     tokens: list[list[int]]
     num_forward_passes: int
     seconds: float
+    history: list[list[list[int]]] = field(default_factory=list)
 
 
 def decode_until_eos(tokens: list[int], eos_id: int) -> list[int]:
@@ -93,6 +118,7 @@ def generate(
     eos_id: int,
     pad_id: int,
     generator: torch.Generator | None = None,
+    record_history: bool = False,
 ) -> GenerationResult:
     """Decode `settings.gen_length` tokens after each prompt with Dream's masked diffusion.
 
@@ -109,10 +135,12 @@ def generate(
         eos_id: The EOS id (151643 for Dream).
         pad_id: The id put on left pads (Dream: 151643).
         generator: Randomness for temperature > 0, `origin` and `alg_temp > 0`; None uses torch's
-            global generator. A generator on another device than the model (e.g. a CPU one for a
-            CUDA model) only seeds a fresh one on the model's device: drawing [masks, V] uniforms
-            on the CPU each step would dominate the run time. Temperature 0 with a non-`origin`
-            algorithm draws nothing and is deterministic.
+            global generator, which is what Dream's code uses: `torch.manual_seed(s)` before both
+            calls gives the same draws in reference mode. A generator on another device than the
+            model (e.g. a CPU one for a CUDA model) only seeds a fresh one on the model's device:
+            drawing [masks, V] uniforms on the CPU each step would dominate the run time.
+            Temperature 0 with a non-`origin` algorithm draws nothing and is deterministic.
+        record_history: Also return the batch after every step (`GenerationResult.history`).
 
     Returns:
         The generated ids (`gen_length` per prompt), the number of forward passes and the time.
@@ -138,9 +166,11 @@ def generate(
         position_ids_BL = (real_BL.long().cumsum(-1) - 1).clamp(min=0)
         attention_mask_BL = None if bool(real_BL.all()) else real_BL  # no mask: SDPA's fast path
         decode = _decode_reference if settings.mode == "reference" else _decode_fast
-        num_passes = decode(model, x_BL, attention_mask_BL, position_ids_BL, P, settings, mask_id, generator)
+        history: list[Tensor] | None = [] if record_history else None
+        num_passes = decode(model, x_BL, attention_mask_BL, position_ids_BL, P, settings, mask_id, generator, history)
         tokens = _fill_after_eos(x_BL[:, P:], eos_id).tolist()
-    return GenerationResult(tokens=tokens, num_forward_passes=num_passes, seconds=time.perf_counter() - start_s)
+        rows = [x.tolist() for x in history] if history is not None else []
+    return GenerationResult(tokens, num_passes, time.perf_counter() - start_s, rows)
 
 
 def _decode_reference(
@@ -152,8 +182,14 @@ def _decode_reference(
     settings: SamplerSpec,
     mask_id: int,
     generator: torch.Generator | None,
+    history: list[Tensor] | None,
 ) -> int:
-    """Run Dream's reference loop on `x_BL` in place; return the number of forward passes."""
+    """Run Dream's reference loop on `x_BL` in place; return the number of forward passes.
+
+    Draws random numbers in Dream's order: per step, `origin` one uniform per mask then (T > 0)
+    one multinomial over the revealed rows; the other algorithms one multinomial over all
+    masked rows (T > 0), then one over positions (`alg_temp > 0`, only when k > 0).
+    """
     # fp32 on the CPU, like Dream's default-dtype linspace; int(M * (1 - s/t)) depends on its rounding.
     timesteps = torch.linspace(1, settings.eps, settings.steps + 1)
     num_passes = 0
@@ -161,26 +197,35 @@ def _decode_reference(
         mask_BL = x_BL == mask_id
         mask_BL[:, :P] = False  # only the generated slots are decoded (deviation 2)
         if not bool(mask_BL.any()):
-            break  # deviation 5: nothing left; Dream would run the remaining steps for nothing
+            if history is not None:  # deviation 5: Dream's remaining steps would change nothing
+                history.extend(x_BL.clone() for _ in range(settings.steps - i))
+            break
         hidden_BLD = model.hidden_states(x_BL, attention_mask_BL=attention_mask_BL, position_ids_BL=position_ids_BL)
         num_passes += 1
-        b_M, l_M = mask_BL.nonzero(as_tuple=True)
+        b_M, l_M = mask_BL.nonzero(as_tuple=True)  # row-major, the order of Dream's x[mask_index]
         # Logit shift (dream.md §6): position l is predicted by the hidden state at l - 1 (l >= P >= 1).
-        x0_M, conf_M = _propose(hidden_BLD[b_M, l_M - 1], model.lm_head, settings, settings.alg, mask_id, generator)
+        hidden_MD = hidden_BLD[b_M, l_M - 1]
         is_last = i == settings.steps - 1
         t, s = timesteps[i], timesteps[i + 1]
         if settings.alg == "origin":
-            # Each mask is revealed independently with probability 1 - s/t (all at the last step).
+            # Each mask is revealed independently with probability 1 - s/t (all at the last step);
+            # tokens are proposed only for the revealed ones, as Dream does.
             p_reveal = 1.0 if is_last else float(1 - s / t)
-            reveal_M = _uniform(x0_M.shape, generator, x0_M.device) < p_reveal
+            reveal_M = _uniform((b_M.numel(),), generator, x_BL.device) < p_reveal
+            if bool(reveal_M.any()):
+                x0_R, _ = _sample_tokens(hidden_MD[reveal_M], model.lm_head, settings, "origin", generator)
+                x_BL[b_M[reveal_M], l_M[reveal_M]] = x0_R
         else:
-            conf_BL = torch.full(x_BL.shape, -torch.inf, device=x_BL.device)
+            x0_M, conf_M = _sample_tokens(hidden_MD, model.lm_head, settings, settings.alg, generator)
+            conf_BL = torch.full(x_BL.shape, -torch.inf, dtype=conf_M.dtype, device=x_BL.device)
             conf_BL[b_M, l_M] = conf_M
             num_masks_B = mask_BL.sum(dim=1)
             # k = int(M * (1 - s/t)) in fp32 as Dream, but M is this row's own count (deviation 1).
             k_B = num_masks_B if is_last else (num_masks_B.float() * (1 - s / t).to(x_BL.device)).long()
-            reveal_M = _choose_positions(conf_BL, k_B, settings.alg_temp, generator)[b_M, l_M]
-        x_BL[b_M[reveal_M], l_M[reveal_M]] = x0_M[reveal_M]
+            reveal_M = _choose_positions_dream(conf_BL, k_B, settings.alg_temp, generator)[b_M, l_M]
+            x_BL[b_M[reveal_M], l_M[reveal_M]] = x0_M[reveal_M]
+        if history is not None:
+            history.append(x_BL.clone())
     return num_passes
 
 
@@ -193,6 +238,7 @@ def _decode_fast(
     settings: SamplerSpec,
     mask_id: int,
     generator: torch.Generator | None,
+    history: list[Tensor] | None,
 ) -> int:
     """Run the block-wise cached loop on `x_BL` in place; return the number of forward passes."""
     L = x_BL.shape[1]
@@ -205,6 +251,8 @@ def _decode_fast(
         )
         num_passes += 1
         _reveal_confident(x_BL, hidden_BLD, lo, hi, 0, model.lm_head, settings, mask_id, generator)
+        if history is not None:
+            history.append(x_BL.clone())
         # Later steps run the window [lo - 1, end): position lo - 1 is included so that the
         # shifted logits of position lo come from a freshly computed hidden state.
         end = hi if settings.dual_cache else L
@@ -224,6 +272,8 @@ def _decode_fast(
             )
             num_passes += 1
             _reveal_confident(x_BL, hidden_BWD, lo, hi, lo - 1, model.lm_head, settings, mask_id, generator)
+            if history is not None:
+                history.append(x_BL.clone())
     return num_passes
 
 
@@ -269,11 +319,12 @@ def _propose(
     mask_id: int,
     generator: torch.Generator | None,
 ) -> tuple[Tensor, Tensor]:
-    """Propose a token and a confidence for each masked position (Dream's `sample_tokens`).
+    """Propose a token and a confidence for each masked position (fast mode; deviations 3 and 4).
 
-    Logits / temperature, then top-p, then top-k; T > 0 samples x0 and its confidence is p(x0),
-    T = 0 takes the argmax and its probability. `topk_margin` replaces the confidence by
-    top1 - top2 and `entropy` by sum p log(p + 1e-10) (negative entropy), both of the filtered probs.
+    Dream's `sample_tokens` maths in fp32, without the mask token, sampling by Gumbel-max from
+    `generator`: logits / temperature, then top-p, then top-k; T > 0 samples x0 and its
+    confidence is p(x0), T = 0 takes the argmax and its probability. `topk_margin` replaces the
+    confidence by top1 - top2 and `entropy` by sum p log(p + 1e-10), both of the filtered probs.
 
     Returns:
         x0_M: Proposed ids.
@@ -285,11 +336,7 @@ def _propose(
         logits_RV[:, mask_id] = -torch.inf  # deviation 3: never propose the mask token
         if settings.temperature > 0:
             logits_RV = logits_RV / settings.temperature
-        if settings.top_p is not None and settings.top_p < 1:
-            logits_RV = _filter_top_p(logits_RV, settings.top_p)
-        if settings.top_k is not None:
-            kth_R1 = logits_RV.topk(min(settings.top_k, logits_RV.shape[-1]), dim=-1).values[:, -1:]
-            logits_RV = logits_RV.masked_fill(logits_RV < kth_R1, -torch.inf)
+        logits_RV = _filter_logits(logits_RV, settings)
         probs_RV = logits_RV.softmax(dim=-1)
         if settings.temperature > 0:  # Gumbel-max: argmax(log p + G) is a draw from p
             gumbel_RV = -torch.log(-torch.log(_uniform(logits_RV.shape, generator, logits_RV.device)))
@@ -297,14 +344,58 @@ def _propose(
             conf_R = probs_RV.gather(-1, x0_R[:, None]).squeeze(-1)
         else:
             conf_R, x0_R = probs_RV.max(dim=-1)
-        if alg == "topk_margin":
-            top2_R2 = probs_RV.topk(2, dim=-1).values
-            conf_R = top2_R2[:, 0] - top2_R2[:, 1]
-        elif alg == "entropy":
-            conf_R = (probs_RV * torch.log(probs_RV + 1e-10)).sum(dim=-1)
         x0s.append(x0_R)
-        confs.append(conf_R)
+        confs.append(_confidence(probs_RV, conf_R, alg))
     return torch.cat(x0s), torch.cat(confs)
+
+
+def _sample_tokens(
+    hidden_MD: Tensor, lm_head: nn.Linear, settings: SamplerSpec, alg: str, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """Propose a token and a confidence for each masked position exactly as Dream's `sample_tokens`.
+
+    In the model's dtype, for all rows in one call: logits / temperature, top-p, top-k, softmax.
+    T = 0: the argmax and its probability. T > 0: `Categorical(probs).sample()`, i.e. one
+    `torch.multinomial(probs / sum, 1, replacement=True)` (the same random stream as Dream's), and
+    p(x0); like Dream, the argmax when torch's argument check of `Categorical` would fail.
+    `topk_margin` / `entropy` replace the confidence as in `_propose`.
+
+    Returns:
+        x0_M: Proposed ids (the mask token included, as Dream).
+        conf_M: Confidences in the model's dtype (higher = reveal first).
+    """
+    logits_MV = lm_head(hidden_MD)
+    if settings.temperature > 0:
+        logits_MV = logits_MV / settings.temperature
+    probs_MV = _filter_logits(logits_MV, settings).softmax(dim=-1)
+    conf_M, x0_M = probs_MV.max(dim=-1)
+    if settings.temperature > 0:
+        normalised_MV = probs_MV / probs_MV.sum(dim=-1, keepdim=True)  # what `Categorical` stores and checks
+        in_simplex_M = (normalised_MV >= 0).all(dim=-1) & ((normalised_MV.sum(dim=-1) - 1).abs() < _SIMPLEX_TOL)
+        if bool(in_simplex_M.all()):
+            x0_M = torch.multinomial(normalised_MV, 1, replacement=True, generator=generator).squeeze(-1)
+            conf_M = probs_MV.gather(-1, x0_M[:, None]).squeeze(-1)
+    return x0_M, _confidence(probs_MV, conf_M, alg)
+
+
+def _filter_logits(logits_RV: Tensor, settings: SamplerSpec) -> Tensor:
+    """Apply top-p, then top-k, as Dream: filtered logits become the dtype's lowest value."""
+    if settings.top_p is not None and settings.top_p < 1:
+        logits_RV = _filter_top_p(logits_RV, settings.top_p)
+    if settings.top_k is not None:
+        kth_R1 = logits_RV.topk(min(settings.top_k, logits_RV.shape[-1]), dim=-1).values[:, -1:]
+        logits_RV = logits_RV.masked_fill(logits_RV < kth_R1, torch.finfo(logits_RV.dtype).min)
+    return logits_RV
+
+
+def _confidence(probs_RV: Tensor, p_x0_R: Tensor, alg: str) -> Tensor:
+    """Return the ranking confidence of `alg`: p(x0), top1 - top2, or sum p log(p + 1e-10)."""
+    if alg == "topk_margin":
+        top2_R2 = probs_RV.topk(2, dim=-1).values
+        return top2_R2[:, 0] - top2_R2[:, 1]
+    if alg == "entropy":
+        return (probs_RV * torch.log(probs_RV + _ENTROPY_EPS)).sum(dim=-1)
+    return p_x0_R
 
 
 def _filter_top_p(logits_RV: Tensor, top_p: float) -> Tensor:
@@ -314,24 +405,36 @@ def _filter_top_p(logits_RV: Tensor, top_p: float) -> Tensor:
     drop_sorted_RV = torch.zeros_like(cumulative_RV, dtype=torch.bool)
     drop_sorted_RV[:, 1:] = cumulative_RV[:, :-1] > top_p  # shifted right: keep the token that crosses
     drop_RV = drop_sorted_RV.scatter(-1, order_RV, drop_sorted_RV)
-    return logits_RV.masked_fill(drop_RV, -torch.inf)
+    return logits_RV.masked_fill(drop_RV, torch.finfo(logits_RV.dtype).min)
 
 
-def _choose_positions(
+def _choose_positions_dream(
     conf_BL: Tensor, k_B: Tensor, alg_temp: float | None, generator: torch.Generator | None
 ) -> Tensor:
-    """Return a mask of the k_B[b] highest-confidence positions per row (-inf = never chosen).
+    """Return a mask of the k_B[b] positions per row that Dream's code reveals (-inf = never chosen).
 
-    With `alg_temp > 0`, the Gumbel-top-k trick draws k positions without replacement from
-    softmax(conf / alg_temp) (Dream: `torch.multinomial`).
+    Greedy: `torch.topk(conf, k)`, so exact ties are broken as Dream breaks them. With
+    `alg_temp > 0`: `torch.multinomial(softmax(conf / alg_temp), k)` without replacement. With
+    one k for every row (always, unless deviations 1 or 2 apply) this is one call, as Dream's;
+    topk with k = max k_B keeps each row's first k_B[b] (topk's order is by confidence).
     """
-    if alg_temp:
-        gumbel_BL = -torch.log(-torch.log(_uniform(conf_BL.shape, generator, conf_BL.device)))
-        conf_BL = conf_BL / alg_temp + gumbel_BL
     B, L = conf_BL.shape
-    order_BL = conf_BL.argsort(dim=1, descending=True, stable=True)
-    rank_BL = torch.empty_like(order_BL).scatter_(1, order_BL, torch.arange(L, device=conf_BL.device).expand(B, L))
-    return (rank_BL < k_B[:, None]) & (conf_BL > -torch.inf)  # deviation 1: never a non-mask position
+    chosen_BL = torch.zeros((B, L), dtype=torch.bool, device=conf_BL.device)
+    k_max = int(k_B.max())
+    if k_max == 0:
+        return chosen_BL  # Dream draws nothing either
+    if alg_temp:
+        probs_BL = (conf_BL / alg_temp).softmax(dim=-1)
+        if bool((k_B == k_max).all()):
+            chosen_BL.scatter_(1, torch.multinomial(probs_BL, k_max, generator=generator), True)
+        else:  # rows with fewer masks than k_max cannot draw k_max without replacement
+            for b, k in enumerate(k_B.tolist()):
+                if k > 0:
+                    chosen_BL[b, torch.multinomial(probs_BL[b], k, generator=generator)] = True
+    else:
+        index_BK = conf_BL.topk(k_max, dim=1).indices
+        chosen_BL.scatter_(1, index_BK, torch.arange(k_max, device=conf_BL.device) < k_B[:, None])
+    return chosen_BL & (conf_BL > -torch.inf)  # deviation 1: never a non-mask position
 
 
 def _uniform(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:

@@ -39,7 +39,9 @@ def make_model(seed: int = 0, **overrides: Any) -> DreamModel:
 
 
 def spec(**kw: Any) -> SamplerSpec:
-    return SamplerSpec(**{"mode": "reference", "gen_length": 8, "steps": 8, "alg": "maskgit_plus", **kw})
+    # top_k None: the brute-force references below rank by the full softmax. The default (50, a
+    # user's call of Dream's code) is pinned against Dream's outputs in test_sampler_parity.py.
+    return SamplerSpec(**{"mode": "reference", "gen_length": 8, "steps": 8, "alg": "maskgit_plus", "top_k": None, **kw})
 
 
 def run(model: DreamModel, prompts: list[list[int]], settings: SamplerSpec, **kw: Any) -> list[list[int]]:
@@ -111,7 +113,20 @@ def test_prompt_kept_no_mask_left_and_finite(settings: SamplerSpec) -> None:
     padded_BP = torch.tensor([[PAD] * (P - len(p)) + p for p in PROMPTS])
     full_calls = [x_BL for x_BL in calls if x_BL.shape[1] == P + N]
     assert full_calls and all(torch.equal(x_BL[:, :P], padded_BP) for x_BL in full_calls)
-    assert all(len(row) == N and MASK not in row for row in tokens)
+    assert all(len(row) == N for row in tokens)
+    if settings.mode == "fast":  # reference mode may keep one where the model proposed it, as Dream
+        assert all(MASK not in row for row in tokens)
+
+
+def test_reference_mode_keeps_a_proposed_mask_token_as_dream_fast_mode_never_proposes_it() -> None:
+    model = make_model()
+    one_step = spec(steps=1)  # one step reveals every slot with its argmax
+    token = run(model, PROMPTS, one_step)[0][0]
+    with torch.no_grad():  # wherever `token` wins with a positive logit, the mask token now wins
+        model.lm_head.weight[MASK] = 3 * model.lm_head.weight[token]
+    assert run(model, PROMPTS, one_step)[0][0] == MASK
+    fast = run(model, PROMPTS, spec(mode="fast", block_length=4))
+    assert all(MASK not in row for row in fast)
 
 
 def test_after_the_first_eos_everything_is_eos() -> None:
