@@ -51,6 +51,13 @@ class CostTracker:
         return reason
 
 
+    def clear_stop(self) -> None:
+        """Forget an earlier early stop (training has since run to its end, e.g. with a larger budget)."""
+        body = json.loads(self.path.read_text(encoding="utf-8"))
+        if body.pop("stopped_early", None) is not None:
+            _write(self.path, body)
+
+
 def _write(path: Path, body: dict) -> None:
     write_text_atomically(path, json.dumps(body, indent=2) + "\n")
 

@@ -58,3 +58,38 @@ class CheckpointError(DreamJobError):
 
 class ArtifactError(DreamJobError):
     """An artifact destination cannot be read or written."""
+
+
+# Exit code after Ctrl-C (128 + SIGINT), as shells report it; the work done so far is kept.
+EXIT_INTERRUPTED = 130
+
+
+class DiskFullError(DreamJobError):
+    """A write failed because the disk is full; its temp files were removed."""
+
+
+class RunDirBusyError(DreamJobError):
+    """Another process holds the run directory's lock."""
+
+
+# Packages of the `container` extra: without them a laptop install can estimate, launch and pull only.
+_CONTAINER_MODULES = {"torch", "datasets", "transformers", "tokenizers", "safetensors", "peft", "torchao", "boto3",
+                      "math_verify", "pyarrow", "huggingface_hub", "botocore"}
+
+
+def known_failure(exc: Exception) -> DreamJobError | None:
+    """Turn an environment failure (missing extra, full disk) into a user-facing error, else None."""
+    from pathlib import Path
+
+    from dream_job.rundir import is_disk_full, os_error  # rundir imports this module
+
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in _CONTAINER_MODULES:
+        return DreamJobError(
+            f"this command needs the package `{exc.name}`, which this install of dream-job lacks",
+            hint="install the container extras: `pip install 'dream-job[container]'` (or run it in the dream-job "
+                 "image); a laptop install estimates, launches and pulls",
+        )
+    if is_disk_full(exc):
+        where = getattr(exc, "filename", None) or "the run dir"
+        return os_error(OSError(28, "No space left on device"), Path(where))
+    return None

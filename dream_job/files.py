@@ -1,17 +1,7 @@
-"""Small file helpers every stage shares."""
+"""Small file helpers every stage shares (kept for existing imports; the home is `dream_job.rundir`)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from dream_job.rundir import write_text_atomically
 
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write `text` to a temp file next to `path`, fsync it, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+__all__ = ["write_text_atomically"]

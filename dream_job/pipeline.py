@@ -1,43 +1,70 @@
-"""`dream-job run`: preflight -> prep -> train -> eval -> publish, resumable stage by stage.
+"""`dream-job run`: preflight, then the stages prep -> train -> eval -> publish, each skipped only when done.
 
-Each finished stage writes `<run_dir>/stages/<stage>.done` (JSON: the hash of its inputs, when
-it finished, a short summary). A re-run skips a stage whose marker holds the same inputs hash
-and redoes it (and everything after it) when its inputs changed; training resumes from its
-newest checkpoint either way. Preflight always runs: after a spot recovery the machine is new.
-The run id is `DREAM_JOB_RUN_ID` (set by `dream-job launch`), else `SKYPILOT_TASK_ID` when set
-(stable across recoveries of a managed job), else the job name; it is recorded in `<run_dir>/run.json`.
+Each stage has a fingerprint of its inputs (the spec fields it reads, the dataset's content
+digest, the digest of the upstream stage's output) and writes its record to
+`<run_dir>/stages/<stage>.done` (`dream_job.rundir.StageRecord`) when it starts and when it ends,
+with its outcome: `done`, `stopped_by_budget`, `interrupted` or `failed`. A stage is skipped only
+when its record says `done` with today's fingerprint (and, for training, the export it recorded is
+still there), so an edited dataset, a larger budget or a model trained by hand with
+`dream-job train` re-run exactly the stages they affect. The verbs `prep`, `train` and `eval`
+write the same records through the functions here, and `run_status` reads them.
+
+Preflight runs first on every invocation (after a spot recovery the machine is new), before the
+run dir is touched: GPU, secrets, destinations (a tiny write and delete), the base model (local,
+cached, or reachable within ~30 s) and free disk. The whole run holds the run dir's lock.
+The run id is `DREAM_JOB_RUN_ID` (set by `dream-job launch`), else `SKYPILOT_TASK_ID` (stable
+across recoveries of a managed job), else the job name; it is recorded in `<run_dir>/run.json`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from dream_job.errors import DreamJobError
-from dream_job.files import write_text_atomically
+from dream_job import rundir
+from dream_job.errors import EXIT_INTERRUPTED, EXIT_TRANSIENT, DreamJobError
+from dream_job.rundir import (
+    DONE, FAILED, INTERRUPTED, RUNNING, STOPPED_BY_BUDGET, StageRecord, digest, export_digest, read_stage_record,
+)
 from dream_job.spec import JobSpec
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("preflight", "prep", "train", "eval", "publish")
+STAGES = ("prep", "train", "eval", "publish")
+# Train settings that do not change what a step computes: a run may continue (resume from its
+# checkpoints) after they change. Any other train/model setting needs a new run dir.
+TRAIN_CONTINUATION_KEYS = frozenset({
+    "epochs", "max_steps", "save_every_steps", "keep_checkpoints", "log_every_steps", "device", "compile",
+    "activation_checkpointing", "on_memory_mismatch",
+})
 
 
 @dataclass(frozen=True)
 class StageOutcome:
-    """What happened to one stage in this invocation."""
+    """What happened to one stage in this invocation.
+
+    Attributes:
+        stage: The stage name (or `preflight`).
+        skipped: True when it had finished before on the same fingerprint.
+        summary: Small facts for the status line.
+        outcome: The record's outcome (`done`, `stopped_by_budget`, ...).
+        reason: Why it stopped early, when it did.
+    """
 
     stage: str
     skipped: bool
     summary: dict[str, Any]
+    outcome: str = DONE
+    reason: str | None = None
 
 
 def run_id(spec: JobSpec) -> str:
@@ -46,145 +73,205 @@ def run_id(spec: JobSpec) -> str:
     return os.environ.get("DREAM_JOB_RUN_ID") or os.environ.get("SKYPILOT_TASK_ID") or spec.name
 
 
-def _hash(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+def _is_rank0() -> bool:
+    return os.environ.get("RANK", "0") == "0"
 
 
-def marker_path(run_dir: Path, stage: str) -> Path:
-    """Return the marker file of `stage`."""
-    return run_dir / "stages" / f"{stage}.done"
+# --- stage records ---------------------------------------------------------------------------
 
 
-def read_marker(run_dir: Path, stage: str) -> dict[str, Any] | None:
-    """Return a stage's marker, or None when the stage has not finished."""
-    path = marker_path(run_dir, stage)
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+class _StageStopped(Exception):
+    """SIGTERM arrived during a stage that stops at once (evaluation)."""
 
 
-def write_marker(run_dir: Path, stage: str, inputs_hash: str, summary: dict[str, Any]) -> None:
-    """Record that `stage` finished with these inputs (atomic: temp file, then rename)."""
-    body = {"stage": stage, "inputs_hash": inputs_hash, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-            time.gmtime()), "summary": summary}
-    write_text_atomically(marker_path(run_dir, stage), json.dumps(body, indent=2) + "\n")
-
-
-def _num_gpus() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def preflight(spec: JobSpec) -> dict[str, Any]:
-    """Check, before any download, that this machine and environment can run the job.
-
-    Checks: a GPU when the spec asks for CUDA, free disk for the model and checkpoints, and the
-    secrets the destinations need (`HF_TOKEN` for `hf://`, AWS credentials for `s3://`).
-    Secrets are checked for presence only and never logged.
-
-    Raises:
-        DreamJobError: What is missing, in one sentence, with the fix.
-    """
-    gpus = _num_gpus()
-    if spec.train.device == "cuda" and gpus == 0:
-        raise DreamJobError("`train.device` is `cuda` but this machine has no visible GPU",
-                            hint="launch on a GPU offer (see `dream-job estimate`) or `--set train.device=cpu`")
-    missing = []
-    if any(d.startswith("hf://") for d in spec.artifacts.destinations) and not os.environ.get("HF_TOKEN"):
-        missing.append("`HF_TOKEN` (for the `hf://` destination)")
-    if any(d.startswith("s3://") for d in spec.artifacts.destinations) and not _have_aws_credentials():
-        missing.append("AWS credentials `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` (for the `s3://` destination)")
-    if missing:
-        raise DreamJobError(
-            f"missing secret {' and '.join(missing)} in the environment",
-            hint="pass them at launch: `sky launch --secret HF_TOKEN --secret AWS_ACCESS_KEY_ID "
-            "--secret AWS_SECRET_ACCESS_KEY sky.yaml`",
-        )
-    method = _check_gpu_memory(spec, gpus) if gpus else spec.train.method
-    run_dir = spec.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    free_gib = _free_gib(run_dir)
-    needed_gib = _disk_needed_gib(spec)
-    if free_gib < needed_gib:
-        raise DreamJobError(
-            f"only {free_gib:.0f} GiB free under `{run_dir}`, the job needs about {needed_gib:.0f} GiB "
-            "(base model, checkpoints, export)",
-            hint="launch with a larger `disk_size` in sky.yaml, or lower `train.keep_checkpoints`",
-        )
-    return {"gpus": gpus, "free_gib": round(free_gib, 1), "needed_gib": round(needed_gib, 1), "method": method}
-
-
-# Fallbacks when the planned method does not fit, the same training recipe first.
-_FALLBACKS = {"full": ["full_offload", "full_8bit", "lora"], "full_offload": ["full_8bit", "lora"],
-              "full_8bit": ["lora"], "lora": []}
-
-
-def _check_gpu_memory(spec: JobSpec, gpus: int) -> str:
-    """Check the plan against the GPUs this machine has; return the method to train with.
-
-    Raises:
-        DreamJobError: The method does not fit and `train.on_memory_mismatch` is `refuse`, or none fits.
-    """
-    import torch
-
-    from budget import plan_memory
-
-    name = torch.cuda.get_device_name(0)
-    have_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
-    method = spec.train.method
-    need_gib = plan_memory(spec, method, gpus).peak_gib
-    if need_gib <= have_gib:
-        return method
-    fitting = [m for m in _FALLBACKS[method] if plan_memory(spec, m, gpus).peak_gib <= have_gib]
-    where = f"this machine's {gpus}x {name} ({have_gib:.0f} GiB each)"
-    if spec.train.on_memory_mismatch == "switch" and fitting:
-        logger.warning("`train.method` `%s` needs about %.0f GiB per GPU on %s: training with `%s` instead",
-                       method, need_gib, where, fitting[0])
-        return fitting[0]
-    raise DreamJobError(
-        f"`train.method` `{method}` needs about {need_gib:.0f} GiB per GPU on {where}",
-        hint=(f"`--set train.method={fitting[0]}` fits (or `--set train.on_memory_mismatch=switch`); "
-              if fitting else "") + "`dream-job estimate` lists the GPUs that fit",
-    )
-
-
-def _have_aws_credentials() -> bool:
+@contextmanager
+def _recording(run_dir: Path, stage: str, fingerprint: str, inputs: dict[str, Any], verb: str,
+               *, write: bool = True) -> Iterator[dict[str, Any]]:
+    """Write `running` now and `failed`/`interrupted` if the body raises; the body writes the end itself."""
+    started = rundir.now_utc()
+    base = StageRecord(stage=stage, fingerprint=fingerprint, inputs=inputs, outcome=RUNNING, verb=verb,
+                       started_at=started)
+    if write:
+        rundir.write_stage_record(run_dir, base)
     try:
-        import boto3
-    except ImportError:
-        return bool(os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"))
-    return boto3.Session().get_credentials() is not None
+        yield {"base": base}
+    except BaseException as exc:
+        if write:
+            interrupted = isinstance(exc, KeyboardInterrupt) or getattr(exc, "exit_code", None) in (
+                EXIT_TRANSIENT, EXIT_INTERRUPTED)
+            reason = exc.message if isinstance(exc, DreamJobError) else (
+                "stopped by Ctrl-C" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}")
+            try:
+                rundir.write_stage_record(run_dir, replace(base, outcome=INTERRUPTED if interrupted else FAILED,
+                                                           reason=reason, finished_at=rundir.now_utc()))
+            except DreamJobError:
+                pass  # the disk may be full: the original error says more
+        raise
 
 
-def _free_gib(path: Path) -> float:
-    import shutil
-
-    return shutil.disk_usage(path).free / 2**30
-
-
-def _disk_needed_gib(spec: JobSpec) -> float:
-    """Rough disk need: base weights + the export + kept checkpoints (weights and optimizer state)."""
-    from dream_job.data.tokenizer import is_local
-    from dream_job.model.dream import DreamConfig
-    from dream_job.train.build import resolve_base_dir
-
-    if is_local(spec.model.base):
-        params = DreamConfig.from_pretrained_dir(resolve_base_dir(spec)).num_parameters()
-    else:
-        params = 7_615_616_512  # Dream-v0-Base-7B (dream.md §4); its config is not downloaded yet
-    bytes_per_checkpoint = {"full": 16, "full_offload": 16, "full_8bit": 4.2, "lora": 0.2}[spec.train.method] * params
-    weights = 2 * params
-    return (weights * 2 + bytes_per_checkpoint * (spec.train.keep_checkpoints + 1)) / 2**30 + 1
+def _finish(run_dir: Path, base: StageRecord, *, outcome: str = DONE, output_digest: str | None,
+            summary: dict[str, Any], reason: str | None = None, write: bool = True) -> StageRecord:
+    record = replace(base, outcome=outcome, output_digest=output_digest, summary=summary, reason=reason,
+                     finished_at=rundir.now_utc())
+    if write:
+        rundir.write_stage_record(run_dir, record)
+    return record
 
 
-def _train_stage(spec: JobSpec, spec_path: Path, overrides: list[str]) -> dict[str, Any]:
-    """Train in this process on one device, or under torchrun on every GPU of every node."""
+def _can_skip(record: StageRecord | None, fingerprint: str) -> bool:
+    return record is not None and record.is_done and record.fingerprint == fingerprint
+
+
+def _skipped(record: StageRecord) -> StageOutcome:
+    return StageOutcome(record.stage, True, record.summary or {}, record.outcome, record.reason)
+
+
+# --- prep ------------------------------------------------------------------------------------
+
+
+def _trained_on(run_dir: Path) -> str | None:
+    """Return the data digest the run dir's checkpoints or export were trained on ("" when unknown), or None."""
+    has_training = export_digest(run_dir / rundir.EXPORT_DIR) is not None or any(
+        (p / "COMPLETE").is_file() for p in (run_dir / rundir.CHECKPOINTS_DIR).glob("step-*"))
+    if not has_training:
+        return None
+    record = read_stage_record(run_dir, "train")
+    return str(record.inputs.get("upstream", "")) if record is not None else ""
+
+
+def prep_stage(spec: JobSpec, *, verb: str) -> tuple[Any, StageOutcome]:
+    """Prepare the data (or reuse it when the dataset content and settings are unchanged) and record it.
+
+    Refuses, before writing anything, to replace data a model in this run dir was trained on.
+
+    Returns:
+        The `PrepResult` and the stage outcome.
+
+    Raises:
+        DataError: The dataset or tokenizer is missing or malformed.
+        DreamJobError: The data changed under a trained run (exit 1, names the fix).
+    """
+    from dream_job.data.prep import prepare_data
+
+    run_dir = spec.run_dir()
+
+    def refuse_if_trained(new_key: str) -> None:
+        trained = _trained_on(run_dir)
+        if trained is not None and trained != new_key:
+            raise DreamJobError(
+                f"the data of `data.dataset` `{spec.data.dataset}` (or the `data`/tokenizer settings) changed since "
+                f"the model in `{run_dir}` was trained on it",
+                hint=f"train on the new data in a new run dir (`--set artifacts.run_dir={run_dir}-2`), or delete "
+                     f"`{run_dir / rundir.CHECKPOINTS_DIR}` and `{run_dir / rundir.EXPORT_DIR}` to retrain here",
+            )
+
+    previous = read_stage_record(run_dir, "prep")
+    result = prepare_data(spec, before_write=refuse_if_trained)
+    key = result.report["inputs_hash"]
+    inputs = {"spec": spec.data.model_dump(mode="json", exclude={"num_proc"}),
+              "tokenizer": spec.model.tokenizer or spec.model.base, "dataset": result.dataset_digest}
+    summary = {"rows_kept": result.report["rows_kept"], "rows_read": result.report["rows_read"]}
+    skipped = result.reused and _can_skip(previous, key)
+    if skipped and previous is not None:
+        return result, _skipped(previous)
+    with _recording(run_dir, "prep", key, inputs, verb) as rec:
+        _finish(run_dir, rec["base"], output_digest=key, summary=summary)
+    return result, StageOutcome("prep", result.reused, summary)
+
+
+# --- train -----------------------------------------------------------------------------------
+
+
+def _data_digest(run_dir: Path) -> str:
+    from dream_job.data.prep import read_report
+
+    report = read_report(run_dir / rundir.DATA_DIR)
+    if report is None:
+        raise DreamJobError(f"no prepared data in `{run_dir / rundir.DATA_DIR}`",
+                            hint="run `dream-job prep` with the same job file and `--set` options first")
+    return str(report["inputs_hash"])
+
+
+def train_inputs(spec: JobSpec, data_digest: str) -> dict[str, Any]:
+    """Return what training reads: the model and train settings and the prepared data's digest."""
+    return {"spec": {"model": spec.model.model_dump(mode="json"), "train": spec.train.model_dump(mode="json")},
+            "upstream": data_digest}
+
+
+def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _check_continuable(run_dir: Path, previous: StageRecord | None, inputs: dict[str, Any]) -> None:
+    """Refuse to resume checkpoints written with settings that change what a step computes."""
+    if previous is None or "spec" not in previous.inputs:
+        return
+    changed = [k for k in _changed_keys(previous.inputs["spec"], inputs["spec"])
+               if k.removeprefix("train.") not in TRAIN_CONTINUATION_KEYS]
+    has_checkpoints = any((p / "COMPLETE").is_file() for p in (run_dir / rundir.CHECKPOINTS_DIR).glob("step-*"))
+    if changed and has_checkpoints:
+        shown = ", ".join(f"`{k}`" for k in changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+        raise DreamJobError(
+            f"the checkpoints in `{run_dir / rundir.CHECKPOINTS_DIR}` were trained with other settings: {shown} changed",
+            hint=f"use a new run dir (`--set artifacts.run_dir={run_dir}-2`), or go back to the settings of "
+                 f"`{rundir.stage_record_path(run_dir, 'train')}`",
+        )
+
+
+def train_stage(spec: JobSpec, *, verb: str, spec_path: Path | None = None, overrides: list[str] | None = None,
+                skip_done: bool = True) -> tuple[Any, StageOutcome]:
+    """Train (resuming from the newest checkpoint) unless done on the same fingerprint; record the outcome.
+
+    In one process (or as a torchrun worker) it runs the loop here; `dream-job run` on several
+    GPUs starts torchrun, whose workers write the record.
+
+    Args:
+        spec: The job spec.
+        verb: The command, recorded for `status`.
+        spec_path, overrides: How the spec was given (for torchrun).
+        skip_done: Skip when done on the same fingerprint (the `train` verb always resumes instead).
+
+    Returns:
+        The `TrainResult` (None when skipped or run under torchrun) and the outcome.
+    """
+    run_dir = spec.run_dir()
+    inputs = train_inputs(spec, _data_digest(run_dir))
+    fingerprint = digest(inputs)
+    previous = read_stage_record(run_dir, "train")
+    if (skip_done and _can_skip(previous, fingerprint) and previous is not None
+            and export_digest(run_dir / rundir.EXPORT_DIR) == previous.output_digest):
+        return None, _skipped(previous)
+    _check_continuable(run_dir, previous, inputs)
     gpus = _num_gpus() if spec.train.device != "cpu" else 0
     nodes = int(os.environ.get("SKYPILOT_NUM_NODES", "1"))
-    if gpus <= 1 and nodes == 1:
-        from dream_job.train.loop import train
+    if "RANK" not in os.environ and (gpus > 1 or nodes > 1):
+        with _recording(run_dir, "train", fingerprint, inputs, verb):
+            _train_under_torchrun(spec, spec_path or Path("jobs/smoke.yaml"), overrides or [], gpus, nodes)
+        record = read_stage_record(run_dir, "train")
+        if record is None or record.outcome not in (DONE, STOPPED_BY_BUDGET):
+            raise DreamJobError("training under torchrun ended without recording its outcome",
+                                hint="see the log above; run the same command again to resume")
+        return None, StageOutcome("train", False, record.summary or {}, record.outcome, record.reason)
+    from dream_job.train.loop import train
 
+    write = _is_rank0()
+    with _recording(run_dir, "train", fingerprint, inputs, verb, write=write) as rec:
         result = train(spec)
-        return {"steps": result.steps, "final_loss": result.final_loss, "export_dir": str(result.export_dir)}
+        summary = {"steps": result.steps, "total_steps": result.total_steps, "final_loss": result.final_loss}
+        outcome = STOPPED_BY_BUDGET if result.stopped_early else DONE
+        _finish(run_dir, rec["base"], outcome=outcome, output_digest=export_digest(result.export_dir),
+                summary=summary, reason=result.stopped_early, write=write)
+    return result, StageOutcome("train", False, summary, outcome, result.stopped_early)
+
+
+def _train_under_torchrun(spec: JobSpec, spec_path: Path, overrides: list[str], gpus: int, nodes: int) -> None:
     ips = os.environ.get("SKYPILOT_NODE_IPS", "127.0.0.1").split()
     command = [
         sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc_per_node={gpus}",
@@ -197,25 +284,102 @@ def _train_stage(spec: JobSpec, spec_path: Path, overrides: list[str]) -> dict[s
     if completed.returncode != 0:
         raise DreamJobError(f"training under torchrun exited with code {completed.returncode}",
                             hint="see the log above; run the same command again to resume",
-                            exit_code=completed.returncode if completed.returncode in (1, 3) else 1)
-    return {"torchrun": True, "export_dir": str(spec.run_dir() / "export")}
+                            exit_code=completed.returncode if completed.returncode in (1, 3, 130) else 1)
 
 
-def _eval_stage(spec: JobSpec) -> dict[str, Any]:
+# --- eval ------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """Turn SIGTERM into an exception at the next Python instruction (items already written stay)."""
+    def handle(signum: int, frame: Any) -> None:
+        raise _StageStopped()
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def eval_inputs(spec: JobSpec, run_dir: Path) -> dict[str, Any]:
+    """Return what evaluation reads: eval, prompt and model settings, the export and the held-out rows."""
+    from dream_job.data.prep import read_report
+
+    report = read_report(run_dir / rundir.DATA_DIR)
+    return {
+        "spec": {"eval": spec.eval.model_dump(mode="json"), "system_prompt": spec.data.system_prompt,
+                 "model": spec.model.model_dump(mode="json"), "seed": spec.train.seed, "device": spec.train.device},
+        "upstream": {"export": export_digest(run_dir / rundir.EXPORT_DIR) if "final" in spec.eval.models else None,
+                     "data": report["inputs_hash"] if report else None},
+    }
+
+
+def evaluate_models(spec: JobSpec, labels: list[tuple[str, Path | None]], *,
+                    progress: Callable[[str, int, int], None] | None = None) -> Path:
+    """Evaluate each (label, folder), then write the report; SIGTERM stops with the items done saved (exit 3).
+
+    Returns:
+        The report path.
+
+    Raises:
+        DreamJobError: Stopped by SIGTERM (exit 3); items decoded so far are kept and reused.
+    """
     from dream_job.eval.report import write_report
     from dream_job.eval.run import evaluate
 
+    try:
+        with _sigterm_stops():
+            for label, folder in labels:
+                evaluate(spec, model_label=label, model_dir=folder, progress=progress)
+    except _StageStopped:
+        raise DreamJobError("evaluation stopped by SIGTERM; the items decoded so far are saved",
+                            hint="run the same command again to decode only the rest",
+                            exit_code=EXIT_TRANSIENT) from None
+    return write_report(spec.run_dir())
+
+
+def eval_stage(spec: JobSpec, *, verb: str) -> StageOutcome:
+    """Evaluate every model of `eval.models` unless done on the same fingerprint; record the outcome."""
     run_dir = spec.run_dir()
-    summaries = {}
-    for label in spec.eval.models:
-        model_dir = run_dir / "export" if label == "final" else None
-        summaries[label] = evaluate(spec, model_label=label, model_dir=model_dir)
-    write_report(run_dir)
-    return {"labels": list(summaries)}
+    inputs = eval_inputs(spec, run_dir)
+    fingerprint = digest(inputs)
+    previous = read_stage_record(run_dir, "eval")
+    if _can_skip(previous, fingerprint) and previous is not None:
+        return _skipped(previous)
+    with _recording(run_dir, "eval", fingerprint, inputs, verb) as rec:
+        labels = [(label, run_dir / rundir.EXPORT_DIR if label == "final" else None) for label in spec.eval.models]
+        report = evaluate_models(spec, labels)
+        summary_path = run_dir / rundir.EVAL_DIR / "summary.json"
+        output = digest(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else None
+        summary = {"labels": list(spec.eval.models), "report": str(report)}
+        _finish(run_dir, rec["base"], output_digest=output, summary=summary)
+    return StageOutcome("eval", False, summary)
 
 
-def _publish_stage(spec: JobSpec, force: bool) -> dict[str, Any]:
-    """Publish the export (with the model card for `hf://`) to every destination."""
+# --- publish ---------------------------------------------------------------------------------
+
+
+def publish_stage(spec: JobSpec, *, verb: str, force: bool) -> StageOutcome:
+    """Publish the export (with the model card for `hf://`) unless published before from the same export."""
+    run_dir = spec.run_dir()
+    eval_record = read_stage_record(run_dir, "eval")
+    inputs = {"spec": {"destinations": list(spec.artifacts.destinations), "run_id": run_id(spec),
+                       "s3_endpoint_url": spec.artifacts.s3_endpoint_url},
+              "upstream": {"export": export_digest(run_dir / rundir.EXPORT_DIR),
+                           "eval": eval_record.output_digest if eval_record else None}}
+    fingerprint = digest(inputs)
+    previous = read_stage_record(run_dir, "publish")
+    if _can_skip(previous, fingerprint) and previous is not None:
+        return _skipped(previous)
+    with _recording(run_dir, "publish", fingerprint, inputs, verb) as rec:
+        summary = _publish(spec, force)
+        _finish(run_dir, rec["base"], output_digest=inputs["upstream"]["export"], summary=summary)
+    return StageOutcome("publish", False, summary)
+
+
+def _publish(spec: JobSpec, force: bool) -> dict[str, Any]:
     import yaml
 
     from dream_job.artifacts import S3Settings, model_card_inputs, publish_folder
@@ -225,12 +389,21 @@ def _publish_stage(spec: JobSpec, force: bool) -> dict[str, Any]:
     published = []
     for destination in spec.artifacts.destinations:
         s3 = S3Settings(endpoint_url=spec.artifacts.s3_endpoint_url) if destination.startswith("s3://") else None
-        result = publish_folder(run_dir / "export", destination, run_id=run_id(spec), force=force, s3=s3,
+        result = publish_folder(run_dir / rundir.EXPORT_DIR, destination, run_id=run_id(spec), force=force, s3=s3,
                                 model_card=card)
         logger.info("published %d files to %s (%d uploaded, %d already there)", result.num_files, destination,
                     result.num_uploaded, result.num_skipped)
         published.append(destination)
     return {"destinations": published}
+
+
+# --- the whole job ---------------------------------------------------------------------------
+
+
+def _num_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def run_pipeline(
@@ -241,7 +414,7 @@ def run_pipeline(
     force: bool = False,
     on_stage: Callable[[StageOutcome], None] | None = None,
 ) -> list[StageOutcome]:
-    """Run every stage of the job, skipping those already finished with the same inputs.
+    """Run preflight, then every stage not done on today's inputs, holding the run dir's lock.
 
     Args:
         spec: The validated spec.
@@ -250,69 +423,94 @@ def run_pipeline(
         on_stage: Called after each stage (for progress output).
 
     Returns:
-        One outcome per stage, in order.
+        One outcome per stage run or skipped, preflight first.
 
     Raises:
         DreamJobError: The stage that failed says why; earlier stages' results are kept.
+        RunDirBusyError: Another process works in the run dir.
     """
-    from dream_job.data.prep import prepare_data
+    from dream_job.preflight import preflight
 
-    run_dir = spec.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "run.json").write_text(json.dumps({"run_id": run_id(spec), "job": spec.name}) + "\n")
-    is_head = os.environ.get("SKYPILOT_NODE_RANK", "0") == "0"
     outcomes: list[StageOutcome] = []
-    previous = ""
 
-    def stage(name: str, inputs: Any, work: Callable[[], dict[str, Any]], *, always: bool = False) -> None:
-        nonlocal previous
-        inputs_hash = _hash(name, inputs, previous)
-        marker = read_marker(run_dir, name)
-        if not always and marker is not None and marker["inputs_hash"] == inputs_hash:
-            outcome = StageOutcome(name, True, marker["summary"])
-        else:
-            logger.info("stage %s: running", name)
-            summary = work()
-            write_marker(run_dir, name, inputs_hash, summary)
-            outcome = StageOutcome(name, False, summary)
-        previous = inputs_hash
+    def note(outcome: StageOutcome) -> None:
         outcomes.append(outcome)
         if on_stage is not None:
             on_stage(outcome)
 
-    stage("preflight", spec.model_dump(), lambda: preflight(spec), always=True)
-    previous = ""  # preflight results do not change what later stages compute
-    method = outcomes[-1].summary["method"]
-    if method != spec.train.method:  # `train.on_memory_mismatch: switch` picked a method that fits
-        overrides = [*overrides, f"train.method={method}"]
-        spec = spec.model_copy(update={"train": spec.train.model_copy(update={"method": method})})
-    stage("prep", spec.data.model_dump(), lambda: {"rows_kept": prepare_data(spec).report["rows_kept"]})
-    stage("train", [spec.model.model_dump(), spec.train.model_dump()], lambda: _train_stage(spec, spec_path, overrides))
-    if not is_head:
-        return outcomes  # evaluation and publishing run once, on the head node
-    stage("eval", spec.eval.model_dump(), lambda: _eval_stage(spec))
-    stage("publish", spec.artifacts.destinations, lambda: _publish_stage(spec, force))
+    checks = preflight(spec)
+    note(StageOutcome("preflight", False, checks))
+    run_dir = spec.run_dir()
+    with rundir.locked_run_dir(run_dir, verb="dream-job run"):
+        rundir.write_text_atomically(run_dir / rundir.RUN_INFO_NAME,
+                                     json.dumps({"run_id": run_id(spec), "job": spec.name}) + "\n")
+        method = checks["method"]
+        if method != spec.train.method:  # `train.on_memory_mismatch: switch` picked a method that fits
+            overrides = [*overrides, f"train.method={method}"]
+            spec = spec.model_copy(update={"train": spec.train.model_copy(update={"method": method})})
+        verb = "dream-job run"
+        note(prep_stage(spec, verb=verb)[1])
+        note(train_stage(spec, verb=verb, spec_path=spec_path, overrides=overrides)[1])
+        if os.environ.get("SKYPILOT_NODE_RANK", "0") != "0":
+            return outcomes  # evaluation and publishing run once, on the head node
+        note(eval_stage(spec, verb=verb))
+        note(publish_stage(spec, verb=verb, force=force))
     return outcomes
 
 
+# --- status ----------------------------------------------------------------------------------
+
+
 def run_status(spec: JobSpec) -> dict[str, Any]:
-    """Collect a run's state from its run dir: stages, last logged step, checkpoints, spend, destinations."""
+    """Collect a run's state from its run dir: stage records, last logged step, checkpoints, spend.
+
+    Reads only (no lock, no repair): a torn last line of `metrics.jsonl` is skipped.
+    """
     run_dir = spec.run_dir()
-    stages = {name: read_marker(run_dir, name) for name in STAGES}
-    last: dict[str, Any] = {}
-    metrics = run_dir / "logs" / "metrics.jsonl"
-    if metrics.is_file():
-        lines = metrics.read_text(encoding="utf-8").splitlines()
-        last = json.loads(lines[-1]) if lines else {}
-    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*") if (p / "COMPLETE").exists())
-    run_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DreamJobError(f"run dir `{run_dir}` is a file, not a folder",
+                            hint="point `artifacts.run_dir` at the run's folder")
+    holder = rundir.lock_holder(run_dir) if run_dir.is_dir() else None
+    stages: dict[str, dict[str, Any] | None] = {}
+    for name in STAGES:
+        record = read_stage_record(run_dir, name)
+        if record is None:
+            stages[name] = None
+            continue
+        outcome = record.outcome
+        if outcome == RUNNING and holder is None:
+            outcome = INTERRUPTED  # nobody holds the lock: the process that ran it is gone
+        stages[name] = {"outcome": outcome, "finished_at": record.finished_at, "started_at": record.started_at,
+                        "reason": record.reason or ("its process ended without finishing" if outcome == INTERRUPTED
+                                                    and record.outcome == RUNNING else None),
+                        "verb": record.verb, "summary": record.summary or {}}
+    metrics = rundir.read_jsonl(run_dir / rundir.LOGS_DIR / rundir.METRICS_NAME)
+    last = metrics[-1] if metrics else {}
+    checkpoints = sorted(p.name for p in (run_dir / rundir.CHECKPOINTS_DIR).glob("step-*") if (p / "COMPLETE").exists())
+    try:
+        run_info = json.loads((run_dir / rundir.RUN_INFO_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        run_info = {}
     return {
         "run_dir": str(run_dir),
-        "run_id": run_info.get("run_id"),
-        "stages": {name: (m["finished_at"] if m else None) for name, m in stages.items()},
+        "run_id": run_info.get("run_id") or run_id(spec),
+        "in_use_by": holder,
+        "stages": stages,
+        "stopped": _why_stopped(stages),
         "step": last.get("step"),
         "loss": last.get("train/loss"),
         "spent_yuan": last.get("cost/spent_yuan"),
         "latest_checkpoint": checkpoints[-1] if checkpoints else None,
         "destinations": list(spec.artifacts.destinations),
     }
+
+
+def _why_stopped(stages: dict[str, dict[str, Any] | None]) -> str | None:
+    """Return why the run is not finished, from the first stage that did not end `done`."""
+    for name, stage in stages.items():
+        if stage is None:
+            return f"stage {name} has not run yet"
+        if stage["outcome"] != DONE:
+            what = stage["outcome"].replace("_", " ")
+            return f"stage {name} {what}" + (f": {stage['reason']}" if stage.get("reason") else "")
+    return None

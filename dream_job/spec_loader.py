@@ -30,15 +30,27 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _key_lines(text: str) -> dict[tuple[str, ...], int]:
-    """Map each key path of a YAML document to its 1-based line number."""
+def _key_lines(text: str, source: Path | None = None) -> dict[tuple[str, ...], int]:
+    """Map each key path of a YAML document to its 1-based line number.
+
+    Raises:
+        SpecError: A key appears twice in one mapping (PyYAML would silently keep the last one,
+            so a second `train:` section would reset every train setting of the first).
+    """
     lines: dict[tuple[str, ...], int] = {}
 
     def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 key_path = (*path, str(key_node.value))
-                lines[key_path] = key_node.start_mark.line + 1
+                line = key_node.start_mark.line + 1
+                if key_path in lines:
+                    key = ".".join(key_path)
+                    raise SpecError(
+                        f"`{key}` appears twice in `{source}` (lines {lines[key_path]} and {line})",
+                        hint="merge the two into one; YAML would keep only the second",
+                    )
+                lines[key_path] = line
                 walk(value_node, key_path)
 
     root = yaml.compose(text, Loader=_Loader)
@@ -59,7 +71,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
             f"`--set {text}` is not of the form `a.b.c=value`",
             hint="for example `--set train.epochs=1`",
         )
-    value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""
+    try:
+        value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(
+            f"the value of `--set {text}` is not valid YAML ({problem})",
+            hint=f"quote or complete it, for example `--set '{key.strip()}=[0.9, 0.95]'` for a list",
+        ) from None
     return key.strip().split("."), value
 
 
@@ -150,10 +169,14 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
             f"job file `{path}` does not exist",
             hint="pass a job file such as `jobs/smoke.yaml` (see `ls jobs/`)",
         )
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes().count(b"\n", 0, exc.start) + 1
+        raise SpecError(f"`{path}:{line}` is not UTF-8 text", hint="save the job file as UTF-8") from None
     try:
         data = yaml.load(text, Loader=_Loader)
-        lines = _key_lines(text)
+        lines = _key_lines(text, path)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f"{path}:{mark.line + 1}" if mark else str(path)

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # imported lazily at run time (`__getattr__`), so `file://` w
 
 __all__ = [
     "MANIFEST_NAME", "RUN_MARKER_NAME", "ModelCardInputs", "ProgressFn", "PublishResult", "S3Settings",
-    "fetch_latest_checkpoint", "model_card_inputs", "publish_folder", "pull", "sync_checkpoint", "write_model_card",
+    "check_destination", "fetch_latest_checkpoint", "model_card_inputs", "publish_folder", "pull", "sync_checkpoint", "write_model_card",
 ]
 
 _HUB_REPO_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
@@ -168,6 +168,37 @@ def fetch_latest_checkpoint(destination: str, run_id: str, local_root: Path, *,
         ArtifactError: A downloaded file differs from the manifest, or the store fails.
     """
     return fetch_latest_from_store(_checkpoint_store(destination, s3), run_id, Path(local_root))
+
+
+def check_destination(destination: str, *, s3_endpoint_url: str | None = None) -> None:
+    """Check that `destination` can be written now, before any work: a preflight.
+
+    `file://` and `s3://`: the scheme and path parse, the folder or bucket is reachable with the
+    credentials in the environment, and a tiny probe object is written, read back and deleted
+    (`.dream-job-probe-<pid>`). `hf://`: the repo id parses and `HF_TOKEN` is set (the Hub has no
+    write probe short of creating the repo, which the publish does).
+
+    Raises:
+        ArtifactError: Unknown scheme, missing credentials, missing bucket, a read-only or
+            non-folder path (exit 1), or an unreachable store (exit 3).
+    """
+    import os
+
+    kind, target = _parse(destination)
+    if kind == "hf":
+        if not os.environ.get("HF_TOKEN"):
+            raise ArtifactError(f"`HF_TOKEN` is not set, so `{destination}` cannot be written",
+                                hint="export a write token: `export HF_TOKEN=hf_...`")
+        return
+    s3 = None
+    if kind == "s3":
+        from dream_job.artifacts.s3 import S3Settings as Settings
+
+        # One quick attempt: a preflight reports a down store in seconds (exit 3), not after minutes.
+        s3 = Settings(endpoint_url=s3_endpoint_url, max_attempts=2, backoff_base_s=1.0)
+    store = _store(kind, target, destination, s3)
+    store.check_access()
+    store.probe_write(f".dream-job-probe-{os.getpid()}")
 
 
 def _parse(destination: str) -> tuple[str, str]:

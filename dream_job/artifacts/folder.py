@@ -21,6 +21,7 @@ from dream_job.errors import ArtifactError
 
 MANIFEST_NAME = "MANIFEST.sha256"
 RUN_MARKER_NAME = "dream_job_run.json"
+TMP_SUFFIX = ".tmp-dream-job"  # a file being written into place; never listed, removed when found stale
 COMPLETE_NAME = "COMPLETE"  # checkpoint marker, written last (see dream_job/train/checkpoint.py)
 # Never listed in a manifest: the manifest itself, the run marker, and the Hub client's own resume
 # state (`.cache/huggingface/` inside `local_dir` / `folder_path`).
@@ -85,7 +86,7 @@ def list_files(folder: Path) -> list[str]:
         rel_root = Path(root).relative_to(folder)
         for name in files:
             rel = (rel_root / name).as_posix()
-            if rel in _EXCLUDED_FILES or name.endswith(".tmp-dream-job"):
+            if rel in _EXCLUDED_FILES or name.endswith(TMP_SUFFIX):
                 continue
             if "\n" in rel or "\\" in rel:
                 raise ArtifactError(f"file name `{rel!r}` in `{folder}` cannot be listed in `{MANIFEST_NAME}`")
@@ -209,7 +210,7 @@ def _read_json(path: Path, hint: str) -> dict[str, Any]:
 def write_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary name and a rename (readers never see half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp-dream-job")
+    tmp = path.with_name(path.name + TMP_SUFFIX)
     with tmp.open("wb") as handle:
         handle.write(data)
         handle.flush()

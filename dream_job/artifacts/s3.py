@@ -32,7 +32,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from s3transfer.utils import ChunksizeAdjuster
 
-from dream_job.artifacts.folder import FileDigest
+from dream_job.artifacts.folder import TMP_SUFFIX, FileDigest
 from dream_job.artifacts.stores import BytesCallback
 from dream_job.errors import EXIT_TRANSIENT, ArtifactError
 
@@ -117,6 +117,41 @@ class S3Store:
         self._retrying("listing", lambda: self.client.list_objects_v2(
             Bucket=self.bucket, Prefix=self._key(""), MaxKeys=1))
 
+    def abort_incomplete_uploads(self, prefix: str) -> int:
+        """Abort every unfinished multipart upload under `prefix` (a killed or superseded upload's parts).
+
+        S3 keeps (and bills) the parts of a multipart upload that was neither completed nor aborted,
+        e.g. after the uploading process was killed; they never become objects.
+
+        Returns:
+            How many uploads were aborted.
+        """
+        def listing() -> list[tuple[str, str]]:
+            found = []
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=self._key(prefix))
+            for page in pages:
+                found += [(u["Key"], u["UploadId"]) for u in page.get("Uploads", []) or []]
+            return found
+
+        uploads = self._retrying("listing unfinished multipart uploads", listing)
+        for key, upload_id in uploads:
+            def abort(key: str = key, upload_id: str = upload_id) -> None:
+                try:
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                except bce.ClientError as exc:
+                    if _code(exc) not in ("NoSuchUpload", "404"):
+                        raise
+            self._retrying(f"aborting the unfinished upload of `{key}`", abort)
+        if uploads:
+            logger.info("aborted %d unfinished multipart upload(s) under %s/%s", len(uploads), self.url, prefix)
+        return len(uploads)
+
+    def probe_write(self, key: str) -> None:
+        """PUT a tiny object, read it back, delete it: the bucket and prefix accept writes."""
+        self.write_text(key, "dream-job write probe\n")
+        self.delete(key)
+
     def part_size(self, size: int) -> int | None:
         """Return the part size boto3 will use for a file of `size` bytes (None: single PUT)."""
         if size < self.settings.multipart_threshold_bytes:
@@ -184,12 +219,20 @@ class S3Store:
             problem = _mismatch(head, digest)
             if problem:
                 raise _VerifyMismatch(f"`{key}` after upload: {problem}")
-        self._retrying(f"uploading `{key}`", upload)
+        try:
+            self._retrying(f"uploading `{key}`", upload)
+        except BaseException:
+            if digest.part_size is not None:  # leave no parts of this key behind (s3transfer aborts only its own)
+                try:
+                    self.abort_incomplete_uploads(key)
+                except Exception as exc:  # the store is failing anyway; the next publish aborts them
+                    logger.warning("could not abort unfinished uploads of `%s`: %s", key, _describe(exc))
+            raise
 
     def get_file(self, key: str, path: Path) -> None:
         """Download to a temporary name next to `path`, then rename."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp-dream-job")
+        tmp = path.with_name(path.name + TMP_SUFFIX)
 
         def download() -> None:
             self.client.download_file(self.bucket, self._key(key), str(tmp), Config=self._transfer)

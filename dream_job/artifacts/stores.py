@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from dream_job.artifacts.folder import FileDigest, sha256_file, write_atomic
+from dream_job.artifacts.folder import TMP_SUFFIX, FileDigest, sha256_file, write_atomic
 from dream_job.errors import ArtifactError
 
 BytesCallback = Callable[[int], None]  # called with the number of bytes just transferred
@@ -29,6 +29,12 @@ class Store(Protocol):
 
     def part_size(self, size: int) -> int | None:
         """Return the multipart part size a file of `size` bytes is uploaded with (None: one part)."""
+
+    def probe_write(self, key: str) -> None:
+        """Write a tiny object at `key`, read it back and delete it (preflight of write access)."""
+
+    def abort_incomplete_uploads(self, prefix: str) -> int:
+        """Remove what interrupted uploads under `prefix` left (S3 multipart uploads, temp files); return how many."""
 
     def read_text(self, key: str) -> str | None:
         """Return a small object's text, or None when it does not exist."""
@@ -61,10 +67,39 @@ class FileStore:
 
     def check_access(self) -> None:
         """Create the root folder; fail when it is a file or cannot be created."""
+        if self.root.exists() and not self.root.is_dir():
+            raise ArtifactError(f"destination `{self.url}` is a file, not a folder",
+                                hint="point the `file://` destination at a folder")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ArtifactError(f"cannot create destination folder `{self.root}`: {exc.strerror}") from None
+            raise ArtifactError(f"cannot create destination folder `{self.root}` of `{self.url}`: {exc.strerror}",
+                                hint="point the `file://` destination at a folder you may write to") from None
+
+    def abort_incomplete_uploads(self, prefix: str) -> int:
+        """Delete `*.tmp-dream-job` files a killed copy left under `root/prefix`; return how many."""
+        base = self.root / prefix if prefix else self.root
+        leftovers = list(base.rglob(f"*{TMP_SUFFIX}")) if base.is_dir() else []
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        return len(leftovers)
+
+    def probe_write(self, key: str) -> None:
+        """Write `root/key`, read it back and remove it; fail when the folder is not writable."""
+        path = self.root / key
+        try:
+            path.write_bytes(b"dream-job write probe\n")
+            ok = path.read_bytes() == b"dream-job write probe\n"
+        except OSError as exc:
+            raise ArtifactError(f"destination `{self.url}` is not writable: {exc.strerror or exc}",
+                                hint="point the `file://` destination at a folder you may write to") from None
+        finally:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
+        if not ok:
+            raise ArtifactError(f"destination `{self.url}` did not read back a probe file as written")
 
     def part_size(self, size: int) -> int | None:
         """Files are copied whole."""
@@ -118,7 +153,7 @@ class FileStore:
 
 def _copy_atomic(source: Path, target: Path, on_bytes: BytesCallback | None) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp-dream-job")
+    tmp = target.with_name(target.name + TMP_SUFFIX)
     try:
         with source.open("rb") as src, tmp.open("wb") as dst:
             while block := src.read(8 * 1024 * 1024):

@@ -72,6 +72,7 @@ def publish_to_store(store: Store, local: Path, *, run_id: str, force: bool,
     if not local.is_dir():
         raise ArtifactError(f"`{local}` is not a folder, nothing to publish")
     store.check_access()
+    store.abort_incomplete_uploads("")  # parts left by an earlier, killed publish of this root
     write_marker = check_marker(store.read_text(RUN_MARKER_NAME), run_id=run_id, force=force, where=store.url)
     digests = digest_folder(local, store)
     if not digests:
@@ -168,6 +169,7 @@ def sync_checkpoint_to_store(store: Store, step_dir: Path, *, run_id: str) -> No
     _check_run_id(run_id)
     store.check_access()
     base = f"{run_id}/checkpoints/{step_dir.name}/"
+    store.abort_incomplete_uploads(base)
     digests = [d for d in digest_folder(step_dir, store) if d.relpath != COMPLETE_NAME]
     complete = hash_file(step_dir / COMPLETE_NAME, COMPLETE_NAME)
     manifest = render_manifest({d.relpath: d.sha256 for d in digests})

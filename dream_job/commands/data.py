@@ -15,10 +15,13 @@ def prep(spec: SpecArg = "jobs/smoke.yaml", set_: SetOpt = None, as_json: JsonOp
 
     Example: `dream-job prep jobs/dream-s1k.yaml --set data.dataset=./s1k.parquet`
     """
-    from dream_job.data.prep import prepare_data
+    from dream_job.pipeline import prep_stage
     from dream_job.progress import data_report_tables, stderr, stdout
+    from dream_job.rundir import locked_run_dir
 
-    result = prepare_data(load_spec(spec, set_))
+    job = load_spec(spec, set_)
+    with locked_run_dir(job.run_dir(), verb="dream-job prep"):
+        result, _ = prep_stage(job, verb="dream-job prep")
     if as_json:
         print(json.dumps(result.report, indent=2))
         return

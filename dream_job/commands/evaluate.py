@@ -23,17 +23,16 @@ def eval_(spec: SpecArg = "jobs/smoke.yaml", model: ModelOpt = "final", set_: Se
     """
     import json
 
-    from dream_job.eval.report import write_report
-    from dream_job.eval.run import evaluate
+    from dream_job.pipeline import evaluate_models
     from dream_job.progress import eval_progress, eval_summary_table, stderr, stdout
+    from dream_job.rundir import locked_run_dir
 
     job = load_spec(spec, set_)
     label, folder = (model, None) if model in ("base", "final") else (Path(model).name, Path(model))
     if model == "final":
         folder = job.run_dir() / "export"
-    with eval_progress() as progress:
-        evaluate(job, model_label=label, model_dir=folder, progress=progress)
-    report = write_report(job.run_dir())
+    with locked_run_dir(job.run_dir(), verb="dream-job eval"), eval_progress() as progress:
+        report = evaluate_models(job, [(label, folder)], progress=progress)
     summary = json.loads((job.run_dir() / "eval" / "summary.json").read_text())
     if as_json:
         print(json.dumps(summary, indent=2))

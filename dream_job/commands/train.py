@@ -20,12 +20,18 @@ def train(spec: SpecArg = "jobs/smoke.yaml", set_: SetOpt = None) -> None:
     Example: `dream-job train jobs/smoke.yaml`; on N GPUs:
     `torchrun --nproc_per_node N -m dream_job train jobs/dream-s1k.yaml`
     """
-    from dream_job.progress import stderr
-    from dream_job.train.loop import train as run_training
+    from contextlib import nullcontext
 
-    result = run_training(load_spec(spec, set_))
-    if os.environ.get("RANK", "0") == "0":
-        stderr.print(f"trained {result.steps} steps, final loss {result.final_loss:.4f}; model: {result.export_dir}",
+    from dream_job.pipeline import train_stage
+    from dream_job.progress import stderr
+    from dream_job.rundir import locked_run_dir
+
+    job, rank0 = load_spec(spec, set_), os.environ.get("RANK", "0") == "0"
+    with locked_run_dir(job.run_dir(), verb="dream-job train") if rank0 else nullcontext():
+        result, outcome = train_stage(job, verb="dream-job train", skip_done=False)
+    if rank0:
+        stderr.print(f"trained {result.steps} of {result.total_steps} steps, final loss {result.final_loss:.4f}; "
+                     f"model: {result.export_dir}" + (f"\n{outcome.reason}" if outcome.reason else ""),
                      highlight=False)
 
 

@@ -21,6 +21,7 @@ import random
 import shutil
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from dream_job.data.report import build_report
 from dream_job.data.source import load_rows
 from dream_job.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from dream_job.errors import DataError
+from dream_job.rundir import is_disk_full, os_error
 from dream_job.spec import DataSpec, JobSpec
 
 logger = logging.getLogger(__name__)
@@ -42,11 +44,19 @@ REPORT_FILE = "data_report.json"
 
 @dataclass(frozen=True)
 class PrepResult:
-    """Where the prepared data is and what it holds."""
+    """Where the prepared data is and what it holds.
+
+    Attributes:
+        data_dir: `<run_dir>/data`.
+        report: The data report (`inputs_hash` is the fingerprint of everything prep read).
+        reused: True when data prepared earlier from the same inputs was kept.
+        dataset_digest: Digest of the dataset's content (local files' sha256, or hub id, revision, fingerprint).
+    """
 
     data_dir: Path
     report: dict[str, Any]
     reused: bool
+    dataset_digest: str = ""
 
 
 def inputs_hash(spec: DataSpec, tokenizer_fp: str, dataset_fp: str) -> str:
@@ -135,11 +145,14 @@ def _check_bad_rows(skipped: Counter[str], rows_read: int, spec: DataSpec) -> No
     )
 
 
-def prepare_data(spec: JobSpec) -> PrepResult:
+def prepare_data(spec: JobSpec, *, before_write: Callable[[str], None] | None = None) -> PrepResult:
     """Prepare the training data of a job, or reuse it when the inputs have not changed.
 
     Args:
         spec: The validated job spec.
+        before_write: Called with the new inputs hash before anything is (re)written; it may
+            raise to keep the run dir as it is (the pipeline refuses to replace data a model was
+            trained on).
 
     Returns:
         Where the data is, its report, and whether an earlier run's output was reused.
@@ -159,7 +172,9 @@ def prepare_data(spec: JobSpec) -> PrepResult:
     existing = read_report(data_dir)
     if existing is not None and existing.get("inputs_hash") == key:
         logger.info("reusing prepared data in %s (inputs unchanged)", data_dir)
-        return PrepResult(data_dir, existing, reused=True)
+        return PrepResult(data_dir, existing, reused=True, dataset_digest=dataset_fp)
+    if before_write is not None:
+        before_write(key)
 
     _check_columns(dataset, data_spec)
     rows_read = len(dataset)
@@ -176,6 +191,13 @@ def prepare_data(spec: JobSpec) -> PrepResult:
     skip_reasons = texts["skip"]
     skipped: Counter[str] = Counter(reason for reason in skip_reasons if reason)
     valid = [i for i, reason in enumerate(skip_reasons) if not reason]
+    _check_bad_rows(skipped, rows_read, data_spec)
+    if data_spec.holdout_size >= len(valid):
+        raise DataError(
+            f"`data.holdout_size` ({data_spec.holdout_size}) leaves no training rows: `{data_spec.dataset}` has "
+            f"{len(valid)} usable rows",
+            hint=f"set `--set data.holdout_size=N` with N below {len(valid)}",
+        )
     holdout = sorted(random.Random(data_spec.seed).sample(valid, min(data_spec.holdout_size, len(valid))))
     holdout_set = set(holdout)
     train_rows = texts.select([i for i in valid if i not in holdout_set], keep_in_memory=True)
@@ -223,7 +245,7 @@ def prepare_data(spec: JobSpec) -> PrepResult:
     kept = kept.select_columns(["input_ids", "prompt_length", "num_tokens", "truncated", "row_index"])
     holdout_rows = texts.select(holdout).select_columns(["row_index", "question", "solution", "trace", "attempt"])
     _write_atomically(data_dir, kept, holdout_rows, tokenizer, report)
-    return PrepResult(data_dir, report, reused=False)
+    return PrepResult(data_dir, report, reused=False, dataset_digest=dataset_fp)
 
 
 def read_column(dataset: Any, name: str) -> list[Any]:
@@ -238,14 +260,22 @@ def _write_atomically(data_dir: Path, kept: Any, holdout_rows: Any, tokenizer: A
     """Write everything to a sibling temp folder, then swap it in for `data_dir`."""
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = data_dir.with_name(f".{data_dir.name}.tmp-{report['inputs_hash'][:12]}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    kept.save_to_disk(str(tmp / "train"))
-    with (tmp / "holdout.jsonl").open("w", encoding="utf-8") as f:
-        for row in holdout_rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tokenizer.save_pretrained(str(tmp / "tokenizer"))
-    (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    for stale in data_dir.parent.glob(f".{data_dir.name}.tmp-*"):  # left by a run killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        kept.save_to_disk(str(tmp / "train"))
+        with (tmp / "holdout.jsonl").open("w", encoding="utf-8") as f:
+            for row in holdout_rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    except BaseException as exc:  # disk full, Ctrl-C: leave no half-written copy behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) or is_disk_full(exc):
+            raise os_error(exc if isinstance(exc, OSError) else OSError(28, "No space left on device"),
+                           data_dir) from None
+        raise
     old = data_dir.with_name(f".{data_dir.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if data_dir.exists():

@@ -83,6 +83,10 @@ def load_tokenizer(name: str, revision: str | None = None, *, key: str = "model.
             f"`{key}` points to `{name}`, which is not a folder",
             hint=f"pass a tokenizer folder or a hub id, e.g. `--set {key}=Dream-org/Dream-v0-Base-7B`",
         )
+    if not is_local(name):
+        from dream_job.data.source import check_hub_repo
+
+        check_hub_repo(name, revision, repo_type="model", key=key)
     try:
         config = get_tokenizer_config(name, revision=revision)
         tokenizer = _tokenizer_class(config.get("tokenizer_class")) or AutoTokenizer

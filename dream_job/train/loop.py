@@ -5,12 +5,13 @@ Reads `<run_dir>/data/` (written by prep), trains with FSDP2, writes
 shards, `COMPLETE` last), logs to `<run_dir>/logs/`, and exports the final model to
 `<run_dir>/export/`. A re-run resumes from the newest complete checkpoint; every random draw
 is a function of (seed, step, micro-batch), so a resumed run repeats the uninterrupted one.
-SIGTERM (spot preemption) saves at the next step boundary and exits with code 3.
+SIGTERM (spot preemption) saves at the next step boundary and exits with code 3; Ctrl-C
+(SIGINT) saves the same way and exits with code 130. A full disk while checkpointing is reported
+as such, with the half-written checkpoint removed.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -26,8 +27,9 @@ import torch.distributed as dist
 from budget.flops import peak_flops, train_flops_per_token
 from dream_job.costs import open_costs
 from dream_job.data.prep import read_column, read_report
-from dream_job.errors import EXIT_TRANSIENT, DreamJobError
+from dream_job.errors import EXIT_INTERRUPTED, EXIT_TRANSIENT, CheckpointError, DiskFullError, DreamJobError
 from dream_job.progress import TrainingView
+from dream_job.rundir import LOGS_DIR, METRICS_NAME, is_disk_full, read_jsonl
 from dream_job.spec import JobSpec
 from dream_job.train.batches import BatchPlan, collate, hash_seed
 from dream_job.train.build import Built, build_training
@@ -49,10 +51,12 @@ class TrainResult:
     final_loss: float
     export_dir: Path
     resumed_from: int | None
+    total_steps: int = 0
+    stopped_early: str | None = None  # why the budget guard stopped before `total_steps`
 
 
 class Preempted(DreamJobError):
-    """SIGTERM arrived; a checkpoint was saved and the run can resume."""
+    """SIGTERM or Ctrl-C arrived; a checkpoint was saved and the run can resume."""
 
 
 def lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
@@ -64,17 +68,27 @@ def lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_ratio: floa
 
 
 class _StopFlag:
-    """Set by SIGTERM; checked (and agreed on by all ranks) at each step boundary."""
+    """Set by SIGTERM or SIGINT (Ctrl-C); checked (and agreed on by all ranks) at each step boundary.
+
+    A second Ctrl-C while waiting for the step to end stops at once (the last checkpoint stays).
+    """
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self.signal_name = ""
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
         self.requested = True
+        self.signal_name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        if signum == signal.SIGINT:
+            logger.warning("Ctrl-C: saving a checkpoint at the end of this step (press again to stop at once)")
 
     def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 def _load_prepared(spec: JobSpec) -> tuple[Any, dict[str, Any]]:
@@ -164,6 +178,10 @@ def train(spec: JobSpec) -> TrainResult:
     stop = _StopFlag()
     try:
         return _run(spec, dataset, report, dist_info, stop)
+    except CheckpointError as exc:
+        if is_disk_full(exc) or any("No space left" in line or "unexpected pos" in line for line in exc.caused_by):
+            raise _disk_full(spec) from None
+        raise
     except torch.OutOfMemoryError:
         peak = torch.cuda.max_memory_allocated() / 2**30
         raise DreamJobError(
@@ -213,12 +231,44 @@ def _fetch_synced_checkpoint(spec: JobSpec, root: Path, dist_info: Dist) -> None
     dist.barrier()
 
 
+def _disk_full(spec: JobSpec) -> DiskFullError:
+    """Name the full disk and remove the torn checkpoint a failed save left (`.step-N.partial`)."""
+    root = spec.run_dir() / "checkpoints"
+    for partial in root.glob(".step-*.partial"):
+        shutil.rmtree(partial, ignore_errors=True)
+    free_mib = shutil.disk_usage(root if root.exists() else spec.run_dir()).free / 2**20
+    return DiskFullError(
+        f"disk full at `{root}` while saving a checkpoint ({free_mib:.0f} MiB free)",
+        hint="free space there (or lower `train.keep_checkpoints`, or use a larger disk), then run the same "
+             "command again: it resumes from the last complete checkpoint",
+    )
+
+
+def _plan(lengths: list[int], spec: JobSpec, world_size: int) -> BatchPlan:
+    train = spec.train
+    per_round = train.micro_batch_size * world_size
+    if train.global_batch_size % per_round:
+        raise DreamJobError(
+            f"`train.global_batch_size` ({train.global_batch_size}) must be a multiple of `train.micro_batch_size` "
+            f"x processes ({train.micro_batch_size} x {world_size})",
+            hint=f"set `--set train.global_batch_size={per_round * max(1, train.global_batch_size // per_round)}` "
+                 "or run on a number of GPUs that divides it",
+        )
+    if len(lengths) < train.global_batch_size:
+        raise DreamJobError(
+            f"only {len(lengths)} training rows were prepared, fewer than `train.global_batch_size` "
+            f"({train.global_batch_size})",
+            hint=f"set `--set train.global_batch_size={max(train.micro_batch_size, len(lengths) // per_round * per_round)}`"
+                 " or lower `data.holdout_size`",
+        )
+    return BatchPlan(lengths, global_batch_size=train.global_batch_size, micro_batch_size=train.micro_batch_size,
+                     world_size=world_size, seed=train.seed)
+
+
 def _last_logged_loss(run_dir: Path, *, default: float) -> float:
     """The loss of the last logged step (a finished run re-entered trains no step of its own)."""
-    path = run_dir / "logs" / "metrics.jsonl"
-    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-    for line in reversed(lines):
-        loss = json.loads(line).get("train/loss")
+    for record in reversed(read_jsonl(run_dir / LOGS_DIR / METRICS_NAME)):
+        loss = record.get("train/loss")
         if loss is not None:
             return float(loss)
     return default
@@ -238,12 +288,16 @@ def _smaller_setting(spec: JobSpec) -> str:
 
 def _run(spec: JobSpec, dataset: Any, report: dict[str, Any], dist_info: Dist, stop: _StopFlag) -> TrainResult:
     train, run_dir = spec.train, spec.run_dir()
-    plan = BatchPlan(read_column(dataset, "num_tokens"), global_batch_size=train.global_batch_size,
-                     micro_batch_size=train.micro_batch_size, world_size=dist_info.world_size, seed=train.seed)
+    plan = _plan(read_column(dataset, "num_tokens"), spec, dist_info.world_size)
     total_steps = plan.steps_per_epoch * train.epochs
     if train.max_steps is not None:
         total_steps = min(total_steps, train.max_steps)
-    built = build_training(spec, dist_info)
+    try:
+        built = build_training(spec, dist_info)
+    except ValueError as exc:  # the model config or a setting the model cannot take
+        raise DreamJobError(f"cannot build the model of `model.base` `{spec.model.base}` with this job's settings",
+                            caused_by=[str(exc).splitlines()[0]],
+                            hint="check the base model's `config.json` and the `model`/`train` settings") from None
     _check_token_ids(dataset, built)
     warmup = max(1, round(train.warmup_ratio * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -261,13 +315,19 @@ def _run(spec: JobSpec, dataset: Any, report: dict[str, Any], dist_info: Dist, s
     if resumed_from is not None:
         checkpoints.load(resumed_from, states)
         logger.info("resumed from %s", checkpoints.root / f"step-{resumed_from:06d}")
-    metrics = MetricsLogger(run_dir, is_rank0=dist_info.is_rank0, total_steps=total_steps)
+    metrics = MetricsLogger(run_dir, is_rank0=dist_info.is_rank0, total_steps=total_steps, resume_step=state.step)
     peak = peak_flops(torch.cuda.get_device_name(dist_info.device)) if dist_info.device.type == "cuda" else None
     cfg = built.config
     view = TrainingView(total_steps, state.step, enabled=dist_info.is_rank0)
     costs = open_costs(spec) if dist_info.is_rank0 else None
     started, start_step, loss = time.perf_counter(), state.step, float("nan")
-    while state.step < total_steps:
+    stopped_early = None
+    # The guard also runs before the first step: a run re-entered with the budget spent trains nothing.
+    over_at_start = costs is not None and state.step < total_steps and costs.must_stop()
+    if _all_sum([float(over_at_start)], dist_info.device)[0]:
+        stopped_early = costs.record_stop(state.step, total_steps) if costs is not None else "budget spent"
+        logger.warning("%s", stopped_early)
+    while state.step < total_steps and stopped_early is None:
         step_start = time.perf_counter()
         if dist_info.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dist_info.device)
@@ -304,24 +364,28 @@ def _run(spec: JobSpec, dataset: Any, report: dict[str, Any], dist_info: Dist, s
             _sync_checkpoint(spec, checkpoints.folder(state.step), state.step, dist_info,
                              final=stopping or over_budget)
         if over_budget and not stopping:
-            if costs is not None:
-                logger.warning("%s", costs.record_stop(state.step, total_steps))
+            stopped_early = costs.record_stop(state.step, total_steps) if costs is not None else "budget spent"
+            logger.warning("%s", stopped_early)
             break
         if stopping:
             view.close()
             metrics.close()
+            by_ctrl_c = stop.signal_name == "Ctrl-C"
             raise Preempted(
-                f"training stopped by SIGTERM after saving step {state.step} of {total_steps}",
+                f"training stopped by {stop.signal_name or 'SIGTERM'} after saving step {state.step} of {total_steps}",
                 hint="run the same command again to resume from that checkpoint",
-                exit_code=EXIT_TRANSIENT,
+                exit_code=EXIT_INTERRUPTED if by_ctrl_c else EXIT_TRANSIENT,
             )
     view.close()
     metrics.close()
+    if costs is not None and stopped_early is None:
+        costs.clear_stop()
     export_dir = run_dir / "export"
     if resumed_from == state.step and (export_dir / "dream_job_export.json").exists():
         logger.info("already trained and exported: %s", export_dir)
         return TrainResult(steps=state.step, final_loss=_last_logged_loss(run_dir, default=loss),
-                           export_dir=export_dir, resumed_from=resumed_from)
+                           export_dir=export_dir, resumed_from=resumed_from, total_steps=total_steps,
+                           stopped_early=stopped_early)
     # An export of an earlier, shorter run is replaced: write the new one, then drop the old.
     stale = export_dir.with_name(".export.stale")
     if dist_info.is_rank0 and export_dir.exists():
@@ -332,4 +396,5 @@ def _run(spec: JobSpec, dataset: Any, report: dict[str, Any], dist_info: Dist, s
               base_dir=built.base_dir, is_lora=train.method == "lora")
     if dist_info.is_rank0:
         shutil.rmtree(stale, ignore_errors=True)
-    return TrainResult(steps=state.step, final_loss=loss, export_dir=export_dir, resumed_from=resumed_from)
+    return TrainResult(steps=state.step, final_loss=loss, export_dir=export_dir, resumed_from=resumed_from,
+                       total_steps=total_steps, stopped_early=stopped_early)

@@ -3,8 +3,10 @@
 Input: `MetricsLogger.log(step, {"train/loss": ..., "perf/tokens_per_s": ..., ...})` with
 slash-namespaced keys. Output under `<run>/logs/`: `train.log` (one plain fixed-field line per
 call, also sent to `logging`), `metrics.jsonl` (one JSON object per call, for `dream-job status`),
-`tensorboard/` (event files) and, on `close()`, `loss.png`. Files are appended, never truncated,
-so a resumed run continues the same files.
+`tensorboard/` (event files) and, on `close()`, `loss.png`. A resumed run continues the same
+files: lines past the checkpoint it resumed from (logged by the run that was killed) are dropped
+first, and TensorBoard purges its events from the next step, so no step appears twice.
+A torn last line (a crash mid-write) is skipped and cut off.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
+
+from dream_job.rundir import METRICS_NAME, TRAIN_LOG_NAME, append_line, read_jsonl, write_text_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +36,7 @@ LINE_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("cost/spent_yuan", "cost_yuan", "{:.2f}"),
 )
 LOSS_KEY = "train/loss"
+_LOG_STEP_RE = re.compile(r"^\S+ step (\d+)/")  # `2026-12-05T13:07:42Z step 128/140 loss ...`
 
 
 def format_duration(seconds: float) -> str:
@@ -75,27 +81,31 @@ class MetricsLogger:
         run_dir: The run directory; files go to `run_dir/logs/`.
         is_rank0: Whether this process writes.
         total_steps: Planned number of optimizer steps (the `step i/total` field).
+        resume_step: The step training continues from (0 for a fresh start); lines of later
+            steps already in the files are dropped.
     """
 
-    def __init__(self, run_dir: Path, *, is_rank0: bool, total_steps: int) -> None:
+    def __init__(self, run_dir: Path, *, is_rank0: bool, total_steps: int, resume_step: int = 0) -> None:
         self.log_dir = Path(run_dir) / "logs"
         self.is_rank0 = is_rank0
         self.total_steps = total_steps
+        self.resume_step = resume_step
         self.loss_by_step: dict[int, float] = {}
         self._writer: Any = None
         self._tensorboard_ok = True  # False once the import failed: warn once, then skip the sink
         self._closed = False
         if is_rank0:
             self.log_dir.mkdir(parents=True, exist_ok=True)
+            self._drop_lines_after(resume_step)
             self._read_history()
 
     @property
     def train_log_path(self) -> Path:
-        return self.log_dir / "train.log"
+        return self.log_dir / TRAIN_LOG_NAME
 
     @property
     def metrics_path(self) -> Path:
-        return self.log_dir / "metrics.jsonl"
+        return self.log_dir / METRICS_NAME
 
     @property
     def plot_path(self) -> Path:
@@ -118,8 +128,8 @@ class MetricsLogger:
         line = format_line(step, self.total_steps, values)
         logger.info(line)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        _append(self.train_log_path, f"{stamp} {line}\n")
-        _append(self.metrics_path, json.dumps({"step": step, "time": round(time.time(), 3), **values}) + "\n")
+        append_line(self.train_log_path, f"{stamp} {line}\n")
+        append_line(self.metrics_path, json.dumps({"step": step, "time": round(time.time(), 3), **values}) + "\n")
         if (writer := self._tensorboard(step)) is not None:
             for key, value in values.items():
                 writer.add_scalar(key, value, step)
@@ -145,14 +155,22 @@ class MetricsLogger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _drop_lines_after(self, step: int) -> None:
+        """Rewrite `metrics.jsonl` and `train.log` without lines past `step` (and without a torn tail)."""
+        records = read_jsonl(self.metrics_path, repair=True)
+        if any(int(r.get("step", 0)) > step for r in records):
+            kept = [r for r in records if int(r.get("step", 0)) <= step]
+            write_text_atomically(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+            logger.info("resuming at step %d: dropped %d logged step(s) after it from `%s`", step,
+                        len(records) - len(kept), self.metrics_path)
+        if self.train_log_path.is_file():
+            lines = self.train_log_path.read_bytes().decode("utf-8", errors="replace").splitlines(keepends=True)
+            kept_lines = [ln for ln in lines if ln.endswith("\n") and not _logged_after(ln, step)]
+            if len(kept_lines) != len(lines):
+                write_text_atomically(self.train_log_path, "".join(kept_lines))
+
     def _read_history(self) -> None:
-        if not self.metrics_path.exists():
-            return
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line torn by a crash mid-write; the rest is fine
-                continue
+        for record in read_jsonl(self.metrics_path):
             if LOSS_KEY in record:
                 self.loss_by_step[int(record["step"])] = float(record[LOSS_KEY])
 
@@ -165,9 +183,9 @@ class MetricsLogger:
                 self._tensorboard_ok = False
                 logger.warning("`tensorboard` is not installed; no TensorBoard logs (`pip install tensorboard`)")
                 return None
-            # purge_step: after a resume from an earlier checkpoint, events at or after the first
-            # step logged now are dropped from the old files, so the curves do not fold back.
-            self._writer = SummaryWriter(log_dir=str(self.log_dir / "tensorboard"), purge_step=step)
+            # purge_step: events after the checkpoint this run resumed from (written by the run
+            # that was killed) are dropped from the old files, so the curves do not fold back.
+            self._writer = SummaryWriter(log_dir=str(self.log_dir / "tensorboard"), purge_step=self.resume_step + 1)
         return self._writer
 
     def _plot_loss(self) -> None:
@@ -197,8 +215,6 @@ class MetricsLogger:
         os.replace(tmp, self.plot_path)  # atomic: a reader never sees half a PNG
 
 
-def _append(path: Path, text: str) -> None:
-    # Open per call in append mode: nothing to truncate on resume, and each line is flushed at
-    # once, so `tail -f` and a crash both see whole lines.
-    with path.open("a", encoding="utf-8") as f:
-        f.write(text)
+def _logged_after(line: str, step: int) -> bool:
+    match = _LOG_STEP_RE.match(line)
+    return match is not None and int(match.group(1)) > step

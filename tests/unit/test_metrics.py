@@ -57,18 +57,19 @@ def test_logger_writes_every_sink_and_appends_across_a_resume(tmp_path: Path, ca
     assert lines[1].split(" ", 1)[1].startswith("step 2/6 loss 2.0000 ")
     assert len((logs / "metrics.jsonl").read_text().splitlines()) == 3
 
-    # Resume from a checkpoint at step 2: a new logger appends, the loss history covers the whole run.
-    resumed = MetricsLogger(tmp_path, is_rank0=True, total_steps=6)
-    assert resumed.loss_by_step == {1: 3.0, 2: 2.0, 3: 1.0}
+    # Resume from a checkpoint at step 2: step 3 of the killed run is dropped, the files continue.
+    resumed = MetricsLogger(tmp_path, is_rank0=True, total_steps=6, resume_step=2)
+    assert resumed.loss_by_step == {1: 3.0, 2: 2.0}
     resumed.log(3, {"train/loss": 0.5})
     resumed.log(4, {"train/loss": 0.25})
     resumed.close()
     resumed.close()  # idempotent
     records = [json.loads(line) for line in (logs / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [1, 2, 3, 3, 4]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert records[0]["train/loss"] == 3.0 and records[0]["perf/mfu"] == FULL["perf/mfu"] and "time" in records[0]
-    assert len((logs / "train.log").read_text().splitlines()) == 5
-    assert resumed.loss_by_step == {1: 3.0, 2: 2.0, 3: 0.5, 4: 0.25}  # a repeated step keeps its latest value
+    assert [line.split(" ")[2] for line in (logs / "train.log").read_text().splitlines()] == ["1/6", "2/6", "3/6",
+                                                                                               "4/6"]
+    assert resumed.loss_by_step == {1: 3.0, 2: 2.0, 3: 0.5, 4: 0.25}
 
     png = (logs / "loss.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
@@ -113,3 +114,20 @@ def test_missing_tensorboard_warns_once_and_skips_the_sink(tmp_path: Path, monke
     assert sum("tensorboard" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING) == 1
     assert not (tmp_path / "logs" / "tensorboard").exists()
     assert (tmp_path / "logs" / "loss.png").exists()
+
+
+def test_a_resume_drops_later_lines_and_a_torn_last_line(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    lines = [json.dumps({"step": step, "train/loss": float(step)}) + "\n" for step in (1, 2, 3)]
+    # Killed mid-write inside the UTF-8 character of a key: the last line is torn.
+    (logs / "metrics.jsonl").write_bytes("".join(lines).encode() + '{"step": 4, "é'.encode()[:-1])
+    metrics = MetricsLogger(tmp_path, is_rank0=True, total_steps=6, resume_step=3)
+    assert metrics.loss_by_step == {1: 1.0, 2: 2.0, 3: 3.0}
+    assert (logs / "metrics.jsonl").read_text() == "".join(lines)  # the torn tail was cut off
+    metrics.log(4, {"train/loss": 0.5})
+    assert [json.loads(line)["step"] for line in (logs / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    metrics.close()
+    again = MetricsLogger(tmp_path, is_rank0=True, total_steps=6, resume_step=1)
+    assert again.loss_by_step == {1: 1.0}
+    assert [json.loads(line)["step"] for line in (logs / "metrics.jsonl").read_text().splitlines()] == [1]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dream_job.errors import DreamJobError
-from dream_job.pipeline import _check_gpu_memory, preflight
+from dream_job.preflight import _check_gpu_memory, preflight
 from dream_job.spec import load_spec
 from tests.conftest import REPO
 

@@ -1,0 +1,178 @@
+"""Container preflight: check, before any work, that this machine and environment can run the job.
+
+Checks, in order, each failing with one sentence and its fix: a GPU when the spec asks for CUDA;
+the secrets the destinations need; every destination (known scheme, credentials, and a tiny
+write and delete); the base model (a local folder with `config.json`, in the local cache, or
+reachable on the Hub within ~30 s); the GPU memory plan; free disk for the base model,
+checkpoints and export. Nothing is written to the run dir.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from dream_job.errors import DreamJobError
+from dream_job.spec import JobSpec
+
+logger = logging.getLogger(__name__)
+
+# Fallbacks when the planned method does not fit, the same training recipe first.
+_FALLBACKS = {"full": ["full_offload", "full_8bit", "lora"], "full_offload": ["full_8bit", "lora"],
+              "full_8bit": ["lora"], "lora": []}
+DREAM_7B_PARAMETERS = 7_615_616_512  # Dream-v0-Base-7B (dream.md §4), before its config is downloaded
+
+
+def preflight(spec: JobSpec) -> dict[str, Any]:
+    """Check that this machine can run the job; return what was found.
+
+    Secrets are checked for presence only and never logged.
+
+    Returns:
+        `{"gpus", "free_gib", "needed_gib", "method", "destinations"}`; `method` is the one to
+        train with (another one only under `train.on_memory_mismatch: switch`).
+
+    Raises:
+        DreamJobError: What is missing, in one sentence, with the fix (exit 3 for an unreachable network).
+    """
+    gpus = _num_gpus()
+    if spec.train.device == "cuda" and gpus == 0:
+        raise DreamJobError("`train.device` is `cuda` but this machine has no visible GPU",
+                            hint="launch on a GPU offer (see `dream-job estimate`) or `--set train.device=cpu`")
+    _check_secrets(spec)
+    run_dir = spec.run_dir()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DreamJobError(f"run dir `{run_dir}` is a file, not a folder",
+                            hint="point `artifacts.run_dir` at a folder (or remove the file)")
+    _check_destinations(spec)
+    _check_base_model(spec)
+    method = _check_gpu_memory(spec, gpus) if gpus else spec.train.method
+    existing = next(p for p in (run_dir.absolute(), *run_dir.absolute().parents) if p.exists())
+    free_gib = _free_gib(existing)
+    needed_gib = _disk_needed_gib(spec)
+    if free_gib < needed_gib:
+        raise DreamJobError(
+            f"only {free_gib:.0f} GiB free under `{existing}`, the job needs about {needed_gib:.0f} GiB "
+            "(base model, checkpoints, export)",
+            hint="launch with a larger `disk_size` in sky.yaml, or lower `train.keep_checkpoints`",
+        )
+    return {"gpus": gpus, "free_gib": round(free_gib, 1), "needed_gib": round(needed_gib, 1), "method": method,
+            "destinations": len(spec.artifacts.destinations)}
+
+
+def _check_secrets(spec: JobSpec) -> None:
+    missing = []
+    if any(d.startswith("hf://") for d in spec.artifacts.destinations) and not os.environ.get("HF_TOKEN"):
+        missing.append("`HF_TOKEN` (for the `hf://` destination)")
+    if any(d.startswith("s3://") for d in spec.artifacts.destinations) and not _have_aws_credentials():
+        missing.append("AWS credentials `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` (for the `s3://` destination)")
+    if missing:
+        raise DreamJobError(
+            f"missing secret {' and '.join(missing)} in the environment",
+            hint="pass them at launch: `sky launch --secret HF_TOKEN --secret AWS_ACCESS_KEY_ID "
+            "--secret AWS_SECRET_ACCESS_KEY sky.yaml`",
+        )
+
+
+def _check_destinations(spec: JobSpec) -> None:
+    """Probe every destination with a tiny write and delete, so a bad one fails before training."""
+    if not spec.artifacts.destinations:
+        return
+    from dream_job.artifacts import check_destination
+
+    for destination in spec.artifacts.destinations:
+        check_destination(destination, s3_endpoint_url=spec.artifacts.s3_endpoint_url)
+
+
+def _check_base_model(spec: JobSpec) -> None:
+    """The base model must be a local folder with `config.json`, cached, or reachable on the Hub."""
+    from dream_job.data.source import check_hub_repo, hub_offline
+    from dream_job.data.tokenizer import is_local
+
+    base = spec.model.base
+    if is_local(base):
+        folder = Path(base).expanduser()
+        if not (folder / "config.json").is_file():
+            raise DreamJobError(
+                f"`model.base` points to `{base}`, which is not a model folder with `config.json`",
+                hint="set `model.base` to a Dream folder or a hub id such as `Dream-org/Dream-v0-Base-7B`",
+            )
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(base, "config.json", revision=spec.model.revision)
+    if isinstance(cached, str):
+        return
+    if hub_offline():
+        raise DreamJobError(
+            f"`model.base` `{base}` is not in the local Hugging Face cache and `HF_HUB_OFFLINE` is set, so it "
+            "cannot be downloaded",
+            hint="unset `HF_HUB_OFFLINE` on a machine with network, or set `model.base` to a local folder",
+            exit_code=3,
+        )
+    check_hub_repo(base, spec.model.revision, repo_type="model", key="model.base")
+
+
+def _num_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _check_gpu_memory(spec: JobSpec, gpus: int) -> str:
+    """Check the plan against the GPUs this machine has; return the method to train with.
+
+    Raises:
+        DreamJobError: The method does not fit and `train.on_memory_mismatch` is `refuse`, or none fits.
+    """
+    import torch
+
+    from budget import plan_memory
+
+    name = torch.cuda.get_device_name(0)
+    have_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    method = spec.train.method
+    need_gib = plan_memory(spec, method, gpus).peak_gib
+    if need_gib <= have_gib:
+        return method
+    fitting = [m for m in _FALLBACKS[method] if plan_memory(spec, m, gpus).peak_gib <= have_gib]
+    where = f"this machine's {gpus}x {name} ({have_gib:.0f} GiB each)"
+    if spec.train.on_memory_mismatch == "switch" and fitting:
+        logger.warning("`train.method` `%s` needs about %.0f GiB per GPU on %s: training with `%s` instead",
+                       method, need_gib, where, fitting[0])
+        return fitting[0]
+    raise DreamJobError(
+        f"`train.method` `{method}` needs about {need_gib:.0f} GiB per GPU on {where}",
+        hint=(f"`--set train.method={fitting[0]}` fits (or `--set train.on_memory_mismatch=switch`); "
+              if fitting else "") + "`dream-job estimate` lists the GPUs that fit",
+    )
+
+
+def _have_aws_credentials() -> bool:
+    try:
+        import boto3
+    except ImportError:
+        return bool(os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"))
+    return boto3.Session().get_credentials() is not None
+
+
+def _free_gib(path: Path) -> float:
+    import shutil
+
+    return shutil.disk_usage(path).free / 2**30
+
+
+def _disk_needed_gib(spec: JobSpec) -> float:
+    """Rough disk need: base weights + the export + kept checkpoints (weights and optimizer state)."""
+    from dream_job.data.tokenizer import is_local
+    from dream_job.model.dream import DreamConfig
+
+    if is_local(spec.model.base):
+        params = DreamConfig.from_pretrained_dir(Path(spec.model.base).expanduser()).num_parameters()
+    else:
+        params = DREAM_7B_PARAMETERS
+    bytes_per_checkpoint = {"full": 16, "full_offload": 16, "full_8bit": 4.2, "lora": 0.2}[spec.train.method] * params
+    weights = 2 * params
+    return (weights * 2 + bytes_per_checkpoint * (spec.train.keep_checkpoints + 1)) / 2**30 + 1

@@ -1,0 +1,385 @@
+"""The run-directory contract: names, stage records, the atomic writer, the lock, JSONL reading.
+
+Every stage imports this module and nothing here imports a stage. Layout (architecture.md):
+
+    <run_dir>/.lock               OS file lock held by the one process working here (PID, host inside)
+    <run_dir>/stages/<stage>.done JSON stage record: fingerprint of its inputs, outcome, output digest
+    <run_dir>/data/ checkpoints/ export/ eval/ logs/ cost.json run.json
+
+A stage record is written when a stage starts (`running`) and when it ends (`done`,
+`stopped_by_budget`, `interrupted` or `failed`), by whichever verb ran it, so `dream-job status`
+and `dream-job run` read the same truth. The lock is `fcntl.flock` on `.lock`: the kernel
+releases it when the process dies, so a `kill -9` never leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dream_job.errors import DiskFullError, DreamJobError, RunDirBusyError
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = ".lock"
+STAGES_DIR = "stages"
+DATA_DIR = "data"
+CHECKPOINTS_DIR = "checkpoints"
+EXPORT_DIR = "export"
+EVAL_DIR = "eval"
+LOGS_DIR = "logs"
+METRICS_NAME = "metrics.jsonl"
+TRAIN_LOG_NAME = "train.log"
+RUN_INFO_NAME = "run.json"
+EXPORT_INFO_NAME = "dream_job_export.json"  # written by `train/export.py`, last
+STEP_RE = re.compile(r"step-(\d+)")
+# Outcomes of a stage record; only `done` lets a later run skip the stage.
+DONE, STOPPED_BY_BUDGET, INTERRUPTED, FAILED, RUNNING = "done", "stopped_by_budget", "interrupted", "failed", "running"
+RECORD_VERSION = 2
+# Set for child processes (torchrun workers) of the process that holds the lock: they work under it.
+LOCK_ENV = "DREAM_JOB_RUN_DIR_LOCKED"
+
+
+def stage_record_path(run_dir: Path, stage: str) -> Path:
+    """Return the record file of `stage` (`<run_dir>/stages/<stage>.done`)."""
+    return Path(run_dir) / STAGES_DIR / f"{stage}.done"
+
+
+def now_utc() -> str:
+    """Return the time as `2026-12-05T13:07:45Z` (stage records, logs)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def digest(*parts: Any) -> str:
+    """Return the sha256 of `parts` as canonical JSON (the fingerprint of a stage's inputs)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write `text` to a temp file next to `path`, fsync it, then rename it over `path`.
+
+    A failed write (disk full, read-only) removes its temp file, so a retry finds no leftovers.
+
+    Raises:
+        DiskFullError: The disk holding `path` is full (exit 1, names the path).
+        DreamJobError: Another OS error, naming the path.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise os_error(exc, path) from None
+
+
+def os_error(exc: OSError, path: Path) -> DreamJobError:
+    """Turn an OS error while writing `path` into one sentence (disk full, read-only, permission)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(f"disk full at `{path}`",
+                             hint="free space there (old checkpoints, caches) or use a larger disk, then run the "
+                                  "same command again; finished work is kept")
+    if exc.errno == errno.EROFS:
+        return DreamJobError(f"cannot write `{path}`: the file system is read-only",
+                             hint="point `artifacts.run_dir` at a writable folder")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return DreamJobError(f"cannot write `{path}`: permission denied",
+                             hint="point `artifacts.run_dir` at a folder you may write to")
+    return DreamJobError(f"cannot write `{path}`: {exc.strerror or exc}",
+                         hint="check the folder exists and is writable, then run the same command again")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Return True when `exc` (or an exception it wraps) is, or reads like, ENOSPC."""
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 10:
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(current)
+        if "No space left on device" in text or "Disk quota exceeded" in text:
+            return True
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return False
+
+
+# --- JSONL ---------------------------------------------------------------------------------
+
+
+def read_jsonl(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
+    """Return the JSON objects of a JSONL file, skipping torn or undecodable lines.
+
+    A process killed mid-write leaves a last line without its newline, possibly cut inside a
+    UTF-8 character. Such lines (and any line that is not a JSON object) are skipped with one
+    warning. With `repair`, a torn tail is cut off the file (the caller must own the file, e.g.
+    hold the run-dir lock), so later appends start on a fresh line.
+
+    Args:
+        path: The file; a missing file reads as empty.
+        repair: Truncate a torn last line in place.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    records: list[dict[str, Any]] = []
+    num_bad = 0
+    end = data.rfind(b"\n") + 1  # bytes after the last newline are a torn line
+    for raw in data[:end].split(b"\n"):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            num_bad += 1
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            num_bad += 1
+    torn = data[end:]
+    if torn.strip():
+        try:  # a complete record missing only its newline is kept
+            record = json.loads(torn.decode("utf-8"))
+            if isinstance(record, dict):
+                records.append(record)
+                torn = b""
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            num_bad += 1
+    if num_bad:
+        logger.warning("skipped %d torn or unreadable line(s) in `%s`", num_bad, path)
+    if repair and torn:
+        try:
+            with path.open("r+b") as f:
+                f.truncate(end)
+        except OSError as exc:
+            raise os_error(exc, path) from None
+        logger.info("cut a torn last line off `%s`", path)
+    return records
+
+
+def append_line(path: Path, text: str) -> None:
+    """Append one line (with its newline) to `path`, starting a new line if the file ends torn."""
+    path = Path(path)
+    try:
+        with path.open("ab+") as f:
+            size = f.seek(0, os.SEEK_END)
+            prefix = b""
+            if size:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    prefix = b"\n"
+            f.write(prefix + text.encode("utf-8"))
+    except OSError as exc:
+        raise os_error(exc, path) from None
+
+
+# --- stage records -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """What `stages/<stage>.done` says about one stage.
+
+    Attributes:
+        stage: `prep`, `train`, `eval` or `publish`.
+        fingerprint: Digest of everything the stage read (spec fields, dataset digest, upstream digest).
+        inputs: The parts of the fingerprint, for messages (`spec` fields, `dataset`, `upstream`).
+        outcome: `running`, `done`, `stopped_by_budget`, `interrupted` or `failed`.
+        output_digest: Digest of what the stage produced (downstream fingerprints include it).
+        reason: Why it stopped, for every outcome but `done`.
+        summary: Small facts for status lines (`rows_kept`, `steps`, ...).
+        verb: The command that ran it (`dream-job train`, `dream-job run`).
+        started_at, finished_at: UTC times.
+    """
+
+    stage: str
+    fingerprint: str
+    inputs: dict[str, Any]
+    outcome: str
+    output_digest: str | None = None
+    reason: str | None = None
+    summary: dict[str, Any] | None = None
+    verb: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+    @property
+    def is_done(self) -> bool:
+        return self.outcome == DONE
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": RECORD_VERSION, **self.__dict__}
+
+
+def read_stage_record(run_dir: Path, stage: str) -> StageRecord | None:
+    """Return the record of `stage`, or None when there is none (or it is of an older layout)."""
+    path = stage_record_path(run_dir, stage)
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        logger.warning("ignoring unreadable stage record `%s`", path)
+        return None
+    if not isinstance(body, dict) or body.get("version") != RECORD_VERSION:
+        return None  # a record of an older dream-job: the stage runs again (its own reuse keeps it cheap)
+    fields = StageRecord.__dataclass_fields__
+    return StageRecord(**{k: v for k, v in body.items() if k in fields})
+
+
+def write_stage_record(run_dir: Path, record: StageRecord) -> None:
+    """Write a stage record atomically."""
+    write_text_atomically(stage_record_path(run_dir, record.stage), json.dumps(record.to_json(), indent=2) + "\n")
+
+
+def export_digest(export_dir: Path) -> str | None:
+    """Return a digest that changes whenever the export is rewritten, or None without a complete export.
+
+    Cheap on a 15 GB export: the export's own `dream_job_export.json` (which carries `exported_at`
+    and is written last) plus the name and size of every file, not the weights' bytes.
+    """
+    info = Path(export_dir) / EXPORT_INFO_NAME
+    if not info.is_file():
+        return None
+    files = sorted((p.relative_to(export_dir).as_posix(), p.stat().st_size)
+                   for p in Path(export_dir).rglob("*") if p.is_file())
+    return digest(info.read_text(encoding="utf-8"), files)
+
+
+# --- lock ----------------------------------------------------------------------------------
+
+_held: dict[Path, tuple[int, int]] = {}  # resolved lock path -> (fd, nesting depth) in this process
+
+
+def _holder_text(verb: str) -> str:
+    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "verb": verb, "since": now_utc()})
+
+
+def _describe_holder(lock_path: Path) -> str:
+    try:
+        holder = json.loads(lock_path.read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        holder = {}
+    pid, host = holder.get("pid", "?"), holder.get("host", "?")
+    verb, since = holder.get("verb"), holder.get("since")
+    return f"process {pid} on host `{host}`" + (f" (`{verb}`, since {since})" if verb else "")
+
+
+@contextmanager
+def locked_run_dir(run_dir: Path, *, verb: str) -> Iterator[Path]:
+    """Hold the run dir's OS lock while the body runs; creates the run dir.
+
+    Re-entrant in one process (the pipeline holds it while calling a stage that also asks), and
+    inherited by child processes through `DREAM_JOB_RUN_DIR_LOCKED` (torchrun workers of `run`).
+    Where the file system has no locks (some bucket mounts), it warns once and goes on.
+
+    Args:
+        run_dir: The run directory.
+        verb: What holds it, shown to a second process (`dream-job train`).
+
+    Raises:
+        RunDirBusyError: Another process holds it (exit 1, with its PID and host).
+        DreamJobError: The run dir is a file or cannot be created.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DreamJobError(f"run dir `{run_dir}` is a file, not a folder",
+                            hint="point `artifacts.run_dir` at a folder (or remove the file)")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if isinstance(exc, (FileExistsError, NotADirectoryError)):
+            raise DreamJobError(f"run dir `{run_dir}` cannot be created: a part of its path is a file",
+                                hint="point `artifacts.run_dir` at a folder") from None
+        raise os_error(exc, run_dir) from None
+    lock_path = (run_dir / LOCK_NAME).resolve()
+    inherited = os.environ.get(LOCK_ENV, "")
+    if lock_path in _held or str(lock_path) in inherited.split(os.pathsep):
+        fd, depth = _held.get(lock_path, (-1, 0))
+        _held[lock_path] = (fd, depth + 1)
+        try:
+            yield run_dir
+        finally:
+            fd, depth = _held[lock_path]
+            if depth <= 1:
+                _held.pop(lock_path)
+            else:
+                _held[lock_path] = (fd, depth - 1)
+        return
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise os_error(exc, lock_path) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunDirBusyError(
+            f"run dir `{run_dir}` is in use by {_describe_holder(lock_path)}",
+            hint="wait for it to finish or stop it (its lock goes with the process), or use another "
+                 "`artifacts.run_dir`",
+        ) from None
+    except OSError as exc:  # ENOLCK / EOPNOTSUPP: a mount without locks
+        logger.warning("run dir `%s` cannot be locked (%s): make sure no other process uses it", run_dir,
+                       exc.strerror or exc)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, _holder_text(verb).encode(), 0)
+    except OSError:
+        pass  # the holder's details are for messages only
+    _held[lock_path] = (fd, 1)
+    previous_env = os.environ.get(LOCK_ENV)
+    os.environ[LOCK_ENV] = os.pathsep.join(p for p in (previous_env, str(lock_path)) if p)
+    try:
+        yield run_dir
+    finally:
+        _held.pop(lock_path, None)
+        if previous_env is None:
+            os.environ.pop(LOCK_ENV, None)
+        else:
+            os.environ[LOCK_ENV] = previous_env
+        os.close(fd)  # releases the flock
+
+
+def lock_holder(run_dir: Path) -> str | None:
+    """Return who holds the run dir's lock ("process 12 on host `h`"), or None when nobody does."""
+    lock_path = Path(run_dir) / LOCK_NAME
+    if not lock_path.is_file():
+        return None
+    if lock_path.resolve() in _held:
+        return f"this process ({os.getpid()})"
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _describe_holder(lock_path)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None
