@@ -179,24 +179,24 @@ def _data_section(report: dict[str, Any] | None) -> str:
 
 
 def _eval_section(summary: dict[str, Any] | None) -> str:
+    """Return the evaluation section: the report's accuracy table, its note on intervals, the models."""
     if not summary:
         return "## Evaluation\n\nNo evaluation was recorded (`eval/summary.json` was absent).\n"
-    rows: list[tuple[str, dict[str, Any]]] = []
+    from dream_job.eval.report import INTERVALS_NOTE, accuracy_table, model_sources  # the report's numbers
 
-    def walk(name: str, value: Any) -> None:
-        if not isinstance(value, dict):
-            return
-        scalars = {k: v for k, v in value.items() if isinstance(v, (int, float, str, bool)) or v is None}
-        if scalars:
-            rows.append((name or "all", scalars))
-        for key, child in value.items():
-            walk(f"{name} / {key}" if name else str(key), child)
-
-    walk("", summary)
-    columns = list(dict.fromkeys(key for _, scalars in rows for key in scalars))
-    lines = ["| | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-    lines += [f"| {name} | " + " | ".join(_fmt(s.get(c, "")) for c in columns) + " |" for name, s in rows]
-    return "## Evaluation\n\nFrom `eval/summary.json`:\n\n" + "\n".join(lines) + "\n"
+    lines = ["## Evaluation", "", "From `eval/summary.json` (the run's `eval/report.md` has the same table, "
+             "example outputs and the decoding settings):", "", *accuracy_table(summary, speed=False), "",
+             INTERVALS_NOTE, ""]
+    sources = {label: found for label, found in model_sources(summary).items() if found}
+    if sources:
+        lines += [f"- `{label}`: {'; '.join(f'`{src}`' for src in found)}" for label, found in sources.items()]
+        lines.append("")
+    samplers = [e["sampler"] for entries in summary.values() for e in entries.values() if isinstance(e.get("sampler"), dict)]
+    if samplers and all(s == samplers[0] for s in samplers):
+        lines.append("Decoding: " + ", ".join(f"`{k}={v}`" for k, v in samplers[0].items()) + ".\n")
+    elif samplers:
+        lines.append("Models or suites were decoded with different settings; `eval/report.md` lists them.\n")
+    return "\n".join(lines)
 
 
 def _fmt(value: Any) -> str:

@@ -59,6 +59,20 @@ def read_items(path: Path, *, key: str, golds: dict[str, str]) -> dict[str, dict
     return kept
 
 
+def read_item_file(path: Path) -> list[dict[str, Any]]:
+    """Return every record of an item file in file order, skipping torn lines; [] when it is missing."""
+    if not path.is_file():
+        return []
+    records = []
+    # Bytes, not text: a line torn inside a UTF-8 character must not make the whole file unreadable.
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # blank, or torn by a kill mid-write; `read_items` repairs the file on the next run
+    return records
+
+
 def append_items(path: Path, records: Iterable[dict[str, Any]]) -> None:
     """Append records to `path` and fsync, so they survive the process being killed."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -266,8 +266,8 @@ def test_model_card_front_matter_sections_snippet_and_no_secrets(
     assert spec["notes"] == {"hf_token": "<redacted>", "copied": "<redacted>"}
     assert "| rows read | 1,000 |" in text and "| rows truncated | 7 |" in text
     assert "| training tokens per epoch | 4,196 |" in text
-    assert "| | accuracy | n |" in text and "| base / gsm8k | 0.41 | 100 |" in text
-    assert "| finetuned / gsm8k | 0.52 | 100 |" in text
+    assert "| suite | n | `base` | `finetuned` |" in text  # the eval report's table (eval/report.py)
+    assert "| `gsm8k` | 100 | 41.0% (41/100) CI 31.9 to 50.8 | 52.0% (52/100) CI 42.3 to 61.5 |" in text
     assert "![training loss](loss.png)" in text
     assert (folder / "loss.png").read_bytes() == inputs.loss_png.read_bytes()
     for secret in (TOKEN, AWS_SECRET, "typed-into-the-spec-by-mistake"):

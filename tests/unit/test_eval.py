@@ -305,8 +305,16 @@ def test_evaluate_end_to_end_and_resume(run: tuple[JobSpec, Any]) -> None:
     assert sum(calls) == 9
 
     report = write_report(spec.run_dir()).read_text()
-    assert "| `gsm8k` | 4 | 25.0% (1/4) | 75.0% (3/4) | +50.0 pp |" in report
-    assert "| `math500` | 3 | 33.3% (1/3) | 100.0% (3/3) | +66.7 pp |" in report
+    assert ("| `gsm8k` | 4 | 25.0% (1/4) CI 4.6 to 69.9 | 75.0% (3/4) CI 30.1 to 95.4 | "
+            "+50.0 pp CI -13.5 to +78.9 |") in report
+    assert ("| `math500` | 3 | 33.3% (1/3) CI 6.1 to 79.2 | 100.0% (3/3) CI 43.9 to 100.0 | "
+            "+66.7 pp CI -5.9 to +93.9 |") in report
+    # The first items side by side: question, gold, each model's extracted answer and mark.
+    assert "### `gsm8k`: the first 4 of 4 items" in report
+    assert f"| 1 | {GSM8K[0]['question']} | `1234` | ✓ `1234` | ✓ `1234` |" in report
+    assert f"| 2 | {GSM8K[1]['question']} | `18` | ✗ `17` | ✓ `18` |" in report
+    assert f"| 4 | {GSM8K[3]['question']} | `42` | ✗ no answer (empty output) | ✗ `41` |" in report
+    assert f"| 2 | {HOLDOUT[1]['question']} | `12` | ✗ `13` | ✓ `12` |" in report  # the boxed part of the gold
     assert "[gsm8k](items-final-gsm8k.jsonl)" in report and "`base`" in report
     assert "different settings" in report  # base decoded 96 tokens, final now 80
     png = (eval_dir / "accuracy.png").read_bytes()
@@ -388,3 +396,97 @@ def test_moved_run_dir_keeps_finished_items(run: tuple[JobSpec, Any], tmp_path: 
         raise AssertionError("items were decoded again")
 
     assert evaluate(moved_spec, model_label="final", generate_fn=refuse)["gsm8k"]["correct"] == 3
+
+
+# --- the report a person reads ------------------------------------------------------------------
+
+
+def chat_prompt(question: str) -> str:
+    return f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n<|im_start|>think\n"
+
+
+def write_eval_dir(run_dir: Path) -> dict[str, Any]:
+    """An eval dir as `evaluate` leaves it: gsm8k 18/40 -> 30/40, s1k_holdout 0/8 -> 6/8 (final has 7 items)."""
+    from dream_job.eval.records import update_summary, write_items
+
+    eval_dir = run_dir / "eval"
+    plan = {("base", "gsm8k"): (40, 18), ("final", "gsm8k"): (40, 30),
+            ("base", "s1k_holdout"): (8, 0), ("final", "s1k_holdout"): (7, 6)}
+    sources = {"base": "Dream-org/Dream-v0-Base-7B", "final": "/work/runs/job/export"}
+    for (label, suite), (n, k) in plan.items():
+        records = []
+        for i in range(n):
+            correct = i < k
+            extracted = str(i) if correct else (None if i % 2 else f"{i}|{i}")
+            output = "Answer: " + str(extracted) if extracted else "no idea,\nreally " * 20
+            records.append({"id": f"{suite}-{i}", "key": "k", "prompt": chat_prompt(f"What is {i} | 0?\nThink."),
+                            "output": output, "extracted": extracted, "gold": f"So $\\boxed{{{i}}}$.",
+                            "correct": correct, "tokens": 5, "seconds": 0.5})
+        write_items(eval_dir / f"items-{label}-{suite}.jsonl", records)
+        update_summary(eval_dir, label, suite, {
+            "n": n, "correct": k, "accuracy": k / n, "num_tokens": 5 * n, "seconds": 0.5 * n, "tokens_per_second": 10.0,
+            "items": f"items-{label}-{suite}.jsonl", "model": sources[label], "sampler": {"mode": "fast", "top_k": 50},
+            "prefill_think": True, "limit": None, "seed": 0,
+        })
+    return json.loads((eval_dir / "summary.json").read_text())
+
+
+# Wilson / Newcombe intervals of the plan above (checked against published values in test_eval_stats.py).
+GSM8K_ROW = ("| `gsm8k` | 40 | 45.0% (18/40) CI 30.7 to 60.2 | 75.0% (30/40) CI 59.8 to 85.8 | "
+             "+30.0 pp CI +8.5 to +47.9 |")
+HOLDOUT_ROW = ("| `s1k_holdout` | 7 / 8 | 0.0% (0/8) CI 0.0 to 32.4 | 85.7% (6/7) CI 48.7 to 97.4 | "
+               "+85.7 pp CI +36.5 to +97.4 |")
+
+
+def test_report_shows_n_intervals_examples_and_models(tmp_path: Path) -> None:
+    write_eval_dir(tmp_path)
+    report = write_report(tmp_path, num_examples=3).read_text()
+    assert GSM8K_ROW + " 10.0 | 10.0 |" in report and HOLDOUT_ROW + " 10.0 | 10.0 |" in report
+    assert "Wilson score interval (Wilson 1927)" in report and "Newcombe 1998" in report
+    assert "- `base`: `Dream-org/Dream-v0-Base-7B`\n- `final`: `/work/runs/job/export`" in report
+    holdout = report.split("### `s1k_holdout`: the first 3 of 8 items\n")[1].split("###")[0]
+    rows = [line for line in holdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert rows == [  # pipes escaped, newlines folded, the gold's boxed part, a wrong answer with no answer
+        "| 1 | What is 0 \\| 0? Think. | `0` | ✗ `0\\|0` | ✓ `0` |",
+        "| 2 | What is 1 \\| 0? Think. | `1` | ✗ no answer; output ends `…" + " ".join(["no idea, really"] * 5)
+        + "` | ✓ `1` |",  # the last 80 characters, whitespace folded
+        "| 3 | What is 2 \\| 0? Think. | `2` | ✗ `2\\|2` | ✓ `2` |",
+    ]
+    assert "### `gsm8k`: the first 3 of 40 items" in report
+
+
+def test_chart_shows_n_intervals_and_model_names(tmp_path: Path) -> None:
+    from matplotlib.container import BarContainer
+
+    from dream_job.eval.report import accuracy_figure
+
+    summary = write_eval_dir(tmp_path)
+    figure = accuracy_figure(summary, ["base", "final"], ["s1k_holdout", "gsm8k"])
+    axes = figure.axes[0]
+    ticks = [t.get_text() for t in axes.get_xticklabels()]
+    assert ticks == ["s1k_holdout\nn = 7 / 8\nfinal − base: +85.7 pp\n(CI +36.5 to +97.4)",
+                     "gsm8k\nn = 40\nfinal − base: +30.0 pp\n(CI +8.5 to +47.9)"]
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == [
+        "base: Dream-org/Dream-v0-Base-7B", "final: …/job/export"]
+    whiskers = []  # (low, high) of every error bar, per model in suite order
+    for container in (c for c in axes.containers if isinstance(c, BarContainer)):
+        segments = container.errorbar.lines[2][0].get_segments()
+        whiskers.append([(round(seg[0][1], 1), round(seg[1][1], 1)) for seg in segments])
+    assert whiskers == [[(0.0, 32.4), (30.7, 60.2)], [(48.7, 97.4), (59.8, 85.8)]]
+    labels = sorted(t.get_text() for t in axes.texts)
+    assert labels == ["0.0%\n0/8", "45.0%\n18/40", "75.0%\n30/40", "85.7%\n6/7"]
+    assert "95 % Wilson intervals" in axes.get_title()
+
+
+def test_model_card_has_the_reports_numbers(tmp_path: Path) -> None:
+    from dream_job.artifacts.card import write_model_card
+
+    summary = write_eval_dir(tmp_path)
+    (tmp_path / "export").mkdir()
+    card = write_model_card(tmp_path / "export", spec_yaml="name: x\n", data_report=None, eval_summary=summary,
+                            loss_png=None, repo_id="alice/x").read_text()
+    section = card.split("## Evaluation\n")[1].split("\n## ")[0]
+    assert "| suite | n | `base` | `final` | `final` − `base` |" in section
+    assert GSM8K_ROW + "\n" in section and HOLDOUT_ROW + "\n" in section
+    assert "Wilson score interval (Wilson 1927)" in section
+    assert "- `final`: `/work/runs/job/export`" in section and "Decoding: `mode=fast`, `top_k=50`." in section
