@@ -74,9 +74,10 @@ from dream_job.model.dream import DreamModel
 if TYPE_CHECKING:  # only read as attributes; keeps pydantic out of the GPU image's imports
     from dream_job.spec import SamplerSpec
 
-# Masked positions per lm_head call of the fast sampler: bounds the [R, V] fp32 temporaries of
-# the proposals (V = 152,064 for Dream, so 256 rows are ~150 MB each; top_p also sorts them). The
-# reference sampler proposes for all masks in one call, as Dream does (its [B, L, V] logits).
+# Masked positions per lm_head call: bounds the [R, V] temporaries of the proposals (V = 152,064
+# for Dream, so 256 rows are ~150 MB each in fp32; top_p also sorts them). The maths is row-wise,
+# so chunks change nothing, except for sampling in reference mode: one multinomial over all rows
+# is what draws Dream's random numbers, so there all masks go in one call (Dream's [B, L, V]).
 _PROPOSAL_ROWS = 256
 # Dream's `sample_tokens` for `entropy`: sum p log(p + eps).
 _ENTROPY_EPS = 1e-10
@@ -354,16 +355,20 @@ def _sample_tokens(
 ) -> tuple[Tensor, Tensor]:
     """Propose a token and a confidence for each masked position exactly as Dream's `sample_tokens`.
 
-    In the model's dtype, for all rows in one call: logits / temperature, top-p, top-k, softmax.
-    T = 0: the argmax and its probability. T > 0: `Categorical(probs).sample()`, i.e. one
-    `torch.multinomial(probs / sum, 1, replacement=True)` (the same random stream as Dream's), and
-    p(x0); like Dream, the argmax when torch's argument check of `Categorical` would fail.
-    `topk_margin` / `entropy` replace the confidence as in `_propose`.
+    In the model's dtype: logits / temperature, top-p, top-k, softmax. T = 0: the argmax and its
+    probability (in chunks of `_PROPOSAL_ROWS` rows). T > 0: for all rows in one call,
+    `Categorical(probs).sample()`, i.e. one `torch.multinomial(probs / sum, 1, replacement=True)`
+    (the same random stream as Dream's), and p(x0); like Dream, the argmax when torch's argument
+    check of `Categorical` would fail. `topk_margin` / `entropy` replace the confidence as in
+    `_propose`.
 
     Returns:
         x0_M: Proposed ids (the mask token included, as Dream).
         conf_M: Confidences in the model's dtype (higher = reveal first).
     """
+    if settings.temperature == 0 and hidden_MD.shape[0] > _PROPOSAL_ROWS:
+        parts = [_sample_tokens(h, lm_head, settings, alg, generator) for h in hidden_MD.split(_PROPOSAL_ROWS)]
+        return torch.cat([x0 for x0, _ in parts]), torch.cat([conf for _, conf in parts])
     logits_MV = lm_head(hidden_MD)
     if settings.temperature > 0:
         logits_MV = logits_MV / settings.temperature

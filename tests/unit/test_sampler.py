@@ -149,6 +149,7 @@ def test_after_the_first_eos_everything_is_eos() -> None:
 @pytest.mark.parametrize(
     "settings",
     [*(spec(alg=a) for a in CONFIDENCE_ALGS), spec(steps=3, alg="entropy"),
+     spec(gen_length=100, steps=5, alg="entropy", top_k=50),  # 300 masks: proposals in chunks, alone in one call
      spec(mode="fast", block_length=3, threshold=0.3),
      spec(mode="fast", block_length=3, threshold=0.3, dual_cache=True)],
 )
