@@ -184,7 +184,8 @@ class SamplerSpec(_Section):
     steps: int = Field(512, ge=1, description="Denoising steps (reference mode).")
     alg: Literal["origin", "maskgit_plus", "topk_margin", "entropy"] = Field(
         "entropy",
-        description="Which masked positions to reveal each step (reference mode; fast mode ranks by p(token)).",
+        description="Which masked positions to reveal each step (reference mode, chosen with `torch.topk` as Dream's "
+        "code, so exact ties go the same way; fast mode ranks by p(token)).",
     )
     temperature: float = Field(0.0, ge=0.0, description="0 means greedy (deterministic).")
     top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
