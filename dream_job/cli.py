@@ -58,29 +58,19 @@ def guarded(command: F) -> F:
         except errors.DreamJobError as exc:
             _render_error(exc)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            _render_error(errors.DreamJobError("interrupted by Ctrl-C; work finished so far is kept",
-                                               hint="run the same command again to continue"))
-            raise typer.Exit(errors.EXIT_INTERRUPTED) from None
         except BrokenPipeError:
             # `dream-job spec ... | head`: the reader left; say nothing more and keep Python from
             # complaining again when it flushes stdout at exit.
             os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
             raise typer.Exit(errors.EXIT_USER) from None
-        except Exception as exc:
-            if os.environ.get("DREAM_JOB_DEBUG") == "1":
+        except (KeyboardInterrupt, Exception) as exc:  # Ctrl-C, a missing extra, a full disk, or a bug
+            failure = errors.known_failure(exc)
+            if failure is None and os.environ.get("DREAM_JOB_DEBUG") == "1":
                 raise
-            known = errors.known_failure(exc)
-            if known is not None:
-                _render_error(known)
-                raise typer.Exit(known.exit_code) from None
-            _render_error(
-                errors.DreamJobError(
-                    f"unexpected {type(exc).__name__} (a bug in dream-job): {exc}",
-                    hint="rerun with `DREAM_JOB_DEBUG=1` for the traceback and report it",
-                )
-            )
-            raise typer.Exit(errors.EXIT_BUG) from None
+            _render_error(failure or errors.DreamJobError(
+                f"unexpected {type(exc).__name__} (a bug in dream-job): {exc}",
+                hint="rerun with `DREAM_JOB_DEBUG=1` for the traceback and report it"))
+            raise typer.Exit(failure.exit_code if failure else errors.EXIT_BUG) from None
 
     return wrapper  # type: ignore[return-value]
 

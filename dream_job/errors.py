@@ -77,11 +77,24 @@ _CONTAINER_MODULES = {"torch", "datasets", "transformers", "tokenizers", "safete
                       "math_verify", "pyarrow", "huggingface_hub", "botocore"}
 
 
-def known_failure(exc: Exception) -> DreamJobError | None:
-    """Turn an environment failure (missing extra, full disk) into a user-facing error, else None."""
+def known_failure(exc: BaseException) -> DreamJobError | None:
+    """Turn Ctrl-C or an environment failure (missing extra, full disk) into a user-facing error, else None.
+
+    Ctrl-C counts also when a library raised something else while unwinding from it (`datasets`'
+    process pool turns it into a `TimeoutError`).
+    """
     from pathlib import Path
 
     from dream_job.rundir import is_disk_full, os_error  # rundir imports this module
+
+    current: BaseException | None = exc
+    for _ in range(10):
+        if isinstance(current, KeyboardInterrupt):
+            return DreamJobError("interrupted by Ctrl-C; work finished so far is kept",
+                                 hint="run the same command again to continue", exit_code=EXIT_INTERRUPTED)
+        if current is None:
+            break
+        current = current.__context__
 
     if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in _CONTAINER_MODULES:
         return DreamJobError(

@@ -153,9 +153,17 @@ def _check_gpu_memory(spec: JobSpec, gpus: int) -> str:
 def _have_aws_credentials() -> bool:
     try:
         import boto3
+        from botocore.exceptions import ProfileNotFound
     except ImportError:
         return bool(os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"))
-    return boto3.Session().get_credentials() is not None
+    try:
+        return boto3.Session().get_credentials() is not None
+    except ProfileNotFound:
+        raise DreamJobError(
+            f"`AWS_PROFILE` names the profile `{os.environ.get('AWS_PROFILE', '')}`, which is not in the AWS config "
+            "files",
+            hint="unset `AWS_PROFILE`, or pass `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` instead",
+        ) from None
 
 
 def _free_gib(path: Path) -> float:

@@ -164,6 +164,8 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
             invalid; the message names the key, `file:line` (or the `--set`), value and fix.
     """
     path = Path(path)
+    if path.is_dir():
+        raise SpecError(f"`{path}` is a folder, not a job file", hint="pass a job file such as `jobs/smoke.yaml`")
     if not path.is_file():
         raise SpecError(
             f"job file `{path}` does not exist",

@@ -117,6 +117,12 @@ def _encode_batch(batch: dict[str, list[Any]], tokenizer: Any, spec: DataSpec) -
     }
 
 
+def _processes(spec: DataSpec) -> int | None:
+    # None, not 1: `datasets` runs even one process through a pool, whose clean-up turns Ctrl-C
+    # into a TimeoutError; in-process mapping stops cleanly.
+    return spec.num_proc if spec.num_proc > 1 else None
+
+
 def _check_columns(dataset: Any, spec: DataSpec) -> None:
     missing = [c for c in required_columns(spec.trace_source) if c not in dataset.column_names]
     if missing:
@@ -183,7 +189,7 @@ def prepare_data(spec: JobSpec, *, before_write: Callable[[str], None] | None = 
         batched=True,
         fn_kwargs={"trace_source": data_spec.trace_source},
         remove_columns=dataset.column_names,
-        num_proc=data_spec.num_proc,
+        num_proc=_processes(data_spec),
         keep_in_memory=True,
         desc="reading rows",
     )
@@ -205,7 +211,7 @@ def prepare_data(spec: JobSpec, *, before_write: Callable[[str], None] | None = 
         _encode_batch,
         batched=True,
         fn_kwargs={"tokenizer": tokenizer, "spec": data_spec},
-        num_proc=data_spec.num_proc,
+        num_proc=_processes(data_spec),
         keep_in_memory=True,
         desc="tokenizing",
     )

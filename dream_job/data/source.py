@@ -129,7 +129,9 @@ def check_hub_repo(repo_id: str, revision: str | None, *, repo_type: str, key: s
     last: BaseException | None = None
     for _ in range(HUB_PROBE_ATTEMPTS):
         try:
-            HfApi().repo_info(repo_id, repo_type=repo_type, revision=revision, timeout=HUB_PROBE_TIMEOUT_S)
+            # The endpoint from the environment now, not from when huggingface_hub was imported.
+            api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
+            api.repo_info(repo_id, repo_type=repo_type, revision=revision, timeout=HUB_PROBE_TIMEOUT_S)
             return
         except GatedRepoError:
             raise DataError(f"`{key}` `{repo_id}` is gated or private and `HF_TOKEN` does not grant access",
