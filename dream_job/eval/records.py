@@ -42,7 +42,8 @@ def read_items(path: Path, *, key: str, golds: dict[str, str]) -> dict[str, dict
         return {}
     kept: dict[str, dict[str, Any]] = {}
     num_lines = 0
-    for line in path.read_text(encoding="utf-8").splitlines():
+    # Bytes, not text: a line torn inside a UTF-8 character must not make the whole file unreadable.
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         if not line.strip():
             continue
         num_lines += 1

@@ -134,3 +134,14 @@ def test_a_run_dir_that_is_a_file_is_one_sentence(tmp_path: Path) -> None:
         with rundir.locked_run_dir(tmp_path / "run", verb="dream-job prep"):
             pass
     assert info.value.message == f"run dir `{tmp_path / 'run'}` is a file, not a folder"
+
+
+def test_an_eval_items_file_torn_inside_a_utf8_character_is_read_and_repaired(tmp_path: Path) -> None:
+    from dream_job.eval.records import read_items
+
+    path = tmp_path / "items-final-s1k_holdout.jsonl"
+    done = {"id": "1", "key": "k", "gold": "5", "output": "réponse 5"}
+    torn = json.dumps({"id": "2", "key": "k", "gold": "7", "output": "réponse"}, ensure_ascii=False).encode()
+    path.write_bytes(json.dumps(done, ensure_ascii=False).encode() + b"\n" + torn[: torn.index("é".encode()) + 1])
+    assert read_items(path, key="k", golds={"1": "5", "2": "7"}) == {"1": done}
+    assert path.read_bytes() == json.dumps(done, ensure_ascii=False).encode() + b"\n"  # later runs append cleanly
