@@ -173,7 +173,7 @@ def test_status_of_the_job_file_adds_its_newest_launch_and_suggests_pull(laptop:
         "state": "SUCCEEDED", "recoveries": 0, "started_at": None, "ended_at": None, "failure": None})
     result = runner.invoke(app, ["status", JOB, "--run-dir", str(tmp_path / "nothing-here")])
     assert result.exit_code == 0, result.output
-    assert "stage preflight" in result.stdout  # the local run dir table, as before
+    assert "stage prep" in result.stdout  # the local run dir table, as before
     assert f"launch: `{record['run_id']}`: managed" in result.stdout
     assert "next: `dream-job pull file:///tmp/published ./dream-s1k`" in result.stdout
 
