@@ -1,0 +1,146 @@
+"""What a user does to the process: Ctrl-C, SIGTERM, a closed pipe, a laptop install, a full disk.
+
+Each ends in one line and a user exit code (130 after Ctrl-C, 3 after SIGTERM, 1 otherwise),
+with no traceback and nothing already done lost (issue 15).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dream_job.cli import app
+from tests.conftest import REPO
+from tests.integration.test_train import SMOKE, dream_job, wait_for
+
+runner = CliRunner()
+
+
+def one_error(output: str) -> str:
+    assert "Traceback" not in output and "a bug in dream-job" not in output, output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output
+    return errors[0]
+
+
+def interrupt(process: subprocess.Popen, sig: int) -> tuple[int, str]:
+    process.send_signal(sig)
+    output, _ = process.communicate(timeout=300)
+    return process.returncode, output
+
+
+@pytest.fixture(scope="module")
+def big_rows(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke rows 40 times over: prep takes seconds, long enough to be interrupted."""
+    path = tmp_path_factory.mktemp("big") / "rows.jsonl"
+    path.write_bytes((REPO / "jobs" / "assets" / "smoke" / "s1k-smoke.jsonl").read_bytes() * 40)
+    return path
+
+
+@pytest.mark.parametrize("delay_s", [2.5, 4.0, 5.5])
+def test_ctrl_c_during_prep_exits_130_with_one_line_and_writes_no_data(delay_s: float, tmp_path: Path,
+                                                                      big_rows: Path) -> None:
+    run_dir = tmp_path / "run"
+    process = dream_job("prep", str(SMOKE), "--set", f"data.dataset={big_rows}", "--set", f"artifacts.run_dir={run_dir}",
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(delay_s)
+    code, output = interrupt(process, signal.SIGINT)
+    if code == 0:
+        pytest.skip("prep finished before the Ctrl-C on this machine")
+    assert code == 130, output
+    assert one_error(output) == "error: interrupted by Ctrl-C; work finished so far is kept"
+    assert sorted(p.name for p in run_dir.iterdir()) in ([".lock"], [".lock", "stages"])  # no half-written data
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_training_saves_at_the_step_boundary_and_resumes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    args = ["--set", f"artifacts.run_dir={run_dir}", "--set", "train.max_steps=400", "--set", "train.save_every_steps=50"]
+    subprocess.run([sys.executable, "-m", "dream_job", "prep", str(SMOKE), *args], cwd=REPO, check=True,
+                   capture_output=True)
+    process = dream_job("train", str(SMOKE), *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(run_dir / "logs" / "metrics.jsonl", process)
+    code, output = interrupt(process, signal.SIGINT)
+    assert code == 130, output
+    error = one_error(output)
+    assert error.startswith("error: training stopped by Ctrl-C after saving step ") and error.endswith(" of 140")
+    step = int(error.split("saving step ")[1].split(" ")[0])
+    assert (run_dir / "checkpoints" / f"step-{step:06d}" / "COMPLETE").is_file()
+    told = json.loads(subprocess.run([sys.executable, "-m", "dream_job", "status", str(SMOKE), *args, "--json"],
+                                     cwd=REPO, capture_output=True, text=True, check=True).stdout)
+    assert told["stages"]["train"]["outcome"] == "interrupted" and told["step"] == step
+
+
+def test_sigterm_during_eval_keeps_the_items_done_and_exits_3(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    args = ["--set", f"artifacts.run_dir={run_dir}", "--set", "eval.limit=20", "--set", "eval.batch_size=1",
+            "--set", "eval.sampler.gen_length=48", "--set", "eval.sampler.steps=48"]
+    subprocess.run([sys.executable, "-m", "dream_job", "prep", str(SMOKE), *args], cwd=REPO, check=True,
+                   capture_output=True)
+    items = run_dir / "eval" / "items-base-s1k_holdout.jsonl"
+    process = dream_job("eval", str(SMOKE), "--model", "base", *args, stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT, text=True)
+    wait_for(items, process, timeout_s=300)
+    code, output = interrupt(process, signal.SIGTERM)
+    assert code == 3, output
+    assert one_error(output) == "error: evaluation stopped by SIGTERM; the items decoded so far are saved"
+    saved = [json.loads(line)["id"] for line in items.read_text().splitlines()]
+    assert saved
+    resumed = subprocess.run([sys.executable, "-m", "dream_job", "eval", str(SMOKE), "--model", "base", *args],
+                             cwd=REPO, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"reusing {len(saved)} of {len(saved)} items" not in resumed.stderr  # nothing was thrown away
+    assert len(items.read_text().splitlines()) == 20
+
+
+def test_a_closed_pipe_is_not_a_bug() -> None:
+    result = subprocess.run(f"{sys.executable} -m dream_job schema | head -c 10", shell=True, cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout == "{\n  \"$defs"
+    assert result.stderr == ""
+
+
+def test_a_laptop_install_names_the_missing_extra(tmp_path: Path, in_repo: Path, monkeypatch: pytest.MonkeyPatch
+                                                  ) -> None:
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` now fails as without the extra
+    result = runner.invoke(app, ["prep", "jobs/smoke.yaml", "--set", f"artifacts.run_dir={tmp_path / 'run'}"])
+    assert result.exit_code == 1, result.output
+    assert one_error(result.output) == ("error: this command needs the package `datasets`, which this install of "
+                                        "dream-job lacks")
+    assert "pip install 'dream-job[container]'" in result.output
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Path:
+    """A 3 MiB tmpfs: room for the prepared data and one smoke checkpoint, not two."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+                                                       capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_checkpointing_is_named_and_leaves_no_temp_files(small_disk: Path) -> None:
+    run_dir = small_disk / "run"
+    args = ["--set", f"artifacts.run_dir={run_dir}", "--set", "train.max_steps=12", "--set", "train.save_every_steps=4"]
+    subprocess.run([sys.executable, "-m", "dream_job", "prep", str(SMOKE), *args], cwd=REPO, check=True,
+                   capture_output=True)
+    for _ in range(2):  # and a retry on the still-full disk says the same
+        result = subprocess.run([sys.executable, "-m", "dream_job", "train", str(SMOKE), *args], cwd=REPO,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 1, result.stderr
+        assert one_error(result.stderr).startswith(f"error: disk full at `{run_dir / 'checkpoints'}` while saving a "
+                                                   "checkpoint")
+        assert not [p for p in run_dir.rglob("*") if ".tmp" in p.name or p.name.endswith(".partial")]
+    assert (run_dir / "checkpoints" / "step-000004" / "COMPLETE").is_file()
