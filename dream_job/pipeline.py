@@ -166,6 +166,7 @@ def prep_stage(spec: JobSpec, *, verb: str) -> tuple[Any, StageOutcome]:
             )
 
     previous = read_stage_record(run_dir, "prep")
+    logger.info("stage prep: running")  # prep itself finds out whether the data can be reused
     result = prepare_data(spec, before_write=refuse_if_trained)
     key = result.report["inputs_hash"]
     inputs = {"spec": spec.data.model_dump(mode="json", exclude={"num_proc"}),
@@ -249,6 +250,7 @@ def train_stage(spec: JobSpec, *, verb: str, spec_path: Path | None = None, over
             and export_digest(run_dir / rundir.EXPORT_DIR) == previous.output_digest):
         return None, _skipped(previous)
     _check_continuable(run_dir, previous, inputs)
+    logger.info("stage train: running")
     gpus = _num_gpus() if spec.train.device != "cpu" else 0
     nodes = int(os.environ.get("SKYPILOT_NUM_NODES", "1"))
     if "RANK" not in os.environ and (gpus > 1 or nodes > 1):
@@ -348,6 +350,7 @@ def eval_stage(spec: JobSpec, *, verb: str) -> StageOutcome:
     previous = read_stage_record(run_dir, "eval")
     if _can_skip(previous, fingerprint) and previous is not None:
         return _skipped(previous)
+    logger.info("stage eval: running")
     with _recording(run_dir, "eval", fingerprint, inputs, verb) as rec:
         labels = [(label, run_dir / rundir.EXPORT_DIR if label == "final" else None) for label in spec.eval.models]
         report = evaluate_models(spec, labels)
@@ -373,6 +376,7 @@ def publish_stage(spec: JobSpec, *, verb: str, force: bool) -> StageOutcome:
     previous = read_stage_record(run_dir, "publish")
     if _can_skip(previous, fingerprint) and previous is not None:
         return _skipped(previous)
+    logger.info("stage publish: running")
     with _recording(run_dir, "publish", fingerprint, inputs, verb) as rec:
         summary = _publish(spec, force)
         _finish(run_dir, rec["base"], output_digest=inputs["upstream"]["export"], summary=summary)
