@@ -25,6 +25,7 @@ from dream_job.model.dream import DreamConfig, DreamModel
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_FILE_NAME = "model.safetensors"
+MAX_SHARD_BYTES = 5 * 2**30  # HF's default shard limit; budget/memory.py mirrors it (EXPORT_SHARD_BYTES)
 
 
 class WeightsMismatchError(CheckpointError, ValueError):
@@ -143,7 +144,7 @@ def read_state_dict(
     return state
 
 
-def _plan_shards(sizes: Mapping[str, int], max_shard_bytes: int) -> list[list[str]]:
+def plan_shards(sizes: Mapping[str, int], max_shard_bytes: int) -> list[list[str]]:
     """Greedily cut the keys, in order, into shards of at most `max_shard_bytes` each.
 
     A tensor bigger than the limit gets a shard of its own (HF does the same).
@@ -157,6 +158,22 @@ def _plan_shards(sizes: Mapping[str, int], max_shard_bytes: int) -> list[list[st
         shards[-1].append(key)
         shard_bytes += size
     return shards
+
+
+def shard_name(number: int, num_shards: int) -> str:
+    """Return HF's name of shard `number` (1-based) of `num_shards`: `model-0000k-of-0000n.safetensors`."""
+    return f"model-{number:05d}-of-{num_shards:05d}.safetensors"
+
+
+def write_index_and_config(
+    folder: Path, weight_map: Mapping[str, str], total_bytes: int, config: DreamConfig, dtype: torch.dtype
+) -> None:
+    """Write and fsync `model.safetensors.index.json` and `config.json` (with `torch_dtype`) into `folder`."""
+    index = {"metadata": {"total_size": total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
+    hf_config = config.to_hf_dict(torch_dtype=str(dtype).removeprefix("torch."))
+    for name, content in ((INDEX_NAME, index), ("config.json", hf_config)):
+        (folder / name).write_text(json.dumps(content, indent=2) + "\n")
+        fsync_path(folder / name)
 
 
 def fsync_path(path: Path) -> None:
@@ -174,7 +191,7 @@ def save_hf_folder(
     folder: str | Path,
     *,
     dtype: torch.dtype = torch.bfloat16,
-    max_shard_bytes: int = 5 * 2**30,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
 ) -> None:
     """Write the weights and `config.json` as an HF folder that the official remote code loads.
 
@@ -209,25 +226,21 @@ def save_hf_folder(
         return dtype if t.is_floating_point() else t.dtype
 
     sizes = {k: t.numel() * stored_dtype(t).itemsize for k, t in state.items()}
-    shards = _plan_shards(sizes, max_shard_bytes)
+    shards = plan_shards(sizes, max_shard_bytes)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     tmp.chmod(0o755)  # mkdtemp makes it owner-only; the export is meant to be shared
     try:
         weight_map = {}
         for i, keys in enumerate(shards, start=1):
-            name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            name = shard_name(i, len(shards))
             tensors = {k: state[k].detach().to("cpu", stored_dtype(state[k])).contiguous() for k in keys}
             # `format: pt` is what transformers' loader checks for in the header.
             save_file(tensors, tmp / name, metadata={"format": "pt"})
             fsync_path(tmp / name)
             weight_map.update(dict.fromkeys(keys, name))
             del tensors
-        index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": dict(sorted(weight_map.items()))}
-        hf_config = config.to_hf_dict(torch_dtype=str(dtype).removeprefix("torch."))
-        for name, content in ((INDEX_NAME, index), ("config.json", hf_config)):
-            (tmp / name).write_text(json.dumps(content, indent=2) + "\n")
-            fsync_path(tmp / name)
+        write_index_and_config(tmp, weight_map, sum(sizes.values()), config, dtype)
         if folder.exists():
             folder.rmdir()  # empty (checked above); a directory cannot be renamed over a non-empty one
         tmp.rename(folder)

@@ -3,9 +3,16 @@
 Input: the training model (a plain `DreamModel`, FSDP2-sharded, or carrying peft LoRA layers),
 its `DreamConfig`, the run's tokenizer folder and the base-model snapshot. Output (`<run>/export/`,
 dream.md §18): bf16 safetensors shards + index + `config.json`, `generation_config.json`, the
-tokenizer files, Dream's remote-code `.py` files (copied from the base snapshot; they are never
-in this repo), `adapter/` for LoRA runs and `dream_job_export.json` describing the export.
-`load_export` reads an export back with dream-job's own loader.
+tokenizer the job trained with, Dream's remote-code `.py` files (copied from the base snapshot;
+they are never in this repo), `adapter/` for LoRA runs and `dream_job_export.json` describing the
+export. `load_export` reads an export back with dream-job's own loader.
+
+The weights stream out one safetensors shard at a time. Every rank gathers the tensors one by one
+(collective under FSDP2); rank 0 copies each to the CPU, folds its LoRA delta in (fp32), casts it
+to bf16 and writes the shard as soon as it holds all its keys. Rank 0's host memory is one bf16
+shard (<= 5 GiB) + the fp32 adapters + one merge's working copies, never the whole model: at
+Dream 7B the whole-model fp32 merge this replaces needed ~47 GiB of host RAM
+(`budget/memory.py: export_host_bytes`; measured by `bench/export_rss.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import copy
 import json
 import logging
 import shutil
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,7 +33,14 @@ from torch import Tensor, nn
 
 from dream_job.errors import CheckpointError, DataError
 from dream_job.model.dream import DreamConfig, DreamModel
-from dream_job.model.weights import fsync_path, load_safetensors_weights, save_hf_folder
+from dream_job.model.weights import (
+    MAX_SHARD_BYTES,
+    fsync_path,
+    load_safetensors_weights,
+    plan_shards,
+    shard_name,
+    write_index_and_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +52,41 @@ DREAM_TOKENIZER_FILES = (
 GENERATION_CONFIG_NAME = "generation_config.json"
 MANIFEST_NAME = "dream_job_export.json"
 ADAPTER_DIR_NAME = "adapter"
+EXPORT_DTYPE = torch.bfloat16
 _PEFT_PREFIX = "base_model.model."
 # Segments that wrappers insert into parameter names (torch.compile, activation checkpointing).
 _WRAPPER_SEGMENTS = ("_orig_mod.", "_checkpoint_wrapped_module.")
 # One LoRA layer: (adapter name, scaling, fan_in_fan_out, lora_bias), read from the peft module.
 _LoraLayer = tuple[str, float, bool, bool]
+
+
+@dataclass(frozen=True)
+class _Merge:
+    """One LoRA delta to fold in: `weight + scaling * B @ A`, or `bias + scaling * b` when `a_key` is None."""
+
+    b_key: str
+    a_key: str | None
+    scaling: float
+    fan_in_fan_out: bool = False
+
+
+@dataclass(frozen=True)
+class _WeightPlan:
+    """What the export writes, decided from names and shapes alone (the same on every rank).
+
+    Attributes:
+        sources: Exported (Dream) key -> key in the model's state dict, in state-dict order.
+        merges: Exported key -> the LoRA delta folded into it.
+        adapter_keys: State-dict keys of the LoRA tensors (they go to `adapter/`).
+        shards: Exported keys of each safetensors shard, in order.
+        total_bytes: Bytes of all exported tensors (the index's `metadata.total_size`).
+    """
+
+    sources: dict[str, str]
+    merges: dict[str, _Merge]
+    adapter_keys: list[str]
+    shards: list[list[str]]
+    total_bytes: int
 
 
 def dream_generation_config(config: DreamConfig) -> dict[str, Any]:
@@ -62,35 +107,46 @@ def export_hf(
     tokenizer_dir: Path,
     base_dir: Path | None,
     is_lora: bool = False,
+    base_tokenizer: bool = False,
 ) -> Path:
     """Write `model` as an HF folder loadable with `AutoModel.from_pretrained(..., trust_remote_code=True)`.
 
-    Collective under FSDP2: every rank must call it (the full state dict is gathered onto rank 0's
-    CPU); only rank 0 writes, then all ranks learn whether it succeeded. Rank 0 builds the whole
-    folder in the hidden sibling `.<out_dir name>.partial` and renames it to `out_dir` at the end,
-    so `out_dir` appears only complete; an exception removes the partial folder, a killed process
-    leaves it and the next call deletes it and starts over. Writes, inside `out_dir`:
+    Collective under FSDP2: every rank must call it. The tensors are gathered one at a time and
+    only rank 0 writes; after each shard all ranks learn whether rank 0 is still fine, and at the
+    end whether it succeeded. Rank 0 builds the whole folder in the hidden sibling
+    `.<out_dir name>.partial` and renames it to `out_dir` at the end, so `out_dir` appears only
+    complete; an exception removes the partial folder, a killed process leaves it and the next call
+    deletes it and starts over. Writes, inside `out_dir`:
 
-    - `model-*.safetensors` (bf16) + `model.safetensors.index.json` + `config.json`;
+    - `model-*.safetensors` (bf16, <= 5 GiB each) + `model.safetensors.index.json` + `config.json`;
     - `generation_config.json`, copied from `base_dir` or Dream's published values, as plain JSON
       (transformers' `GenerationConfig.save_pretrained` breaks on Dream's class, dream.md §16);
-    - Dream's tokenizer files from `base_dir` when it has all of them, else every file of
-      `tokenizer_dir`; the remote-code `.py` files from `base_dir` (a warning when it lacks them:
-      the folder then loads with `load_export` but not with `trust_remote_code`);
+    - the tokenizer the job trained with (see `base_tokenizer`); the remote-code `.py` files from
+      `base_dir` (a warning when it lacks them: the folder then loads with `load_export` but not
+      with `trust_remote_code`);
     - for LoRA: `adapter/adapter_model.safetensors` + `adapter/adapter_config.json`, while the
-      top-level weights are merged (W + scaling * B @ A, in fp32 on a CPU copy; the training
-      model is never modified);
+      top-level weights are merged: bf16(W + scaling * B @ A), computed in fp32 on the CPU one
+      tensor at a time (bit-equal to peft's `merge_and_unload` of the same weights then rounded
+      to bf16); the training model is never modified;
     - `dream_job_export.json`: dtype, parameter count, LoRA flag, file list.
+
+    Host memory on rank 0: one bf16 shard being filled (<= 5 GiB), the adapters in fp32, and
+    while a LoRA weight is merged its CPU copy plus an fp32 buffer of its size. Device memory:
+    one gathered tensor at a time.
 
     Args:
         model: `DreamModel`, possibly FSDP2-sharded, or a peft model (`PeftModel` or LoRA layers
             injected into a `DreamModel`) when `is_lora`.
         config: The architecture of the (merged) weights.
         out_dir: Destination; must not exist or be empty.
-        tokenizer_dir: A folder written by `tokenizer.save_pretrained` (`<run>/data/tokenizer/`).
-        base_dir: Local snapshot of the base model (source of remote code, tokenizer and
-            generation config); None for tiny smoke models.
+        tokenizer_dir: The tokenizer the job trained with, as prep saved it (`<run>/data/tokenizer/`).
+        base_dir: Local snapshot of the base model (source of remote code, generation config and,
+            with `base_tokenizer`, the tokenizer files); None for tiny smoke models.
         is_lora: The model carries peft LoRA layers; export the adapter and merged weights.
+        base_tokenizer: The job trained with the base model's own tokenizer (`model.tokenizer`
+            unset or equal to `model.base`): ship Dream's published tokenizer files from
+            `base_dir` (same tokenizer, in the layout the official remote code expects) when it
+            has all of them. Otherwise the files of `tokenizer_dir` are shipped.
 
     Returns:
         `out_dir`.
@@ -98,36 +154,42 @@ def export_hf(
     Raises:
         CheckpointError: `out_dir` is not empty, the weights do not match `config`'s keys and
             shapes, or rank 0 failed (on the other ranks).
-        DataError: Neither `base_dir` nor `tokenizer_dir` holds a tokenizer.
+        DataError: There is no tokenizer to ship.
         ValueError: `is_lora` disagrees with the model, or a LoRA kind that cannot be merged here.
     """
     out_dir, base_dir = Path(out_dir), None if base_dir is None else Path(base_dir)
-    # Checks on every rank before the collective gather, so a bad call fails fast everywhere.
+    # Checks on every rank before the first collective, so a bad call fails fast everywhere.
     if out_dir.exists() and any(out_dir.iterdir()):
         raise CheckpointError(
             f"export folder `{out_dir}` already exists and is not empty",
             hint=f"remove it to export again: `rm -r {out_dir}`",
         )
-    tokenizer_files = _tokenizer_sources(Path(tokenizer_dir), base_dir)
+    tokenizer_files = _tokenizer_sources(Path(tokenizer_dir), base_dir, base_tokenizer=base_tokenizer)
     lora_layers = _find_lora_layers(model)
     if is_lora != bool(lora_layers):
         raise ValueError(f"`is_lora={is_lora}` but the model has {len(lora_layers)} LoRA layer(s)")
-    state = _gather_full_state_dict(model)  # collective under FSDP2; empty except on rank 0 then
-    error: BaseException | None = None
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        try:
-            _write_export(model, state, config, lora_layers, out_dir, tokenizer_files, base_dir)
-        except BaseException as exc:  # reported to the other ranks below, then re-raised
-            shutil.rmtree(_partial_dir(out_dir), ignore_errors=True)
-            error = exc
+    state = model.state_dict()  # under FSDP2 this rank's shards (DTensors): nothing is gathered yet
+    plan = _plan_weights(state, lora_layers, config)  # identical on every rank: a mismatch fails on all
+    is_rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    adapters: dict[str, Tensor] = {}
+    for key in plan.adapter_keys:  # small (rank x (in + out) per layer): kept for the merges and adapter/
+        full = _full_value(state[key])  # collective under FSDP2
+        if is_rank0:
+            adapters[key] = _to_host(full, full.dtype)
+    partial = _partial_dir(out_dir)
+    error = _write_weights(state, plan, adapters, config, partial, is_rank0)
     del state
-    if dist.is_initialized():
-        # Doubles as the final barrier; without it the other ranks would run on, or hang in the
-        # next collective, when rank 0 failed.
-        ok = [error is None]
-        dist.broadcast_object_list(ok, src=0)
-        if not ok[0] and error is None:
-            raise CheckpointError(f"rank 0 failed to write the export `{out_dir}`", hint="see rank 0's log")
+    if is_rank0 and error is None:
+        try:
+            _finish_export(model, adapters, config, lora_layers, out_dir, tokenizer_files, base_dir)
+        except BaseException as exc:  # reported to the other ranks below, then re-raised
+            error = exc
+    if is_rank0 and error is not None:
+        shutil.rmtree(partial, ignore_errors=True)
+    # Doubles as the final barrier; without it the other ranks would run on, or hang in the next
+    # collective, when rank 0 failed.
+    if not _rank0_succeeded(error) and error is None:
+        raise CheckpointError(f"rank 0 failed to write the export `{out_dir}`", hint="see rank 0's log")
     if error is not None:
         raise error
     return out_dir
@@ -156,14 +218,18 @@ def load_export(
     return model.eval(), config
 
 
-def _tokenizer_sources(tokenizer_dir: Path, base_dir: Path | None) -> list[Path]:
-    """Pick the tokenizer files to copy: Dream's own from `base_dir`, else all of `tokenizer_dir`."""
-    if base_dir is not None and all((base_dir / name).is_file() for name in DREAM_TOKENIZER_FILES):
+def _tokenizer_sources(tokenizer_dir: Path, base_dir: Path | None, *, base_tokenizer: bool) -> list[Path]:
+    """Pick the tokenizer files to ship: those the job trained with.
+
+    `tokenizer_dir` is what prep saved of the tokenizer that encoded the training data. Only when
+    that tokenizer is the base model's own (`base_tokenizer`) are Dream's published files shipped
+    instead (the same tokenizer, in the layout Dream's remote code expects).
+    """
+    if base_tokenizer and base_dir is not None and all((base_dir / name).is_file() for name in DREAM_TOKENIZER_FILES):
         return [base_dir / name for name in DREAM_TOKENIZER_FILES]
     if not tokenizer_dir.is_dir() or not any(p.is_file() for p in tokenizer_dir.iterdir()):
         raise DataError(
-            f"no tokenizer to export: `{tokenizer_dir}` is not a tokenizer folder and `{base_dir}` lacks "
-            f"Dream's tokenizer files",
+            f"no tokenizer to export: `{tokenizer_dir}` is not a tokenizer folder",
             hint="run `dream-job prep` first (it writes `<run>/data/tokenizer/`)",
         )
     return sorted(p for p in tokenizer_dir.iterdir() if p.is_file())
@@ -193,15 +259,8 @@ def _find_lora_layers(model: nn.Module) -> dict[str, _LoraLayer]:
     return layers
 
 
-def _gather_full_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """Return the full (unsharded) state dict; under FSDP2 on rank 0's CPU only (collective)."""
-    from torch.distributed.tensor import DTensor
-
-    if any(isinstance(p, DTensor) for p in model.parameters()):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return {key: tensor.detach() for key, tensor in model.state_dict().items()}
+def _is_adapter_key(key: str) -> bool:
+    return any(part.startswith("lora_") for part in key.split("."))
 
 
 def _plain_key(key: str) -> str:
@@ -212,46 +271,146 @@ def _plain_key(key: str) -> str:
     return key
 
 
-def _merge_lora(state: dict[str, Tensor], lora_layers: dict[str, _LoraLayer]) -> dict[str, Tensor]:
-    """Return Dream-keyed weights with every LoRA delta folded in; `state` is not modified.
+def _plan_weights(state: dict[str, Tensor], lora_layers: dict[str, _LoraLayer], config: DreamConfig) -> _WeightPlan:
+    """Map the exported keys to their sources and LoRA deltas and cut them into shards (no tensor is read).
 
-    Merged weights are new fp32 CPU tensors (one bf16 rounding at save time instead of two);
-    untouched weights are the same tensors as in `state`.
+    Raises:
+        CheckpointError: The (merged) weights' keys or shapes differ from `config`'s model.
     """
-    merged: dict[str, Tensor] = {}
+    sources = {_plain_key(key): key for key in state if not _is_adapter_key(key)}
+    _check_against_config({key: tuple(state[source].shape) for key, source in sources.items()}, config)
+    merges: dict[str, _Merge] = {}
     for name, (adapter, scaling, fan_in_fan_out, lora_bias) in lora_layers.items():
-        A_RI = state[f"{name}.lora_A.{adapter}.weight"].to("cpu", torch.float32)  # R rank, I in
-        B_OR = state[f"{name}.lora_B.{adapter}.weight"].to("cpu", torch.float32)  # O out
-        delta_OI = (B_OR @ A_RI) * scaling  # peft's `get_delta_weight`
-        if fan_in_fan_out:  # Conv1D-style storage keeps the transposed weight
-            delta_OI = delta_OI.T
-        weight_key = f"{name}.base_layer.weight"
-        merged[weight_key] = state[weight_key].to("cpu", torch.float32) + delta_OI
+        merges[_plain_key(f"{name}.base_layer.weight")] = _Merge(
+            f"{name}.lora_B.{adapter}.weight", f"{name}.lora_A.{adapter}.weight", scaling, fan_in_fan_out)
         if lora_bias:
-            bias_key = f"{name}.base_layer.bias"
-            lora_b = state[f"{name}.lora_B.{adapter}.bias"].to("cpu", torch.float32)
-            merged[bias_key] = state[bias_key].to("cpu", torch.float32) + lora_b * scaling
-    return {
-        _plain_key(key): merged.get(key, tensor)
-        for key, tensor in state.items()
-        if not any(part.startswith("lora_") for part in key.split("."))  # adapter tensors go to adapter/
-    }
+            merges[_plain_key(f"{name}.base_layer.bias")] = _Merge(f"{name}.lora_B.{adapter}.bias", None, scaling)
+    sizes = {key: state[source].numel() * _export_dtype(state[source]).itemsize for key, source in sources.items()}
+    return _WeightPlan(
+        sources=sources, merges=merges, adapter_keys=[key for key in state if _is_adapter_key(key)],
+        shards=plan_shards(sizes, MAX_SHARD_BYTES), total_bytes=sum(sizes.values()),
+    )
 
 
-def _check_against_config(state: dict[str, Tensor], config: DreamConfig) -> None:
-    """Refuse weights whose keys or shapes differ from `config`'s model.
+def _export_dtype(tensor: Tensor) -> torch.dtype:
+    return EXPORT_DTYPE if tensor.is_floating_point() else tensor.dtype
+
+
+def _full_value(tensor: Tensor) -> Tensor:
+    """Return the whole tensor where it lives; for an FSDP2 DTensor an all-gather (collective)."""
+    from torch.distributed.tensor import DTensor
+
+    tensor = tensor.detach()
+    if isinstance(tensor, DTensor):
+        if tensor.device.type != tensor.device_mesh.device_type:
+            tensor = tensor.to(tensor.device_mesh.device_type)  # CPU-offloaded shards gather on the mesh's device
+        tensor = tensor.full_tensor()
+    return tensor
+
+
+def _to_host(tensor: Tensor, dtype: torch.dtype) -> Tensor:
+    """Return a new CPU tensor holding `tensor` in `dtype`.
+
+    The cast runs where the tensor lives (a GPU holds the fp32 -> bf16 temporary, not the host).
+    Always a copy, also of a CPU tensor: the export never hands out the model's own storage, and
+    rank 0's host memory is the same whether the model sits on a GPU or on the CPU.
+    """
+    cast = tensor.to(dtype)
+    return cast.to("cpu", copy=cast is tensor)
+
+
+def _export_tensor(full: Tensor, merge: _Merge | None, adapters: dict[str, Tensor]) -> Tensor:
+    """Rank 0: the bf16 CPU tensor to store for one key, its LoRA delta folded in.
+
+    The merge is peft's `get_delta_weight` + `merge`, in fp32 on the CPU: delta = (B @ A) * scaling
+    (transposed for fan_in_fan_out), then W + delta with W upcast exactly, rounded once to bf16.
+    In-place steps keep one fp32 buffer; IEEE addition commutes, so delta + W == W + delta bitwise.
+    """
+    if merge is None:
+        return _to_host(full, _export_dtype(full)).contiguous()
+    B = adapters[merge.b_key].float()
+    if merge.a_key is None:
+        delta = B * merge.scaling  # lora_bias: bias + scaling * b
+    else:
+        delta = (B @ adapters[merge.a_key].float()).mul_(merge.scaling)  # O x I
+        if merge.fan_in_fan_out:  # Conv1D-style storage keeps the transposed weight
+            delta = delta.T
+    delta.add_(_to_host(full, full.dtype))
+    return delta.to(EXPORT_DTYPE).contiguous()
+
+
+def _rank0_succeeded(error: BaseException | None) -> bool:
+    """Every rank: whether rank 0 has had no error so far (broadcast from rank 0 under torch.distributed)."""
+    ok = [error is None]
+    if dist.is_initialized():
+        dist.broadcast_object_list(ok, src=0)
+    return bool(ok[0])
+
+
+def _write_weights(
+    state: dict[str, Tensor], plan: _WeightPlan, adapters: dict[str, Tensor], config: DreamConfig,
+    folder: Path, is_rank0: bool,
+) -> BaseException | None:
+    """Every rank: stream the weights into `folder` (made afresh by rank 0), one shard at a time.
+
+    All ranks gather the tensors in the plan's order; rank 0 keeps each as a bf16 CPU tensor and
+    writes (and fsyncs) a shard as soon as it holds all its keys, then drops it. After each shard
+    every rank learns whether rank 0 is still fine, so a failure stops all ranks at the same shard.
+
+    Returns:
+        Rank 0's exception, or None (always None on the other ranks).
+    """
+    error: BaseException | None = None
+    weight_map: dict[str, str] = {}
+    if is_rank0:
+        shutil.rmtree(folder, ignore_errors=True)  # a crashed earlier attempt: start over
+        try:
+            folder.mkdir(parents=True)
+        except BaseException as exc:
+            error = exc
+    for number, keys in enumerate(plan.shards, start=1):
+        name = shard_name(number, len(plan.shards))
+        tensors: dict[str, Tensor] = {}
+        for key in keys:
+            full = _full_value(state[plan.sources[key]])  # collective under FSDP2: every rank, same order
+            if is_rank0 and error is None:
+                try:
+                    tensors[key] = _export_tensor(full, plan.merges.get(key), adapters)
+                except BaseException as exc:  # keep gathering with the others until the shard ends
+                    error = exc
+            del full
+        if is_rank0 and error is None:
+            try:
+                save_file(tensors, folder / name, metadata={"format": "pt"})  # `format: pt`: transformers checks it
+                fsync_path(folder / name)
+                weight_map.update(dict.fromkeys(keys, name))
+            except BaseException as exc:
+                error = exc
+        del tensors
+        if not _rank0_succeeded(error):
+            return error
+    if is_rank0:
+        try:
+            write_index_and_config(folder, weight_map, plan.total_bytes, config, EXPORT_DTYPE)
+        except BaseException as exc:
+            error = exc
+    return error
+
+
+def _check_against_config(shapes: dict[str, tuple[int, ...]], config: DreamConfig) -> None:
+    """Refuse weights (exported key -> shape) whose keys or shapes differ from `config`'s model.
 
     The official loader only warns about missing tensors and fills them with random values
     (dream.md §18), so an incomplete export must never be written.
     """
     with torch.device("meta"):
         expected = {key: tuple(t.shape) for key, t in DreamModel(config).state_dict().items()}
-    problems = [f"missing `{k}`" for k in sorted(expected.keys() - state.keys())]
-    problems += [f"unexpected `{k}`" for k in sorted(state.keys() - expected.keys())]
+    problems = [f"missing `{k}`" for k in sorted(expected.keys() - shapes.keys())]
+    problems += [f"unexpected `{k}`" for k in sorted(shapes.keys() - expected.keys())]
     problems += [
-        f"`{k}`: shape {list(state[k].shape)}, config says {list(expected[k])}"
-        for k in sorted(expected.keys() & state.keys())
-        if tuple(state[k].shape) != expected[k]
+        f"`{k}`: shape {list(shapes[k])}, config says {list(expected[k])}"
+        for k in sorted(expected.keys() & shapes.keys())
+        if shapes[k] != expected[k]
     ]
     if problems:
         raise CheckpointError(
@@ -261,18 +420,12 @@ def _check_against_config(state: dict[str, Tensor], config: DreamConfig) -> None
         )
 
 
-def _write_export(
-    model: nn.Module, state: dict[str, Tensor], config: DreamConfig, lora_layers: dict[str, _LoraLayer],
+def _finish_export(
+    model: nn.Module, adapters: dict[str, Tensor], config: DreamConfig, lora_layers: dict[str, _LoraLayer],
     out_dir: Path, tokenizer_files: list[Path], base_dir: Path | None,
 ) -> None:
-    """Rank 0: build the export in the partial folder, then rename it to `out_dir`."""
+    """Rank 0: add everything but the weights to the partial folder, then rename it to `out_dir`."""
     partial = _partial_dir(out_dir)
-    shutil.rmtree(partial, ignore_errors=True)  # a crashed earlier attempt: start over
-    weights = _merge_lora(state, lora_layers)
-    _check_against_config(weights, config)
-    save_hf_folder(weights, config, partial, dtype=torch.bfloat16)
-    del weights
-
     generation_config = base_dir / GENERATION_CONFIG_NAME if base_dir is not None else None
     if generation_config is not None and generation_config.is_file():
         shutil.copyfile(generation_config, partial / GENERATION_CONFIG_NAME)
@@ -293,7 +446,7 @@ def _write_export(
 
     adapter = next(iter(lora_layers.values()))[0] if lora_layers else None
     if adapter is not None:
-        _write_adapter(model, state, adapter, partial / ADAPTER_DIR_NAME)
+        _write_adapter(model, adapters, adapter, partial / ADAPTER_DIR_NAME)
     files = sorted(str(p.relative_to(partial)) for p in partial.rglob("*") if p.is_file())
     manifest = {
         "format_version": 1, "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -302,7 +455,7 @@ def _write_export(
         "tokenizer_from": str(tokenizer_files[0].parent), "files": sorted([*files, MANIFEST_NAME]),
     }
     (partial / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-    # The shards were fsynced by save_hf_folder; syncing them again costs nothing (no dirty pages).
+    # The shards were fsynced as they were written; syncing them again costs nothing (no dirty pages).
     for path in [*partial.rglob("*"), partial]:
         fsync_path(path)
     if out_dir.exists():
@@ -316,11 +469,14 @@ def _partial_dir(out_dir: Path) -> Path:
     return out_dir.with_name(f".{out_dir.name}.partial")
 
 
-def _write_adapter(model: nn.Module, state: dict[str, Tensor], adapter: str, folder: Path) -> None:
-    """Write peft's `adapter_model.safetensors` + `adapter_config.json` (`PeftModel.from_pretrained` reads them)."""
+def _write_adapter(model: nn.Module, adapters: dict[str, Tensor], adapter: str, folder: Path) -> None:
+    """Write peft's `adapter_model.safetensors` + `adapter_config.json` (`PeftModel.from_pretrained` reads them).
+
+    `adapters` holds the full LoRA tensors under the model's state-dict keys (rank 0's CPU copies).
+    """
     from peft.utils import get_peft_model_state_dict
 
-    tensors = get_peft_model_state_dict(model, state_dict=state, adapter_name=adapter, save_embedding_layers=False)
+    tensors = get_peft_model_state_dict(model, state_dict=adapters, adapter_name=adapter, save_embedding_layers=False)
     # Injected layers (no PeftModel around the DreamModel) lack the prefix PeftModel expects on load.
     prefixed = {key if key.startswith(_PEFT_PREFIX) else _PEFT_PREFIX + key: t for key, t in tensors.items()}
     tensors = {key: t.detach().to("cpu").contiguous() for key, t in prefixed.items()}

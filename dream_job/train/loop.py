@@ -393,7 +393,8 @@ def _run(spec: JobSpec, dataset: Any, report: dict[str, Any], dist_info: Dist, s
         export_dir.rename(stale)
     dist.barrier()
     export_hf(built.model, built.config, out_dir=export_dir, tokenizer_dir=run_dir / "data" / "tokenizer",
-              base_dir=built.base_dir, is_lora=train.method == "lora")
+              base_dir=built.base_dir, is_lora=train.method == "lora",
+              base_tokenizer=spec.model.tokenizer in (None, spec.model.base))
     if dist_info.is_rank0:
         shutil.rmtree(stale, ignore_errors=True)
     return TrainResult(steps=state.step, final_loss=loss, export_dir=export_dir, resumed_from=resumed_from,

@@ -118,10 +118,11 @@ def test_export_round_trip_without_base_dir(tmp_path: Path, tokenizer_dir: Path,
 
 def test_export_copies_dream_files_from_base_dir(tmp_path: Path, tokenizer_dir: Path, base_dir: Path) -> None:
     (base_dir / "generation_config.json").write_text('{"alg": "origin", "steps": 7}\n')  # copied, not rewritten
-    out = export_hf(make_model(), TINY, out_dir=tmp_path / "export", tokenizer_dir=tokenizer_dir, base_dir=base_dir)
+    out = export_hf(make_model(), TINY, out_dir=tmp_path / "export", tokenizer_dir=tokenizer_dir, base_dir=base_dir,
+                    base_tokenizer=True)
     for name in (*REMOTE_CODE_FILES, *DREAM_TOKENIZER_FILES, "generation_config.json"):
         assert (out / name).read_bytes() == (base_dir / name).read_bytes(), name
-    assert not (out / "tokenizer.json").exists(), "Dream's own tokenizer files win over the run's folder"
+    assert not (out / "tokenizer.json").exists(), "the base's own tokenizer ships in Dream's published layout"
     assert json.loads((out / "dream_job_export.json").read_text())["remote_code"] is True
     # Our config, not the base one (which describes the 7B model).
     assert json.loads((out / "config.json").read_text())["hidden_size"] == TINY.hidden_size
@@ -221,3 +222,111 @@ def test_a_model_folder_as_tokenizer_dir_does_not_replace_the_exported_config(tm
     out = export_hf(make_model(), TINY, out_dir=tmp_path / "export", tokenizer_dir=TINY_DREAM, base_dir=None)
     assert DreamConfig.from_pretrained_dir(out) == TINY
     assert (out / "tokenizer.json").read_bytes() == (TINY_DREAM / "tokenizer.json").read_bytes()
+
+
+def test_export_ships_the_tokenizer_the_job_trained_with(tmp_path: Path, qwen_dream_tokenizer_dir: Path) -> None:
+    from dream_job.data.tokenizer import tokenizer_fingerprint
+
+    # The base snapshot holds Dream's real tokenizer files; the job trained with another tokenizer
+    # (`model.tokenizer`): the tiny one, whose vocabulary and chat template differ from Dream's.
+    base = tmp_path / "base"
+    shutil.copytree(qwen_dream_tokenizer_dir, base)
+    for name in REMOTE_CODE_FILES:
+        (base / name).write_text(f"# stand-in {name}\n")
+    trained = load_tokenizer(str(TINY_DREAM))
+    trained.chat_template = "{{ messages[0]['content'] }}<|im_end|>"  # not Dream's template
+    run_tokenizer = tmp_path / "run-tokenizer"
+    trained.save_pretrained(run_tokenizer)
+    dream = load_tokenizer(str(base))
+    assert tokenizer_fingerprint(dream) != tokenizer_fingerprint(trained)
+
+    out = export_hf(make_model(), TINY, out_dir=tmp_path / "export", tokenizer_dir=run_tokenizer, base_dir=base,
+                    base_tokenizer=False)
+    shipped = load_tokenizer(str(out))
+    assert shipped.chat_template == "{{ messages[0]['content'] }}<|im_end|>"
+    assert tokenizer_fingerprint(shipped) == tokenizer_fingerprint(trained)
+    for source in run_tokenizer.iterdir():
+        assert (out / source.name).read_bytes() == source.read_bytes(), source.name
+    assert not (out / "vocab.json").exists() and not (out / "merges.txt").exists()
+    assert json.loads((out / "dream_job_export.json").read_text())["tokenizer_from"] == str(run_tokenizer)
+    # The remote code still comes from the base snapshot.
+    assert (out / "modeling_dream.py").read_bytes() == (base / "modeling_dream.py").read_bytes()
+
+    # Trained with the base's own tokenizer: Dream's published files ship, and encode as the base does.
+    out = export_hf(make_model(), TINY, out_dir=tmp_path / "export-base", tokenizer_dir=run_tokenizer, base_dir=base,
+                    base_tokenizer=True)
+    assert tokenizer_fingerprint(load_tokenizer(str(out))) == tokenizer_fingerprint(dream)
+    assert json.loads((out / "dream_job_export.json").read_text())["tokenizer_from"] == str(base)
+
+
+def _peft_merged_bf16(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The independent oracle: peft's own `merge_and_unload` on a copy, weights rounded to bf16."""
+    merged = copy.deepcopy(model).merge_and_unload()
+    return {k: v.to(torch.bfloat16) for k, v in merged.state_dict().items()}
+
+
+def _read_shards(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    weight_map = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    tensors = {}
+    for file in sorted(set(weight_map.values())):
+        with safe_open(out / file, framework="pt") as f:
+            tensors.update({key: f.get_tensor(key) for key in f.keys()})
+    return tensors, weight_map
+
+
+def test_lora_export_streams_shard_by_shard_and_equals_peft_merge_of_a_bf16_base(
+    tmp_path: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import weakref
+
+    import dream_job.train.export as export
+
+    # As the trainer holds it: a bf16 frozen base with fp32 adapters on every linear (rank 8, alpha 16),
+    # trained (random) so that every delta matters.
+    torch.manual_seed(5)
+    model = make_model().to(torch.bfloat16)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets, init_lora_weights=False))
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            p.data = p.data.float()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    # Small shards so the tiny model spans several; record what each write received and whether
+    # the previous shard's tensors were already freed.
+    limit = 6_000  # the whole tiny model is 53,824 bytes in bf16
+    monkeypatch.setattr(export, "MAX_SHARD_BYTES", limit)
+    written: list[tuple[str, int, bool]] = []
+    alive: list[weakref.ref] = []
+    real_save_file = export.save_file
+
+    def recording_save_file(tensors, filename, metadata=None):
+        written.append((Path(filename).name, sum(t.numel() * t.element_size() for t in tensors.values()),
+                        any(ref() is not None for ref in alive)))
+        alive[:] = [weakref.ref(t) for t in tensors.values()]
+        real_save_file(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(export, "save_file", recording_save_file)
+    out = export_hf(model, TINY, out_dir=tmp_path / "export", tokenizer_dir=tokenizer_dir, base_dir=None, is_lora=True)
+
+    assert written[-1][0] == "adapter_model.safetensors"  # the adapter goes last, through the same writer
+    written = written[:-1]
+    num_shards = len(written)
+    assert num_shards >= 9
+    assert [name for name, _, _ in written] == [f"model-{i:05d}-of-{num_shards:05d}.safetensors"
+                                                for i in range(1, num_shards + 1)]
+    # Every shard but one holding a single oversized tensor (the embedding, the lm_head) stays under the limit.
+    assert all(size <= limit or size == TINY.vocab_size * TINY.hidden_size * 2 for _, size, _ in written)
+    assert not any(previous_alive for _, _, previous_alive in written), "a written shard must be dropped"
+
+    exported, weight_map = _read_shards(out)
+    reference = _peft_merged_bf16(model)
+    assert exported.keys() == reference.keys() == weight_map.keys()
+    assert all(torch.equal(exported[k], reference[k]) for k in reference), "bit-equal to peft's merge"
+    assert json.loads((out / "model.safetensors.index.json").read_text())["metadata"]["total_size"] == sum(
+        t.numel() * 2 for t in reference.values())
+    # The deltas were not lost: at least the q_proj weights differ from the bf16 base's.
+    base_q = before["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"]
+    assert not torch.equal(exported["model.layers.0.self_attn.q_proj.weight"], base_q)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "the training model is never modified"
