@@ -37,7 +37,7 @@ from budget.shape import ModelShape
 
 GIB = 2**30
 LOSS_CHUNK_ROWS = 1024  # DreamForMaskedDiffusion.loss_chunk_size
-EXPORT_SHARD_BYTES = 5 * GIB  # save_hf_folder casts one <= 5 GiB shard at a time
+EXPORT_SHARD_BYTES = 5 * GIB  # dream_job.model.weights.MAX_SHARD_BYTES: the export fills one <= 5 GiB shard at a time
 TRAINABLE_FULL = ("full", "full_8bit", "full_offload")
 
 
@@ -192,7 +192,8 @@ def estimate_memory(
     else:
         step_temp = 0.0
     master_bytes = 4 if method in ("full", "full_offload") else 2
-    save = sum(held.values()) + master_bytes * embed  # after zero_grad; export gathers one tensor at a time
+    # After zero_grad; the export gathers one tensor at a time and casts an fp32 one to bf16 on the GPU.
+    save = sum(held.values()) + master_bytes * embed + (2 * embed if master_bytes == 4 else 0)
     evaluation = 0.0
     if eval_context:
         batch_tokens = eval_batch_size * eval_context
@@ -212,17 +213,31 @@ def estimate_memory(
 
 def host_bytes(shape: ModelShape, *, method: str, num_gpus: int, trainable: int, lora_targets: list[str],
                per_rank_gib: float) -> float:
-    """Return the node's peak host RAM: processes, offloaded state, and rank 0's full state dict.
+    """Return the node's peak host RAM: processes, offloaded state, and rank 0's load or export.
 
-    Rank 0 holds the whole state dict in the master dtype when it loads the base weights and
-    when it gathers the export (`get_model_state_dict(full_state_dict=True, cpu_offload=True)`),
-    plus one bf16 shard being written. A LoRA export also keeps an fp32 merged copy of every
-    targeted weight at once (`dream_job/train/export.py: _merge_lora`).
+    Rank 0 holds the whole base state dict in the master dtype when it loads the weights
+    (`dream_job/train/build.py: _full_state_dict`); the export streams (`export_host_bytes`), so
+    at 7B the load is the larger of the two.
     """
     p = shape.num_params
-    full_dict = {"full": 4 * p, "full_offload": 4 * p, "full_8bit": 2 * p}.get(method, 2 * p + 4 * trainable)
-    if method == "lora":
-        full_dict += 4 * shape.lora_target_weights(lora_targets)
+    load = (4 if method in ("full", "full_offload") else 2) * p
+    export = export_host_bytes(shape, method=method, trainable=trainable, lora_targets=lora_targets)
     offloaded = 16 * p if method == "full_offload" else 0
     cpu_step_temp = 4 * p if method == "full_offload" else 0
-    return num_gpus * per_rank_gib * GIB + offloaded + max(cpu_step_temp, full_dict + EXPORT_SHARD_BYTES)
+    return num_gpus * per_rank_gib * GIB + offloaded + max(cpu_step_temp, load, export)
+
+
+def export_host_bytes(shape: ModelShape, *, method: str, trainable: int, lora_targets: list[str]) -> float:
+    """Return rank 0's peak host RAM while exporting (`dream_job/train/export.py` streams the weights).
+
+    One bf16 shard being filled: at most `EXPORT_SHARD_BYTES`, or one tensor bigger than that
+    (the embedding of a huge vocabulary). Other tensors are cast to bf16 where they live and go
+    straight into the shard. LoRA adds the fp32 adapters kept for the merges and `adapter/`
+    (4 B x trainable) and, while the largest targeted weight is merged, its bf16 CPU copy and an
+    fp32 delta of its size (2 + 4 B per element; bf16 base).
+    """
+    shard = max(EXPORT_SHARD_BYTES, 2 * shape.embed_params)
+    if method != "lora":
+        return shard
+    largest = max((i * o for name, (i, o) in shape.linear_shapes().items() if name in lora_targets), default=0)
+    return shard + 4 * trainable + 6 * largest

@@ -65,11 +65,6 @@ class ModelShape:
         shapes = self.linear_shapes()
         return self.num_layers * sum(rank * sum(shapes[t]) for t in targets if t in shapes)
 
-    def lora_target_weights(self, targets: list[str]) -> int:
-        """Base weights of the targeted linears (merged in fp32 at export)."""
-        shapes = self.linear_shapes()
-        return self.num_layers * sum(shapes[t][0] * shapes[t][1] for t in targets if t in shapes)
-
     def lora_input_features(self, targets: list[str]) -> int:
         """Sum of in-features of the targeted linears of one layer (each gets its own dropout copy)."""
         shapes = self.linear_shapes()

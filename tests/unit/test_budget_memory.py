@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from budget.memory import GIB, MemoryConstants, estimate_memory, gpu_state_bytes
+from budget.memory import GIB, MemoryConstants, estimate_memory, export_host_bytes, gpu_state_bytes
 from budget.shape import DREAM_7B
 
 P = 7_615_616_512  # dream.md §4: every parameter of Dream 7B
@@ -102,9 +102,10 @@ def test_full_8bit_and_offload_states() -> None:
     assert terms["params bf16"] + terms["grads bf16"] + terms["AdamW8bit states"] == pytest.approx(6 * P)
     offload = memory("full_offload", 1)
     assert not any(k.startswith(("params", "grads", "AdamW")) for k in offload.breakdown_gib)
-    # Host: pinned fp32 params + grads + m + v (16 B/param) + rank 0's fp32 state dict at export
-    # (4 B/param) + one 5 GiB shard being written, per-rank baseline 0 here.
-    assert offload.host_gib * GIB == pytest.approx(16 * P + 4 * P + 5 * GIB)
+    # Host: pinned fp32 params + grads + m + v (16 B/param) + the larger of the CPU step's fp32
+    # temporary, rank 0's fp32 state dict at load (both 4 B/param) and the export (one 5 GiB shard);
+    # per-rank baseline 0 here.
+    assert offload.host_gib * GIB == pytest.approx(16 * P + 4 * P)
 
 
 def test_lora_loss_chunk_and_checkpointing() -> None:
@@ -136,9 +137,56 @@ def test_context_headroom_and_nccl_are_added_to_the_largest_phase() -> None:
                                 loss_bytes_per_logit=12.0, compiled_activation_factor=0.7)
     mem = memory("full", 4, accumulation=4, constants=constants)
     assert mem.peak_gib == pytest.approx(max(mem.phases_gib.values()) * 1.07 + 0.6 + 0.5)
-    assert mem.host_gib == pytest.approx(4 * 3.0 + (4 * P + 5 * GIB) / GIB)
+    assert mem.host_gib == pytest.approx(4 * 3.0 + 4 * P / GIB)  # 4 processes + rank 0's fp32 base at load
 
 
 def test_eval_phase_holds_bf16_weights_and_batch_logits() -> None:
     mem = memory("lora", 1, eval_context=762)
     assert mem.phases_gib["eval"] * GIB > 2 * P + 8 * 762 * 152_064 * 6
+
+
+def test_host_ram_of_lora_on_one_gpu_is_the_bf16_base_at_load_not_a_whole_model_merge() -> None:
+    # jobs/dream-s1k-lora-4090.yaml: rank 16 on all seven linears, one process (3 GiB baseline).
+    constants = dataclasses.replace(ZERO, host_per_rank_gib=3.0)
+    mem = memory("lora", 1, rank=16, constants=constants)
+    adapters = 16 * 2_523_136  # 40,370,176 fp32 adapter params
+    gate = 3584 * 18944  # 67,895,296: the largest targeted weight (gate/up/down)
+    # The export: one 5 GiB bf16 shard (> the 1,089,994,752-byte bf16 embedding) + fp32 adapters
+    # + bf16 copy and fp32 delta of the weight being merged:
+    # 5,368,709,120 + 161,480,704 + 407,371,776 = 5,937,561,600 B = 5.53 GiB.
+    export = export_host_bytes(DREAM_7B, method="lora", trainable=adapters, lora_targets=list(DREAM_7B.linear_shapes()))
+    assert export == 5 * GIB + 4 * adapters + 6 * gate == 5_937_561_600
+    # The load (rank 0 reads the bf16 base, 2 B/param = 15,231,233,024 B) is the larger, so the node
+    # needs 3 GiB + 14.19 GiB = 17.19 GiB: below RunPod's 29 GiB 1x RTX 4090 box and ~20 GiB.
+    assert mem.host_gib * GIB == pytest.approx(3 * GIB + 2 * P)
+    assert mem.host_gib == pytest.approx(17.185, abs=1e-3)
+    # The whole-model fp32 merge this replaced held the base (2P), the adapters and every targeted
+    # weight in fp32 at once, plus a shard: 3 + 46.9e9 B = 46.6 GiB.
+    targeted = 28 * (2 * 3584 * 3584 + 2 * 3584 * 512 + 3 * gate)
+    assert (3 * GIB + 2 * P + 4 * adapters + 4 * targeted + 5 * GIB) / GIB == pytest.approx(46.64, abs=0.01)
+
+
+def test_export_of_other_methods_holds_one_shard() -> None:
+    for method in ("full", "full_8bit", "full_offload"):
+        assert export_host_bytes(DREAM_7B, method=method, trainable=P, lora_targets=[]) == 5 * GIB
+    # A vocabulary whose bf16 embedding (one tensor, its own shard) is bigger than 5 GiB.
+    wide = dataclasses.replace(DREAM_7B, vocab=1_520_640)
+    assert export_host_bytes(wide, method="full", trainable=P, lora_targets=[]) == 2 * 1_520_640 * 3584
+
+
+def test_lora_4090_job_fits_one_rtx4090_box_and_is_picked_where_cheapest(tmp_path) -> None:
+    from datetime import date
+
+    from budget import estimate
+    from dream_job.spec import load_spec
+    from tests.conftest import REPO
+
+    # RunPod lists its 1x RTX 4090 box with 29 GiB of host RAM and prices per GPU, so one GPU is its
+    # cheapest machine; the shipped price snapshot (a catalog folder that does not exist), fixed date.
+    spec = load_spec(REPO / "jobs" / "dream-s1k-lora-4090.yaml", ["budget.clouds=[runpod]"])
+    result = estimate(spec, data_report=None, catalog_dir=tmp_path / "no-catalog", now=date(2026, 11, 24))
+    one_gpu = [c for c in result.candidates if (c.method, c.count) == ("lora", 1)]
+    assert one_gpu and all(c.fits and c.host_mem_gib == 29 for c in one_gpu)
+    assert all(c.host_gib == pytest.approx(3 + 2 * P / GIB, abs=0.05) for c in one_gpu)  # 17.2 GiB
+    choice = result.choice
+    assert (choice.method, choice.gpu, choice.count, choice.cloud) == ("lora", "RTX4090", 1, "runpod")
