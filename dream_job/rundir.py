@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import socket
 import time
 from collections.abc import Iterator
@@ -44,7 +43,6 @@ METRICS_NAME = "metrics.jsonl"
 TRAIN_LOG_NAME = "train.log"
 RUN_INFO_NAME = "run.json"
 EXPORT_INFO_NAME = "dream_job_export.json"  # written by `train/export.py`, last
-STEP_RE = re.compile(r"step-(\d+)")
 # Outcomes of a stage record; only `done` lets a later run skip the stage.
 DONE, STOPPED_BY_BUDGET, INTERRUPTED, FAILED, RUNNING = "done", "stopped_by_budget", "interrupted", "failed", "running"
 RECORD_VERSION = 2
