@@ -271,7 +271,9 @@ class Monitor:
 
     def _sample(self) -> None:
         metrics = self.run_dir / "logs" / "metrics.jsonl"
-        seen_lines, seen_files = 0, set()
+        # What an earlier run left (its steps and checkpoints) is not this process's doing.
+        seen_lines = len(metrics.read_text().splitlines()) if metrics.is_file() else 0
+        seen_files = {*self.run_dir.glob("checkpoints/step-*/COMPLETE"), *self.run_dir.glob("stages/*.done")}
         while self.process.poll() is None:
             now = time.monotonic()
             pids = _tree(self.process.pid)

