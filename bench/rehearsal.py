@@ -539,6 +539,8 @@ def main() -> None:
     ns = parser.parse_args()
     ns.work = ns.work or REPO / "runs" / f"rehearsal-{ns.scale}-work"
     result: dict[str, Any] = {}
+    # `timeout` (the device's per-call limit) sends SIGTERM: unwind, so `finally` keeps the partial results.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
     try:
         run_rehearsal(ns, result)
     finally:  # what was measured so far is kept, also when a stage fails or the machine's time runs out
