@@ -130,7 +130,12 @@ def _check_gpu_memory(spec: JobSpec, gpus: int) -> str:
     import torch
 
     from budget import plan_memory
+    from budget.tokens import PROFILE_DATASET
 
+    # Peak memory depends on `data.max_length`, not on the rows; before the first prep a local
+    # dataset has no length profile, so the shipped s1K-1.1 one stands in (it would raise otherwise).
+    if spec.data.dataset != PROFILE_DATASET:
+        spec = spec.model_copy(update={"data": spec.data.model_copy(update={"dataset": PROFILE_DATASET})})
     name = torch.cuda.get_device_name(0)
     have_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
     method = spec.train.method
