@@ -28,28 +28,62 @@ TOOLS = REPO / "tests" / "tools"
 RESULT_MARK = "SKY_PROBE_RESULT "
 
 # A few real rows in SkyPilot's v8 catalog format (prices from budget/data/prices.csv, the
-# skypilot-catalog snapshot read 2026-11-24). RunPod's GpuInfo stores GB in `SizeInMiB`, as the
-# real catalog does. No `.md5` files: SkyPilot then treats them as user-provided, never refetched.
-# `budget.estimate` reads the same files (`~/.sky/catalogs/v8` under the temp HOME).
+# skypilot-catalog snapshot read 2026-11-24), with decoys a launch must not fall for: Vast's 40 GB
+# A100s (one card, and two cards whose `GpuInfo` holds their 80 GB total) cheaper than its 80 GB
+# one, Vast's 0.00 spot prices, AWS spot prices spread over the zones of a region, RunPod's GB in
+# `SizeInMiB`. No `.md5` files: SkyPilot then treats them as user-provided, never refetched.
+# `budget.estimate` reads the same files (`~/.sky/catalogs/v8` under the temp HOME); every cloud
+# of the shipped snapshot is here, so no snapshot price mixes in.
+def _gpu_info(name: str, mib: int, count: int) -> str:
+    return ('"{\'Gpus\': [{\'Name\': \'%s\', \'Manufacturer\': \'NVIDIA\', \'Count\': %d.0, \'MemoryInfo\': '
+            '{\'SizeInMiB\': %d}}], \'TotalGpuMemoryInMiB\': %d}"' % (name, count, mib, mib * count))
+
+
 CATALOGS = {
     "common/accelerators.csv": """\
 AcceleratorName,Clouds
-A100-80GB,"['Lambda', 'RunPod']"
-H100,"['Lambda']"
-RTX4090,"['RunPod']"
+A100,"['AWS', 'Lambda', 'Vast']"
+A100-80GB,"['AWS', 'Lambda', 'RunPod']"
+H100,"['AWS', 'Lambda']"
+H100-SXM,"['RunPod']"
+RTX4090,"['RunPod', 'Vast']"
 """,
-    "lambda/vms.csv": """\
+    "lambda/vms.csv": f"""\
 InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,Price,Region,GpuInfo,SpotPrice
-gpu_8x_a100_80gb_sxm4,A100-80GB,8,240,1800,22.32,us-east-1,"{'Gpus': [{'Name': 'A100-80GB', 'Manufacturer': 'NVIDIA', 'Count': 8.0, 'MemoryInfo': {'SizeInMiB': 81920}}], 'TotalGpuMemoryInMiB': 655360}",
-gpu_8x_h100_sxm5,H100,8,208,1800,31.92,us-east-1,"{'Gpus': [{'Name': 'H100', 'Manufacturer': 'NVIDIA', 'Count': 8.0, 'MemoryInfo': {'SizeInMiB': 81920}}], 'TotalGpuMemoryInMiB': 655360}",
-gpu_1x_h100_sxm5,H100,1,26,225,4.29,us-east-1,"{'Gpus': [{'Name': 'H100', 'Manufacturer': 'NVIDIA', 'Count': 1.0, 'MemoryInfo': {'SizeInMiB': 81920}}], 'TotalGpuMemoryInMiB': 81920}",
+gpu_8x_a100_80gb_sxm4,A100-80GB,8,240,1800,22.32,us-east-1,{_gpu_info('A100-80GB', 81920, 8)},
+gpu_8x_h100_sxm5,H100,8,208,1800,31.92,us-east-1,{_gpu_info('H100', 81920, 8)},
+gpu_1x_h100_sxm5,H100,1,26,225,4.29,us-east-1,{_gpu_info('H100', 81920, 1)},
+gpu_1x_h100_sxm5,H100,1,26,225,4.49,us-west-1,{_gpu_info('H100', 81920, 1)},
 """,
-    "runpod/vms.csv": """\
+    "runpod/vms.csv": f"""\
 InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,Region,SpotPrice,Price,AvailabilityZone,GpuInfo
-8x_A100-80GB_SECURE,A100-80GB,8,128,936,US,11.12,11.12,US-KS-2,"{'Gpus': [{'Name': 'A100-80GB', 'Manufacturer': 'NVIDIA', 'Count': 8.0, 'MemoryInfo': {'SizeInMiB': 80}}], 'TotalGpuMemoryInMiB': 640}"
-1x_RTX4090_SECURE,RTX4090,1,16,29,US,0.74,0.74,US-KS-2,"{'Gpus': [{'Name': 'RTX4090', 'Manufacturer': 'NVIDIA', 'Count': 1.0, 'MemoryInfo': {'SizeInMiB': 24}}], 'TotalGpuMemoryInMiB': 24}"
+8x_A100-80GB_SECURE,A100-80GB,8,128,936,US,11.12,11.12,US-KS-2,{_gpu_info('A100-80GB', 80, 8)}
+1x_A100-80GB_SECURE,A100-80GB,1,16,117,US,1.39,1.39,US-KS-2,{_gpu_info('A100-80GB', 80, 1)}
+1x_H100-SXM_SECURE,H100-SXM,1,16,125,US,3.29,3.29,US-KS-2,{_gpu_info('H100-SXM', 80, 1)}
+1x_RTX4090_SECURE,RTX4090,1,16,29,US,0.74,0.74,US-KS-2,{_gpu_info('RTX4090', 24, 1)}
+4x_RTX4090_SECURE,RTX4090,4,64,116,US,2.96,2.96,US-KS-2,{_gpu_info('RTX4090', 24, 4)}
+""",
+    "vast/vms.csv": f"""\
+InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,GpuInfo,Price,SpotPrice,Region
+1x-A100-32-65536,A100,1,32,64,{_gpu_info('A100', 81920, 1)},0.87,0.00,"United States, US, NA"
+1x-A100_SXM4-32-65536,A100,1,32,64,{_gpu_info('A100', 40960, 1)},0.76,0.00,"United States, US, NA"
+2x-A100_SXM4-32-65536,A100,2,32,64,{_gpu_info('A100', 81920, 2)},1.40,0.00,"United States, US, NA"
+1x-RTX_4090-32-65536,RTX4090,1,32,64,{_gpu_info('RTX4090', 24564, 1)},0.40,0.00,"Germany, DE, EU"
+4x-RTX_4090-32-65536,RTX4090,4,32,64,{_gpu_info('RTX4090', 98256, 4)},1.39,0.00,"Germany, DE, EU"
+""",
+    "aws/vms.csv": f"""\
+InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,GpuInfo,Price,SpotPrice,Region,AvailabilityZone,Arch
+p4d.24xlarge,A100,8,96,1152,{_gpu_info('A100', 40960, 8)},21.96,2.47,us-east-1,us-east-1a,x86_64
+p4d.24xlarge,A100,8,96,1152,{_gpu_info('A100', 40960, 8)},21.96,7.88,us-east-1,us-east-1b,x86_64
+p4d.24xlarge,A100,8,96,1152,{_gpu_info('A100', 40960, 8)},21.96,8.19,us-east-1,us-east-1c,x86_64
+p4de.24xlarge,A100-80GB,8,96,1152,{_gpu_info('A100-80GB', 81920, 8)},27.45,8.65,us-east-1,us-east-1c,x86_64
+p4de.24xlarge,A100-80GB,8,96,1152,{_gpu_info('A100-80GB', 81920, 8)},27.45,9.97,us-east-1,us-east-1a,x86_64
+p5.4xlarge,H100,1,16,256,{_gpu_info('H100', 81920, 1)},6.88,,us-east-1,us-east-1a,x86_64
+p5.48xlarge,H100,8,192,2048,{_gpu_info('H100', 81920, 8)},55.04,10.20,us-east-1,us-east-1a,x86_64
+p5.48xlarge,H100,8,192,2048,{_gpu_info('H100', 81920, 8)},55.04,25.80,us-east-1,us-east-1b,x86_64
 """,
 }
+SEEDED_CLOUDS = "aws,lambda,runpod,vast"
 
 
 @pytest.fixture(scope="module")
