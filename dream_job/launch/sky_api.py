@@ -12,14 +12,27 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
+from dream_job.errors import EXIT_TRANSIENT
 from dream_job.launch.plan import INSTALL_HINT, LaunchError, LaunchPlan, read_template
 
 # Terminal states of managed jobs and cluster jobs (SkyPilot's ManagedJobStatus / JobStatus names).
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_PRECHECKS", "FAILED_NO_RESOURCE",
                       "FAILED_CONTROLLER", "FAILED_DRIVER", "CANCELLED"})
+
+# Failures of the network or of SkyPilot's API server rather than of the task, by class name (in
+# the exception's MRO, or a `CloudError`'s `error_type`), so nothing here imports SkyPilot or
+# requests: running the same command later is the fix (exit 3).
+TRANSIENT_ERRORS = frozenset({
+    "ApiServerConnectionError", "ServerTemporarilyUnavailableError", "NetworkError", "RequestInterruptedError",
+    "ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "TimeoutError", "EndpointConnectionError",
+    "ConnectTimeoutError", "ReadTimeoutError", "NameResolutionError",
+})
+# SkyPilot colours parts of its messages (`Run: \x1b[1msky check\x1b[0m`).
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def import_sky() -> Any:
@@ -70,17 +83,64 @@ def submit(task: Any, plan: LaunchPlan, *, dryrun: bool = False) -> int | None:
     """Launch `task` as the plan says; return SkyPilot's job id (None for a dry run).
 
     A dry run goes through `sky.launch(..., dryrun=True)` in both modes (`sky jobs launch` has
-    none): SkyPilot optimizes the task and provisions nothing.
+    none): SkyPilot's API server validates and optimizes the task, checks the chosen cloud's
+    features (failing over as a launch would) and provisions nothing. It does create a missing
+    bucket of the task's `file_mounts`, as SkyPilot's own `sky launch --dryrun` does.
+
+    Raises:
+        LaunchError: SkyPilot is missing, rejects the task (exit 1), or cannot be reached (exit 3).
     """
     sky = import_sky()
-    if dryrun:
-        sky.stream_and_get(sky.launch(task, cluster_name=plan.sky_name, dryrun=True))
-        return None
-    if plan.mode == "managed":
-        job_ids, _ = sky.stream_and_get(sky.jobs.launch(task, name=plan.sky_name))
-        return job_ids[0] if isinstance(job_ids, list) else job_ids
-    job_id, _ = sky.stream_and_get(sky.launch(task, cluster_name=plan.sky_name, **autostop_kwargs(plan)))
-    return job_id
+    try:
+        if dryrun:
+            sky.stream_and_get(sky.launch(task, cluster_name=plan.sky_name, dryrun=True))
+            return None
+        if plan.mode == "managed":
+            job_ids, _ = sky.stream_and_get(sky.jobs.launch(task, name=plan.sky_name))
+            return job_ids[0] if isinstance(job_ids, list) else job_ids
+        job_id, _ = sky.stream_and_get(sky.launch(task, cluster_name=plan.sky_name, **autostop_kwargs(plan)))
+        return job_id
+    except Exception as exc:  # the API server sends back whatever the task raised there
+        raise skypilot_failure(exc, plan) from None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when `exc` is a network or API-server failure (see `TRANSIENT_ERRORS`), not the task's fault."""
+    names = {cls.__name__ for cls in type(exc).__mro__} | {str(getattr(exc, "error_type", ""))}
+    return bool(names & TRANSIENT_ERRORS)
+
+
+def skypilot_failure(exc: Exception, plan: LaunchPlan) -> LaunchError:
+    """Return the one-sentence `LaunchError` for an exception SkyPilot raised while launching `plan`.
+
+    SkyPilot's message becomes the cause lines (colours stripped); the hint follows its kind:
+    the task template, the run bucket, cloud access, availability of the pinned offer.
+    """
+    name = type(exc).__name__
+    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    caused_by = [f"{name}: {lines[0] if lines else '(no message)'}", *lines[1:]]
+    run = f"run `{plan.run_id}` of `{plan.job_file}`"
+    if is_transient(exc):
+        if name == "ApiServerConnectionError":
+            return LaunchError(f"SkyPilot's API server cannot be reached, so {run} was not launched",
+                               caused_by=caused_by, exit_code=EXIT_TRANSIENT,
+                               hint="check `sky api status` (or the `SKYPILOT_API_SERVER_ENDPOINT` you set), "
+                                    "then run the same command again")
+        return LaunchError(f"a network failure stopped SkyPilot while launching {run}", caused_by=caused_by,
+                           exit_code=EXIT_TRANSIENT, hint="check the connection, then run the same command again")
+    kinds = {cls.__name__ for cls in type(exc).__mro__}
+    if kinds & {"StorageError", "StorageSpecError"}:
+        hint = ("the run bucket is `RUNS_BUCKET`: pass a bucket name SkyPilot may create, "
+                "`--env RUNS_BUCKET=<new name>`")
+    elif "NoCloudAccessError" in kinds or "CloudUserIdentityError" in kinds:
+        hint = f"set up access to `{plan.cloud}` and check it: `sky check {plan.cloud}`"
+    elif "ResourcesUnavailableError" in kinds:
+        hint = (f"SkyPilot found no `{plan.instance_type}` in `{plan.infra}` it could use: run `dream-job estimate "
+                f"{plan.job_file}` again, or leave the cloud out: `--set budget.clouds=[...]`")
+    else:
+        hint = (f"fix `{plan.task_yaml}` as SkyPilot says (or restore it: `git checkout {plan.task_yaml}`), "
+                f"or the job file `{plan.job_file}`")
+    return LaunchError(f"SkyPilot rejects {run} (task `{plan.task_yaml}`)", caused_by=caused_by, hint=hint)
 
 
 def autostop_kwargs(plan: LaunchPlan) -> dict[str, Any]:

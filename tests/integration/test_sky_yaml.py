@@ -4,7 +4,8 @@ The slow tests run `tests/tools/sky_probe.py` with `skypilot==0.14.1` in its own
 `HOME` and `SKY_RUNTIME_DIR` in a temp folder (`tests/tools/sky_env.py`): the file
 must pass SkyPilot's own validation (and a broken copy must not), and SkyPilot's optimizer,
 with clouds faked as enabled and tiny catalogs seeded in SkyPilot's v8 CSV format, must choose
-the cheapest candidate. Offline throughout: the catalogs are never fetched.
+the cheapest candidate. Offline throughout: the catalogs are never fetched. These run SkyPilot in
+process; `tests/integration/test_sky_server.py` sends the file through SkyPilot's API server.
 
 What the optimizer does not check: bucket mounts need FUSE, which RunPod and Vast lack, so the
 cheapest choice below (RunPod) is one SkyPilot's provisioner would then skip for the next
@@ -41,7 +42,14 @@ def test_sky_yaml_recovers_on_the_transient_exit_code_only() -> None:
     resources = _sky_config()["resources"]
     assert resources["job_recovery"]["recover_on_exit_codes"] == [EXIT_TRANSIENT]
     assert resources["autostop"] == {"idle_minutes": 10, "down": True}
-    assert _sky_config()["secrets"] == {"HF_TOKEN": None, "AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}
+    # No secrets declared: a launch passes (and asks for) only those the job needs, by name.
+    assert "secrets" not in _sky_config()
+
+
+def test_sky_yaml_sets_no_env_that_skypilots_api_server_rejects() -> None:
+    # SKYPILOT_RUNPOD_DOCKER_USERNAME turns into the resources field `_docker_username_for_runpod`,
+    # which SkyPilot 0.14.1's API server rejects for every cloud (tests/integration/test_sky_server.py).
+    assert not [name for name in _sky_config()["envs"] if name.startswith("SKYPILOT_")]
 
 
 def _fake_machine(tmp_path: Path, *, dream_job_rc: int = 0, dream_job_sleep_s: float = 0) -> dict[str, str]:
@@ -128,8 +136,8 @@ def test_skypilot_accepts_sky_yaml(sky_python: Path, sky_env: dict[str, str]) ->
         assert resources["autostop"] == {"idle_minutes": 10, "down": True}
         assert resources["job_recovery"] == {"strategy": "EAGER_NEXT_REGION", "max_restarts_on_errors": 2,
                                              "recover_on_exit_codes": [3]}
-        assert resources["_docker_username_for_runpod"] == "dreamjob"
-    assert task["secret_refs"] == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN"]
+        assert "_docker_username_for_runpod" not in resources  # the API server would reject the task
+    assert task["secret_refs"] == []
     assert set(task["envs"]) >= {"JOB", "DREAM_JOB_USD_PER_HOUR", "BUDGET_HOURS"}
     assert task["storage_mounts"]["/runs"]["name"] == "my-runs"  # `--env` reaches the bucket name
     assert task["storage_mounts"]["/runs"]["mode"] == "MOUNT_CACHED"

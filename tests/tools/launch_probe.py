@@ -106,6 +106,8 @@ def main() -> None:
         result["record"] = launch(plan, dryrun=args.dryrun)
     except DreamJobError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
+        for cause in exc.caused_by:
+            print(f"  caused by: {cause}", file=sys.stderr)
         print(RESULT_MARK + json.dumps(result, default=str))
         raise SystemExit(1) from None
     print(RESULT_MARK + json.dumps(result, default=str))
