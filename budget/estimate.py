@@ -96,7 +96,8 @@ def _candidate(spec: JobSpec, offer: Offer, method: str, mem: MemoryEstimate, ti
         reason = _memory_reason(spec, mem, gpu)
     elif not fits_host:
         has = f"has {host_ram:.0f} GiB" if host_known else f"does not list its RAM (assumed {host_ram:.0f} GiB)"
-        reason = (f"needs {mem.host_gib:.0f} GiB of host RAM (rank 0's bf16 base at load, the export's one shard at a time"
+        reason = (f"needs {mem.host_gib:.0f} GiB of host RAM (rank 0's bf16 base at load, the export's one shard at "
+                  "a time"
                   f"{', the offloaded optimizer' if method == 'full_offload' else ''}), `{offer.instance_type}` {has}")
     elif cost > budget.max_cost_yuan:
         reason = f"costs ¥{cost:.2f}, over the ¥{budget.max_cost_yuan:g} budget"
@@ -122,7 +123,7 @@ def _candidate(spec: JobSpec, offer: Offer, method: str, mem: MemoryEstimate, ti
 
 
 def no_fuse_reason(spec: JobSpec, cloud: str) -> str:
-    """Why an offer on a cloud without FUSE cannot run a job without destinations (the one rule of estimate and launch)."""
+    """Why an offer on a cloud without FUSE cannot run a job without destinations (one rule for estimate and launch)."""
     return (f"`{cloud}` cannot mount the run-dir bucket (no FUSE) and `artifacts.destinations` is empty, so the "
             f"results would be lost with the machine; to use it add one: "
             f"`--set 'artifacts.destinations=[\"hf://you/{spec.name}\"]'`")

@@ -63,7 +63,8 @@ class Candidate:
         """Return the candidate as JSON-ready values (numbers rounded for reading)."""
         out = asdict(self)
         for key, digits in (("peak_gib", 2), ("vram_gib", 2), ("host_gib", 1), ("hours", 3), ("train_hours", 3),
-                            ("eval_hours", 3), ("overhead_hours", 3), ("cost_cny", 2), ("controller_cny", 2), ("mfu", 3)):
+                            ("eval_hours", 3), ("overhead_hours", 3), ("cost_cny", 2), ("controller_cny", 2),
+                            ("mfu", 3)):
             out[key] = round(out[key], digits)
         out["overheads_hours"] = {k: round(v, 3) for k, v in self.overheads_hours.items()}
         out["priced_on"] = self.priced_on.isoformat()

@@ -271,7 +271,8 @@ def estimate_tables(estimate: Any, *, max_rows: int = 20, launch_line: str | Non
     else:
         kind = "spot" if choice.spot else "on-demand"
         place = "/".join(p for p in (choice.cloud, choice.region, choice.zone) if p)
-        summary.add_row("offer", f"{choice.count}x {choice.gpu} ({choice.accelerator}, {choice.vram_gib:.0f} GiB each), "
+        summary.add_row("offer", f"{choice.count}x {choice.gpu} ({choice.accelerator}, {choice.vram_gib:.0f} GiB "
+                        "each), "
                         f"`{choice.instance_type}` in `{place}`, {kind}, ${choice.usd_per_hour:.2f}/h for the machine "
                         f"(price of {choice.priced_on})")
         summary.add_row("method", choice.method + (" (changes the recipe)" if choice.recipe_change else ""))

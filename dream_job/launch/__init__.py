@@ -30,7 +30,8 @@ __all__ = ["INSTALL_HINT", "LaunchError", "LaunchPlan", "find_record", "follow_l
            "launch_status", "launches_dir", "plan_launch", "preview", "require_skypilot", "status_lines"]
 
 
-def preview(spec: JobSpec, spec_path: Path, *, task_yaml: Path, **estimate_kwargs: Any) -> tuple[Any, LaunchPlan | None]:
+def preview(spec: JobSpec, spec_path: Path, *, task_yaml: Path,
+            **estimate_kwargs: Any) -> tuple[Any, LaunchPlan | None]:
     """Return the estimate and, when `task_yaml` is here, the launch plan `dream-job launch` would make.
 
     The estimate is the plan's own (same offer, same mode), so the printed `sky` line and the

@@ -27,7 +27,8 @@ def save_record(plan: LaunchPlan, job_id: int | None, launched_at: str) -> dict[
         "run_id": plan.run_id, "job": plan.job, "job_file": plan.job_file, "mode": plan.mode,
         "sky_name": plan.sky_name, "job_id": job_id, "accelerators": plan.accelerators, "cloud": plan.cloud,
         "infra": plan.infra, "instance_type": plan.instance_type, "spot": plan.spot,
-        "usd_per_hour": plan.usd_per_hour, "guard_usd_per_hour": plan.guard_usd_per_hour, "budget_hours": plan.budget_hours,
+        "usd_per_hour": plan.usd_per_hour, "guard_usd_per_hour": plan.guard_usd_per_hour,
+        "budget_hours": plan.budget_hours,
         "hard_limit_min": plan.hard_limit_min, "run_dir": plan.run_dir, "destinations": list(plan.destinations),
         "secrets": list(plan.secrets), "launched_at": launched_at,
     }

@@ -77,7 +77,8 @@ def test_launch_yes_skips_the_prompt(laptop: list[Any]) -> None:
 
 
 def test_missing_secret_is_named_before_the_prompt_and_any_launch(laptop: list[Any]) -> None:
-    result = runner.invoke(app, ["launch", JOB, *ANY_DAY, "--yes", "--set", "artifacts.destinations=[hf://you/dream-s1k]"])
+    result = runner.invoke(app, ["launch", JOB, *ANY_DAY, "--yes", "--set",
+                                 "artifacts.destinations=[hf://you/dream-s1k]"])
     assert result.exit_code == 1 and laptop == []
     assert result.stderr == (
         "error: missing secret `HF_TOKEN` (for the `hf://you/dream-s1k` destination) in this shell's environment; "
@@ -87,7 +88,8 @@ def test_missing_secret_is_named_before_the_prompt_and_any_launch(laptop: list[A
 def test_secret_values_never_reach_the_output_or_the_record(laptop: list[Any], monkeypatch: pytest.MonkeyPatch,
                                                             tmp_path: Path) -> None:
     monkeypatch.setenv("HF_TOKEN", SECRET)
-    result = runner.invoke(app, ["launch", JOB, *ANY_DAY, "--yes", "--set", "artifacts.destinations=[hf://you/dream-s1k]",
+    result = runner.invoke(app, ["launch", JOB, *ANY_DAY, "--yes",
+                                 "--set", "artifacts.destinations=[hf://you/dream-s1k]",
                                  "--set", "budget.max_cost_yuan=300"])
     assert result.exit_code == 0, result.output
     (plan, _), = laptop
@@ -213,7 +215,8 @@ def test_launch_refuses_prices_older_than_the_limit_and_says_how_to_refresh(lapt
     result = runner.invoke(app, ["estimate", JOB, "--set", "budget.max_catalog_age_days=1"])
     assert result.exit_code == 0, result.output
     assert "│ WARNING     │ prices are" in result.stdout
-    as_json = json.loads(runner.invoke(app, ["estimate", JOB, "--set", "budget.max_catalog_age_days=1", "--json"]).stdout)
+    as_json = json.loads(runner.invoke(app, ["estimate", JOB, "--set", "budget.max_catalog_age_days=1",
+                                             "--json"]).stdout)
     assert as_json["stale_price_warning"].endswith("older than `budget.max_catalog_age_days` (1): refresh them before "
                                                    "launching")
     assert as_json["launch_command"].startswith("sky jobs launch -n dream-s1k-")
