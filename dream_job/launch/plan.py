@@ -38,9 +38,23 @@ Mode = Literal["managed", "cluster"]
 # The run script's SIGTERM -> SIGKILL grace (sky.yaml: `timeout --kill-after=10m`) plus 5 minutes
 # for the last checkpoint upload: `BUDGET_HOURS` ends this long before the hard limit.
 GRACE_MIN = 15
-# The template without its bucket mounts, for clouds without FUSE: derived from `sky.yaml` on every
-# estimate and launch (never edited by hand), so the printed `sky` line can name it.
-NO_MOUNTS_DIR = Path(".dream-job")
+# Where the template adapted to one cloud goes: derived from `sky.yaml` on every estimate and
+# launch (never edited by hand), so the printed `sky` line can name it.
+DERIVED_DIR = Path(".dream-job")
+# What a cloud cannot take from the template, and why (SkyPilot 0.14.1).
+DROPPED_FOR_CLOUD = {
+    "file_mounts": ("no FUSE, so no bucket mount: the run dir stays on the machine's disk and "
+                    "`artifacts.destinations` carry the results"),
+    "resources.image_id": ("SkyPilot logs in to a RunPod pod as root, which a non-root image refuses (its RunPod "
+                           "user setting is rejected by the API server): RunPod's own image runs and `setup` installs "
+                           "the project"),
+}
+
+
+def dropped_for(cloud: str) -> tuple[str, ...]:
+    """Return the template keys a launch on `cloud` must leave out (see `DROPPED_FOR_CLOUD`)."""
+    keys = ("file_mounts",) if cloud in NO_FUSE_CLOUDS else ()
+    return keys + (("resources.image_id",) if cloud == "runpod" else ())
 RUN_ID_ENV = "DREAM_JOB_RUN_ID"
 INSTALL_HINT = "install the launcher extra in its own environment: `pip install 'dream-job[launcher]'`"
 
@@ -75,7 +89,7 @@ class LaunchPlan:
     envs: dict[str, str]
     env_overrides: dict[str, str]
     secrets: tuple[str, ...]
-    drop_mounts: bool
+    dropped: tuple[str, ...]
     autostop: dict[str, Any] | None
     run_dir: str | None
     destinations: tuple[str, ...]
@@ -103,10 +117,10 @@ class LaunchPlan:
         return rows + [("note", note) for note in self.notes]
 
     def task_file(self) -> Path:
-        """Return the task YAML the launch uses: the template, or its derived copy without bucket mounts."""
-        if not self.drop_mounts:
+        """Return the task YAML the launch uses: the template, or its copy adapted to the chosen cloud."""
+        if not self.dropped:
             return self.task_yaml
-        return NO_MOUNTS_DIR / f"{self.task_yaml.stem}-no-mounts.yaml"
+        return DERIVED_DIR / f"{self.task_yaml.stem}-{self.cloud}.yaml"
 
     def sky_command(self) -> str:
         """Return the `sky jobs launch` / `sky launch` line that builds the same task as `dream-job launch`.
@@ -229,14 +243,26 @@ def guard_basis(choice: Any, *, zone_pinned: bool, mode: Mode) -> str:
             f"${choice.usd_per_hour:g}, is what SkyPilot shows)")
 
 
-def write_no_mounts_template(template: dict[str, Any], path: Path, source: Path) -> None:
-    """Write `template` without its `file_mounts` to `path` (atomically), for clouds without FUSE."""
-    body = {k: v for k, v in template.items() if k != "file_mounts"}
+def derived_template(template: dict[str, Any], dropped: tuple[str, ...]) -> dict[str, Any]:
+    """Return a copy of `template` without the `dropped` keys (`a.b` names a key inside `a`)."""
+    body = {k: (dict(v) if isinstance(v, dict) else v) for k, v in template.items()}
+    for key in dropped:
+        head, _, rest = key.partition(".")
+        if rest and isinstance(body.get(head), dict):
+            body[head].pop(rest, None)
+        elif not rest:
+            body.pop(head, None)
+    return body
+
+
+def write_derived_template(template: dict[str, Any], plan: LaunchPlan) -> None:
+    """Write the template adapted to the plan's cloud to `plan.task_file()` (atomically)."""
+    path = plan.task_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(f"# Derived from `{source}` by dream-job (its bucket mounts left out, for clouds without FUSE); "
-                   "regenerated on every estimate and launch: edit the source instead.\n"
-                   + yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
+    tmp.write_text(f"# Derived from `{plan.task_yaml}` by dream-job for `{plan.cloud}` (left out: "
+                   f"{', '.join(plan.dropped)}); regenerated on every estimate and launch: edit the source instead.\n"
+                   + yaml.safe_dump(derived_template(template, plan.dropped), sort_keys=False), encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -335,10 +361,12 @@ def plan_launch(spec: JobSpec, spec_path: Path, *, task_yaml: Path, mode: Mode |
     task_envs = {**template_envs, **overrides}
     mount = _runs_mount(template, task_envs)
     # The estimate rejects FUSE-less offers for jobs without destinations (`budget.estimate.no_fuse_reason`).
-    drop_mounts = choice.cloud in NO_FUSE_CLOUDS and bool(template.get("file_mounts"))
-    if drop_mounts:
-        notes.append(f"`{choice.cloud}` has no FUSE: the task is `sky.yaml` without its bucket mounts; the run dir "
-                     "stays on the machine's disk and `artifacts.destinations` carry the results")
+    resources = template.get("resources") if isinstance(template.get("resources"), dict) else {}
+    dropped = tuple(key for key in dropped_for(choice.cloud)
+                    if (key == "file_mounts" and template.get("file_mounts"))
+                    or (key == "resources.image_id" and resources.get("image_id")))
+    notes += [f"`{choice.cloud}`: the task leaves out `{key}` of `{task_yaml}`: {DROPPED_FOR_CLOUD[key]}"
+              for key in dropped]
     declared = template.get("secrets") or {}
     passed = [name for name in declared if environ.get(name)] if isinstance(declared, dict) else []
     passed += [name for name in needed if name not in passed]
@@ -351,10 +379,10 @@ def plan_launch(spec: JobSpec, spec_path: Path, *, task_yaml: Path, mode: Mode |
         guard_usd_per_hour=guard_usd, guard_basis=why_guard, cost_cny=choice.cost_cny, hours=choice.hours,
         budget_cny=spec.budget.max_cost_yuan, hard_limit_min=hard_limit_min, budget_hours=budget_hours,
         envs=task_envs, env_overrides=overrides, secrets=tuple(passed),
-        drop_mounts=drop_mounts, autostop=autostop,
-        run_dir=None if drop_mounts or mount is None else f"{mount[1]}/{run_id}",
+        dropped=dropped, autostop=autostop,
+        run_dir=None if "file_mounts" in dropped or mount is None else f"{mount[1]}/{run_id}",
         destinations=tuple(spec.artifacts.destinations), notes=tuple(notes), estimate=result,
     )
-    if drop_mounts:
-        write_no_mounts_template(template, plan.task_file(), task_yaml)
+    if dropped:
+        write_derived_template(template, plan)
     return plan

@@ -72,6 +72,8 @@ def build_task(plan: LaunchPlan, environ: Mapping[str, str]) -> Any:
     # substitute another machine with the same GPU name (e.g. Vast's 40 GB A100 for the 80 GB one).
     override: dict[str, Any] = {"accelerators": plan.accelerators, "infra": plan.infra,
                                 "instance_type": plan.instance_type, "use_spot": plan.spot}
+    if plan.mode == "managed":
+        task.name = plan.sky_name  # as `sky jobs launch -n NAME` names the task
     # One resources object per distinct result: every `any_of` candidate collapses onto the chosen offer.
     unique = {json.dumps(r.to_yaml_config(), sort_keys=True, default=str): r
               for r in (r.copy(**override) for r in task.resources)}

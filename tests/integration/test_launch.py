@@ -249,9 +249,18 @@ def test_a_cloud_without_fuse_gets_the_template_without_mounts(laptop: list[Any]
     plan = plan_launch(load_spec("jobs/j.yaml", ["budget.clouds=[vast]", "budget.use_spot=false",
                                                  "artifacts.destinations=[hf://you/x]", "train.method=lora"]),
                        Path("jobs/j.yaml"), task_yaml=Path("sky.yaml"), environ={}, now=NOW, for_launch=False)
-    assert plan.drop_mounts and plan.task_file() == Path(".dream-job/sky-no-mounts.yaml")
+    assert plan.dropped == ("file_mounts",) and plan.task_file() == Path(".dream-job/sky-vast.yaml")
     derived = yaml.safe_load(plan.task_file().read_text())
-    assert "file_mounts" not in derived
     assert derived == {k: v for k, v in yaml.safe_load((tmp_path / "sky.yaml").read_text()).items()
                        if k != "file_mounts"}
-    assert plan.sky_command().endswith("--secret HF_TOKEN .dream-job/sky-no-mounts.yaml")
+    assert plan.sky_command().endswith("--secret HF_TOKEN .dream-job/sky-vast.yaml")
+    # RunPod also runs its own image: SkyPilot 0.14.1 cannot log in to a non-root one there.
+    runpod = plan_launch(load_spec("jobs/j.yaml", ["budget.clouds=[runpod]", "budget.use_spot=false",
+                                                   "artifacts.destinations=[hf://you/x]", "train.method=lora"]),
+                         Path("jobs/j.yaml"), task_yaml=Path("sky.yaml"), environ={}, now=NOW, for_launch=False)
+    assert runpod.dropped == ("file_mounts", "resources.image_id")
+    source = yaml.safe_load((tmp_path / "sky.yaml").read_text())
+    derived = yaml.safe_load(runpod.task_file().read_text())
+    assert "image_id" in source["resources"] and "image_id" not in derived["resources"]
+    assert {k: v for k, v in derived["resources"].items()} == {
+        k: v for k, v in source["resources"].items() if k != "image_id"}

@@ -63,7 +63,7 @@ def test_vast_80gb_a100_is_pinned_past_the_cheaper_40gb_decoys(sky_python: Path,
         "vast", "1x-A100-32-65536", 80.0)
     _assert_one_launch(result)
     assert "--infra 'vast/United States, US, NA' -t 1x-A100-32-65536 --gpus A100:1 --no-use-spot" in result["line"]
-    assert result["line"].endswith("--secret HF_TOKEN .dream-job/sky-no-mounts.yaml")
+    assert result["line"].endswith("--secret HF_TOKEN .dream-job/sky-vast.yaml")
     assert result["cli"]["storage_mounts"] == []  # Vast has no FUSE: the derived template has no bucket mount
     # What the old line (GPU name and cloud only) got from the same optimizer: the 40 GB card.
     unpinned = probe_result(run_probe(sky_python, sky_env, "sky_probe.py", "optimize", "sky.yaml", "--clouds", "vast",

@@ -29,11 +29,14 @@ def _launch(python: Path, env: dict[str, str], *args: str, ok: bool = True) -> t
 def test_spot_offer_launches_a_managed_job_with_recovery_and_the_secrets_it_needs(
         sky_python: Path, sky_env: dict[str, str]) -> None:
     env = {**sky_env, "HF_TOKEN": "hf_test_value"}
-    result, _ = _launch(sky_python, env, "--spot", "--set", HUB, "--set", "budget.max_cost_yuan=600")
+    result, _ = _launch(sky_python, env, "--spot", "--set", HUB, "--set", "budget.max_cost_yuan=600",
+                        "--set", "budget.clouds=[runpod]")
     (call,) = result["calls"]
     assert call["function"] == "sky.jobs.launch" and call["name"] == result["plan"]["run_id"]
     (resources,) = call["task"]["resources"]
-    assert (resources["infra"], resources["accelerators"], resources["use_spot"]) == ("runpod", {"A100-80GB": 8}, True)
+    assert (resources["infra"], resources["instance_type"], resources["accelerators"], resources["use_spot"]) == (
+        "runpod/US", "8x_A100-80GB_SECURE", {"A100-80GB": 8}, True)
+    assert "image_id" not in resources  # RunPod runs its own image (SkyPilot 0.14.1 logs in as root)
     assert resources["job_recovery"] == JOB_RECOVERY
     # No `wait_for: none` here: the jobs controller would keep it with its own 10-minute autodown.
     assert resources["autostop"] == {"idle_minutes": 10, "down": True}
@@ -58,10 +61,12 @@ def test_on_demand_cluster_launch_gets_the_budget_as_hard_autostop_limit(
     (call,) = result["calls"]
     assert call["function"] == "sky.launch" and call["dryrun"] is False and result["plan"]["mode"] == "cluster"
     (resources,) = call["task"]["resources"]
-    assert (resources["infra"], resources["accelerators"], resources["use_spot"]) == ("lambda", {"H100": 1}, False)
+    assert (resources["infra"], resources["instance_type"], resources["accelerators"], resources["use_spot"]) == (
+        "lambda/us-east-1", "gpu_1x_h100_sxm5", {"H100": 1}, False)
     limit = result["plan"]["hard_limit_min"]
     assert limit == int(400 / 7.10 / 4.29 * 60)  # what ¥400 buys at $4.29/h
-    assert resources["autostop"] == {"idle_minutes": limit, "down": True, "wait_for": "none"}
+    # As `sky launch -i <limit> --wait-for none --down` passes them (the estimate's printed line).
+    assert call["autostop"] == {"idle_minutes_to_autostop": str(limit), "down": "True", "wait_for": "none"}
     assert call["task"]["secret_names"] == [] and call["task"]["secret_refs"] == []
     assert call["task"]["storage_mounts"] == {"/runs": {"name": "my-runs", "mode": "MOUNT_CACHED"}}
     assert call["dry_run_choice"]["instance_type"] == "gpu_1x_h100_sxm5"

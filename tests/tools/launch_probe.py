@@ -64,6 +64,8 @@ def _route_sdk_in_process() -> None:
 
     def launch(task: Any, cluster_name: str | None = None, dryrun: bool = False, **kwargs: Any) -> Any:
         call = {"function": "sky.launch", "name": cluster_name, "dryrun": dryrun, "kwargs": sorted(kwargs),
+                "autostop": {k: str(getattr(kwargs[k], "value", kwargs[k])) for k in
+                             ("idle_minutes_to_autostop", "down", "wait_for") if k in kwargs},
                 "task": _summary(task)}
         CALLS.append(call)
         call["dry_run_choice"] = _dry_run(task, cluster_name or "probe")
