@@ -6,6 +6,7 @@ process, so FSDP2 and torch.distributed.checkpoint take the same path everywhere
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -62,7 +63,19 @@ def init_distributed(device_choice: str) -> Dist:
     return Dist(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
 
-def close_distributed() -> None:
-    """Leave the process group (safe to call when none exists)."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def close_distributed(*, succeeded: bool = True) -> None:
+    """Leave the process group (safe to call when none exists).
+
+    After a successful run every rank first waits for the others (a barrier), so no rank tears its
+    gloo/NCCL connections down while a peer still talks to it; then the group is destroyed and the
+    objects still holding it (FSDP meshes in reference cycles) are collected now. Left to
+    interpreter shutdown, the group's C++ worker threads were destroyed unjoined and the process
+    died with SIGABRT ("terminate called without an active exception") after its work was done.
+    A failed rank skips the barrier: its peers may never reach it.
+    """
+    if not dist.is_initialized():
+        return
+    if succeeded and dist.get_world_size() > 1:
+        dist.barrier()
+    dist.destroy_process_group()
+    gc.collect()

@@ -176,8 +176,11 @@ def train(spec: JobSpec) -> TrainResult:
     dataset, report = _load_prepared(spec)
     dist_info = init_distributed(spec.train.device)
     stop = _StopFlag()
+    succeeded = False
     try:
-        return _run(spec, dataset, report, dist_info, stop)
+        result = _run(spec, dataset, report, dist_info, stop)
+        succeeded = True
+        return result
     except CheckpointError as exc:
         if is_disk_full(exc) or any("No space left" in line or "unexpected pos" in line for line in exc.caused_by):
             raise _disk_full(spec) from None
@@ -191,7 +194,7 @@ def train(spec: JobSpec) -> TrainResult:
         ) from None
     finally:
         stop.restore()
-        close_distributed()
+        close_distributed(succeeded=succeeded)
 
 
 def _sync_targets(spec: JobSpec) -> list[tuple[str, Any]]:
