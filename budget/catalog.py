@@ -105,7 +105,7 @@ def refresh_hint(folder: Path, cloud: str) -> str:
     Deleting the file first works for every cloud: SkyPilot re-fetches Vast (and other
     marketplaces) only when the file is missing, and never overwrites a file without its md5.
     """
-    return f"`rm {folder / cloud / 'vms.csv'} && sky gpus list --infra {cloud}`"
+    return f"`rm -f {folder / cloud / 'vms.csv'} && sky gpus list --infra {cloud}`"
 
 
 def _number(text: str | None) -> float | None:

@@ -272,10 +272,7 @@ def check_price_age(estimate: Any, catalog_dir: Path | None) -> None:
     if warning is None:
         return
     choice = estimate.choice
-    folder = catalog_dir if catalog_dir is not None else default_catalog_dir()
-    fix = (refresh_hint(folder, choice.cloud) if "SkyPilot catalog" in estimate.prices_source
-           and choice.cloud in estimate.prices_source.split("SkyPilot catalog", 1)[1].split(";")[0]
-           else f"`sky gpus list --infra {choice.cloud}`")
+    fix = refresh_hint(catalog_dir if catalog_dir is not None else default_catalog_dir(), choice.cloud)
     raise LaunchError(f"not launched: the {choice.cloud} {warning}",
                       hint=f"refresh them with {fix}, or accept them with "
                       f"`--set budget.max_catalog_age_days={estimate.price_age_days(choice)}`")

@@ -8,6 +8,7 @@ reached it; `test_launch_sky.py` runs the same path against SkyPilot itself (slo
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -38,6 +39,7 @@ NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 def laptop(tmp_path: Path, in_repo: Path, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """A laptop with SkyPilot 'installed', no price catalog (the shipped snapshot), no secrets; launches recorded."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SKY_RUNTIME_DIR", raising=False)
     monkeypatch.setenv("DREAM_JOB_HOME", str(tmp_path / "dream-job-home"))
     for name in ("HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(name, raising=False)
@@ -209,8 +211,9 @@ def test_launch_refuses_prices_older_than_the_limit_and_says_how_to_refresh(lapt
     assert raised.value.message == (
         f"not launched: the {plan.cloud} prices are 71 days old (2026-11-24), older than "
         "`budget.max_catalog_age_days` (14): refresh them before launching")
-    assert raised.value.hint == (f"refresh them with `sky gpus list --infra {plan.cloud}`, or accept them with "
-                                 "`--set budget.max_catalog_age_days=71`")
+    folder = Path(os.environ["HOME"]) / ".sky" / "catalogs" / "v8"
+    assert raised.value.hint == (f"refresh them with `rm -f {folder / plan.cloud / 'vms.csv'} && sky gpus list "
+                                 f"--infra {plan.cloud}`, or accept them with `--set budget.max_catalog_age_days=71`")
     # The estimate shows the same prices with the warning instead (its first line), and a line to paste.
     result = runner.invoke(app, ["estimate", JOB, "--set", "budget.max_catalog_age_days=1"])
     assert result.exit_code == 0, result.output

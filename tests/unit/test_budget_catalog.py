@@ -147,7 +147,7 @@ def test_a_failed_first_fetch_leaves_a_lock_only_and_the_snapshot_is_used_with_a
     assert {o.cloud for o in prices.offers} == {"vast", "runpod"}
     assert prices.notes[0] == (
         f"`vast`: the SkyPilot catalog has no file; the shipped snapshot (2026-11-24) is used; refresh: "
-        f"`rm {folder / 'vast' / 'vms.csv'} && sky gpus list --infra vast`")
+        f"`rm -f {folder / 'vast' / 'vms.csv'} && sky gpus list --infra vast`")
 
 
 def test_a_cloud_with_an_unusable_file_falls_back_while_others_keep_the_catalog(tmp_path: Path) -> None:
@@ -179,7 +179,7 @@ def test_a_required_cloud_without_any_prices(tmp_path: Path) -> None:
     assert raised.value.message == (
         f"cloud `azure` in `budget.clouds` has no prices: the SkyPilot catalog `{folder}` has no file and the "
         "shipped snapshot has none")
-    assert f"`rm {folder / 'azure' / 'vms.csv'} && sky gpus list --infra azure`" in raised.value.hint
+    assert f"`rm -f {folder / 'azure' / 'vms.csv'} && sky gpus list --infra azure`" in raised.value.hint
 
 
 def test_unknown_gpu_name_is_one_clear_sentence() -> None:
