@@ -188,4 +188,12 @@ def _disk_needed_gib(spec: JobSpec) -> float:
         params = DREAM_7B_PARAMETERS
     bytes_per_checkpoint = {"full": 16, "full_offload": 16, "full_8bit": 4.2, "lora": 0.2}[spec.train.method] * params
     weights = 2 * params
-    return (weights * 2 + bytes_per_checkpoint * (spec.train.keep_checkpoints + 1)) / 2**30 + 1
+    # Only a hub base with weights is downloaded; a local folder is on disk already, a random init has none.
+    download = weights if spec.model.init == "pretrained" and not is_local(spec.model.base) else 0
+    # A resumed run's checkpoints and export already take their share of the need (seen on the 7B
+    # rehearsal: with one 31 GB checkpoint on disk the resume was refused for 89 GiB against 71 free).
+    run_dir = spec.run_dir()
+    present = sum(p.stat().st_size for folder in (run_dir / "checkpoints", run_dir / "export") if folder.is_dir()
+                  for p in folder.rglob("*") if p.is_file())
+    need = download + weights + bytes_per_checkpoint * (spec.train.keep_checkpoints + 1) - present
+    return max(need, 0) / 2**30 + 1
