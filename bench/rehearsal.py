@@ -307,8 +307,9 @@ class Monitor:
         self.log.close()
         return code
 
-    def first(self, prefix: str) -> float | None:
-        return next((t for t, text in self.events if text.startswith(prefix)), None)
+    def first(self, needle: str) -> float | None:
+        """When the first event holding `needle` happened (log lines carry a timestamp prefix)."""
+        return next((t for t, text in self.events if needle in text), None)
 
     def wait_for_file(self, path: Path, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -479,8 +480,9 @@ def run_rehearsal(ns: argparse.Namespace, result: dict[str, Any]) -> None:
         result["bytes"] = {"export": sum(exported.values()), "uploaded": sum(uploaded.values()),
                            "pulled": sum(pulled_files.values()),
                            "checkpoint": du(next(iter(sorted((run_dir / "checkpoints").glob("step-*"))), run_dir))}
-        result["export_files_uploaded_intact"] = all(uploaded.get(k) == v for k, v in exported.items())
-        result["export_files_pulled_intact"] = all(pulled_files.get(k) == v for k, v in exported.items())
+        intact = lambda there: bool(exported) and all(there.get(k) == v for k, v in exported.items())  # noqa: E731
+        result["export_files_uploaded_intact"] = intact(uploaded)
+        result["export_files_pulled_intact"] = intact(pulled_files)
         result["logged_steps"] = sorted({json.loads(line)["step"] for line in
                                          (run_dir / "logs" / "metrics.jsonl").read_text().splitlines()})
         metrics = [json.loads(line) for line in (run_dir / "logs" / "metrics.jsonl").read_text().splitlines()]

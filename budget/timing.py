@@ -14,8 +14,9 @@ efficiency, offload rates, overheads; placeholders until the GPU benchmark measu
 - Evaluation: the sampler's forwards (reference: `steps` full forwards; fast: one full forward
   per block plus `block/tokens_per_step` forwards of the block and what follows), each the
   slower of compute and reading the bf16 weights, prompts split over the GPUs.
-- Overheads: provisioning, image pull, base-model download, data prep, checkpoint and export
-  writes, uploads to `artifacts.destinations`; spot runs add the expected restart share.
+- Overheads: provisioning, image pull, base-model download, data prep, training start-up (model
+  build, compile warm-up), checkpoint and export writes, uploads to `artifacts.destinations`;
+  spot runs add the expected restart share.
 """
 
 from __future__ import annotations
@@ -195,6 +196,7 @@ def overhead_seconds(spec: JobSpec, shape: ModelShape, *, method: str, steps: in
         * over["image_extract_factor"],
         f"model download at {budget.download_mb_per_s:g} MB/s": model_bytes / download,
         "data prep": float(over["prep_s"]),
+        "training start-up": float(over["train_startup_s"]),
         "checkpoint writes": saves * ckpt / disk,
         "export write": model_bytes / disk,
         "eval model loads": len(spec.eval.models) * float(over["eval_load_s"]) if spec.eval.suites else 0.0,

@@ -106,9 +106,10 @@ def test_fast_sampler_costs_less_than_reference() -> None:
 def test_overheads_download_checkpoints_and_uploads() -> None:
     spec = load_spec(REPO / "jobs" / "dream-s1k.yaml", ["artifacts.destinations=[s3://b/p]"])
     parts = overhead_seconds(spec, DREAM_7B, method="full", steps=177, trainable=P, cal=calibration())
-    # 15.2 GB of bf16 weights at 100 MB/s; 9 DCP saves (every 20 steps of 177) of 12 B/param at 1 GB/s.
+    # 15.2 GB of bf16 weights at 100 MB/s; 9 DCP saves (every 20 steps of 177) of 12 B/param at the calibrated rate.
     assert parts["model download at 100 MB/s"] == pytest.approx(2 * P / 100e6)
-    assert parts["checkpoint writes"] == pytest.approx(math.ceil(177 / 20) * 12 * P / 1e9)
+    disk = calibration().section("overheads")["disk_write_gb_per_s"] * 1e9
+    assert parts["checkpoint writes"] == pytest.approx(math.ceil(177 / 20) * 12 * P / disk)
     # Checkpoints sync to the destination every 20 steps too, at 50 MB/s: this dominates.
     assert parts["upload 9 checkpoints at 50 MB/s"] == pytest.approx(9 * 12 * P / 50e6)
     assert parts["upload export at 50 MB/s"] == pytest.approx(2 * P / 50e6)
