@@ -15,12 +15,14 @@ ReportOpt = Annotated[Path | None, typer.Option("--data-report", help="A `data_r
 
 
 SkyYamlOpt = Annotated[Path, typer.Option("--sky-yaml", help="SkyPilot task template the launch line uses.")]
+AllOpt = Annotated[bool, typer.Option("--all", help="Every candidate that fits and every rejected family, not the "
+                                      "5 best and one line per reason.")]
 
 
 @app.command()
 @guarded
 def estimate(spec: SpecArg = "jobs/dream-s1k.yaml", set_: SetOpt = None, data_report: ReportOpt = None,
-             as_json: JsonOpt = False, sky_yaml: SkyYamlOpt = Path("sky.yaml")) -> None:
+             as_json: JsonOpt = False, sky_yaml: SkyYamlOpt = Path("sky.yaml"), all_: AllOpt = False) -> None:
     """Estimate memory, time and price per GPU offer, pick the cheapest that fits, print its launch line.
 
     Example: `dream-job estimate jobs/dream-s1k.yaml --data-report runs/dream-s1k/data/data_report.json`
@@ -36,7 +38,7 @@ def estimate(spec: SpecArg = "jobs/dream-s1k.yaml", set_: SetOpt = None, data_re
         if as_json:
             print(json.dumps(exc.estimate.to_json(), indent=2))
         else:
-            for table in estimate_tables(exc.estimate):
+            for table in estimate_tables(exc.estimate, full=all_):
                 stdout.print(table)
         raise
     line = plan.sky_command() if plan else None
@@ -45,7 +47,7 @@ def estimate(spec: SpecArg = "jobs/dream-s1k.yaml", set_: SetOpt = None, data_re
         return
     plan_rows = [row for row in plan.lines() if row[0] in ("guard", "caps", "secrets", "note")] if plan else [
         ("launch", f"no `{sky_yaml}` here: run from the repo root for the launch line")]
-    for table in estimate_tables(result, launch_line=line, plan_lines=plan_rows):
+    for table in estimate_tables(result, full=all_, launch_line=line, plan_lines=plan_rows):
         stdout.print(table)
     if line:
         print(line)

@@ -198,7 +198,7 @@ def test_rich_tables_render(tmp_path: Path) -> None:
     from dream_job.progress import estimate_tables
 
     console = Console(record=True, width=240)
-    for table in estimate_tables(run(REAL, tmp_path=tmp_path)):
+    for table in estimate_tables(run(REAL, tmp_path=tmp_path), full=True):
         console.print(table)
     text = console.export_text()
     assert "◀ choice" in text and "overheads" in text and "full on 1x A100-80GB" in text
