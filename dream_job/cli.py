@@ -23,13 +23,43 @@ app = typer.Typer(
     add_completion=False,
 )
 
-SpecArg = Annotated[str, typer.Argument(help="Job file, e.g. `jobs/smoke.yaml`.")]
+
+
+def _check_sets(values: list[str] | None) -> list[str] | None:
+    """Refuse a `--set` without `key=value` as a usage error (exit 2), before any file is read."""
+    for value in values or []:
+        key, sep, _ = value.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"`{value}` is not of the form `a.b.c=value`, e.g. `--set train.epochs=1`")
+    return values
+
+
+# Every verb that works on a job takes its file as the first argument, required: no verb guesses.
+SpecArg = Annotated[str, typer.Argument(help="Job file, e.g. `jobs/smoke.yaml`.", metavar="JOB_FILE",
+                                        show_default=False)]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override a spec value: `--set data.max_length=4096` (repeatable)."),
+    typer.Option("--set", help="Override a spec value: `--set data.max_length=4096` (repeatable).",
+                 callback=_check_sets),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from dream_job import __version__
+
+        print(f"dream-job {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Fine-tune Dream 7B on s1K-1.1: estimate, prepare, train, evaluate, publish."""
 
 
 def _render_error(exc: errors.DreamJobError) -> None:

@@ -10,7 +10,7 @@ from dream_job.spec import load_spec
 
 @app.command()
 @guarded
-def prep(spec: SpecArg = "jobs/smoke.yaml", set_: SetOpt = None, as_json: JsonOpt = False) -> None:
+def prep(spec: SpecArg, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
     """Tokenize the job's dataset into `<run_dir>/data/` and print the data report.
 
     Example: `dream-job prep jobs/dream-s1k.yaml --set data.dataset=./s1k.parquet`
@@ -33,7 +33,7 @@ def prep(spec: SpecArg = "jobs/smoke.yaml", set_: SetOpt = None, as_json: JsonOp
 
 @app.command("spec")
 @guarded
-def show_spec(spec: SpecArg = "jobs/smoke.yaml", set_: SetOpt = None) -> None:
+def show_spec(spec: SpecArg, set_: SetOpt = None) -> None:
     """Validate a job file with its overrides and print the resolved spec as JSON.
 
     Example: `dream-job spec jobs/smoke.yaml --set train.epochs=2`

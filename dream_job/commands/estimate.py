@@ -21,7 +21,7 @@ AllOpt = Annotated[bool, typer.Option("--all", help="Every candidate that fits a
 
 @app.command()
 @guarded
-def estimate(spec: SpecArg = "jobs/dream-s1k.yaml", set_: SetOpt = None, data_report: ReportOpt = None,
+def estimate(spec: SpecArg, set_: SetOpt = None, data_report: ReportOpt = None,
              as_json: JsonOpt = False, sky_yaml: SkyYamlOpt = Path("sky.yaml"), all_: AllOpt = False) -> None:
     """Estimate memory, time and price per GPU offer, pick the cheapest that fits, print its launch line.
 

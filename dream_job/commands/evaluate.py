@@ -15,7 +15,7 @@ ModelOpt = Annotated[str, typer.Option("--model", help="`base`, `final` (the run
 
 @app.command("eval")
 @guarded
-def eval_(spec: SpecArg = "jobs/smoke.yaml", model: ModelOpt = "final", set_: SetOpt = None,
+def eval_(spec: SpecArg, model: ModelOpt = "final", set_: SetOpt = None,
           as_json: JsonOpt = False) -> None:
     """Evaluate a model on the job's suites; items already decoded are reused.
 

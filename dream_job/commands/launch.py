@@ -10,8 +10,8 @@ import typer
 from dream_job.cli import SetOpt, SpecArg, app, guarded
 from dream_job.spec import load_spec
 
-TargetArg = Annotated[str, typer.Argument(help="Run id printed by `dream-job launch`, or the job file (its newest "
-                                          "run).")]
+TargetArg = Annotated[str, typer.Argument(help="Job file (its local run, else its newest launch) or a run id "
+                                          "printed by `dream-job launch`.", metavar="JOB_FILE|RUN_ID")]
 ModeOpt = Annotated[bool | None, typer.Option(
     "--managed/--cluster", help="`sky jobs launch` (recovers from preemption) or `sky launch`; default: managed for "
     "spot offers, else `budget.managed_job`.")]
@@ -63,13 +63,31 @@ def launch(spec: SpecArg, set_: SetOpt = None, managed: ModeOpt = None, spot: Sp
 
 @app.command()
 @guarded
-def logs(target: TargetArg, follow: Annotated[bool, typer.Option("--follow/--no-follow")] = True) -> None:
-    """Stream a launched run's log lines (step loss grad_norm lr tok/s mfu mem eta ¥) until it ends.
+def logs(target: TargetArg, follow: Annotated[bool, typer.Option("--follow/--no-follow")] = True,
+         launched: Annotated[bool, typer.Option("--launched", help="For a job file: its newest launch, even when "
+                                                "a local run has a log.")] = False,
+         set_: SetOpt = None) -> None:
+    """Print a run's log lines (step loss grad_norm lr tok/s mfu mem eta ¥) and follow them until it ends.
 
-    Example: `dream-job logs dream-s1k-20261124-120000`, or `dream-job logs jobs/dream-s1k.yaml`
+    A job file shows its local run's `logs/train.log` (`--set artifacts.run_dir=...` picks another), or
+    its newest launch when it has no local log; a run id shows that launch's SkyPilot log.
+
+    Example: `dream-job logs jobs/smoke.yaml`, or `dream-job logs dream-s1k-20261124-120000`
     """
-    from dream_job.launch import LaunchError, find_record, follow_logs
+    from dream_job.errors import DreamJobError
+    from dream_job.launch import LaunchError, find_record, follow_logs, latest_for_job
+    from dream_job.logtail import follow_lines, run_dir_is_busy, train_log_path
 
+    if target.endswith((".yaml", ".yml")) and not launched:
+        job = load_spec(target, set_)
+        log = train_log_path(job.run_dir())
+        if log.is_file() or latest_for_job(job.name) is None:
+            if not log.is_file() and not run_dir_is_busy(job.run_dir())():
+                raise DreamJobError(f"no log yet: `{log}` does not exist and `{job.name}` was never launched from "
+                                  "here", hint=f"start it: `dream-job run {target}` (or `dream-job launch {target}`)")
+            for line in follow_lines(log, follow=follow, is_running=run_dir_is_busy(job.run_dir())):
+                print(line, flush=True)
+            return
     record = find_record(target)
     code = follow_logs(record, follow=follow)
     if code not in _OK_CODES:

@@ -14,7 +14,7 @@ from dream_job.spec import load_spec
 
 @app.command()
 @guarded
-def train(spec: SpecArg = "jobs/smoke.yaml", set_: SetOpt = None) -> None:
+def train(spec: SpecArg, set_: SetOpt = None) -> None:
     """Train on the prepared data, resuming from the newest complete checkpoint; export at the end.
 
     Example: `dream-job train jobs/smoke.yaml`; on N GPUs:
@@ -38,7 +38,7 @@ def train(spec: SpecArg = "jobs/smoke.yaml", set_: SetOpt = None) -> None:
 @app.command()
 @guarded
 def run(
-    spec: SpecArg = "jobs/smoke.yaml",
+    spec: SpecArg,
     set_: SetOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Publish over a destination holding another run.")] = False,
 ) -> None:
@@ -57,8 +57,8 @@ def run(
 @app.command()
 @guarded
 def status(
-    target: Annotated[str, typer.Argument(help="Job file (its run dir) or a run id from `dream-job launch`.")]
-    = "jobs/smoke.yaml",
+    target: Annotated[str, typer.Argument(help="Job file (its run dir) or a run id from `dream-job launch`.",
+                                          metavar="JOB_FILE|RUN_ID", show_default=False)],
     set_: SetOpt = None,
     as_json: JsonOpt = False,
     run_dir: Annotated[str | None, typer.Option("--run-dir", help="Where a launched run's dir can be read (a "

@@ -59,3 +59,76 @@ def test_console_script_runs_as_a_module(tmp_path: Path) -> None:
     )
     assert completed.returncode == 1
     assert completed.stderr.startswith("error: job file `jobs/nope.yaml` does not exist")
+
+
+def test_version_is_the_package_version() -> None:
+    import tomllib
+
+    from dream_job import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout == f"dream-job {__version__}\n"
+    assert tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"] == __version__
+
+
+def test_every_verb_the_help_names_exists_and_job_verbs_require_the_job_file() -> None:
+    import typer
+
+    verbs = set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+    assert verbs == {"estimate", "launch", "logs", "prep", "spec", "schema", "train", "run", "status", "eval",
+                     "publish", "pull"}
+    # The app's one-line help names its jobs; each is a verb.
+    assert {"estimate", "prep", "train", "eval", "publish"} <= verbs
+    for verb in ("estimate", "launch", "logs", "prep", "spec", "train", "run", "status", "eval", "publish"):
+        result = runner.invoke(app, [verb])
+        assert result.exit_code == 2, verb
+        assert "Missing argument 'JOB_FILE" in result.output, verb
+
+
+def test_usage_errors_exit_2(in_repo: Path) -> None:
+    result = runner.invoke(app, ["spec", "jobs/smoke.yaml", "--set", "foo"])
+    assert result.exit_code == 2
+    assert "`foo` is not of the form `a.b.c=value`" in result.output
+    assert runner.invoke(app, ["estimate", "jobs/smoke.yaml", "--no-such-option"]).exit_code == 2
+    assert runner.invoke(app, ["no-such-verb"]).exit_code == 2
+
+
+def test_publish_uploads_verifies_and_skips_when_done(tmp_path: Path, in_repo: Path) -> None:
+    export = tmp_path / "run" / "export"
+    export.mkdir(parents=True)
+    (export / "config.json").write_text("{}")
+    (export / "dream_job_export.json").write_text('{"exported_at": "2026-12-05T13:00:00Z"}')
+    dest = tmp_path / "published"
+    args = ["publish", "jobs/smoke.yaml", "--set", f"artifacts.run_dir={tmp_path / 'run'}",
+            "--set", f"artifacts.destinations=[\"file://{dest}\"]"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert first.stderr.splitlines()[-1] == "stage publish: done"
+    assert (dest / "config.json").read_text() == "{}" and (dest / "MANIFEST.sha256").is_file()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and again.stderr.splitlines()[-1] == "stage publish: skipped (done before)"
+
+
+def test_publish_without_export_or_destination_says_what_to_do(tmp_path: Path, in_repo: Path) -> None:
+    run_dir = f"artifacts.run_dir={tmp_path / 'run'}"
+    nothing = runner.invoke(app, ["publish", "jobs/smoke.yaml", "--set", run_dir, "--set", "artifacts.destinations=[]"])
+    assert nothing.exit_code == 1
+    assert nothing.stderr == ("error: `artifacts.destinations` in `jobs/smoke.yaml` is empty: nowhere to publish\n\n"
+                              "hint: add one, e.g. `--set 'artifacts.destinations=[\"file:///tmp/models\"]'`\n")
+    untrained = runner.invoke(app, ["publish", "jobs/smoke.yaml", "--set", run_dir])
+    assert untrained.exit_code == 1
+    assert untrained.stderr.startswith(f"error: no complete exported model in `{tmp_path / 'run' / 'export'}`")
+
+
+def test_logs_prints_a_local_runs_train_log(tmp_path: Path, in_repo: Path, monkeypatch) -> None:
+    monkeypatch.setenv("DREAM_JOB_HOME", str(tmp_path / "home"))  # no launch records
+    log = tmp_path / "run" / "logs" / "train.log"
+    run_dir = f"artifacts.run_dir={tmp_path / 'run'}"
+    missing = runner.invoke(app, ["logs", "jobs/smoke.yaml", "--set", run_dir])
+    assert missing.exit_code == 1 and missing.stderr.startswith(f"error: no log yet: `{log}` does not exist")
+    log.parent.mkdir(parents=True)
+    log.write_text("2026-12-05T13:00:00Z step 1/2 loss 2.301\n2026-12-05T13:00:01Z step 2/2 loss 2.2\n")
+    # Nobody holds the run dir's lock: the run is over, so following ends at the last line.
+    result = runner.invoke(app, ["logs", "jobs/smoke.yaml", "--set", run_dir])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == log.read_text()
