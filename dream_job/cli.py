@@ -75,6 +75,21 @@ def _render_error(exc: errors.DreamJobError) -> None:
         stderr.print(Text.assemble("\n", ("hint:", "bold"), " ", exc.hint), soft_wrap=True)
 
 
+def require_container() -> None:
+    """Refuse a verb that trains or evaluates in an install without the `container` extra, before any work.
+
+    Raises:
+        DreamJobError: Names the first missing package and the install line (exit 1).
+    """
+    from importlib.util import find_spec
+
+    for name in ("torch", "transformers", "datasets"):
+        if find_spec(name) is None:
+            failure = errors.known_failure(ModuleNotFoundError(f"No module named '{name}'", name=name))
+            assert failure is not None  # each name above is a package of the `container` extra
+            raise failure
+
+
 def guarded(command: F) -> F:
     """Turn `DreamJobError`s into a message and exit code; other errors into a bug report."""
 

@@ -99,8 +99,9 @@ def known_failure(exc: BaseException) -> DreamJobError | None:
     if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in _CONTAINER_MODULES:
         return DreamJobError(
             f"this command needs the package `{exc.name}`, which this install of dream-job lacks",
-            hint="install the container extras: `pip install 'dream-job[container]'` (or run it in the dream-job "
-                 "image); a laptop install estimates, launches and pulls",
+            hint="install the `container` extra: in the repo, `make setup` (CPU torch), or install torch, then "
+                 "`pip install -e '.[container]'` (or run it in the dream-job image); a laptop install estimates, "
+                 "launches and pulls",
         )
     if is_disk_full(exc):
         where = getattr(exc, "filename", None) or "the run dir"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from dream_job.cli import JsonOpt, SetOpt, SpecArg, app, guarded
+from dream_job.cli import JsonOpt, SetOpt, SpecArg, app, guarded, require_container
 from dream_job.spec import load_spec
 
 
@@ -19,6 +19,7 @@ def prep(spec: SpecArg, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
     from dream_job.progress import data_report_tables, stderr, stdout
     from dream_job.rundir import locked_run_dir
 
+    require_container()
     job = load_spec(spec, set_)
     with locked_run_dir(job.run_dir(), verb="dream-job prep"):
         result, _ = prep_stage(job, verb="dream-job prep")

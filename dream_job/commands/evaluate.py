@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dream_job.cli import JsonOpt, SetOpt, SpecArg, app, guarded
+from dream_job.cli import JsonOpt, SetOpt, SpecArg, app, guarded, require_container
 from dream_job.spec import load_spec
 
 ModelOpt = Annotated[str, typer.Option("--model", help="`base`, `final` (the run's export) or a model folder.")]
@@ -27,6 +27,7 @@ def eval_(spec: SpecArg, model: ModelOpt = "final", set_: SetOpt = None,
     from dream_job.progress import eval_progress, eval_summary_table, stderr, stdout
     from dream_job.rundir import locked_run_dir
 
+    require_container()
     job = load_spec(spec, set_)
     label, folder = (model, None) if model in ("base", "final") else (Path(model).name, Path(model))
     if model == "final":

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from dream_job.cli import JsonOpt, SetOpt, SpecArg, app, guarded
+from dream_job.cli import JsonOpt, SetOpt, SpecArg, app, guarded, require_container
 from dream_job.spec import load_spec
 
 
@@ -26,6 +26,7 @@ def train(spec: SpecArg, set_: SetOpt = None) -> None:
     from dream_job.progress import stderr
     from dream_job.rundir import locked_run_dir
 
+    require_container()
     job, rank0 = load_spec(spec, set_), os.environ.get("RANK", "0") == "0"
     with locked_run_dir(job.run_dir(), verb="dream-job train") if rank0 else nullcontext():
         result, outcome = train_stage(job, verb="dream-job train", skip_done=False)
@@ -49,6 +50,7 @@ def run(
     from dream_job.pipeline import run_pipeline
     from dream_job.progress import stage_line, stderr
 
+    require_container()
     job = load_spec(spec, set_)
     run_pipeline(job, spec_path=Path(spec), overrides=list(set_ or []), force=force,
                  on_stage=lambda outcome: stderr.print(stage_line(outcome), highlight=False))

@@ -132,3 +132,18 @@ def test_logs_prints_a_local_runs_train_log(tmp_path: Path, in_repo: Path, monke
     result = runner.invoke(app, ["logs", "jobs/smoke.yaml", "--set", run_dir])
     assert result.exit_code == 0, result.output
     assert result.stdout == log.read_text()
+
+
+def test_verbs_needing_torch_name_the_extra_in_a_laptop_install(in_repo: Path, monkeypatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    for verb in ("prep", "train", "run", "eval"):
+        result = runner.invoke(app, [verb, "jobs/smoke.yaml"])
+        assert result.exit_code == 1, verb
+        assert result.stderr == (
+            "error: this command needs the package `torch`, which this install of dream-job lacks\n\n"
+            "hint: install the `container` extra: in the repo, `make setup` (CPU torch), or install torch, then "
+            "`pip install -e '.[container]'` (or run it in the dream-job image); a laptop install estimates, "
+            "launches and pulls\n"), verb

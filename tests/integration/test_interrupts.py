@@ -115,7 +115,7 @@ def test_a_laptop_install_names_the_missing_extra(tmp_path: Path, in_repo: Path,
     assert result.exit_code == 1, result.output
     assert one_error(result.output) == ("error: this command needs the package `datasets`, which this install of "
                                         "dream-job lacks")
-    assert "pip install 'dream-job[container]'" in result.output
+    assert "`make setup` (CPU torch), or install torch, then `pip install -e '.[container]'`" in result.output
 
 
 @pytest.fixture
