@@ -71,10 +71,11 @@ def data_report_tables(report: dict[str, Any]) -> list[Table]:
 
 
 class TrainingView:
-    """A live progress bar for training on a terminal (rank 0); does nothing otherwise.
+    """The one live display of training on a terminal (rank 0); does nothing otherwise.
 
-    The plain log lines stay the record (and are what non-terminal logs show); the bar adds the
-    current loss and throughput at a glance.
+    One line: bar, step of total, loss, tokens/s, MFU, spend and ETA. The per-step log lines go
+    to `train.log` only (`dream_job.train.metrics.MetricsLogger.echo_due`), so nothing scrolls
+    under the bar; without a terminal the screen gets plain lines at a readable rate instead.
     """
 
     def __init__(self, total_steps: int, start_step: int, *, enabled: bool) -> None:
@@ -84,16 +85,15 @@ class TrainingView:
         if enabled and stderr.is_terminal:
             self._progress = Progress(
                 TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-                TimeRemainingColumn(), console=stderr, transient=True,
+                TextColumn("eta"), TimeRemainingColumn(), console=stderr, transient=True,
             )
             self._task = self._progress.add_task("train", total=total_steps, completed=start_step, status="")
             self._progress.start()
 
     def update(self, step: int, metrics: dict[str, float]) -> None:
-        """Show `step` and its loss and tokens/s."""
+        """Show `step` and its loss, tokens/s, MFU and spend (those present in `metrics`)."""
         if self._progress is not None:
-            status = f"loss {metrics['train/loss']:.4f}  {metrics['perf/tokens_per_s']:,.0f} tok/s"
-            self._progress.update(self._task, completed=step, status=status)
+            self._progress.update(self._task, completed=step, status=training_status(metrics))
 
     def close(self) -> None:
         """Remove the bar."""
@@ -101,9 +101,26 @@ class TrainingView:
             self._progress.stop()
 
 
+def training_status(metrics: dict[str, float]) -> str:
+    """Return the live view's numbers: `loss 2.346  12,346 tok/s  MFU 41.2%  ¥1.23` (4 significant digits)."""
+    parts = [f"loss {metrics['train/loss']:.4g}"] if "train/loss" in metrics else []
+    if "perf/tokens_per_s" in metrics:
+        parts.append(f"{metrics['perf/tokens_per_s']:,.0f} tok/s")
+    if "perf/mfu" in metrics:
+        parts.append(f"MFU {metrics['perf/mfu']:.1%}")
+    if "cost/spent_yuan" in metrics:
+        parts.append(f"¥{metrics['cost/spent_yuan']:.2f}")
+    return "  ".join(parts)
+
+
+def _short(value: Any) -> str:
+    """A summary value for a stage line: floats to 4 significant digits (`0.7384`), the rest as is."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def stage_line(outcome: Any) -> str:
     """One line per pipeline stage: done now, skipped because done before, or stopped early (and why)."""
-    details = ", ".join(f"{k}={v}" for k, v in outcome.summary.items() if not isinstance(v, (dict, list)))
+    details = ", ".join(f"{k}={_short(v)}" for k, v in outcome.summary.items() if not isinstance(v, (dict, list)))
     if outcome.stage == "preflight":
         return "preflight: passed" + (f" ({details})" if details else "")
     state = "skipped (done before)" if outcome.skipped else "done"

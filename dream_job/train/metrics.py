@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,10 @@ LINE_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("cost/spent_yuan", "cost_yuan", "{:.2f}"),
 )
 LOSS_KEY = "train/loss"
+# Without a terminal (`docker logs`, `sky logs`), the screen gets the log line of the first and last
+# step, every tenth of the run and at least once a minute; `train.log` keeps every step. On a
+# terminal the live view (`dream_job.progress.TrainingView`) shows the numbers instead.
+ECHO_FRACTION, ECHO_EVERY_S = 10, 60.0
 _LOG_STEP_RE = re.compile(r"^\S+ step (\d+)/")  # `2026-12-05T13:07:42Z step 128/140 loss ...`
 
 
@@ -92,6 +97,7 @@ class MetricsLogger:
         self.resume_step = resume_step
         self.loss_by_step: dict[int, float] = {}
         self._writer: Any = None
+        self._echoed_at: float | None = None  # monotonic time of the last line shown on the screen
         self._tensorboard_ok = True  # False once the import failed: warn once, then skip the sink
         self._closed = False
         if is_rank0:
@@ -115,8 +121,8 @@ class MetricsLogger:
         """Send one interval's metrics to every sink (rank 0 only).
 
         Appends one line to `train.log` and one JSON object (`step`, `time` in Unix seconds and
-        the metrics) to `metrics.jsonl`, logs the same fixed-field line through `logging`, and
-        adds every metric as a TensorBoard scalar at `step`.
+        the metrics) to `metrics.jsonl`, and adds every metric as a TensorBoard scalar at `step`.
+        The same fixed-field line goes through `logging` only when `echo_due` says so.
 
         Args:
             step: Optimizer step the metrics belong to (1-based).
@@ -126,7 +132,9 @@ class MetricsLogger:
             return
         values = {key: float(value) for key, value in metrics.items()}  # also turns 0-d tensors into floats
         line = format_line(step, self.total_steps, values)
-        logger.info(line)
+        if self.echo_due(step, now=(now := time.monotonic()), last_shown=self._echoed_at):
+            self._echoed_at = now
+            logger.info(line)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         append_line(self.train_log_path, f"{stamp} {line}\n")
         append_line(self.metrics_path, json.dumps({"step": step, "time": round(time.time(), 3), **values}) + "\n")
@@ -135,6 +143,23 @@ class MetricsLogger:
                 writer.add_scalar(key, value, step)
         if LOSS_KEY in values:
             self.loss_by_step[step] = values[LOSS_KEY]
+
+    def echo_due(self, step: int, *, now: float, last_shown: float | None) -> bool:
+        """Whether the log line of `step` goes to the screen: never on a terminal, else at a readable rate.
+
+        Shown: the first step of this process, the last step, every `total_steps / ECHO_FRACTION`
+        steps, and any step `ECHO_EVERY_S` seconds or more after the last line shown.
+
+        Args:
+            step: The step just logged.
+            now: Monotonic seconds (`time.monotonic()`).
+            last_shown: `now` of the last line shown; None before the first.
+        """
+        if sys.stderr.isatty():
+            return False
+        every = max(1, self.total_steps // ECHO_FRACTION)
+        return (last_shown is None or step >= self.total_steps or step % every == 0
+                or now - last_shown >= ECHO_EVERY_S)
 
     def close(self) -> None:
         """Flush TensorBoard and write `loss.png` atomically (loss vs step, smoothed line); idempotent.
