@@ -177,7 +177,8 @@ def test_offload_on_cpu_fails_at_start_with_the_fix(tmp_path: Path, prepared: Pa
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 1
-    assert stderr.startswith(
+    error = stderr[stderr.find("error: "):]  # after the stage's INFO line
+    assert error.startswith(
         "error: `train.method` `full_offload` moves the optimizer to the CPU and needs a CUDA GPU for the compute")
 
 
