@@ -74,8 +74,9 @@ def bad_head_dim_model(path: Path) -> None:
     (path / "config.json").write_text(json.dumps(config))
 
 
-def spec_case(name: str, sets: list[str], names: str, files: dict | None = None, job: str = SMOKE) -> Case:
-    return Case(name, ["spec", job, *(a for s in sets for a in ("--set", s))], 1, names, files or {})
+def spec_case(name: str, sets: list[str], names: str, files: dict | None = None, job: str = SMOKE,
+              code: int = 1) -> Case:
+    return Case(name, ["spec", job, *(a for s in sets for a in ("--set", s))], code, names, files or {})
 
 
 def prep_case(name: str, sets: list[str], names: str, files: dict | None = None, code: int = 1,
@@ -99,8 +100,8 @@ CASES = [
     Case("unknown section", ["spec", "{tmp}/typo.yaml"], 1, "trian", {"typo.yaml": b"name: x\ntrian: {}\n"}),
     spec_case("unknown key", ["train.lerning_rate=1"], "train.lerning_rate"),
     spec_case("unparsable --set value", ["train.adam_betas=[0.9,"], "train.adam_betas"),
-    spec_case("--set without =", ["noequals"], "noequals"),
-    spec_case("--set without key", ["=3"], "--set =3"),
+    spec_case("--set without =", ["noequals"], "noequals", code=2),  # a malformed flag is a usage error
+    spec_case("--set without key", ["=3"], "--set =3", code=2),
     spec_case("epochs zero", ["train.epochs=0"], "train.epochs"),
     spec_case("epochs text", ["train.epochs=abc"], "train.epochs"),
     spec_case("method typo", ["train.method=fulll"], "train.method"),
@@ -270,9 +271,12 @@ def test_a_bad_input_is_one_sentence_with_a_user_exit_code(case: Case, tmp_path:
     output = result.output
     assert result.exit_code == case.code, output
     assert "Traceback" not in output and "a bug in dream-job" not in output, output
-    errors = [line for line in output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, output
-    assert case.names in errors[0], errors[0]
+    if case.code == 2:  # click's usage error: its box names the flag and the value
+        assert "Invalid value for '--set'" in output and case.names.split()[-1] in output, output
+    else:
+        errors = [line for line in output.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, output
+        assert case.names in errors[0], errors[0]
     assert _snapshot(run) == before
 
 
