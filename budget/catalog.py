@@ -84,13 +84,20 @@ class Prices:
     notes: list[str] = field(default_factory=list)
 
 
+def pins_zone(region: str, zone: str | None, *, managed: bool) -> bool:
+    """Return whether a launch pins the offer's zone: a cluster does where the offer names one; a
+    managed job keeps its region's zones open to recover into."""
+    return bool(region and zone) and not managed
+
+
 def guard_usd_per_hour(offer: Offer, *, managed: bool) -> float:
     """Return the hourly price a run of `offer` is budgeted at (the in-job guard's price).
 
-    A cluster is pinned to the offer's zone where it has one and pays that zone's price; a
-    managed job (or an offer without a zone) may run in any zone of the region: the dearest counts.
+    A pinned zone (`pins_zone`) is paid at its own price; otherwise the run may land in any zone
+    of the region, so the dearest counts.
     """
-    return offer.usd_per_hour if (offer.zone and not managed) else offer.max_usd_per_hour_in_region
+    pinned = pins_zone(offer.region, offer.zone, managed=managed)
+    return offer.usd_per_hour if pinned else offer.max_usd_per_hour_in_region
 
 
 def default_catalog_dir() -> Path:

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import yaml
 
-from budget.catalog import NO_FUSE_CLOUDS, default_catalog_dir, refresh_hint
+from budget.catalog import NO_FUSE_CLOUDS, default_catalog_dir, pins_zone, refresh_hint
 from dream_job.errors import DreamJobError
 from dream_job.spec import JobSpec
 
@@ -243,6 +243,13 @@ def guard_basis(choice: Any, *, zone_pinned: bool, mode: Mode) -> str:
             f"${choice.usd_per_hour:g}, is what SkyPilot shows)")
 
 
+def template_value(template: dict[str, Any], key: str) -> Any:
+    """Return the template's value at `key` (`a.b` names a key inside `a`), None when absent."""
+    head, _, rest = key.partition(".")
+    value = template.get(head)
+    return (value.get(rest) if isinstance(value, dict) else None) if rest else value
+
+
 def derived_template(template: dict[str, Any], dropped: tuple[str, ...]) -> dict[str, Any]:
     """Return a copy of `template` without the `dropped` keys (`a.b` names a key inside `a`)."""
     body = {k: (dict(v) if isinstance(v, dict) else v) for k, v in template.items()}
@@ -335,9 +342,7 @@ def plan_launch(spec: JobSpec, spec_path: Path, *, task_yaml: Path, mode: Mode |
     if for_launch:
         check_price_age(result, estimate_kwargs.get("catalog_dir"))
 
-    # A cluster stays where it is provisioned: pin its zone. A managed job keeps the region's
-    # zones open to recover into, and its guard counts the dearest of them.
-    zone_pinned = run_mode == "cluster" and bool(choice.region and choice.zone)
+    zone_pinned = pins_zone(choice.region, choice.zone, managed=managed)
     infra = pinned_place(choice.cloud, choice.region, choice.zone, pin_zone=zone_pinned)
     guard_usd, why_guard = choice.guard_usd_per_hour, guard_basis(choice, zone_pinned=zone_pinned, mode=run_mode)
     controller = spec.budget.controller_usd_per_hour if managed else 0.0
@@ -358,10 +363,7 @@ def plan_launch(spec: JobSpec, spec_path: Path, *, task_yaml: Path, mode: Mode |
     task_envs = {**template_envs, **overrides}
     mount = _runs_mount(template, task_envs)
     # The estimate rejects FUSE-less offers for jobs without destinations (`budget.estimate.no_fuse_reason`).
-    resources = template.get("resources") if isinstance(template.get("resources"), dict) else {}
-    dropped = tuple(key for key in dropped_for(choice.cloud)
-                    if (key == "file_mounts" and template.get("file_mounts"))
-                    or (key == "resources.image_id" and resources.get("image_id")))
+    dropped = tuple(key for key in dropped_for(choice.cloud) if template_value(template, key))
     notes += [f"`{choice.cloud}`: the task leaves out `{key}` of `{task_yaml}`: {DROPPED_FOR_CLOUD[key]}"
               for key in dropped]
     declared = template.get("secrets") or {}
