@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from dream_job.data.tokenizer import is_local
 from dream_job.errors import EXIT_TRANSIENT, DataError
 from dream_job.spec import DataSpec
 
@@ -21,6 +21,18 @@ from dream_job.spec import DataSpec
 # a minute of retry warnings from `datasets` (issue 15); two attempts fit the 30 s preflight bound.
 HUB_PROBE_TIMEOUT_S = 10.0
 HUB_PROBE_ATTEMPTS = 2
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_local(name: str) -> bool:
+    """Return True when `name` should be read from disk rather than the Hugging Face hub."""
+    path = Path(name).expanduser()
+    return (
+        path.exists()
+        or not _HUB_ID.match(name)
+        or name.startswith((".", "/", "~"))
+        or path.suffix in {".parquet", ".jsonl", ".json", ".arrow"}
+    )
 
 _BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".arrow": "arrow"}
 

@@ -12,11 +12,11 @@ ordinary HF tokenizer folder so it loads through the same path.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from dream_job.data.source import check_hub_repo, is_local  # is_local: re-exported, read from here too
 from dream_job.errors import DataError
 
 EOS_TOKEN = "<|endoftext|>"
@@ -47,18 +47,6 @@ _QWEN_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def is_local(name: str) -> bool:
-    """Return True when `name` should be read from disk rather than the Hugging Face hub."""
-    path = Path(name).expanduser()
-    return (
-        path.exists()
-        or not _HUB_ID.match(name)
-        or name.startswith((".", "/", "~"))
-        or path.suffix in {".parquet", ".jsonl", ".json", ".arrow"}
-    )
 
 
 def load_tokenizer(name: str, revision: str | None = None, *, key: str = "model.tokenizer") -> Any:
@@ -84,8 +72,6 @@ def load_tokenizer(name: str, revision: str | None = None, *, key: str = "model.
             hint=f"pass a tokenizer folder or a hub id, e.g. `--set {key}=Dream-org/Dream-v0-Base-7B`",
         )
     if not is_local(name):
-        from dream_job.data.source import check_hub_repo
-
         check_hub_repo(name, revision, repo_type="model", key=key)
     try:
         config = get_tokenizer_config(name, revision=revision)
