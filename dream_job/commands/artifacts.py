@@ -7,10 +7,9 @@ from typing import Annotated
 
 import typer
 
-from dream_job.cli import app, guarded
+from dream_job.commands.failures import guarded
 
 
-@app.command()
 @guarded
 def pull(
     source: Annotated[str, typer.Argument(help="`hf://user/repo`, `s3://bucket/prefix` or `file:///path`.")],

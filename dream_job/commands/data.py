@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from dream_job.cli import JsonOpt, SetOpt, SpecArg, app, guarded, require_container
+from dream_job.commands.failures import guarded, require_container
+from dream_job.commands.options import JsonOpt, SetOpt, SpecArg
 from dream_job.spec import load_spec
 
 
-@app.command()
 @guarded
 def prep(spec: SpecArg, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
     """Tokenize the job's dataset into `<run_dir>/data/` and print the data report.
@@ -32,7 +32,6 @@ def prep(spec: SpecArg, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
     stderr.print(f"prepared data {state}: {result.data_dir}", highlight=False)
 
 
-@app.command("spec")
 @guarded
 def show_spec(spec: SpecArg, set_: SetOpt = None) -> None:
     """Validate a job file with its overrides and print the resolved spec as JSON.
@@ -42,7 +41,6 @@ def show_spec(spec: SpecArg, set_: SetOpt = None) -> None:
     print(load_spec(spec, set_).model_dump_json(indent=2))
 
 
-@app.command()
 @guarded
 def schema() -> None:
     """Print the JSON Schema of job files (for editors and validation).

@@ -8,18 +8,14 @@ from typing import Annotated
 
 import typer
 
-from dream_job.cli import JsonOpt, SetOpt, SpecArg, app, guarded
+from dream_job.commands.failures import guarded
+from dream_job.commands.options import JsonOpt, ReportOpt, SetOpt, SkyYamlOpt, SpecArg
 from dream_job.spec import load_spec
 
-ReportOpt = Annotated[Path | None, typer.Option("--data-report", help="A `data_report.json` from a prep run.")]
-
-
-SkyYamlOpt = Annotated[Path, typer.Option("--sky-yaml", help="SkyPilot task template the launch line uses.")]
 AllOpt = Annotated[bool, typer.Option("--all", help="Every candidate that fits and every rejected family, not the "
                                       "5 best and one line per reason.")]
 
 
-@app.command()
 @guarded
 def estimate(spec: SpecArg, set_: SetOpt = None, data_report: ReportOpt = None,
              as_json: JsonOpt = False, sky_yaml: SkyYamlOpt = Path("sky.yaml"), all_: AllOpt = False) -> None:

@@ -7,13 +7,13 @@ from typing import Annotated
 
 import typer
 
-from dream_job.cli import JsonOpt, SetOpt, SpecArg, app, guarded, require_container
+from dream_job.commands.failures import guarded, require_container
+from dream_job.commands.options import JsonOpt, SetOpt, SpecArg
 from dream_job.spec import load_spec
 
 ModelOpt = Annotated[str, typer.Option("--model", help="`base`, `final` (the run's export) or a model folder.")]
 
 
-@app.command("eval")
 @guarded
 def eval_(spec: SpecArg, model: ModelOpt = "final", set_: SetOpt = None,
           as_json: JsonOpt = False) -> None:

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from dream_job.cli import SetOpt, SpecArg, app, guarded
+from dream_job.commands.failures import guarded
+from dream_job.commands.options import ReportOpt, SetOpt, SkyYamlOpt, SpecArg
 from dream_job.spec import load_spec
 
 TargetArg = Annotated[str, typer.Argument(help="Job file (its local run, else its newest launch) or a run id "
@@ -22,13 +23,10 @@ EnvOpt = Annotated[list[str] | None, typer.Option("--env", help="Task env `K=V`,
                                                   "(repeatable).")]
 SecretOpt = Annotated[list[str] | None, typer.Option("--secret", help="Another secret NAME the job needs, from this "
                                                      "shell's environment (repeatable).")]
-SkyYamlOpt = Annotated[Path, typer.Option("--sky-yaml", help="SkyPilot task template.")]
-ReportOpt = Annotated[Path | None, typer.Option("--data-report", help="A `data_report.json` from a prep run.")]
 # SkyPilot's `tail_logs` exit codes that mean "no failure": succeeded, still running (`--no-follow`).
 _OK_CODES = (0, 101)
 
 
-@app.command()
 @guarded
 def launch(spec: SpecArg, set_: SetOpt = None, managed: ModeOpt = None, spot: SpotOpt = False, yes: YesOpt = False,
            dryrun: DryrunOpt = False, env: EnvOpt = None, secret: SecretOpt = None,
@@ -61,7 +59,6 @@ def launch(spec: SpecArg, set_: SetOpt = None, managed: ModeOpt = None, spot: Sp
     print(record["run_id"])
 
 
-@app.command()
 @guarded
 def logs(target: TargetArg, follow: Annotated[bool, typer.Option("--follow/--no-follow")] = True,
          launched: Annotated[bool, typer.Option("--launched", help="For a job file: its newest launch, even when "
@@ -74,7 +71,7 @@ def logs(target: TargetArg, follow: Annotated[bool, typer.Option("--follow/--no-
 
     Example: `dream-job logs jobs/smoke.yaml`, or `dream-job logs dream-s1k-20261124-120000`
     """
-    from dream_job.errors import DreamJobError
+    from dream_job.errors import InputError
     from dream_job.launch import LaunchError, find_record, follow_logs, latest_for_job
     from dream_job.logtail import follow_lines, run_dir_is_busy, train_log_path
 
@@ -83,8 +80,8 @@ def logs(target: TargetArg, follow: Annotated[bool, typer.Option("--follow/--no-
         log = train_log_path(job.run_dir())
         if log.is_file() or latest_for_job(job.name) is None:
             if not log.is_file() and not run_dir_is_busy(job.run_dir())():
-                raise DreamJobError(f"no log yet: `{log}` does not exist and `{job.name}` was never launched from "
-                                  "here", hint=f"start it: `dream-job run {target}` (or `dream-job launch {target}`)")
+                raise InputError(f"no log yet: `{log}` does not exist and `{job.name}` was never launched from here",
+                                 path=log, hint=f"start it: `dream-job run {target}` (or `dream-job launch {target}`)")
             for line in follow_lines(log, follow=follow, is_running=run_dir_is_busy(job.run_dir())):
                 print(line, flush=True)
             return

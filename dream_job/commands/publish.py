@@ -6,11 +6,11 @@ from typing import Annotated
 
 import typer
 
-from dream_job.cli import SetOpt, SpecArg, app, guarded
+from dream_job.commands.failures import guarded
+from dream_job.commands.options import SetOpt, SpecArg
 from dream_job.spec import load_spec
 
 
-@app.command()
 @guarded
 def publish(
     spec: SpecArg,

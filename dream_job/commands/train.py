@@ -8,11 +8,11 @@ from typing import Annotated
 
 import typer
 
-from dream_job.cli import JsonOpt, SetOpt, SpecArg, app, guarded, require_container
+from dream_job.commands.failures import guarded, require_container
+from dream_job.commands.options import JsonOpt, SetOpt, SpecArg
 from dream_job.spec import load_spec
 
 
-@app.command()
 @guarded
 def train(spec: SpecArg, set_: SetOpt = None) -> None:
     """Train on the prepared data, resuming from the newest complete checkpoint; export at the end.
@@ -36,7 +36,6 @@ def train(spec: SpecArg, set_: SetOpt = None) -> None:
                      highlight=False)
 
 
-@app.command()
 @guarded
 def run(
     spec: SpecArg,
@@ -56,7 +55,6 @@ def run(
                  on_stage=lambda outcome: stderr.print(stage_line(outcome), highlight=False))
 
 
-@app.command()
 @guarded
 def status(
     target: Annotated[str, typer.Argument(help="Job file (its run dir) or a run id from `dream-job launch`.",
