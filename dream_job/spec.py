@@ -1,6 +1,6 @@
 """The job spec: the only place the YAML shape is defined.
 
-`load_spec(path, overrides)` (in `spec_loader.py`, re-exported here) reads a job file, applies
+`load_spec(path, overrides)` (YAML reading in `spec_loader.py`, which knows no `JobSpec`) reads a job file, applies
 `--set a.b.c=value` overrides and validates it into a `JobSpec` (pydantic v2, strict, unknown
 keys are errors). Every stage
 receives this object, never raw dicts. Errors name the key path, the file and line, the
@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dream_job.errors import SpecError
+from dream_job.spec_loader import load_yaml_model, parse_override  # parse_override: re-exported
 
 DTYPES = ("bfloat16", "float32", "float16")
 
@@ -359,6 +360,11 @@ def spec_json_schema() -> dict[str, Any]:
     return JobSpec.model_json_schema()
 
 
-# Loading lives in its own module (YAML, overrides, error messages); re-exported here so callers
-# import everything about specs from one place. At the bottom: it imports `JobSpec` from here.
-from dream_job.spec_loader import load_spec, parse_override  # noqa: E402
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
+    """Read a job YAML file, apply `--set a.b.c=value` overrides (values parsed as YAML) and validate it.
+
+    Raises:
+        SpecError: The file is missing or not YAML, an override is malformed, or the spec is
+            invalid; the message names the key, `file:line` (or the `--set`), value and fix.
+    """
+    return load_yaml_model(JobSpec, path, overrides)

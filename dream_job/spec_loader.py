@@ -1,6 +1,7 @@
-"""Read a job YAML file into a `JobSpec`: `--set` overrides and errors that name key, line and fix.
+"""Read a YAML file into a pydantic model: `--set` overrides and errors that name key, line and fix.
 
-PyYAML is used with YAML 1.2 floats (`1e-5` is a number); each key path is mapped to its line,
+`dream_job.spec.load_spec` calls it with `JobSpec`; this module knows no spec of its own, so the
+spec imports its loader and not the other way round. PyYAML is used with YAML 1.2 floats (`1e-5` is a number); each key path is mapped to its line,
 so a validation error says `file:line` (or the `--set` flag it came from), the value got, what
 is allowed, and the closest key for typos.
 """
@@ -10,13 +11,12 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from dream_job.errors import SpecError
-from dream_job.spec import JobSpec
 
 
 class _Loader(yaml.SafeLoader):
@@ -48,7 +48,7 @@ def _key_lines(text: str, source: Path | None = None) -> dict[tuple[str, ...], i
                     key = ".".join(key_path)
                     raise SpecError(
                         f"`{key}` appears twice in `{source}` (lines {lines[key_path]} and {line})",
-                        hint="merge the two into one; YAML would keep only the second",
+                        key=key, path=f"{source}:{line}", hint="merge the two into one; YAML would keep only the second",
                     )
                 lines[key_path] = line
                 walk(value_node, key_path)
@@ -69,7 +69,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
         raise SpecError(
             f"`--set {text}` is not of the form `a.b.c=value`",
-            hint="for example `--set train.epochs=1`",
+            value=text, hint="for example `--set train.epochs=1`",
         )
     try:
         value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""
@@ -77,7 +77,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SpecError(
             f"the value of `--set {text}` is not valid YAML ({problem})",
-            hint=f"quote or complete it, for example `--set '{key.strip()}=[0.9, 0.95]'` for a list",
+            key=key.strip(), value=raw, hint=f"quote or complete it, for example `--set '{key.strip()}=[0.9, 0.95]'` for a list",
         ) from None
     return key.strip().split("."), value
 
@@ -93,9 +93,9 @@ def _apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def _section_fields(loc: tuple[str | int, ...]) -> list[str]:
-    """Return the allowed keys of the spec section at `loc` (for typo suggestions)."""
-    model: type[BaseModel] = JobSpec
+def _section_fields(root: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
+    """Return the allowed keys of the section of `root` at `loc` (for typo suggestions)."""
+    model = root
     for part in loc:
         field = model.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None)
@@ -126,13 +126,13 @@ def _describe_expected(error: dict[str, Any]) -> str:
     return message[0].lower() + message[1:]
 
 
-def _format_error(error: dict[str, Any], where: str) -> tuple[str, str | None]:
+def _format_error(root: type[BaseModel], error: dict[str, Any], where: str) -> tuple[str, str | None]:
     """Turn one pydantic error into (sentence, hint)."""
     loc = tuple(error["loc"])
     key = ".".join(str(p) for p in loc)
     got = error.get("input")
     if error["type"] == "extra_forbidden":
-        allowed = _section_fields(loc[:-1])
+        allowed = _section_fields(root, loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
         prefix = ".".join(str(p) for p in loc[:-1])
         hint = f"did you mean `{prefix + '.' if prefix else ''}{close[0]}`?" if close else None
@@ -149,64 +149,67 @@ def _format_error(error: dict[str, Any], where: str) -> tuple[str, str | None]:
     return f"`{key}` in {where} must be {_describe_expected(error)}, got `{shown}`", None
 
 
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
-    """Read a job YAML file, apply `--set` overrides and validate it.
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_yaml_model(model: type[M], path: str | Path, overrides: list[str] | None = None) -> M:
+    """Read a YAML file, apply `--set` overrides and validate it into `model`.
 
     Args:
-        path: The job file.
+        model: The pydantic model of the whole file (`JobSpec`).
+        path: The YAML file.
         overrides: `a.b.c=value` strings; values are parsed as YAML.
 
     Returns:
-        The validated, frozen `JobSpec`.
+        The validated model.
 
     Raises:
-        SpecError: The file is missing or not YAML, an override is malformed, or the spec is
-            invalid; the message names the key, `file:line` (or the `--set`), value and fix.
+        SpecError: The file is missing or not YAML, an override is malformed, or the content is
+            invalid; the message names the key, `file:line` (or the `--set`), value and fix, and
+            the error's `key` and `path` fields carry the first problem's key and `file:line`.
     """
     path = Path(path)
     if path.is_dir():
-        raise SpecError(f"`{path}` is a folder, not a job file", hint="pass a job file such as `jobs/smoke.yaml`")
+        raise SpecError(f"`{path}` is a folder, not a job file", path=path,
+                        hint="pass a job file such as `jobs/smoke.yaml`")
     if not path.is_file():
-        raise SpecError(
-            f"job file `{path}` does not exist",
-            hint="pass a job file such as `jobs/smoke.yaml` (see `ls jobs/`)",
-        )
+        raise SpecError(f"job file `{path}` does not exist", path=path,
+                        hint="pass a job file such as `jobs/smoke.yaml` (see `ls jobs/`)")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         line = path.read_bytes().count(b"\n", 0, exc.start) + 1
-        raise SpecError(f"`{path}:{line}` is not UTF-8 text", hint="save the job file as UTF-8") from None
+        raise SpecError(f"`{path}:{line}` is not UTF-8 text", path=f"{path}:{line}",
+                        hint="save the job file as UTF-8") from None
     try:
         data = yaml.load(text, Loader=_Loader)
         lines = _key_lines(text, path)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise SpecError(f"`{at}` is not valid YAML", caused_by=[str(exc).splitlines()[0]]) from None
+        raise SpecError(f"`{at}` is not valid YAML", path=at, caused_by=[str(exc).splitlines()[0]]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise SpecError(f"`{path}` must hold a mapping of sections (`name`, `model`, `data`, ...)")
+        raise SpecError(f"`{path}` must hold a mapping of sections (`name`, `model`, `data`, ...)", path=path)
     overridden: dict[tuple[str, ...], str] = {}
     for text_override in overrides or []:
         key_path, value = parse_override(text_override)
         _apply_override(data, key_path, value)
         overridden[tuple(key_path)] = text_override
     try:
-        return JobSpec.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
             loc = tuple(str(p) for p in error["loc"])
             source = next((overridden[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in overridden), None)
-            if source is not None:
-                where = f"`--set {source}`"
-            else:
-                line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
-                where = f"`{path}:{line}`" if line else f"`{path}`"
-            problems.append(_format_error(error, where))
-        first, hint = problems[0]
-        rest = [f"{sentence}" + (f" ({h})" if h else "") for sentence, h in problems[1:]]
-        raise SpecError(first, hint=hint, caused_by=[f"also: {r}" for r in rest]) from None
-
-
+            line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
+            file_at = None if source is not None else f"{path}:{line}" if line else str(path)
+            where = f"`--set {source}`" if source is not None else f"`{file_at}`"
+            # The value got, except where pydantic's input is the enclosing mapping, not a value.
+            got = error.get("input") if loc and error["type"] != "missing" else None
+            problems.append((*_format_error(model, error, where), ".".join(loc) or None, file_at, got))
+        (first, hint, key, file_at, got), rest = problems[0], problems[1:]
+        raise SpecError(first, key=key, path=file_at, value=got, hint=hint,
+                        caused_by=[f"also: {sentence}" + (f" ({h})" if h else "") for sentence, h, *_ in rest]) from None

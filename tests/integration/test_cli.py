@@ -42,7 +42,25 @@ def test_spec_error_exits_1_with_the_message_and_hint(tmp_path: Path, in_repo: P
     result = runner.invoke(app, ["prep", "jobs/smoke.yaml", "--set", "data.truncaton=drop"])
     assert result.exit_code == 1
     assert result.stderr == (
-        "error: unknown key `data.truncaton` in `--set data.truncaton=drop`\n\nhint: did you mean `data.truncation`?\n"
+        "error: unknown key `data.truncaton` in `--set data.truncaton=drop`\n"
+        "  key:   data.truncaton\n"
+        "  value: drop\n"
+        "\n"
+        "hint: did you mean `data.truncation`?\n"
+    )
+
+
+def test_an_error_in_the_job_file_names_key_line_and_value_in_one_block(tmp_path: Path, in_repo: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text("name: x\ntrain:\n  epochs: 0\n  method: fulll\n")
+    result = runner.invoke(app, ["spec", str(job)])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: `train.method` in `{job}:4` must be one of `full`, `full_8bit`, `full_offload` or `lora`, got `fulll`\n"
+        f"  key:       train.method\n"
+        f"  path:      {job}:4\n"
+        f"  value:     fulll\n"
+        f"  caused by: also: `train.epochs` in `{job}:3` must be greater than or equal to 1, got `0`\n"
     )
 
 
