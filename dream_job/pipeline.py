@@ -44,7 +44,7 @@ STAGES = ("prep", "train", "eval", "publish")
 # checkpoints) after they change. Any other train/model setting needs a new run dir.
 TRAIN_CONTINUATION_KEYS = frozenset({
     "epochs", "max_steps", "save_every_steps", "keep_checkpoints", "log_every_steps", "device", "compile",
-    "activation_checkpointing", "on_memory_mismatch",
+    "activation_checkpointing", "on_memory_mismatch", "eval_every_steps", "report_to",
 })
 
 
@@ -262,10 +262,11 @@ def train_stage(spec: JobSpec, *, verb: str, spec_path: Path | None = None, over
                                 hint="see the log above; run the same command again to resume")
         return None, StageOutcome("train", False, record.summary or {}, record.outcome, record.reason)
     from dream_job.train.loop import train
+    from dream_job.train_hooks import train_hooks
 
     write = _is_rank0()
     with _recording(run_dir, "train", fingerprint, inputs, verb, write=write) as rec:
-        result = train(spec)
+        result = train(spec, hooks=train_hooks(spec, run_id=run_id(spec)))
         summary = {"steps": result.steps, "total_steps": result.total_steps, "final_loss": result.final_loss}
         outcome = STOPPED_BY_BUDGET if result.stopped_early else DONE
         _finish(run_dir, rec["base"], outcome=outcome, output_digest=export_digest(result.export_dir),

@@ -144,6 +144,14 @@ class TrainSpec(_Section):
     save_every_steps: int = Field(50, ge=1, description="Write a resumable checkpoint every N optimizer steps.")
     keep_checkpoints: int = Field(2, ge=1, description="Complete checkpoints kept on disk.")
     log_every_steps: int = Field(1, ge=1, description="Log a metrics line every N optimizer steps.")
+    eval_every_steps: int | None = Field(
+        50, ge=1, description="Validation loss on the held-out rows every N optimizer steps and at the last one "
+        "(fixed t grid and masks: comparable across steps and runs); null: never.",
+    )
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(
+        ["tensorboard"], description="Metric sinks besides `train.log` and `metrics.jsonl`; `wandb` needs "
+        "`pip install 'dream-job[wandb]'` and reads `WANDB_*` from the environment (`WANDB_MODE=offline` works).",
+    )
     seed: int = Field(42, description="Seed for data order, noise and initialisation.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto` uses CUDA when present.")
     on_memory_mismatch: Literal["refuse", "switch"] = Field(

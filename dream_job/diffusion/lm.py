@@ -36,6 +36,7 @@ class DreamForMaskedDiffusion(DreamModel):
         time_eps: float,
         weighting: WeightScheme,
         cart_p: float,
+        t_B: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Noise the clean batch, run the model and return (loss, number of masked tokens).
 
@@ -48,12 +49,14 @@ class DreamForMaskedDiffusion(DreamModel):
             time_eps: t ~ U(time_eps, 1).
             weighting: Per-token loss weight scheme.
             cart_p: CART kernel parameter.
+            t_B: Fixed noise levels (the validation loss's t grid); None draws t ~ U(time_eps, 1).
 
         Returns:
             loss: sum(w * CE over masked) / number masked, fp32.
             num_masked: Number of masked tokens, as a tensor.
         """
-        t_B = sample_t(input_ids_BL.shape[0], eps=time_eps, generator=generator, device=input_ids_BL.device)
+        if t_B is None:
+            t_B = sample_t(input_ids_BL.shape[0], eps=time_eps, generator=generator, device=input_ids_BL.device)
         noisy_BL, masked_BL = mask_tokens(
             input_ids_BL, loss_mask_BL, t_B, mask_token_id=self.config.mask_token_id, generator=generator
         )

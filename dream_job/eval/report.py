@@ -24,7 +24,7 @@ from dream_job.eval.answers import gold_answer
 from dream_job.eval.records import EVAL_DIR, read_item_file, read_summary
 from dream_job.eval.stats import Interval, newcombe_interval, wilson_interval
 from dream_job.eval.suites import SUITE_FORMATS
-from dream_job.files import write_text_atomically
+from dream_job.rundir import write_text_atomically
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -140,21 +140,39 @@ def format_speed(entry: dict[str, Any] | None) -> str:
     return f"{entry['tokens_per_second']:.1f}"
 
 
-def accuracy_table(summary: dict[str, dict[str, Any]], *, speed: bool = True) -> list[str]:
-    """Return the Markdown lines of the table: suite, n, accuracy per model, change, tokens/s."""
+def summary_rows(summary: dict[str, dict[str, Any]], *, speed: bool = True) -> tuple[list[str], list[list[str]]]:
+    """Return the accuracy table once for every renderer: (header, one row per suite), plain text.
+
+    Columns: suite, n, accuracy per model, `final` − `base` when both ran, then tokens/s per model
+    (when `speed`). The Markdown report and the terminal table both render these cells.
+    """
     labels, suites = ordered_labels(summary), ordered_suites(summary)
     has_delta = "base" in labels and "final" in labels
-    header = ["suite", "n", *(f"`{lb}`" for lb in labels), *(["`final` − `base`"] if has_delta else []),
-              *((f"`{lb}` tok/s" for lb in labels) if speed else ())]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    header = ["suite", "n", *labels, *(["final − base"] if has_delta else []),
+              *((f"{lb} tok/s" for lb in labels) if speed else ())]
+    rows = []
     for suite in suites:
         entries = {label: summary[label].get(suite) for label in labels}
-        row = [f"`{suite}`", _counts(entries.values()), *(format_accuracy(entries[lb]) for lb in labels)]
+        row = [suite, _counts(entries.values()), *(format_accuracy(entries[lb]) for lb in labels)]
         if has_delta:
             row.append(format_delta(entries["base"], entries["final"]))
         if speed:
             row += [format_speed(entries[lb]) for lb in labels]
-        lines.append("| " + " | ".join(row) + " |")
+        rows.append(row)
+    return header, rows
+
+
+def accuracy_table(summary: dict[str, dict[str, Any]], *, speed: bool = True) -> list[str]:
+    """Return the Markdown lines of the table: suite, n, accuracy per model, change, tokens/s."""
+    labels = ordered_labels(summary)
+    header, rows = summary_rows(summary, speed=speed)
+    # Names in code font: the models, the suites and the change column.
+    header = [f"`{h}`" if h in labels else h for h in header]
+    header = [h.replace("final − base", "`final` − `base`") for h in header]
+    header = [f"`{h.removesuffix(' tok/s')}` tok/s" if h.endswith(" tok/s") else h for h in header]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        lines.append("| " + " | ".join([f"`{row[0]}`", *row[1:]]) + " |")
     return lines
 
 

@@ -40,15 +40,12 @@ from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, Offlo
 from dream_job.data.tokenizer import is_local
 from dream_job.diffusion.lm import DreamForMaskedDiffusion
 from dream_job.errors import DreamJobError
-from dream_job.model.dream import DreamConfig, DreamModel
-from dream_job.model.weights import read_state_dict
+from dream_job.model.dream import DreamConfig
+from dream_job.model.init import TORCH_DTYPES, initial_state_dict
 from dream_job.spec import JobSpec
 from dream_job.train.distributed import Dist
 
 logger = logging.getLogger(__name__)
-
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
 
 @dataclass
 class Built:
@@ -123,18 +120,6 @@ def _lora_key(plain_key: str, model_keys: set[str]) -> str:
     return f"{module}.base_layer.{leaf}"
 
 
-def _full_state_dict(spec: JobSpec, base_dir: Path, config: DreamConfig, dtype: torch.dtype) -> dict[str, Any]:
-    """Rank 0's full CPU state dict: the base weights, or a seeded random init."""
-    if spec.model.init == "pretrained":
-        with torch.device("meta"):
-            shapes = {k: tuple(v.shape) for k, v in DreamModel(config).state_dict().items()}
-        return read_state_dict(base_dir, shapes, dtype=dtype)
-    torch.manual_seed(spec.train.seed)
-    model = DreamModel(config)
-    model.init_weights()
-    return {k: v.to(dtype) for k, v in model.state_dict().items()}
-
-
 def shard_model(spec: JobSpec, config: DreamConfig, dist_info: Dist) -> DreamForMaskedDiffusion:
     """Build the training model on meta, add LoRA adapters, shard it with FSDP2 and allocate it (uninitialised).
 
@@ -144,7 +129,7 @@ def shard_model(spec: JobSpec, config: DreamConfig, dist_info: Dist) -> DreamFor
     fp32 for `full`/`full_offload`, the compute dtype for `full_8bit` and LoRA's frozen base.
     """
     train = spec.train
-    compute_dtype = DTYPES[spec.model.dtype]
+    compute_dtype = TORCH_DTYPES[spec.model.dtype]
     master_dtype = torch.float32 if train.method in ("full", "full_offload") else compute_dtype
     with torch.device("meta"):
         model = DreamForMaskedDiffusion(config)
@@ -216,7 +201,7 @@ def build_training(spec: JobSpec, dist_info: Dist) -> Built:
     config = DreamConfig.from_pretrained_dir(base_dir)
     model = shard_model(spec, config, dist_info)
     master_dtype = next(p for p in model.parameters() if not p.requires_grad or train.method != "lora").dtype
-    full = _full_state_dict(spec, base_dir, config, master_dtype) if dist_info.is_rank0 else {}
+    full = initial_state_dict(spec, base_dir, config, master_dtype) if dist_info.is_rank0 else {}
     if train.method == "lora":
         model_keys = set(model.state_dict())
         full = {_lora_key(k, model_keys): v for k, v in full.items()}

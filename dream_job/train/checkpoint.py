@@ -14,11 +14,8 @@ load. DCP saves non-tensor values once, as replicated: they must be identical on
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import pickle
-import re
 import shutil
 import time
 import warnings
@@ -36,14 +33,15 @@ from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_st
 from torch.distributed.checkpoint.stateful import Stateful
 from torch.optim import Optimizer
 
-from dream_job.errors import CheckpointError
+from dream_job.errors import CheckpointError, DreamJobError
+from dream_job.rundir import (
+    COMPLETE_NAME, PARTIAL_STEP_RE, STEP_RE, checkpoint_name, complete_checkpoints, partial_checkpoint_name,
+    write_json_atomically,
+)
 
 logger = logging.getLogger(__name__)
 
-MARKER = "COMPLETE"
-TRAIN_STATE_VERSION = 1
-_STEP_RE = re.compile(r"step-(\d+)")
-_PARTIAL_RE = re.compile(r"\.step-\d+\.partial")
+TRAIN_STATE_VERSION = 1  # layout of `TrainState`; a checkpoint of another version is refused
 # DCP gathers every rank's failure into a `CheckpointException`, a BaseException that
 # `except Exception` misses; `set_state_dict` and the storage layer raise the others.
 _DCP_ERRORS = (CheckpointException, RuntimeError, OSError, ValueError, KeyError)
@@ -64,8 +62,8 @@ def _on_rank0(fn: Callable[[], None], what: str) -> None:
     if _rank() == 0:
         try:
             fn()
-        except OSError as exc:
-            error = f"{type(exc).__name__}: {exc}"
+        except (OSError, DreamJobError) as exc:  # the atomic writer names the file in a `DreamJobError`
+            error = "; ".join([f"{type(exc).__name__}: {exc}", *getattr(exc, "caused_by", [])])
     if dist.is_available() and dist.is_initialized():
         box = [error]
         dist.broadcast_object_list(box, src=0)
@@ -110,7 +108,7 @@ class CheckpointManager:
 
     def folder(self, step: int) -> Path:
         """Return the folder of checkpoint `step` (`root/step-000120`)."""
-        return self.root / f"step-{step:06d}"
+        return self.root / checkpoint_name(step)
 
     def save(self, step: int, states: dict[str, Stateful]) -> Path:
         """Save `states` as checkpoint `step`; collective, every rank calls it.
@@ -130,7 +128,7 @@ class CheckpointManager:
             CheckpointError: A rank cannot write its shards, or rank 0 cannot rename, mark or prune.
         """
         final = self.folder(step)
-        partial = self.root / f".{final.name}.partial"
+        partial = self.root / partial_checkpoint_name(step)
 
         def start() -> None:  # shards left by a crashed save must not mix with the new ones
             shutil.rmtree(partial, ignore_errors=True)
@@ -143,8 +141,7 @@ class CheckpointManager:
             world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
             now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             marker = {"step": step, "time": now, "world_size": world_size}
-            (final / f"{MARKER}.tmp").write_text(json.dumps(marker) + "\n")
-            os.replace(final / f"{MARKER}.tmp", final / MARKER)
+            write_json_atomically(final / COMPLETE_NAME, marker, indent=None)
             self._prune()
 
         _on_rank0(start, f"create checkpoint folder `{partial}`")
@@ -161,7 +158,7 @@ class CheckpointManager:
         complete, torn = self._scan()
         if _rank() == 0:
             for path in sorted(torn - self._warned):
-                logger.warning("ignoring torn checkpoint `%s` (no `%s` marker)", path, MARKER)
+                logger.warning("ignoring torn checkpoint `%s` (no `%s` marker)", path, COMPLETE_NAME)
         self._warned |= torn
         return [step for step, _ in complete]
 
@@ -184,9 +181,9 @@ class CheckpointManager:
                 `states`, or a `TrainState` belongs to another run.
         """
         folder = self.folder(step)
-        if not (folder / MARKER).is_file():
+        if not (folder / COMPLETE_NAME).is_file():
             raise CheckpointError(
-                f"checkpoint `{folder}` is missing or torn (no `{MARKER}` marker)",
+                f"checkpoint `{folder}` is missing or torn (no `{COMPLETE_NAME}` marker)",
                 hint=f"complete checkpoints in `{self.root}`: {self.complete_steps() or 'none'}",
             )
         _run_dcp(dcp.load, states, folder, f"cannot load checkpoint `{folder}`", _LOAD_HINT)
@@ -195,13 +192,11 @@ class CheckpointManager:
 
     def _scan(self) -> tuple[list[tuple[int, Path]], set[Path]]:
         """Return the complete checkpoints as (step, folder), oldest first, and the torn folders."""
-        complete, torn = [], set()
-        for path in self.root.iterdir() if self.root.is_dir() else ():
-            if (m := _STEP_RE.fullmatch(path.name)) and (path / MARKER).is_file():
-                complete.append((int(m[1]), path))
-            elif m or _PARTIAL_RE.fullmatch(path.name):
-                torn.add(path)
-        return sorted(complete), torn
+        complete = complete_checkpoints(self.root)
+        done = {path for _, path in complete}
+        torn = {path for path in (self.root.iterdir() if self.root.is_dir() else ())
+                if path not in done and (STEP_RE.fullmatch(path.name) or PARTIAL_STEP_RE.fullmatch(path.name))}
+        return complete, torn
 
     def _prune(self) -> None:
         """Delete all but the newest `keep` complete checkpoints, and every torn one (rank 0)."""

@@ -18,7 +18,6 @@ Dream 7B the whole-model fp32 merge this replaces needed ~47 GiB of host RAM
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from dream_job.errors import CheckpointError, DataError
+from dream_job.rundir import EXPORT_INFO_NAME, write_json_atomically
 from dream_job.model.dream import DreamConfig, DreamModel
 from dream_job.model.weights import (
     MAX_SHARD_BYTES,
@@ -50,22 +50,22 @@ DREAM_TOKENIZER_FILES = (
     "tokenization_dream.py",
 )
 GENERATION_CONFIG_NAME = "generation_config.json"
-MANIFEST_NAME = "dream_job_export.json"
 ADAPTER_DIR_NAME = "adapter"
 EXPORT_DTYPE = torch.bfloat16
 _PEFT_PREFIX = "base_model.model."
 # Segments that wrappers insert into parameter names (torch.compile, activation checkpointing).
 _WRAPPER_SEGMENTS = ("_orig_mod.", "_checkpoint_wrapped_module.")
-# One LoRA layer: (adapter name, scaling, fan_in_fan_out, lora_bias), read from the peft module.
-_LoraLayer = tuple[str, float, bool, bool]
+# One LoRA layer: (adapter name, scaling, fan_in_fan_out), read from the peft module.
+_LoraLayer = tuple[str, float, bool]
 
 
 @dataclass(frozen=True)
 class _Merge:
-    """One LoRA delta to fold in: `weight + scaling * B @ A`, or `bias + scaling * b` when `a_key` is None."""
+    """One LoRA delta to fold into a weight: peft's `get_delta_weight` of these adapter tensors."""
 
     b_key: str
-    a_key: str | None
+    a_key: str
+    adapter: str
     scaling: float
     fan_in_fan_out: bool = False
 
@@ -125,9 +125,10 @@ def export_hf(
       `base_dir` (a warning when it lacks them: the folder then loads with `load_export` but not
       with `trust_remote_code`);
     - for LoRA: `adapter/adapter_model.safetensors` + `adapter/adapter_config.json`, while the
-      top-level weights are merged: bf16(W + scaling * B @ A), computed in fp32 on the CPU one
-      tensor at a time (bit-equal to peft's `merge_and_unload` of the same weights then rounded
-      to bf16); the training model is never modified;
+      top-level weights are merged: bf16(W + delta) with peft's own `LoraLayer.get_delta_weight`
+      (scaling * B @ A), computed in fp32 on the CPU one tensor at a time (bit-equal to peft's
+      `merge_and_unload` of the same weights then rounded to bf16); the training model is never
+      modified;
     - `dream_job_export.json`: dtype, parameter count, LoRA flag, file list.
 
     Host memory on rank 0: one bf16 shard being filled (<= 5 GiB), the adapters in fp32, and
@@ -252,8 +253,9 @@ def _find_lora_layers(model: nn.Module) -> dict[str, _LoraLayer]:
         if len(module.active_adapters) != 1:
             raise ValueError(f"`{name}` has active adapters {module.active_adapters}; export exactly one")
         adapter = module.active_adapters[0]
-        fan_in_fan_out = getattr(module, "fan_in_fan_out", False)
-        layers[name] = (adapter, float(module.scaling[adapter]), fan_in_fan_out, bool(module.lora_bias[adapter]))
+        if module.lora_bias[adapter]:  # the trainer never asks for it (train/build.py)
+            raise ValueError(f"cannot merge `{name}`: LoRA with `lora_bias` is not supported")
+        layers[name] = (adapter, float(module.scaling[adapter]), bool(getattr(module, "fan_in_fan_out", False)))
     if len({adapter for adapter, *_ in layers.values()}) > 1:
         raise ValueError("the model has more than one active LoRA adapter; export one at a time")
     return layers
@@ -280,11 +282,9 @@ def _plan_weights(state: dict[str, Tensor], lora_layers: dict[str, _LoraLayer], 
     sources = {_plain_key(key): key for key in state if not _is_adapter_key(key)}
     _check_against_config({key: tuple(state[source].shape) for key, source in sources.items()}, config)
     merges: dict[str, _Merge] = {}
-    for name, (adapter, scaling, fan_in_fan_out, lora_bias) in lora_layers.items():
+    for name, (adapter, scaling, fan_in_fan_out) in lora_layers.items():
         merges[_plain_key(f"{name}.base_layer.weight")] = _Merge(
-            f"{name}.lora_B.{adapter}.weight", f"{name}.lora_A.{adapter}.weight", scaling, fan_in_fan_out)
-        if lora_bias:
-            merges[_plain_key(f"{name}.base_layer.bias")] = _Merge(f"{name}.lora_B.{adapter}.bias", None, scaling)
+            f"{name}.lora_B.{adapter}.weight", f"{name}.lora_A.{adapter}.weight", adapter, scaling, fan_in_fan_out)
     sizes = {key: state[source].numel() * _export_dtype(state[source]).itemsize for key, source in sources.items()}
     return _WeightPlan(
         sources=sources, merges=merges, adapter_keys=[key for key in state if _is_adapter_key(key)],
@@ -322,21 +322,37 @@ def _to_host(tensor: Tensor, dtype: torch.dtype) -> Tensor:
 def _export_tensor(full: Tensor, merge: _Merge | None, adapters: dict[str, Tensor]) -> Tensor:
     """Rank 0: the bf16 CPU tensor to store for one key, its LoRA delta folded in.
 
-    The merge is peft's `get_delta_weight` + `merge`, in fp32 on the CPU: delta = (B @ A) * scaling
-    (transposed for fan_in_fan_out), then W + delta with W upcast exactly, rounded once to bf16.
-    In-place steps keep one fp32 buffer; IEEE addition commutes, so delta + W == W + delta bitwise.
+    The merge is peft's own: `LoraLayer.get_delta_weight` (scaling * B @ A, transposed for
+    fan_in_fan_out) on a CPU stand-in of the layer holding the fp32 adapters, then W + delta with
+    W upcast exactly, rounded once to bf16 (what `merge`'s `weight += delta` does on a bf16 base).
     """
     if merge is None:
         return _to_host(full, _export_dtype(full)).contiguous()
-    B = adapters[merge.b_key].float()
-    if merge.a_key is None:
-        delta = B * merge.scaling  # lora_bias: bias + scaling * b
-    else:
-        delta = (B @ adapters[merge.a_key].float()).mul_(merge.scaling)  # O x I
-        if merge.fan_in_fan_out:  # Conv1D-style storage keeps the transposed weight
-            delta = delta.T
-    delta.add_(_to_host(full, full.dtype))
+    delta = _peft_delta_weight(adapters[merge.a_key], adapters[merge.b_key], merge)
+    delta.add_(_to_host(full, full.dtype))  # IEEE addition commutes: delta + W == W + delta bitwise
     return delta.to(EXPORT_DTYPE).contiguous()
+
+
+def _peft_delta_weight(a: Tensor, b: Tensor, merge: _Merge) -> Tensor:
+    """Return peft's `get_delta_weight` for adapters `a` (r x in) and `b` (out x r) of one layer, in fp32.
+
+    The stand-in is a peft LoRA layer injected into a meta `nn.Linear` (no weights, no random
+    draws), given the layer's own adapters and scaling. The result is a new tensor of out x in.
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    rank, in_features = a.shape
+    with torch.device("meta"):  # meta: peft's initialisation allocates nothing and draws no random numbers
+        holder = nn.ModuleDict({"linear": nn.Linear(in_features, b.shape[0], bias=False)})
+        holder = inject_adapter_in_model(
+            LoraConfig(r=rank, lora_alpha=rank, target_modules=["linear"], init_lora_weights=False),
+            holder, adapter_name=merge.adapter)
+    layer = holder["linear"]
+    layer.lora_A[merge.adapter].weight = nn.Parameter(a.float(), requires_grad=False)
+    layer.lora_B[merge.adapter].weight = nn.Parameter(b.float(), requires_grad=False)
+    layer.scaling[merge.adapter] = merge.scaling
+    layer.fan_in_fan_out = merge.fan_in_fan_out
+    return layer.get_delta_weight(merge.adapter)
 
 
 def _rank0_succeeded(error: BaseException | None) -> bool:
@@ -430,7 +446,7 @@ def _finish_export(
     if generation_config is not None and generation_config.is_file():
         shutil.copyfile(generation_config, partial / GENERATION_CONFIG_NAME)
     else:
-        (partial / GENERATION_CONFIG_NAME).write_text(json.dumps(dream_generation_config(config), indent=2) + "\n")
+        write_json_atomically(partial / GENERATION_CONFIG_NAME, dream_generation_config(config))
     for source in tokenizer_files:
         if not (partial / source.name).exists():  # a model folder as `tokenizer_dir` must not replace our weights
             shutil.copyfile(source, partial / source.name)
@@ -452,9 +468,9 @@ def _finish_export(
         "format_version": 1, "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dtype": "bfloat16", "num_parameters": config.num_parameters(), "lora": adapter is not None,
         "lora_adapter": adapter, "remote_code": not missing, "base_dir": None if base_dir is None else str(base_dir),
-        "tokenizer_from": str(tokenizer_files[0].parent), "files": sorted([*files, MANIFEST_NAME]),
+        "tokenizer_from": str(tokenizer_files[0].parent), "files": sorted([*files, EXPORT_INFO_NAME]),
     }
-    (partial / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_json_atomically(partial / EXPORT_INFO_NAME, manifest)
     # The shards were fsynced as they were written; syncing them again costs nothing (no dirty pages).
     for path in [*partial.rglob("*"), partial]:
         fsync_path(path)

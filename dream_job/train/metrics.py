@@ -1,12 +1,13 @@
 """Training metrics: one dict per logging interval, sent to every sink on rank 0.
 
-Input: `MetricsLogger.log(step, {"train/loss": ..., "perf/tokens_per_s": ..., ...})` with
-slash-namespaced keys. Output under `<run>/logs/`: `train.log` (one plain fixed-field line per
+Input: `MetricsLogger.log(step, {"train/loss": ..., "val/loss": ..., "perf/tokens_per_s": ...})`
+with slash-namespaced keys. Output under `<run>/logs/`: `train.log` (one plain fixed-field line per
 call, also sent to `logging`), `metrics.jsonl` (one JSON object per call, for `dream-job status`),
-`tensorboard/` (event files) and, on `close()`, `loss.png`. A resumed run continues the same
-files: lines past the checkpoint it resumed from (logged by the run that was killed) are dropped
-first, and TensorBoard purges its events from the next step, so no step appears twice.
-A torn last line (a crash mid-write) is skipped and cut off.
+the `train.report_to` sinks (`tensorboard/` event files, Weights & Biases; `sinks.py`) and, on
+`close()`, `loss.png` (`plot.py`). A resumed run continues the same files: lines past the
+checkpoint it resumed from (logged by the run that was killed) are dropped first, and TensorBoard
+purges its events from the next step, so no step appears twice. A torn last line (a crash
+mid-write) is skipped and cut off.
 """
 
 from __future__ import annotations
@@ -14,20 +15,26 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dream_job.rundir import METRICS_NAME, TRAIN_LOG_NAME, append_line, read_jsonl, write_text_atomically
+from dream_job.rundir import LOGS_DIR, METRICS_NAME, TRAIN_LOG_NAME, append_line, read_jsonl, write_text_atomically
+from dream_job.train.plot import PLOTTED_KEYS, plot_training, smooth
+from dream_job.train.sinks import open_sinks
+
+__all__ = ["MetricsLogger", "format_duration", "format_line", "smooth"]
 
 logger = logging.getLogger(__name__)
 
 # (metrics key, label in the log line, format) in the fixed order of the log line (style.md rule 8).
 LINE_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("train/epoch", "epoch", "{:.2f}"),
     ("train/loss", "loss", "{:.4f}"),
+    ("val/loss", "val_loss", "{:.4f}"),
     ("train/grad_norm", "grad_norm", "{:.3f}"),
     ("train/lr", "lr", "{:.2e}"),
     ("perf/tokens_per_s", "tok/s", "{:.0f}"),
@@ -37,9 +44,10 @@ LINE_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("cost/spent_yuan", "cost_yuan", "{:.2f}"),
 )
 LOSS_KEY = "train/loss"
+PLOT_NAME = "loss.png"
 # Without a terminal (`docker logs`, `sky logs`), the screen gets the log line of the first and last
 # step, every tenth of the run and at least once a minute; `train.log` keeps every step. On a
-# terminal the live view (`dream_job.progress.TrainingView`) shows the numbers instead.
+# terminal the caller's live view (`train/hooks.Display`) shows the numbers instead.
 ECHO_FRACTION, ECHO_EVERY_S = 10, 60.0
 _LOG_STEP_RE = re.compile(r"^\S+ step (\d+)/")  # `2026-12-05T13:07:42Z step 128/140 loss ...`
 
@@ -66,20 +74,11 @@ def format_line(step: int, total_steps: int, metrics: dict[str, float]) -> str:
     return " ".join(parts)
 
 
-def smooth(values: list[float], weight: float = 0.9) -> list[float]:
-    """Debiased exponential moving average (TensorBoard's smoothing), same length as `values`."""
-    out, ema = [], 0.0
-    for i, value in enumerate(values, start=1):
-        ema = weight * ema + (1 - weight) * value
-        out.append(ema / (1 - weight**i))  # divide out the zero start so early points are not pulled to 0
-    return out
-
-
 class MetricsLogger:
-    """Send each interval's metrics to the log line, `train.log`, `metrics.jsonl` and TensorBoard.
+    """Send each interval's metrics to the log line, `train.log`, `metrics.jsonl` and the `report_to` sinks.
 
     Only rank 0 writes; on other ranks every method does nothing, so callers need no rank checks.
-    On creation the loss history is read back from an existing `metrics.jsonl`, so a resumed
+    On creation the plotted history is read back from an existing `metrics.jsonl`, so a resumed
     run's `loss.png` covers the whole run (a step logged twice keeps its latest value).
 
     Args:
@@ -88,22 +87,32 @@ class MetricsLogger:
         total_steps: Planned number of optimizer steps (the `step i/total` field).
         resume_step: The step training continues from (0 for a fresh start); lines of later
             steps already in the files are dropped.
+        report_to: Scalar sinks (`train.report_to`): `tensorboard`, `wandb`.
+        run_name: Shown in the plot's title and as the W&B run name.
+        steps_per_epoch: Where the plot marks epochs (None: no marks).
+        config: The job spec as plain data, for W&B's run config.
+
+    Raises:
+        SpecError: `wandb` asked for but not installed.
     """
 
-    def __init__(self, run_dir: Path, *, is_rank0: bool, total_steps: int, resume_step: int = 0) -> None:
-        self.log_dir = Path(run_dir) / "logs"
+    def __init__(self, run_dir: Path, *, is_rank0: bool, total_steps: int, resume_step: int = 0,
+                 report_to: Sequence[str] = ("tensorboard",), run_name: str = "", steps_per_epoch: int | None = None,
+                 config: dict[str, Any] | None = None) -> None:
+        self.log_dir = Path(run_dir) / LOGS_DIR
         self.is_rank0 = is_rank0
-        self.total_steps = total_steps
-        self.resume_step = resume_step
-        self.loss_by_step: dict[int, float] = {}
-        self._writer: Any = None
+        self.total_steps, self.resume_step = total_steps, resume_step
+        self.run_name, self.steps_per_epoch = run_name, steps_per_epoch
+        self.history: dict[str, dict[int, float]] = {key: {} for key in PLOTTED_KEYS}
+        self._sinks: list[Any] = []
         self._echoed_at: float | None = None  # monotonic time of the last line shown on the screen
-        self._tensorboard_ok = True  # False once the import failed: warn once, then skip the sink
         self._closed = False
         if is_rank0:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             self._drop_lines_after(resume_step)
             self._read_history()
+            self._sinks = open_sinks(list(report_to), self.log_dir, resume_step=resume_step, run_name=run_name,
+                                     config=config or {})
 
     @property
     def train_log_path(self) -> Path:
@@ -115,18 +124,23 @@ class MetricsLogger:
 
     @property
     def plot_path(self) -> Path:
-        return self.log_dir / "loss.png"
+        return self.log_dir / PLOT_NAME
+
+    @property
+    def loss_by_step(self) -> dict[int, float]:
+        """The training loss of every logged step (this run and, after a resume, the earlier ones)."""
+        return self.history[LOSS_KEY]
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         """Send one interval's metrics to every sink (rank 0 only).
 
         Appends one line to `train.log` and one JSON object (`step`, `time` in Unix seconds and
-        the metrics) to `metrics.jsonl`, and adds every metric as a TensorBoard scalar at `step`.
+        the metrics) to `metrics.jsonl`, and adds every metric to each `report_to` sink at `step`.
         The same fixed-field line goes through `logging` only when `echo_due` says so.
 
         Args:
             step: Optimizer step the metrics belong to (1-based).
-            metrics: Slash-namespaced scalars, e.g. `train/loss`, `mem/peak_gib`.
+            metrics: Slash-namespaced scalars, e.g. `train/loss`, `val/loss`, `mem/peak_gib`.
         """
         if not self.is_rank0:
             return
@@ -138,11 +152,11 @@ class MetricsLogger:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         append_line(self.train_log_path, f"{stamp} {line}\n")
         append_line(self.metrics_path, json.dumps({"step": step, "time": round(time.time(), 3), **values}) + "\n")
-        if (writer := self._tensorboard(step)) is not None:
-            for key, value in values.items():
-                writer.add_scalar(key, value, step)
-        if LOSS_KEY in values:
-            self.loss_by_step[step] = values[LOSS_KEY]
+        for sink in self._sinks:
+            sink.add(step, values)
+        for key, series in self.history.items():
+            if key in values:
+                series[step] = values[key]
 
     def echo_due(self, step: int, *, now: float, last_shown: float | None) -> bool:
         """Whether the log line of `step` goes to the screen: never on a terminal, else at a readable rate.
@@ -162,17 +176,18 @@ class MetricsLogger:
                 or now - last_shown >= ECHO_EVERY_S)
 
     def close(self) -> None:
-        """Flush TensorBoard and write `loss.png` atomically (loss vs step, smoothed line); idempotent.
+        """Close the sinks and write `loss.png` atomically (`plot.plot_training`); idempotent.
 
         Without matplotlib installed, logs one warning instead of plotting.
         """
         if not self.is_rank0 or self._closed:
             return
         self._closed = True
-        if self._writer is not None:
-            self._writer.close()
+        for sink in self._sinks:
+            sink.close()
         if self.loss_by_step:
-            self._plot_loss()
+            plot_training(self.plot_path, self.history, run_name=self.run_name, total_steps=self.total_steps,
+                          steps_per_epoch=self.steps_per_epoch)
 
     def __enter__(self) -> MetricsLogger:
         return self
@@ -196,48 +211,9 @@ class MetricsLogger:
 
     def _read_history(self) -> None:
         for record in read_jsonl(self.metrics_path):
-            if LOSS_KEY in record:
-                self.loss_by_step[int(record["step"])] = float(record[LOSS_KEY])
-
-    def _tensorboard(self, step: int) -> Any:
-        """Return the SummaryWriter, created at the first logged step; None without tensorboard."""
-        if self._writer is None and self._tensorboard_ok:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                self._tensorboard_ok = False
-                logger.warning("`tensorboard` is not installed; no TensorBoard logs (`pip install tensorboard`)")
-                return None
-            # purge_step: events after the checkpoint this run resumed from (written by the run
-            # that was killed) are dropped from the old files, so the curves do not fold back.
-            self._writer = SummaryWriter(log_dir=str(self.log_dir / "tensorboard"), purge_step=self.resume_step + 1)
-        return self._writer
-
-    def _plot_loss(self) -> None:
-        # The object API with the Agg canvas: no pyplot global state and no display needed.
-        try:
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-            from matplotlib.figure import Figure
-        except ImportError:  # not a container dependency; the jsonl file holds the same numbers
-            logger.warning("`matplotlib` is not installed; no `%s` (`pip install matplotlib`)", self.plot_path)
-            return
-
-        steps = sorted(self.loss_by_step)
-        losses = [self.loss_by_step[s] for s in steps]
-        fig = Figure(figsize=(8, 4.5), dpi=100)
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        ax.plot(steps, losses, color="tab:blue", alpha=0.35, linewidth=1, label="loss")
-        ax.plot(steps, smooth(losses), color="tab:blue", linewidth=2, label="smoothed (EMA 0.9)")
-        ax.set_xlabel("step")
-        ax.set_ylabel("train/loss")
-        ax.set_title(f"training loss ({len(steps)} points, last step {steps[-1]}/{self.total_steps})")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        tmp = self.plot_path.with_name(f".{self.plot_path.name}.tmp")
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, self.plot_path)  # atomic: a reader never sees half a PNG
+            for key, series in self.history.items():
+                if key in record:
+                    series[int(record["step"])] = float(record[key])
 
 
 def _logged_after(line: str, step: int) -> bool:

@@ -13,7 +13,7 @@ from dream_job.errors import DreamJobError
 from dream_job.spec import load_spec
 from dream_job.train.batches import BatchPlan, collate
 from dream_job.train.build import resolve_base_dir
-from dream_job.train.loop import _load_prepared, _smaller_setting, lr_factor
+from dream_job.train.loop import load_prepared, lr_factor, oom_hint
 from tests.conftest import REPO
 
 SMOKE = REPO / "jobs" / "smoke.yaml"
@@ -60,9 +60,9 @@ def test_collate_without_left_pads_takes_the_fast_path() -> None:
 
 def test_oom_advice_names_the_next_smaller_setting(tmp_path: Path) -> None:
     spec = load_spec(SMOKE, ["train.micro_batch_size=4"])
-    assert _smaller_setting(spec) == "try `--set train.micro_batch_size=2`"
+    assert oom_hint(spec) == "try `--set train.micro_batch_size=2`"
     spec = load_spec(SMOKE, ["train.micro_batch_size=1", "train.global_batch_size=8"])
-    assert _smaller_setting(spec) == "try `--set train.method=full_8bit` (see `dream-job estimate` for what fits)"
+    assert oom_hint(spec) == "try `--set train.method=full_8bit` (see `dream-job estimate` for what fits)"
 
 
 def test_base_folder_without_config_or_weights_is_named(tmp_path: Path) -> None:
@@ -83,7 +83,7 @@ def test_data_prepared_for_another_tokenizer_is_refused(tmp_path: Path, in_repo:
     (data / "train").mkdir(parents=True)
     (data / "data_report.json").write_text(json.dumps({"tokenizer": "Dream-org/Dream-v0-Base-7B"}))
     with pytest.raises(DreamJobError) as info:
-        _load_prepared(load_spec(SMOKE, [f"artifacts.run_dir={tmp_path}"]))
+        load_prepared(load_spec(SMOKE, [f"artifacts.run_dir={tmp_path}"]))
     assert info.value.message == (
         f"the data in `{data}` was prepared with the tokenizer `Dream-org/Dream-v0-Base-7B`, "
         "but this job uses `jobs/assets/tiny-dream`"
