@@ -233,11 +233,12 @@ def export_host_bytes(shape: ModelShape, *, method: str, trainable: int, lora_ta
     One bf16 shard being filled: at most `EXPORT_SHARD_BYTES`, or one tensor bigger than that
     (the embedding of a huge vocabulary). Other tensors are cast to bf16 where they live and go
     straight into the shard. LoRA adds the fp32 adapters kept for the merges and `adapter/`
-    (4 B x trainable) and, while the largest targeted weight is merged, its bf16 CPU copy and an
-    fp32 delta of its size (2 + 4 B per element; bf16 base).
+    (4 B x trainable) and, while the largest targeted weight is merged, its bf16 CPU copy and
+    peft's `get_delta_weight` (B @ A, then that times the scaling: two fp32 tensors of its size
+    for a moment), 2 + 4 + 4 B per element on a bf16 base.
     """
     shard = max(EXPORT_SHARD_BYTES, 2 * shape.embed_params)
     if method != "lora":
         return shard
     largest = max((i * o for name, (i, o) in shape.linear_shapes().items() if name in lora_targets), default=0)
-    return shard + 4 * trainable + 6 * largest
+    return shard + 4 * trainable + 10 * largest

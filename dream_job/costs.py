@@ -14,11 +14,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dream_job.files import write_text_atomically
+from dream_job.rundir import COST_NAME, write_json_atomically
 from dream_job.spec import JobSpec
 
 PRICE_ENV = "DREAM_JOB_USD_PER_HOUR"
-COST_FILE = "cost.json"
+
+
+def spent_yuan(started_at: float, usd_per_hour: float, cny_per_usd: float, *, until: float | None = None) -> float:
+    """Return a run's spend: wall-clock from its first start to `until` (default now) x the machine's price.
+
+    The one spend rule: the in-job guard (`CostTracker`) and `dream-job status` of a launch both use it.
+    """
+    hours = max(0.0, (until or time.time()) - started_at) / 3600
+    return hours * usd_per_hour * cny_per_usd
 
 
 @dataclass(frozen=True)
@@ -34,8 +42,7 @@ class CostTracker:
 
     def spent_yuan(self, now: float | None = None) -> float:
         """Return what the run has cost so far."""
-        hours = ((now or time.time()) - self.started_at) / 3600
-        return hours * self.usd_per_hour * self.cny_per_usd
+        return spent_yuan(self.started_at, self.usd_per_hour, self.cny_per_usd, until=now)
 
     def must_stop(self, now: float | None = None) -> bool:
         """True when what is left no longer covers evaluation, publishing and the margin."""
@@ -59,12 +66,12 @@ class CostTracker:
 
 
 def _write(path: Path, body: dict) -> None:
-    write_text_atomically(path, json.dumps(body, indent=2) + "\n")
+    write_json_atomically(path, body)
 
 
 def open_costs(spec: JobSpec) -> CostTracker:
     """Read (or start) the run's `cost.json`; the first start time survives restarts and recoveries."""
-    path = spec.run_dir() / COST_FILE
+    path = spec.run_dir() / COST_NAME
     body = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"started_at": time.time()}
     env_price = os.environ.get(PRICE_ENV)
     usd_per_hour = float(env_price) if env_price else (spec.budget.usd_per_hour or 0.0)
@@ -77,5 +84,5 @@ def open_costs(spec: JobSpec) -> CostTracker:
 
 def stopped_early(run_dir: Path) -> str | None:
     """Return why the guard stopped training early, or None."""
-    path = run_dir / COST_FILE
+    path = run_dir / COST_NAME
     return json.loads(path.read_text(encoding="utf-8")).get("stopped_early") if path.is_file() else None

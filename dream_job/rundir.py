@@ -2,9 +2,16 @@
 
 Every stage imports this module and nothing here imports a stage. Layout (architecture.md):
 
-    <run_dir>/.lock               OS file lock held by the one process working here (PID, host inside)
-    <run_dir>/stages/<stage>.done JSON stage record: fingerprint of its inputs, outcome, output digest
-    <run_dir>/data/ checkpoints/ export/ eval/ logs/ cost.json run.json
+    <run_dir>/.lock                      OS file lock held by the one process working here (PID, host inside)
+    <run_dir>/stages/<stage>.done        JSON stage record: fingerprint of its inputs, outcome, output digest
+    <run_dir>/run.json                   the run id and job name (`run_id`)
+    <run_dir>/data/                      prepared data, `data_report.json`, `tokenizer/`
+    <run_dir>/checkpoints/step-000120/   DCP shards, then the `COMPLETE` marker (torn ones have none)
+    <run_dir>/export/                    HF folder; `dream_job_export.json` is written last
+    <run_dir>/eval/ logs/ cost.json
+
+A published folder (the export, at a destination) also holds `MANIFEST.sha256` and
+`dream_job_run.json`; a checkpoint synced to a destination holds `MANIFEST.sha256` too.
 
 A stage record is written when a stage starts (`running`) and when it ends (`done`,
 `stopped_by_budget`, `interrupted` or `failed`), by whichever verb ran it, so `dream-job status`
@@ -20,15 +27,19 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dream_job.errors import DiskFullError, DreamJobError, RunDirBusyError
+
+if TYPE_CHECKING:
+    from dream_job.spec import JobSpec
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +53,56 @@ LOGS_DIR = "logs"
 METRICS_NAME = "metrics.jsonl"
 TRAIN_LOG_NAME = "train.log"
 RUN_INFO_NAME = "run.json"
-EXPORT_INFO_NAME = "dream_job_export.json"  # written by `train/export.py`, last
+COST_NAME = "cost.json"
+TOKENIZER_DIR = f"{DATA_DIR}/tokenizer"  # relative to the run dir: the tokenizer prep encoded the data with
+# The export's own description (dtype, files, `exported_at`), written by `train/export.py` last.
+EXPORT_INFO_NAME = "dream_job_export.json"
+# A published folder's (and a synced checkpoint's) file list: `<sha256>  <relative path>` lines.
+MANIFEST_NAME = "MANIFEST.sha256"
+# Which run owns a destination root (`{"run_id": ...}`), so a second run does not overwrite it.
+RUN_MARKER_NAME = "dream_job_run.json"
+# A checkpoint counts only when this marker is in its folder; it is written last.
+COMPLETE_NAME = "COMPLETE"
+STEP_RE = re.compile(r"step-(\d+)")  # a checkpoint folder name; `checkpoint_name` writes it
+PARTIAL_STEP_RE = re.compile(r"\.step-\d+\.partial")  # a checkpoint being saved (torn if left behind)
+# A job name and a run id: they name folders and bucket prefixes.
+RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Every file being written into place ends with this (never listed in a manifest, removed when stale).
+TMP_SUFFIX = ".tmp-dream-job"
+# The environment variables that name the run (`run_id`).
+RUN_ID_ENV = "DREAM_JOB_RUN_ID"  # set by `dream-job launch`
+SKYPILOT_TASK_ID_ENV = "SKYPILOT_TASK_ID"  # the same across the recoveries of a managed job
 # Outcomes of a stage record; only `done` lets a later run skip the stage.
 DONE, STOPPED_BY_BUDGET, INTERRUPTED, FAILED, RUNNING = "done", "stopped_by_budget", "interrupted", "failed", "running"
 RECORD_VERSION = 2
 # Set for child processes (torchrun workers) of the process that holds the lock: they work under it.
 LOCK_ENV = "DREAM_JOB_RUN_DIR_LOCKED"
+
+
+def checkpoint_name(step: int) -> str:
+    """Return the folder name of checkpoint `step` (`step-000120`)."""
+    return f"step-{step:06d}"
+
+
+def partial_checkpoint_name(step: int) -> str:
+    """Return the hidden folder a checkpoint of `step` is saved into before it is renamed (`.step-000120.partial`)."""
+    return f".{checkpoint_name(step)}.partial"
+
+
+def complete_checkpoints(checkpoints_dir: Path) -> list[tuple[int, Path]]:
+    """Return (step, folder) of every checkpoint in `checkpoints_dir` with its `COMPLETE` marker, oldest first."""
+    root = Path(checkpoints_dir)
+    found = []
+    for path in root.iterdir() if root.is_dir() else ():
+        if (m := STEP_RE.fullmatch(path.name)) and (path / COMPLETE_NAME).is_file():
+            found.append((int(m[1]), path))
+    return sorted(found)
+
+
+def run_id(spec: JobSpec) -> str:
+    """Return the run id: `DREAM_JOB_RUN_ID` (set by `dream-job launch`), else `SKYPILOT_TASK_ID`
+    (the same across recoveries), else the job name."""
+    return os.environ.get(RUN_ID_ENV) or os.environ.get(SKYPILOT_TASK_ID_ENV) or spec.name
 
 
 def stage_record_path(run_dir: Path, stage: str) -> Path:
@@ -68,33 +123,65 @@ def digest(*parts: Any) -> str:
 # --- writing -------------------------------------------------------------------------------
 
 
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write `text` to a temp file next to `path`, fsync it, then rename it over `path`.
+def temp_path(path: Path) -> Path:
+    """Return the temporary name `path` is written under before the rename (`.<name>.<pid>.tmp-dream-job`)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
 
-    A failed write (disk full, read-only) removes its temp file, so a retry finds no leftovers.
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Let `write` fill a temp file next to `path`, fsync it, then rename it over `path`.
+
+    The one way a file that matters is written (stage records, reports, markers, manifests): a
+    reader sees the old file or the new one, never half of one. A failed write (disk full,
+    read-only, an exception in `write`) removes its temp file, so a retry finds no leftovers.
+
+    Args:
+        path: The file to replace; its folder is created.
+        write: Writes the whole content to the path it is given (e.g. `fig.savefig`).
 
     Raises:
         DiskFullError: The disk holding `path` is full (exit 1, names the path).
         DreamJobError: Another OS error, naming the path.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise os_error(exc, path) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (see `write_atomically`)."""
+    write_atomically(path, lambda tmp: tmp.write_bytes(data))
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically (see `write_atomically`)."""
+    write_bytes_atomically(path, text.encode("utf-8"))
+
+
+def write_json_atomically(path: Path, value: Any, *, indent: int | None = 2) -> None:
+    """Write `value` as JSON (with a final newline) to `path` atomically (see `write_atomically`)."""
+    write_text_atomically(path, json.dumps(value, indent=indent) + "\n")
 
 
 def os_error(exc: OSError, path: Path) -> DreamJobError:
     """Turn an OS error while writing `path` into one sentence (disk full, read-only, permission)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(f"disk full at `{path}`",
+        return DiskFullError(f"disk full at `{path}`", caused_by=[exc.strerror or "No space left on device"],
                              hint="free space there (old checkpoints, caches) or use a larger disk, then run the "
                                   "same command again; finished work is kept")
     if exc.errno == errno.EROFS:
@@ -249,7 +336,7 @@ def read_stage_record(run_dir: Path, stage: str) -> StageRecord | None:
 
 def write_stage_record(run_dir: Path, record: StageRecord) -> None:
     """Write a stage record atomically."""
-    write_text_atomically(stage_record_path(run_dir, record.stage), json.dumps(record.to_json(), indent=2) + "\n")
+    write_json_atomically(stage_record_path(run_dir, record.stage), record.to_json())
 
 
 def export_digest(export_dir: Path) -> str | None:

@@ -26,15 +26,13 @@ import torch
 from dream_job.data.tokenizer import MASK_TOKEN, load_tokenizer
 from dream_job.errors import CheckpointError, DataError
 from dream_job.model.dream import DreamConfig, DreamModel
+from dream_job.model.init import TORCH_DTYPES, random_init_model
 from dream_job.model.weights import INDEX_NAME, SINGLE_FILE_NAME, load_safetensors_weights
+from dream_job.rundir import EXPORT_DIR, EXPORT_INFO_NAME, TOKENIZER_DIR
 from dream_job.spec import JobSpec
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-EXPORT_DIR = "export"
-TOKENIZER_DIR = Path("data") / "tokenizer"
-MANIFEST_NAME = "dream_job_export.json"  # written by `train/export.py`
 
 
 @dataclass
@@ -66,7 +64,7 @@ def load_eval_model(spec: JobSpec, *, label: str, model_dir: Path | None, tokeni
         DataError: The tokenizer's EOS or mask id differs from the model config's.
         DreamJobError: The base model cannot be found or downloaded.
     """
-    dtype, device = DTYPES[spec.model.dtype], eval_device(spec)
+    dtype, device = TORCH_DTYPES[spec.model.dtype], eval_device(spec)
     if model_dir is None and label == "base":
         from dream_job.train.build import resolve_base_dir
 
@@ -74,9 +72,7 @@ def load_eval_model(spec: JobSpec, *, label: str, model_dir: Path | None, tokeni
         if spec.model.init == "random":
             config = _read_config(base_dir)
             with torch.random.fork_rng(devices=[]):  # leave the caller's CPU random stream alone
-                torch.manual_seed(spec.train.seed)  # the trainer's order: seed, build, init (train/build.py)
-                model = DreamModel(config)
-                model.init_weights()
+                model = random_init_model(config, seed=spec.train.seed)  # the trainer's start (model/init.py)
             model.to(device=device, dtype=dtype)
             source = f"{spec.model.base} (random init, seed {spec.train.seed})"
             fingerprint = json.dumps([source, config.to_hf_dict()], sort_keys=True)
@@ -119,7 +115,7 @@ def load_eval_tokenizer(spec: JobSpec) -> Any:
     """
     run_tokenizer = spec.run_dir() / TOKENIZER_DIR
     if run_tokenizer.is_dir():
-        return load_tokenizer(str(run_tokenizer), key=f"{TOKENIZER_DIR}")
+        return load_tokenizer(str(run_tokenizer), key=TOKENIZER_DIR)
     if spec.model.tokenizer:
         return load_tokenizer(spec.model.tokenizer, spec.model.revision, key="model.tokenizer")
     return load_tokenizer(spec.model.base, spec.model.revision, key="model.base")
@@ -161,8 +157,9 @@ def _folder_fingerprint(folder: Path) -> str:
             digest.update((folder / name).read_bytes())
     if (folder / SINGLE_FILE_NAME).is_file():
         digest.update(str((folder / SINGLE_FILE_NAME).stat().st_size).encode())
-    if (folder / MANIFEST_NAME).is_file():
-        digest.update(str(json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8")).get("exported_at")).encode())
+    if (folder / EXPORT_INFO_NAME).is_file():
+        info = json.loads((folder / EXPORT_INFO_NAME).read_text(encoding="utf-8"))
+        digest.update(str(info.get("exported_at")).encode())
     return digest.hexdigest()
 
 

@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-from dream_job.files import write_text_atomically
+from dream_job.rundir import write_text_atomically
 
 logger = logging.getLogger(__name__)
 

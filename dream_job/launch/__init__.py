@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from dream_job.costs import spent_yuan
 from dream_job.launch.plan import INSTALL_HINT, LaunchError, LaunchPlan, plan_launch
 from dream_job.launch.records import find_record, latest_for_job, launches_dir, save_record
+from dream_job.rundir import COST_NAME
 from dream_job.spec import JobSpec
 
 __all__ = ["INSTALL_HINT", "LaunchError", "LaunchPlan", "find_record", "follow_logs", "latest_for_job", "launch",
@@ -85,17 +86,11 @@ def _read_cost(run_dir: str) -> dict[str, Any] | None:
         from dream_job.artifacts.s3 import S3Store
 
         bucket, _, prefix = run_dir[len("s3://"):].partition("/")
-        text = S3Store(bucket, prefix).read_text("cost.json")
+        text = S3Store(bucket, prefix).read_text(COST_NAME)
     else:
-        path = Path(run_dir) / "cost.json"
+        path = Path(run_dir) / COST_NAME
         text = path.read_text(encoding="utf-8") if path.is_file() else None
     return json.loads(text) if text else None
-
-
-def _spend(cost: dict[str, Any], ended_at: float | None) -> float:
-    """Spend as the in-job guard counts it: wall-clock since the first start x the machine's price."""
-    until = ended_at or time.time()
-    return max(0.0, until - cost["started_at"]) / 3600 * cost["usd_per_hour"] * cost["cny_per_usd"]
 
 
 def launch_status(record: Mapping[str, Any], *, run_dir: str | None = None) -> dict[str, Any]:
@@ -127,7 +122,8 @@ def launch_status(record: Mapping[str, Any], *, run_dir: str | None = None) -> d
         else:
             note = "" if cost else f"no `cost.json` in `{where}` yet (the job has not started training)"
         if cost:
-            spent, budget = round(_spend(cost, state["ended_at"]), 2), cost.get("budget_yuan")
+            spent, budget = round(spent_yuan(cost["started_at"], cost["usd_per_hour"], cost["cny_per_usd"],
+                                             until=state["ended_at"]), 2), cost.get("budget_yuan")
     terminal = state["state"] in sky_api.TERMINAL
     if state["state"] == "SUCCEEDED" and record.get("destinations"):
         follow_up = f"dream-job pull {record['destinations'][0]} ./{record['job']}"

@@ -30,7 +30,9 @@ from typing import Any, Literal
 import yaml
 
 from budget.catalog import NO_FUSE_CLOUDS, default_catalog_dir, pins_zone, refresh_hint
+from dream_job.credentials import required_secrets
 from dream_job.errors import DreamJobError
+from dream_job.rundir import write_text_atomically
 from dream_job.spec import JobSpec
 
 Mode = Literal["managed", "cluster"]
@@ -169,18 +171,6 @@ def read_template(path: Path) -> dict[str, Any]:
     return config
 
 
-def required_secrets(spec: JobSpec, extra: list[str]) -> dict[str, str]:
-    """Return {secret name: why} the job cannot run without (its destinations, `--secret` names)."""
-    needed = {name: "asked for with `--secret`" for name in extra}
-    for destination in spec.artifacts.destinations:
-        if destination.startswith("hf://"):
-            needed.setdefault("HF_TOKEN", f"for the `{destination}` destination")
-        if destination.startswith("s3://"):
-            for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-                needed.setdefault(name, f"for the `{destination}` destination")
-    return needed
-
-
 def check_secrets(needed: Mapping[str, str], environ: Mapping[str, str]) -> None:
     """Raise `LaunchError` naming every required secret missing from `environ` (values are never shown)."""
     missing = [f"`{name}` ({why})" for name, why in needed.items() if not environ.get(name)]
@@ -264,13 +254,10 @@ def derived_template(template: dict[str, Any], dropped: tuple[str, ...]) -> dict
 
 def write_derived_template(template: dict[str, Any], plan: LaunchPlan) -> None:
     """Write the template adapted to the plan's cloud to `plan.task_file()` (atomically)."""
-    path = plan.task_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(f"# Derived from `{plan.task_yaml}` by dream-job for `{plan.cloud}` (left out: "
-                   f"{', '.join(plan.dropped)}); regenerated on every estimate and launch: edit the source instead.\n"
-                   + yaml.safe_dump(derived_template(template, plan.dropped), sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomically(plan.task_file(), f"# Derived from `{plan.task_yaml}` by dream-job for `{plan.cloud}` "
+                          f"(left out: {', '.join(plan.dropped)}); regenerated on every estimate and launch: edit "
+                          "the source instead.\n" + yaml.safe_dump(derived_template(template, plan.dropped),
+                                                                     sort_keys=False))
 
 
 def check_price_age(estimate: Any, catalog_dir: Path | None) -> None:
@@ -323,7 +310,7 @@ def plan_launch(spec: JobSpec, spec_path: Path, *, task_yaml: Path, mode: Mode |
         raise LaunchError(f"job file `{spec_path}` is outside the working directory, so the machine cannot read it",
                           hint="launch from the repo root with a job file under it, e.g. `jobs/my-job.yaml`")
     template = read_template(task_yaml)
-    needed = required_secrets(spec, list(secrets or []))
+    needed = required_secrets(spec.artifacts.destinations, secrets or [])
     if for_launch:
         check_secrets(needed, environ)
     extra_envs = dict(item.split("=", 1) if "=" in item else (item, environ.get(item, "")) for item in envs or [])

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dream_job.files import write_text_atomically
+from dream_job.rundir import write_text_atomically
 from dream_job.launch.plan import LaunchError, LaunchPlan
 
 

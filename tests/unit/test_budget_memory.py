@@ -152,10 +152,10 @@ def test_host_ram_of_lora_on_one_gpu_is_the_bf16_base_at_load_not_a_whole_model_
     adapters = 16 * 2_523_136  # 40,370,176 fp32 adapter params
     gate = 3584 * 18944  # 67,895,296: the largest targeted weight (gate/up/down)
     # The export: one 5 GiB bf16 shard (> the 1,089,994,752-byte bf16 embedding) + fp32 adapters
-    # + bf16 copy and fp32 delta of the weight being merged:
-    # 5,368,709,120 + 161,480,704 + 407,371,776 = 5,937,561,600 B = 5.53 GiB.
+    # + the bf16 copy and peft's two fp32 delta tensors (B @ A, times the scaling) of the weight
+    # being merged: 5,368,709,120 + 161,480,704 + 10 x 67,895,296 = 6,209,142,784 B = 5.78 GiB.
     export = export_host_bytes(DREAM_7B, method="lora", trainable=adapters, lora_targets=list(DREAM_7B.linear_shapes()))
-    assert export == 5 * GIB + 4 * adapters + 6 * gate == 5_937_561_600
+    assert export == 5 * GIB + 4 * adapters + 10 * gate == 6_209_142_784
     # The load (rank 0 reads the bf16 base, 2 B/param = 15,231,233,024 B) is the larger, so the node
     # needs 3 GiB + 14.19 GiB = 17.19 GiB: below RunPod's 29 GiB 1x RTX 4090 box and ~20 GiB.
     assert mem.host_gib * GIB == pytest.approx(3 * GIB + 2 * P)
