@@ -195,7 +195,7 @@ def check_destination(destination: str, *, s3_endpoint_url: str | None = None) -
         from dream_job.artifacts.s3 import S3Settings as Settings
 
         # One quick attempt: a preflight reports a down store in seconds (exit 3), not after minutes.
-        s3 = Settings(endpoint_url=s3_endpoint_url, max_attempts=2, backoff_base_s=1.0)
+        s3 = Settings(endpoint_url=s3_endpoint_url, max_attempts=2)
     store = _store(kind, target, destination, s3)
     store.check_access()
     store.probe_write(f".dream-job-probe-{os.getpid()}")

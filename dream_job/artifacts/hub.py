@@ -7,6 +7,11 @@ reads the repo's file list back and checks every file again. The upload is
 `HfApi.upload_large_folder` where the installed huggingface_hub has it (1.x), else
 `HfApi.upload_folder`, which in huggingface_hub 2.x is the resumable, multi-commit upload when
 `hf_xet` is installed. The token comes only from `HF_TOKEN`; `HF_ENDPOINT` selects a mirror.
+
+Retries are huggingface_hub's own (its `http_backoff` on 429 and 5xx, resumable downloads and
+uploads); each operation here runs once, and `_call` only decides what its failure means: no
+network or an overloaded Hub is transient (`ArtifactError`, exit 3: run it again, it uploads only
+what differs), a refused token or a bad request is the user's to fix (exit 1).
 """
 
 from __future__ import annotations
@@ -15,9 +20,7 @@ import glob
 import hashlib
 import logging
 import os
-import random
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,8 +34,6 @@ from dream_job.errors import EXIT_TRANSIENT, ArtifactError
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-MAX_ATTEMPTS = 5
-BACKOFF_BASE_S = 2.0
 
 
 def publish_to_hub(local: Path, repo_id: str, *, run_id: str, force: bool, card: ModelCardInputs | None,
@@ -48,9 +49,9 @@ def publish_to_hub(local: Path, repo_id: str, *, run_id: str, force: bool, card:
         )
     api = HfApi(endpoint=_endpoint(), token=token)
     where = f"hf://{repo_id}"
-    _retrying(where, "creating the repository", lambda: api.create_repo(
+    _call(where, "creating the repository", lambda: api.create_repo(
         repo_id, private=True, exist_ok=True, repo_type="model"))
-    existing = _retrying(where, f"reading `{RUN_MARKER_NAME}`",
+    existing = _call(where, f"reading `{RUN_MARKER_NAME}`",
                          lambda: _read_text(api, repo_id, RUN_MARKER_NAME, token))
     rewrite_marker = check_marker(existing, run_id=run_id, force=force, where=where)
     if card is not None or not (local / "README.md").is_file():
@@ -64,7 +65,7 @@ def publish_to_hub(local: Path, repo_id: str, *, run_id: str, force: bool, card:
     sha256 = {d.relpath: d.sha256 for d in digests}
     write_atomic(local / MANIFEST_NAME, render_manifest(sha256).encode("utf-8"))
     names = [*sha256, MANIFEST_NAME, RUN_MARKER_NAME]
-    stale = _retrying(where, "listing the repository", lambda: _stale_files(api, repo_id, local, names))
+    stale = _call(where, "listing the repository", lambda: _stale_files(api, repo_id, local, names))
     if stale:
         patterns = [glob.escape(name) for name in stale]
 
@@ -75,8 +76,8 @@ def publish_to_hub(local: Path, repo_id: str, *, run_id: str, force: bool, card:
             else:  # 2.x: resumable multi-commit upload when hf_xet is installed
                 api.upload_folder(repo_id=repo_id, folder_path=local, repo_type="model", allow_patterns=patterns,
                                   commit_message=f"dream-job: publish run {run_id}")
-        _retrying(where, f"uploading {len(stale)} files", upload)
-    left = _retrying(where, "listing the repository", lambda: _stale_files(api, repo_id, local, names))
+        _call(where, f"uploading {len(stale)} files", upload)
+    left = _call(where, "listing the repository", lambda: _stale_files(api, repo_id, local, names))
     if left:
         raise ArtifactError(f"after the upload, {len(left)} files at `{where}` still differ from `{local}`",
                             caused_by=[f"`{name}`" for name in left[:20]],
@@ -96,7 +97,7 @@ def pull_from_hub(repo_id: str, dest: Path) -> None:
     from huggingface_hub import snapshot_download
 
     token = os.environ.get("HF_TOKEN") or False
-    _retrying(f"hf://{repo_id}", "downloading", lambda: snapshot_download(
+    _call(f"hf://{repo_id}", "downloading", lambda: snapshot_download(
         repo_id, repo_type="model", local_dir=dest, token=token, endpoint=_endpoint()))
 
 
@@ -139,48 +140,53 @@ def _git_blob_id(path: Path) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
 
 
-def _retrying(where: str, what: str, fn: Callable[[], T]) -> T:
+def _call(where: str, what: str, fn: Callable[[], T]) -> T:
+    """Run one Hub operation (huggingface_hub retries its own requests); turn its failure into `ArtifactError`.
+
+    Raises:
+        ArtifactError: Exit 3 when the network or the Hub failed (safe to re-run), else exit 1
+            (offline mode, a refused token, a bad request). Other exceptions pass unchanged.
+    """
+    try:
+        return fn()
+    except Exception as exc:
+        error = _classify(where, what, exc)
+        if error is None:
+            raise
+        raise error from None
+
+
+def _classify(where: str, what: str, exc: Exception) -> ArtifactError | None:
+    """Return the `ArtifactError` that `exc` means for `what` at `where`, or None for an unknown failure."""
     from huggingface_hub.errors import (
         HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError,
     )
 
-    last: BaseException | None = None
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        try:
-            return fn()
-        except OfflineModeIsEnabled:
-            raise ArtifactError(f"{what} at `{where}` needs the network, but `HF_HUB_OFFLINE` is set",
-                                hint="unset `HF_HUB_OFFLINE` for this command") from None
-        except HfHubHTTPError as exc:
-            status = getattr(exc.response, "status_code", 0) or 0
-            if status in (401, 403) or isinstance(exc, RepositoryNotFoundError):
-                token_note = "with the token in `HF_TOKEN`" if os.environ.get("HF_TOKEN") else "without a token"
-                raise ArtifactError(
-                    f"the Hugging Face Hub `{_endpoint() or 'https://huggingface.co'}` refused {what} at `{where}` "
-                    f"{token_note} (HTTP {status})",
-                    hint="check the repo id, and that `HF_TOKEN` holds a token that may read (pull) or write "
-                         "(publish) it",
-                ) from None
-            if status < 500 and status != 429:
-                raise ArtifactError(f"{what} at `{where}` failed (HTTP {status})",
-                                    caused_by=[str(exc).splitlines()[0]]) from None
-            last = exc
-        except LocalEntryNotFoundError as exc:  # snapshot_download: the Hub did not answer, no local copy
-            if isinstance(exc.__cause__, OfflineModeIsEnabled):
-                raise ArtifactError(f"{what} at `{where}` needs the network, but `HF_HUB_OFFLINE` is set",
-                                    hint="unset `HF_HUB_OFFLINE` for this command") from None
-            last = exc
-        except Exception as exc:
-            names = {cls.__name__ for cls in type(exc).__mro__}
-            if not names & {"TransportError", "ConnectionError", "TimeoutError", "TimeoutException"}:
-                raise
-            last = exc
-        if attempt < MAX_ATTEMPTS:
-            delay = BACKOFF_BASE_S * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)
-            logger.warning("%s at %s failed (attempt %d of %d: %s); retrying in %.1f s",
-                           what, where, attempt, MAX_ATTEMPTS, type(last).__name__, delay)
-            time.sleep(delay)
-    raise ArtifactError(f"{what} at `{where}` failed after {MAX_ATTEMPTS} attempts",
-                        caused_by=[f"{type(last).__name__}: {str(last).splitlines()[0] if str(last) else ''}"],
-                        hint="re-run the same command later; it uploads only files that differ",
-                        exit_code=EXIT_TRANSIENT) from None
+    try:
+        from huggingface_hub.utils import httpx  # 2.x: its HTTP client `httpx2`, re-exported under this name
+    except ImportError:  # 1.x: `httpx` itself
+        import httpx
+
+    cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if isinstance(exc, OfflineModeIsEnabled) or (
+            isinstance(exc, LocalEntryNotFoundError) and isinstance(exc.__cause__, OfflineModeIsEnabled)):
+        return ArtifactError(f"{what} at `{where}` needs the network, but `HF_HUB_OFFLINE` is set",
+                             key="HF_HUB_OFFLINE", hint="unset `HF_HUB_OFFLINE` for this command")
+    if isinstance(exc, HfHubHTTPError):
+        status = getattr(exc.response, "status_code", 0) or 0
+        if status in (401, 403) or isinstance(exc, RepositoryNotFoundError):
+            token_note = "with the token in `HF_TOKEN`" if os.environ.get("HF_TOKEN") else "without a token"
+            return ArtifactError(
+                f"the Hugging Face Hub `{_endpoint() or 'https://huggingface.co'}` refused {what} at `{where}` "
+                f"{token_note} (HTTP {status})",
+                hint="check the repo id, and that `HF_TOKEN` holds a token that may read (pull) or write "
+                     "(publish) it",
+            )
+        if status < 500 and status != 429:
+            return ArtifactError(f"{what} at `{where}` failed (HTTP {status})", caused_by=[cause])
+    elif not isinstance(exc, (LocalEntryNotFoundError, httpx.TransportError, ConnectionError, TimeoutError)):
+        return None  # not a failure of the Hub or the network: a bug, shown as one
+    # A 429 or 5xx, no answer at all, or no local copy to fall back on: huggingface_hub has retried already.
+    return ArtifactError(f"{what} at `{where}` failed: the Hub did not answer or is overloaded",
+                         caused_by=[cause], hint="re-run the same command later; files already transferred are kept",
+                         exit_code=EXIT_TRANSIENT)

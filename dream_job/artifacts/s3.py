@@ -6,10 +6,13 @@ each upload a HEAD reads both back; size, metadata and checksum (whole-object, o
 `base64(sha256(part digests))-N` of a multipart upload) must equal what was computed locally.
 An object that already passes this check is skipped, so an interrupted publish resumes.
 
-Each operation runs in a bounded retry loop (botocore's own retries inside, then
-`S3Settings.max_attempts` attempts with exponential backoff); after the last one it raises
-`ArtifactError` with exit code 3 (transient). Credentials come only from boto3's chain
-(environment, shared files, instance roles) and never appear in messages or logs.
+Retries are botocore's alone: its `adaptive` mode retries each request (connection errors, 5xx,
+throttling) up to `S3Settings.max_attempts` times with exponential backoff and slows down when
+throttled; s3transfer re-reads interrupted downloads. Each operation here runs once, and `_call`
+only decides what a failure means: transient (`ArtifactError` with exit code 3: re-run, finished
+files are skipped) or the user's to fix (exit 1: credentials, a missing bucket, a refused request).
+Credentials come only from boto3's chain (environment, shared files, instance roles) and never
+appear in messages or logs.
 """
 
 from __future__ import annotations
@@ -18,8 +21,6 @@ import base64
 import hashlib
 import logging
 import os
-import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,9 +60,9 @@ class S3Settings:
         multipart_threshold_bytes: Files this large or larger go up in parts (default 64 MiB).
         multipart_chunksize_bytes: Part size (default 64 MiB; S3 needs at least 5 MiB).
         max_concurrency: Parallel part uploads per file.
-        max_attempts: Attempts of each file transfer before giving up with exit code 3.
-        backoff_base_s: First wait between attempts; doubles each time (2, 4, 8, 16 s by default).
-        botocore_max_attempts: Attempts of each HTTP request inside botocore (`standard` mode).
+        max_attempts: Attempts of each HTTP request, botocore's `adaptive` retry mode (its backoff
+            waits up to 0.05 * 2**i s, at most 20 s, before retry i; 10 attempts ride out about
+            half a minute of a store restarting); then the operation fails with exit code 3.
         checksum_algorithm: S3 checksum sent with uploads and read back by HEAD (`SHA256`); None for
             stores without S3 checksums (then only size and the sha256 metadata are read back, and
             botocore sends checksums only where S3 requires them).
@@ -71,14 +72,12 @@ class S3Settings:
     multipart_threshold_bytes: int = 64 * MIB
     multipart_chunksize_bytes: int = 64 * MIB
     max_concurrency: int = 8
-    max_attempts: int = 5
-    backoff_base_s: float = 2.0
-    botocore_max_attempts: int = 3
+    max_attempts: int = 10
     checksum_algorithm: str | None = "SHA256"
 
 
 class _VerifyMismatch(Exception):
-    """What landed differs from what was sent (retried like a network error)."""
+    """What landed differs from what was sent (transient: a re-run uploads it again)."""
 
 
 class S3Store:
@@ -92,7 +91,7 @@ class S3Store:
                     or os.environ.get("AWS_ENDPOINT_URL") or None)
         self._session = boto3.session.Session()
         config = Config(
-            retries={"mode": "standard", "max_attempts": self.settings.botocore_max_attempts},
+            retries={"mode": "adaptive", "max_attempts": self.settings.max_attempts},
             connect_timeout=10, read_timeout=120, signature_version="s3v4",
             # S3-compatible stores rarely serve virtual-hosted bucket names on a bare IP or host.
             s3={"addressing_style": "path"} if endpoint else None,
@@ -114,7 +113,7 @@ class S3Store:
 
     def check_access(self) -> None:
         """List one key under the prefix: fails clearly on bad credentials, a missing bucket or no endpoint."""
-        self._retrying("listing", lambda: self.client.list_objects_v2(
+        self._call("listing", lambda: self.client.list_objects_v2(
             Bucket=self.bucket, Prefix=self._key(""), MaxKeys=1))
 
     def abort_incomplete_uploads(self, prefix: str) -> int:
@@ -134,7 +133,7 @@ class S3Store:
                 found += [(u["Key"], u["UploadId"]) for u in page.get("Uploads", []) or []]
             return found
 
-        uploads = self._retrying("listing unfinished multipart uploads", listing)
+        uploads = self._call("listing unfinished multipart uploads", listing)
         for key, upload_id in uploads:
             def abort(key: str = key, upload_id: str = upload_id) -> None:
                 try:
@@ -142,7 +141,7 @@ class S3Store:
                 except bce.ClientError as exc:
                     if _code(exc) not in ("NoSuchUpload", "404"):
                         raise
-            self._retrying(f"aborting the unfinished upload of `{key}`", abort)
+            self._call(f"aborting the unfinished upload of `{key}`", abort)
         if uploads:
             logger.info("aborted %d unfinished multipart upload(s) under %s/%s", len(uploads), self.url, prefix)
         return len(uploads)
@@ -167,7 +166,7 @@ class S3Store:
                 if _code(exc) in ("NoSuchKey", "404"):
                     return None
                 raise
-        return self._retrying(f"reading `{key}`", get)
+        return self._call(f"reading `{key}`", get)
 
     def write_text(self, key: str, text: str) -> None:
         """PUT a small object with its sha256, then GET it back and compare the bytes."""
@@ -179,11 +178,11 @@ class S3Store:
             back = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
             if back != data:
                 raise _VerifyMismatch(f"`{key}` read back different from what was written")
-        self._retrying(f"writing `{key}`", put)
+        self._call(f"writing `{key}`", put)
 
     def delete(self, key: str) -> None:
         """Delete an object (deleting a missing one is not an error in S3)."""
-        self._retrying(f"deleting `{key}`", lambda: self.client.delete_object(Bucket=self.bucket, Key=self._key(key)))
+        self._call(f"deleting `{key}`", lambda: self.client.delete_object(Bucket=self.bucket, Key=self._key(key)))
 
     def list_keys(self, prefix: str) -> list[str]:
         """Return every key under `prefix`, relative to the store's prefix."""
@@ -194,7 +193,7 @@ class S3Store:
                 keys += [item["Key"] for item in page.get("Contents", [])]
             return keys
         root = self._key("")
-        return sorted(k[len(root):] for k in self._retrying("listing", listing) if k.startswith(root))
+        return sorted(k[len(root):] for k in self._call("listing", listing) if k.startswith(root))
 
     def is_current(self, key: str, digest: FileDigest) -> bool:
         """HEAD the object: True when size, sha256 metadata and S3 checksum all match `digest`."""
@@ -205,11 +204,11 @@ class S3Store:
                 if _code(exc) in ("NoSuchKey", "404", "NotFound"):
                     return None
                 raise
-        found = self._retrying(f"checking `{key}`", head)
+        found = self._call(f"checking `{key}`", head)
         return found is not None and _mismatch(found, digest) is None
 
     def put_file(self, path: Path, key: str, digest: FileDigest, on_bytes: BytesCallback | None) -> None:
-        """Upload `path` (multipart above the threshold) and verify it by HEAD; retried as a whole."""
+        """Upload `path` (multipart above the threshold) and verify it by HEAD; on failure abort its parts."""
         def upload() -> None:
             self.client.upload_file(
                 str(path), self.bucket, self._key(key), Config=self._transfer, Callback=on_bytes,
@@ -220,7 +219,7 @@ class S3Store:
             if problem:
                 raise _VerifyMismatch(f"`{key}` after upload: {problem}")
         try:
-            self._retrying(f"uploading `{key}`", upload)
+            self._call(f"uploading `{key}`", upload)
         except BaseException:
             if digest.part_size is not None:  # leave no parts of this key behind (s3transfer aborts only its own)
                 try:
@@ -237,54 +236,53 @@ class S3Store:
         def download() -> None:
             self.client.download_file(self.bucket, self._key(key), str(tmp), Config=self._transfer)
             os.replace(tmp, path)
-        self._retrying(f"downloading `{key}`", download)
+        self._call(f"downloading `{key}`", download)
 
-    def _retrying(self, what: str, fn: Callable[[], T]) -> T:
-        attempts = self.settings.max_attempts
-        last: BaseException | None = None
-        for attempt in range(1, attempts + 1):
-            try:
-                return fn()
-            except Exception as exc:  # classified below; anything unknown is re-raised as is
-                self._raise_if_permanent(what, exc)
-                last = exc
-                if attempt < attempts:
-                    delay = self.settings.backoff_base_s * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)
-                    logger.warning("%s at %s failed (attempt %d of %d: %s); retrying in %.1f s",
-                                   what, self.url, attempt, attempts, _describe(exc), delay)
-                    time.sleep(delay)
-        assert last is not None
-        raise ArtifactError(
-            f"{what} at `{self.url}` (S3 endpoint `{self.endpoint}`) failed after {attempts} attempts",
-            caused_by=[_describe(last)],
-            hint="the store may be down or overloaded; re-run the same command later, finished files are skipped",
-            exit_code=EXIT_TRANSIENT,
-        ) from None
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run one S3 operation (botocore retries its requests); turn its failure into an `ArtifactError`.
 
-    def _raise_if_permanent(self, what: str, exc: BaseException) -> None:
+        Raises:
+            ArtifactError: Exit 3 when the store or the network failed (safe to re-run), else exit 1.
+                Other exceptions pass unchanged.
+        """
+        try:
+            return fn()
+        except Exception as exc:
+            error = self._classify(what, exc)
+            if error is None:
+                raise
+            raise error from None
+
+    def _classify(self, what: str, exc: Exception) -> ArtifactError | None:
+        """Return the `ArtifactError` that `exc` means for `what`, or None for an unknown failure."""
         if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError)):
-            raise ArtifactError(
-                f"no S3 credentials found for `{self.url}`",
+            return ArtifactError(
+                f"no S3 credentials found for `{self.url}`", key="AWS_ACCESS_KEY_ID",
                 hint="set `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (or `AWS_PROFILE`) in the environment",
-            ) from None
+            )
         client_error = _find_cause(exc, bce.ClientError)
         if client_error is not None:
             code, status = _code(client_error), client_error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if code in _AUTH_CODES or status == 403:
-                raise self._credentials_error(client_error) from None
+                return self._credentials_error(client_error)
             if code == "NoSuchBucket":
-                raise ArtifactError(
-                    f"bucket `{self.bucket}` does not exist at the S3 endpoint `{self.endpoint}`",
+                return ArtifactError(
+                    f"bucket `{self.bucket}` does not exist at the S3 endpoint `{self.endpoint}`", value=self.url,
                     hint=f"create it first (`aws s3 mb s3://{self.bucket}`) or fix the destination",
-                ) from None
-            if code in _TRANSIENT_CODES or (status or 0) >= 500:
-                return
-            raise ArtifactError(f"{what} at `{self.url}` (S3 endpoint `{self.endpoint}`) failed",
-                                caused_by=[_describe(client_error)]) from None
-        if isinstance(exc, (_VerifyMismatch, RetriesExceededError, bce.ReadTimeoutError)) \
-                or _find_cause(exc, _TRANSIENT_ERRORS) is not None:
-            return
-        raise exc
+                )
+            if code not in _TRANSIENT_CODES and (status or 0) < 500:
+                return ArtifactError(f"{what} at `{self.url}` (S3 endpoint `{self.endpoint}`) failed",
+                                     caused_by=[_describe(client_error)])
+        elif not (isinstance(exc, (_VerifyMismatch, RetriesExceededError, bce.ReadTimeoutError))
+                  or _find_cause(exc, _TRANSIENT_ERRORS) is not None):
+            return None  # not a failure of the store or the network: a bug, shown as one
+        return ArtifactError(
+            f"{what} at `{self.url}` (S3 endpoint `{self.endpoint}`) failed after {self.settings.max_attempts} "
+            "attempts",
+            caused_by=[_describe(exc)],
+            hint="the store may be down or overloaded; re-run the same command later, finished files are skipped",
+            exit_code=EXIT_TRANSIENT,
+        )
 
     def _credentials_error(self, exc: bce.ClientError) -> ArtifactError:
         credentials = self._session.get_credentials()

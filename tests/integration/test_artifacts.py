@@ -62,8 +62,7 @@ def files_of(folder: Path) -> dict[str, bytes]:
 def settings(server: S3Server, **overrides: Any) -> S3Settings:
     """Small parts and quick retries so multipart and give-up paths run in seconds."""
     values = {"endpoint_url": server.endpoint_url, "multipart_threshold_bytes": 5 * MIB,
-              "multipart_chunksize_bytes": 5 * MIB, "max_concurrency": 2, "max_attempts": 2,
-              "backoff_base_s": 0.05, "botocore_max_attempts": 2}
+              "multipart_chunksize_bytes": 5 * MIB, "max_concurrency": 2, "max_attempts": 2}
     return S3Settings(**{**values, **overrides})
 
 
@@ -142,7 +141,7 @@ def test_s3_wrong_secret_is_rejected_with_one_clear_sentence(
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint_url)  # the endpoint from the environment
     with pytest.raises(ArtifactError) as caught:
         publish_folder(make_export(tmp_path / "export"), f"s3://{bucket}/x", run_id="r",
-                       s3=S3Settings(max_attempts=1, botocore_max_attempts=1))
+                       s3=S3Settings(max_attempts=1))
     error = caught.value
     assert error.message == (f"the S3 endpoint `{s3_server.endpoint_url}` rejected the credentials in "
                              "`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`")
@@ -234,8 +233,8 @@ def test_s3_server_killed_mid_upload_then_publish_resumes(aws_env: None, tmp_pat
         assert "re-run" in (error.hint or "")
 
         server.start()  # same data folder and ports
-        # A restarted store may answer 500 for a moment; the retry loop absorbs that, as in production.
-        patient = settings(server, max_attempts=5, backoff_base_s=0.2)
+        # A restarted store may answer 500 for a moment; botocore's retries absorb that, as in production.
+        patient = settings(server, max_attempts=10)
         result = publish_folder(export, f"s3://{bucket}/p", run_id="r", s3=patient)
         # config.json, empty.txt and generation_config.json landed before the crash.
         assert result.num_skipped == 3 and result.num_uploaded == 4

@@ -70,7 +70,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:  # quiet
         pass
 
-    def _send(self, status: int, body: Any = None, headers: dict[str, str] | None = None, head: bool = False) -> None:
+    def _send(self, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
         data = body if isinstance(body, bytes) else json.dumps(body if body is not None else {}).encode()
         self.send_response(status)
         for key, value in (headers or {}).items():
@@ -79,7 +79,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        if not head:
+        if self.command != "HEAD":  # a HEAD answer is headers only, or the next response on the connection breaks
             self.wfile.write(data)
 
     def _body(self) -> bytes:
@@ -163,7 +163,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers = {"X-Repo-Commit": repo["sha"], "ETag": f'"{etag}"', "Content-Type": "application/octet-stream"}
             if name in repo["lfs"]:
                 headers |= {"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(len(data))}
-            return self._send(200, data, headers, head=method == "HEAD")
+            return self._send(200, data, headers)
         return self._send(404, {"error": f"stand-in has no route for {method} {path}"})
 
     def do_GET(self) -> None:
@@ -342,3 +342,17 @@ def test_hub_token_problems_are_clear(hub: HubStandIn, tmp_path: Path, monkeypat
         pull("hf://alice/m", tmp_path / "pulled")
     assert private.value.message == (f"the Hugging Face Hub `{hub.url}` refused downloading at `hf://alice/m` "
                                      "without a token (HTTP 401)")
+
+
+def test_an_unreachable_hub_is_transient_after_huggingface_hubs_own_retries(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on port 9 of loopback
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    with pytest.raises(ArtifactError) as caught:
+        pull("hf://alice/dream-s1k", tmp_path / "pulled")
+    assert caught.value.exit_code == 3
+    assert caught.value.message == "downloading at `hf://alice/dream-s1k` failed: the Hub did not answer or is overloaded"
+    assert caught.value.hint == "re-run the same command later; files already transferred are kept"
