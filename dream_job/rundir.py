@@ -54,6 +54,9 @@ METRICS_NAME = "metrics.jsonl"
 TRAIN_LOG_NAME = "train.log"
 RUN_INFO_NAME = "run.json"
 COST_NAME = "cost.json"
+DATA_REPORT_NAME = "data_report.json"  # in `data/`: counts, length statistics, `inputs_hash`
+EVAL_SUMMARY_NAME = "summary.json"  # in `eval/`: {label: {suite: stats}}
+LOSS_PLOT_NAME = "loss.png"  # in `logs/`: the training curves
 TOKENIZER_DIR = f"{DATA_DIR}/tokenizer"  # relative to the run dir: the tokenizer prep encoded the data with
 # The export's own description (dtype, files, `exported_at`), written by `train/export.py` last.
 EXPORT_INFO_NAME = "dream_job_export.json"
@@ -66,7 +69,7 @@ COMPLETE_NAME = "COMPLETE"
 STEP_RE = re.compile(r"step-(\d+)")  # a checkpoint folder name; `checkpoint_name` writes it
 PARTIAL_STEP_RE = re.compile(r"\.step-\d+\.partial")  # a checkpoint being saved (torn if left behind)
 # A job name and a run id: they name folders and bucket prefixes.
-RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # use `fullmatch`
 # Every file being written into place ends with this (never listed in a manifest, removed when stale).
 TMP_SUFFIX = ".tmp-dream-job"
 # The environment variables that name the run (`run_id`).
@@ -173,9 +176,9 @@ def write_text_atomically(path: Path, text: str) -> None:
     write_bytes_atomically(path, text.encode("utf-8"))
 
 
-def write_json_atomically(path: Path, value: Any, *, indent: int | None = 2) -> None:
+def write_json_atomically(path: Path, value: Any, *, indent: int | None = 2, ensure_ascii: bool = True) -> None:
     """Write `value` as JSON (with a final newline) to `path` atomically (see `write_atomically`)."""
-    write_text_atomically(path, json.dumps(value, indent=indent) + "\n")
+    write_text_atomically(path, json.dumps(value, indent=indent, ensure_ascii=ensure_ascii) + "\n")
 
 
 def os_error(exc: OSError, path: Path) -> DreamJobError:

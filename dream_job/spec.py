@@ -11,13 +11,13 @@ This module imports no torch: the laptop CLI starts fast.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dream_job.errors import SpecError
+from dream_job.rundir import RUN_NAME_RE
 from dream_job.spec_loader import load_yaml_model, parse_override  # parse_override: re-exported
 
 DTYPES = ("bfloat16", "float32", "float16")
@@ -321,9 +321,6 @@ class ArtifactsSpec(_Section):
     )
 
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
 class JobSpec(BaseModel):
     """A whole job: model, data, training, evaluation, budget and artifacts."""
 
@@ -349,7 +346,7 @@ class JobSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> JobSpec:
-        if not _NAME_RE.match(self.name):
+        if not RUN_NAME_RE.fullmatch(self.name):
             raise ValueError(f"`name` must be letters, digits, `.`, `_` or `-`, got `{self.name}`")
         if self.train.global_batch_size % self.train.micro_batch_size:
             raise ValueError(

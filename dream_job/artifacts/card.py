@@ -18,7 +18,9 @@ from typing import Any
 
 import yaml
 
-from dream_job.artifacts.folder import write_atomic
+from dream_job.rundir import (
+    DATA_DIR, DATA_REPORT_NAME, EVAL_DIR, EVAL_SUMMARY_NAME, LOGS_DIR, LOSS_PLOT_NAME, write_text_atomically,
+)
 
 BASE_MODEL = "Dream-org/Dream-v0-Base-7B"
 DATASET = "simplescaling/s1K-1.1"
@@ -47,9 +49,9 @@ def model_card_inputs(run_dir: Path, spec_yaml: str) -> ModelCardInputs:
     def read(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
-    loss_png = run_dir / "logs" / "loss.png"
-    return ModelCardInputs(spec_yaml, read(run_dir / "data" / "data_report.json"),
-                           read(run_dir / "eval" / "summary.json"), loss_png if loss_png.is_file() else None)
+    loss_png = run_dir / LOGS_DIR / LOSS_PLOT_NAME
+    return ModelCardInputs(spec_yaml, read(run_dir / DATA_DIR / DATA_REPORT_NAME),
+                           read(run_dir / EVAL_DIR / EVAL_SUMMARY_NAME), loss_png if loss_png.is_file() else None)
 
 
 def write_model_card(folder: Path, *, spec_yaml: str, data_report: dict[str, Any] | None,
@@ -92,7 +94,7 @@ def write_model_card(folder: Path, *, spec_yaml: str, data_report: dict[str, Any
                                   else "No loss plot was recorded.\n"),
     ]
     path = folder / "README.md"
-    write_atomic(path, redact_secrets("\n".join(parts)).encode("utf-8"))
+    write_text_atomically(path, redact_secrets("\n".join(parts)))
     return path
 
 

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from dream_job.errors import ArtifactError
+from dream_job.rundir import (  # the names are the run-dir contract's; re-exported for the artifacts modules
+    COMPLETE_NAME, MANIFEST_NAME, RUN_MARKER_NAME, TMP_SUFFIX, write_bytes_atomically,
+)
 
-MANIFEST_NAME = "MANIFEST.sha256"
-RUN_MARKER_NAME = "dream_job_run.json"
-TMP_SUFFIX = ".tmp-dream-job"  # a file being written into place; never listed, removed when found stale
-COMPLETE_NAME = "COMPLETE"  # checkpoint marker, written last (see dream_job/train/checkpoint.py)
+__all__ = ["COMPLETE_NAME", "MANIFEST_NAME", "RUN_MARKER_NAME", "TMP_SUFFIX", "write_atomic"]
+write_atomic = write_bytes_atomically  # the name `artifacts/hub.py` imports; the writer is `rundir`'s
 # Never listed in a manifest: the manifest itself, the run marker, and the Hub client's own resume
 # state (`.cache/huggingface/` inside `local_dir` / `folder_path`).
 _EXCLUDED_FILES = {MANIFEST_NAME, RUN_MARKER_NAME}
@@ -205,14 +206,3 @@ def _read_json(path: Path, hint: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ArtifactError(f"`{path}` must hold a JSON object", hint=hint)
     return data
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary name and a rename (readers never see half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

@@ -7,14 +7,14 @@ tests). Every write is checked after it lands: a file's size and sha256 must rea
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from dream_job.artifacts.folder import TMP_SUFFIX, FileDigest, sha256_file, write_atomic
-from dream_job.errors import ArtifactError
+from dream_job.artifacts.folder import FileDigest, sha256_file
+from dream_job.errors import ArtifactError, DreamJobError
+from dream_job.rundir import TMP_SUFFIX, write_atomically, write_text_atomically
 
 BytesCallback = Callable[[int], None]  # called with the number of bytes just transferred
 
@@ -113,7 +113,7 @@ class FileStore:
     def write_text(self, key: str, text: str) -> None:
         """Write `root/key` atomically and read it back."""
         path = self.root / key
-        write_atomic(path, text.encode("utf-8"))
+        write_text_atomically(path, text)
         if path.read_text(encoding="utf-8") != text:
             raise ArtifactError(f"`{path}` did not read back as written")
 
@@ -152,18 +152,17 @@ class FileStore:
 
 
 def _copy_atomic(source: Path, target: Path, on_bytes: BytesCallback | None) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + TMP_SUFFIX)
-    try:
+    """Copy `source` to `target` through `rundir.write_atomically` (temp name, fsync, rename), with its metadata."""
+    def copy(tmp: Path) -> None:
         with source.open("rb") as src, tmp.open("wb") as dst:
             while block := src.read(8 * 1024 * 1024):
                 dst.write(block)
                 if on_bytes is not None:
                     on_bytes(len(block))
-            dst.flush()
-            os.fsync(dst.fileno())
         shutil.copystat(source, tmp)
-        os.replace(tmp, target)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ArtifactError(f"copying `{source}` to `{target}` failed: {exc.strerror or exc}") from None
+
+    try:
+        write_atomically(target, copy)
+    except DreamJobError as exc:  # the writer names the file and the cause (disk full, permission, ...)
+        raise ArtifactError(f"copying `{source}` to `{target}` failed", caused_by=[exc.message],
+                            hint=exc.hint) from None

@@ -20,11 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dream_job.artifacts.folder import (
-    COMPLETE_NAME, MANIFEST_NAME, RUN_MARKER_NAME, FileDigest, check_dream_export, check_marker, hash_file,
-    list_files, marker_text, parse_manifest, render_manifest, sha256_file, verify_folder, write_atomic,
+    FileDigest, check_dream_export, check_marker, hash_file, list_files, marker_text, parse_manifest,
+    render_manifest, sha256_file, verify_folder,
 )
 from dream_job.artifacts.stores import Store
 from dream_job.errors import EXIT_TRANSIENT, ArtifactError
+from dream_job.rundir import (
+    COMPLETE_NAME, MANIFEST_NAME, RUN_MARKER_NAME, RUN_NAME_RE, STEP_RE, write_text_atomically,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +35,6 @@ ProgressFn = Callable[[str, int, int], None]
 """Called as `progress(relative_path, bytes_done, file_size)` while a file moves, and once with
 `bytes_done == file_size` when it is done or skipped."""
 
-_STEP_RE = re.compile(r"step-(\d+)")
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,7 @@ def pull_from_store(store: Store, dest: Path) -> None:
         )
     manifest = parse_manifest(text, f"{store.url}/{MANIFEST_NAME}")
     _get_files(store, "", manifest, dest)
-    write_atomic(dest / MANIFEST_NAME, text.encode("utf-8"))
+    write_text_atomically(dest / MANIFEST_NAME, text)
     verify_folder(dest, manifest, store.url)
     check_dream_export(dest)
 
@@ -159,7 +161,7 @@ def _get_files(store: Store, key_prefix: str, manifest: dict[str, str], dest: Pa
 
 def sync_checkpoint_to_store(store: Store, step_dir: Path, *, run_id: str) -> None:
     """Upload a complete checkpoint; see `dream_job.artifacts.sync_checkpoint`."""
-    if not _STEP_RE.fullmatch(step_dir.name) or not step_dir.is_dir():
+    if not STEP_RE.fullmatch(step_dir.name) or not step_dir.is_dir():
         raise ArtifactError(f"`{step_dir}` is not a checkpoint folder named `step-NNNNNN`")
     if not (step_dir / COMPLETE_NAME).is_file():
         raise ArtifactError(
@@ -193,7 +195,7 @@ def fetch_latest_from_store(store: Store, run_id: str, local_root: Path) -> int 
     base = f"{run_id}/checkpoints/"
     complete = {}
     for key in store.list_keys(base):
-        match = re.fullmatch(re.escape(base) + r"(step-(\d+))/" + COMPLETE_NAME, key)
+        match = re.fullmatch(f"{re.escape(base)}({STEP_RE.pattern})/{re.escape(COMPLETE_NAME)}", key)
         if match:
             complete[int(match.group(2))] = match.group(1)
     if not complete:
@@ -211,7 +213,7 @@ def fetch_latest_from_store(store: Store, run_id: str, local_root: Path) -> int 
     manifest = parse_manifest(text, f"{store.url}/{base}{name}/{MANIFEST_NAME}")
     partial = local_root / f".{name}.partial"  # kept on failure: the next attempt skips what it holds
     _get_files(store, base + name + "/", manifest, partial)
-    write_atomic(partial / MANIFEST_NAME, text.encode("utf-8"))
+    write_text_atomically(partial / MANIFEST_NAME, text)
     verify_folder(partial, manifest, f"{store.url}/{base}{name}")
     store.get_file(base + name + "/" + COMPLETE_NAME, partial / COMPLETE_NAME)
     if target.exists():  # a torn local copy of the same step (no COMPLETE)
@@ -222,5 +224,5 @@ def fetch_latest_from_store(store: Store, run_id: str, local_root: Path) -> int 
 
 
 def _check_run_id(run_id: str) -> None:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", run_id):
+    if not RUN_NAME_RE.fullmatch(run_id):
         raise ArtifactError(f"run id `{run_id}` must be letters, digits, `.`, `_` or `-`")

@@ -18,12 +18,11 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-from dream_job.rundir import write_text_atomically
+
+from dream_job.rundir import EVAL_SUMMARY_NAME, write_json_atomically, write_text_atomically
 
 logger = logging.getLogger(__name__)
 
-EVAL_DIR = "eval"
-SUMMARY_NAME = "summary.json"
 ITEM_KEYS = ("id", "key", "prompt", "output", "extracted", "gold", "correct", "tokens", "seconds")
 
 
@@ -106,7 +105,7 @@ def suite_stats(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def read_summary(eval_dir: Path) -> dict[str, dict[str, Any]]:
     """Return `summary.json` of `eval_dir` ({label: {suite: stats}}), or {} when there is none."""
-    path = eval_dir / SUMMARY_NAME
+    path = eval_dir / EVAL_SUMMARY_NAME
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
@@ -118,5 +117,5 @@ def update_summary(eval_dir: Path, label: str, suite: str, entry: dict[str, Any]
     """
     summary = read_summary(eval_dir)
     summary.setdefault(label, {})[suite] = entry
-    write_text_atomically(eval_dir / SUMMARY_NAME, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    write_json_atomically(eval_dir / EVAL_SUMMARY_NAME, summary, ensure_ascii=False)
     return summary

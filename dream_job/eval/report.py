@@ -12,7 +12,6 @@ also the model card's evaluation section (`artifacts/card.py`), so the numbers a
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 from dream_job.costs import stopped_early
 from dream_job.errors import DreamJobError
 from dream_job.eval.answers import gold_answer
-from dream_job.eval.records import EVAL_DIR, read_item_file, read_summary
+from dream_job.eval.records import read_item_file, read_summary
 from dream_job.eval.stats import Interval, newcombe_interval, wilson_interval
 from dream_job.eval.suites import SUITE_FORMATS
-from dream_job.rundir import write_text_atomically
+from dream_job.rundir import EVAL_DIR, write_atomically, write_text_atomically
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -288,9 +287,8 @@ def accuracy_figure(summary: dict[str, dict[str, Any]], labels: list[str], suite
 
 def write_chart(path: Path, summary: dict[str, dict[str, Any]], labels: list[str], suites: list[str]) -> None:
     """Save `accuracy_figure` as a PNG at `path`, atomically."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    accuracy_figure(summary, labels, suites).savefig(tmp, format="png", dpi=120)
-    os.replace(tmp, path)
+    figure = accuracy_figure(summary, labels, suites)
+    write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
 
 
 def _counts(entries: Any) -> str:

@@ -24,7 +24,6 @@ from dream_job.errors import SpecError
 from dream_job.eval.answers import build_prompt, check_answer, extract_answer
 from dream_job.eval.models import EvalModel, load_eval_model, load_eval_tokenizer
 from dream_job.eval.records import (
-    EVAL_DIR,
     append_items,
     items_name,
     read_items,
@@ -33,6 +32,7 @@ from dream_job.eval.records import (
     write_items,
 )
 from dream_job.eval.suites import EvalItem, load_suite
+from dream_job.rundir import EVAL_DIR
 from dream_job.spec import JobSpec
 
 logger = logging.getLogger(__name__)
