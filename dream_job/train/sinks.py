@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Protocol
 
 from dream_job.errors import SpecError
+from dream_job.rundir import write_text_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +90,8 @@ class WandbSink:
                      "from `train.report_to`",
             ) from None
         id_path = Path(log_dir) / WANDB_ID_NAME
-        run_id = id_path.read_text().strip() if id_path.is_file() else wandb.util.generate_id()
-        id_path.write_text(run_id + "\n")
+        run_id = id_path.read_text().strip() if id_path.is_file() else secrets.token_hex(4)
+        write_text_atomically(id_path, run_id + "\n")
         self._run = wandb.init(project=os.environ.get("WANDB_PROJECT", WANDB_PROJECT), name=run_name, id=run_id,
                                resume="allow", dir=str(log_dir), config=config)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from dream_job.train.metrics import MetricsLogger, format_duration, format_line, smooth
+from dream_job.train.plot import epoch_marks
 
 FULL = {
     "train/loss": 2.345678,
@@ -131,3 +132,87 @@ def test_a_resume_drops_later_lines_and_a_torn_last_line(tmp_path: Path) -> None
     again = MetricsLogger(tmp_path, is_rank0=True, total_steps=6, resume_step=1)
     assert again.loss_by_step == {1: 1.0}
     assert [json.loads(line)["step"] for line in (logs / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+def test_the_line_carries_epoch_and_validation_loss_in_fixed_places() -> None:
+    assert format_line(35, 140, {"train/loss": 1.5, "val/loss": 1.75, "train/epoch": 1.0, "train/lr": 3e-3}) == (
+        "step 35/140 epoch 1.00 loss 1.5000 val_loss 1.7500 lr 3.00e-03"
+    )
+
+
+def test_epoch_marks_fall_on_each_epochs_last_step() -> None:
+    assert epoch_marks(140, 35) == [35, 70, 105, 140]
+    assert epoch_marks(69, 35) == [35]
+    assert epoch_marks(10, None) == []
+
+
+def test_the_plot_history_keeps_validation_lr_and_grad_norm_across_a_resume(tmp_path: Path) -> None:
+    with MetricsLogger(tmp_path, is_rank0=True, total_steps=4, run_name="smoke", steps_per_epoch=2) as metrics:
+        metrics.log(1, {"train/loss": 2.0, "train/lr": 1e-3, "train/grad_norm": 0.5})
+        metrics.log(2, {"train/loss": 1.5, "val/loss": 1.75, "train/lr": 5e-4, "train/grad_norm": 0.25})
+    resumed = MetricsLogger(tmp_path, is_rank0=True, total_steps=4, resume_step=2)
+    assert resumed.history == {"train/loss": {1: 2.0, 2: 1.5}, "val/loss": {2: 1.75},
+                               "train/lr": {1: 1e-3, 2: 5e-4}, "train/grad_norm": {1: 0.5, 2: 0.25}}
+    resumed.close()
+    png = (tmp_path / "logs" / "loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+
+
+def wandb_history(run_file: Path) -> dict[int, dict[str, float]]:
+    """Read the history rows of an offline `.wandb` file (LevelDB log blocks of protobuf `Record`s)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, pos, pending, rows = run_file.read_bytes(), 32768, 7, b"", {}
+    assert data[:4] == b":W&B"  # 7-byte file header: ident, magic, version
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a record header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0 and length == 0:
+            break
+        pending, pos = pending + data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # FULL or LAST piece of a record
+            record = wandb_internal_pb2.Record.FromString(pending)
+            pending = b""
+            if record.WhichOneof("record_type") == "history":
+                items = {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item}
+                rows[record.history.step.num] = {k: v for k, v in items.items() if not k.startswith("_")}
+    return rows
+
+
+def test_wandb_offline_gets_every_logged_value_and_a_resume_continues_the_run(tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    with MetricsLogger(tmp_path, is_rank0=True, total_steps=4, report_to=["wandb"], run_name="smoke",
+                       config={"train": {"seed": 0}}) as metrics:
+        metrics.log(1, {"train/loss": 2.0})
+        metrics.log(2, {"train/loss": 1.5, "val/loss": 1.75})
+    logs = tmp_path / "logs"
+    run_id = (logs / "wandb_run_id").read_text().strip()
+    [run_file] = (logs / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
+    assert wandb_history(run_file) == {1: {"train/loss": 2.0}, 2: {"train/loss": 1.5, "val/loss": 1.75}}
+    assert not (logs / "tensorboard").exists()  # only the sinks `report_to` names
+
+    with MetricsLogger(tmp_path, is_rank0=True, total_steps=4, resume_step=2, report_to=["wandb"]) as metrics:
+        metrics.log(3, {"train/loss": 1.25})
+    assert (logs / "wandb_run_id").read_text().strip() == run_id
+    files = sorted((logs / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+    assert len(files) == 2  # the same run id twice: `wandb sync` appends the second to the first
+    assert {3: {"train/loss": 1.25}} in [wandb_history(f) for f in files]
+
+
+def test_wandb_asked_for_but_missing_names_the_field_and_the_extra(tmp_path: Path, monkeypatch) -> None:
+    import sys
+
+    from dream_job.errors import SpecError
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` now fails as without the package
+    with pytest.raises(SpecError) as info:
+        MetricsLogger(tmp_path, is_rank0=True, total_steps=2, report_to=["tensorboard", "wandb"])
+    assert info.value.message == "`train.report_to` includes `wandb` but the `wandb` package is not installed"
+    assert info.value.hint == ("install it with `pip install 'dream-job[wandb]'` (or `pip install wandb`), or remove "
+                               "`wandb` from `train.report_to`")
