@@ -17,7 +17,8 @@ The subclasses say what the user must do, and so the exit code (style.md rule 5)
     ├── BudgetError          1  no offer fits the budget
     ├── RunDirBusyError      1  wait for the other process holding the run dir
     ├── TransientError       3  run the same command again (network, preemption)
-    └── Interrupted        130  stopped by Ctrl-C; run the same command again to continue
+    ├── Interrupted        130  stopped by Ctrl-C; run the same command again to continue
+    └── InternalError        4  a bug in dream-job (only the CLI makes one, from an unexpected exception)
 
 An error whose kind depends on the moment (an upload that failed on a flaky network is an
 `ArtifactError` but retrying helps) passes `exit_code=EXIT_TRANSIENT`.
@@ -122,3 +123,9 @@ class Interrupted(DreamJobError):
     """Stopped by Ctrl-C; the work finished so far is kept (exit 130, as shells report SIGINT)."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+class InternalError(DreamJobError):
+    """An unexpected exception, i.e. a bug in dream-job; the CLI reports it as one (exit 4)."""
+
+    exit_code = EXIT_BUG

@@ -119,9 +119,10 @@ def guarded(command: F) -> F:
             failure = known_failure(exc)
             if failure is None and os.environ.get("DREAM_JOB_DEBUG") == "1":
                 raise
-            render_error(failure or errors.DreamJobError(
+            failure = failure or errors.InternalError(
                 f"unexpected {type(exc).__name__} (a bug in dream-job): {exc}",
-                hint="rerun with `DREAM_JOB_DEBUG=1` for the traceback and report it"))
-            raise typer.Exit(failure.exit_code if failure else errors.EXIT_BUG) from None
+                hint="rerun with `DREAM_JOB_DEBUG=1` for the traceback and report it")
+            render_error(failure)
+            raise typer.Exit(failure.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
