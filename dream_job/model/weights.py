@@ -28,7 +28,7 @@ SINGLE_FILE_NAME = "model.safetensors"
 MAX_SHARD_BYTES = 5 * 2**30  # HF's default shard limit; budget/memory.py mirrors it (EXPORT_SHARD_BYTES)
 
 
-class WeightsMismatchError(CheckpointError, ValueError):
+class WeightsMismatchError(CheckpointError):
     """The tensors in a weights folder do not match the model's parameters (names or shapes).
 
     `caused_by` has one line per missing key, unexpected key and wrong shape; `str()` shows them
@@ -96,7 +96,7 @@ def load_safetensors_weights(
 
     Raises:
         FileNotFoundError: The folder has neither an index nor `model.safetensors`.
-        WeightsMismatchError: (a `ValueError`) keys missing or unexpected, or shapes differ;
+        WeightsMismatchError: Keys missing or unexpected, or shapes differ;
             names every one.
     """
     folder = Path(folder)
