@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dream_job.errors import DiskFullError, DreamJobError, RunDirBusyError
+from dream_job.errors import DiskFullError, InputError, RunDirBusyError
 
 if TYPE_CHECKING:
     from dream_job.spec import JobSpec
@@ -145,7 +145,7 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
 
     Raises:
         DiskFullError: The disk holding `path` is full (exit 1, names the path).
-        DreamJobError: Another OS error, naming the path.
+        InputError: Another OS error, naming the path.
     """
     path = Path(path)
     tmp = temp_path(path)
@@ -181,20 +181,20 @@ def write_json_atomically(path: Path, value: Any, *, indent: int | None = 2, ens
     write_text_atomically(path, json.dumps(value, indent=indent, ensure_ascii=ensure_ascii) + "\n")
 
 
-def os_error(exc: OSError, path: Path) -> DreamJobError:
+def os_error(exc: OSError, path: Path) -> InputError:
     """Turn an OS error while writing `path` into one sentence (disk full, read-only, permission)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFullError(f"disk full at `{path}`", caused_by=[exc.strerror or "No space left on device"],
                              hint="free space there (old checkpoints, caches) or use a larger disk, then run the "
                                   "same command again; finished work is kept")
     if exc.errno == errno.EROFS:
-        return DreamJobError(f"cannot write `{path}`: the file system is read-only",
-                             hint="point `artifacts.run_dir` at a writable folder")
+        return InputError(f"cannot write `{path}`: the file system is read-only", key="artifacts.run_dir", path=path,
+                          hint="point `artifacts.run_dir` at a writable folder")
     if exc.errno in (errno.EACCES, errno.EPERM):
-        return DreamJobError(f"cannot write `{path}`: permission denied",
-                             hint="point `artifacts.run_dir` at a folder you may write to")
-    return DreamJobError(f"cannot write `{path}`: {exc.strerror or exc}",
-                         hint="check the folder exists and is writable, then run the same command again")
+        return InputError(f"cannot write `{path}`: permission denied", key="artifacts.run_dir", path=path,
+                          hint="point `artifacts.run_dir` at a folder you may write to")
+    return InputError(f"cannot write `{path}`: {exc.strerror or exc}", path=path,
+                      hint="check the folder exists and is writable, then run the same command again")
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -389,18 +389,19 @@ def locked_run_dir(run_dir: Path, *, verb: str) -> Iterator[Path]:
 
     Raises:
         RunDirBusyError: Another process holds it (exit 1, with its PID and host).
-        DreamJobError: The run dir is a file or cannot be created.
+        InputError: The run dir is a file or cannot be created.
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
-        raise DreamJobError(f"run dir `{run_dir}` is a file, not a folder",
-                            hint="point `artifacts.run_dir` at a folder (or remove the file)")
+        raise InputError(f"run dir `{run_dir}` is a file, not a folder", key="artifacts.run_dir", path=run_dir,
+                         hint="point `artifacts.run_dir` at a folder (or remove the file)")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         if isinstance(exc, (FileExistsError, NotADirectoryError)):
-            raise DreamJobError(f"run dir `{run_dir}` cannot be created: a part of its path is a file",
-                                hint="point `artifacts.run_dir` at a folder") from None
+            raise InputError(f"run dir `{run_dir}` cannot be created: a part of its path is a file",
+                             key="artifacts.run_dir", path=run_dir,
+                             hint="point `artifacts.run_dir` at a folder") from None
         raise os_error(exc, run_dir) from None
     lock_path = (run_dir / LOCK_NAME).resolve()
     inherited = os.environ.get(LOCK_ENV, "")

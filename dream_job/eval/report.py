@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dream_job.costs import stopped_early
-from dream_job.errors import DreamJobError
+from dream_job.errors import InputError
 from dream_job.eval.answers import gold_answer
 from dream_job.eval.records import read_item_file, read_summary
 from dream_job.eval.stats import Interval, newcombe_interval, wilson_interval
@@ -63,13 +63,13 @@ def write_report(run_dir: Path, *, num_examples: int = NUM_EXAMPLES) -> Path:
         The path of `report.md`.
 
     Raises:
-        DreamJobError: There is no `summary.json` (nothing evaluated yet).
+        InputError: There is no `summary.json` (nothing evaluated yet).
     """
     eval_dir = Path(run_dir) / EVAL_DIR
     summary = read_summary(eval_dir)
     if not summary:
-        raise DreamJobError(
-            f"no evaluation results in `{eval_dir / 'summary.json'}` to report",
+        raise InputError(
+            f"no evaluation results in `{eval_dir / 'summary.json'}` to report", path=eval_dir / "summary.json",
             hint="evaluate first with `dream-job eval`",
         )
     labels = ordered_labels(summary)

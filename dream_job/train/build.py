@@ -39,7 +39,7 @@ from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, Offlo
 
 from dream_job.data.tokenizer import is_local
 from dream_job.diffusion.lm import DreamForMaskedDiffusion
-from dream_job.errors import DreamJobError
+from dream_job.errors import InputError, SpecError
 from dream_job.model.dream import DreamConfig
 from dream_job.model.init import TORCH_DTYPES, initial_state_dict
 from dream_job.spec import JobSpec
@@ -64,7 +64,7 @@ def resolve_base_dir(spec: JobSpec) -> Path:
     A hub id is downloaded with `huggingface_hub.snapshot_download` (weights only when needed).
 
     Raises:
-        DreamJobError: The folder has no `config.json`, or no weights for a pretrained start.
+        InputError: The folder has no `config.json`, or no weights for a pretrained start.
     """
     base, pretrained = spec.model.base, spec.model.init == "pretrained"
     if is_local(base):
@@ -76,19 +76,20 @@ def resolve_base_dir(spec: JobSpec) -> Path:
         try:
             folder = Path(snapshot_download(base, revision=spec.model.revision, allow_patterns=patterns))
         except Exception as exc:  # the hub client raises many types; all mean "cannot fetch"
-            raise DreamJobError(
-                f"cannot download the base model `{base}` given by `model.base`",
+            raise InputError(
+                f"cannot download the base model `{base}` given by `model.base`", key="model.base", value=base,
                 caused_by=[str(exc).splitlines()[0] if str(exc) else type(exc).__name__],
                 hint="check the id and revision; gated or private repos need `HF_TOKEN` in the environment",
             ) from None
     if not (folder / "config.json").is_file():
-        raise DreamJobError(
-            f"`model.base` folder `{folder}` has no `config.json`",
+        raise InputError(
+            f"`model.base` folder `{folder}` has no `config.json`", key="model.base", path=folder,
             hint="point `model.base` at a Dream model folder (config.json, tokenizer and safetensors weights)",
         )
     if pretrained and not any(folder.glob("*.safetensors")):
-        raise DreamJobError(
+        raise InputError(
             f"`model.base` folder `{folder}` has no safetensors weights but `model.init` is `pretrained`",
+            key="model.base", path=folder,
             hint="add the weights, or `--set model.init=random` to train from a random start",
         )
     return folder
@@ -98,16 +99,18 @@ def _check_method(spec: JobSpec, device: torch.device) -> None:
     """Fail at start, not after an hour, when the method cannot run here."""
     method = spec.train.method
     if method == "full_offload" and device.type != "cuda":
-        raise DreamJobError(
+        raise SpecError(
             "`train.method` `full_offload` moves the optimizer to the CPU and needs a CUDA GPU for the compute",
+            key="train.method", value="full_offload",
             hint="on a CPU machine use `--set train.method=full`",
         )
     if method == "full_8bit":
         try:
             import torchao.optim  # noqa: F401
         except ImportError:
-            raise DreamJobError(
-                "`train.method` `full_8bit` needs torchao, which is not installed",
+            raise InputError(
+                "`train.method` `full_8bit` needs torchao, which is not installed", key="train.method",
+                value="full_8bit",
                 hint="`pip install torchao` (it is in the container image)",
             ) from None
 
@@ -193,7 +196,7 @@ def build_training(spec: JobSpec, dist_info: Dist) -> Built:
     """Build the sharded training model, fill it from rank 0's weights, and make its optimizer.
 
     Raises:
-        DreamJobError: The base model is missing or the method cannot run on this hardware.
+        InputError, SpecError: The base model is missing or the method cannot run on this hardware.
     """
     train = spec.train
     _check_method(spec, dist_info.device)

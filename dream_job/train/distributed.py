@@ -14,7 +14,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from dream_job.errors import DreamJobError
+from dream_job.errors import SpecError
 
 
 @dataclass(frozen=True)
@@ -39,12 +39,12 @@ def init_distributed(device_choice: str) -> Dist:
         device_choice: `auto` (CUDA when present), `cpu` or `cuda` (the spec's `train.device`).
 
     Raises:
-        DreamJobError: `cuda` was asked for but no GPU is visible.
+        SpecError: `cuda` was asked for but no GPU is visible.
     """
     use_cuda = torch.cuda.is_available() if device_choice == "auto" else device_choice == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        raise DreamJobError(
-            "`train.device` is `cuda` but no CUDA GPU is visible",
+        raise SpecError(
+            "`train.device` is `cuda` but no CUDA GPU is visible", key="train.device", value="cuda",
             hint="run on a GPU machine, or `--set train.device=cpu` for a CPU run",
         )
     rank = int(os.environ.get("RANK", "0"))
