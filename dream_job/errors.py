@@ -16,6 +16,7 @@ The subclasses say what the user must do, and so the exit code (style.md rule 5)
     │   └── DiskFullError        the disk (temp files were removed)
     ├── BudgetError          1  no offer fits the budget
     ├── RunDirBusyError      1  wait for the other process holding the run dir
+    ├── StageError           1  read the log of the stage's child process (its exit code when 1, 3 or 130)
     ├── TransientError       3  run the same command again (network, preemption)
     ├── Interrupted        130  stopped by Ctrl-C; run the same command again to continue
     └── InternalError        4  a bug in dream-job (only the CLI makes one, from an unexpected exception)
@@ -111,6 +112,10 @@ class BudgetError(DreamJobError):
 
 class RunDirBusyError(DreamJobError):
     """Another process holds the run directory's lock."""
+
+
+class StageError(DreamJobError):
+    """A stage run in a child process (training under torchrun) failed; its log above says why."""
 
 
 class TransientError(DreamJobError):

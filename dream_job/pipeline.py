@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from dream_job import rundir
-from dream_job.errors import EXIT_INTERRUPTED, EXIT_TRANSIENT, DreamJobError
+from dream_job.errors import (
+    EXIT_INTERRUPTED, EXIT_TRANSIENT, CheckpointError, DataError, DreamJobError, InputError, StageError, TransientError,
+)
 from dream_job.rundir import (
     DONE, FAILED, INTERRUPTED, RUNNING, STOPPED_BY_BUDGET, StageRecord, digest, export_digest, read_stage_record,
 )
@@ -149,7 +151,7 @@ def prep_stage(spec: JobSpec, *, verb: str) -> tuple[Any, StageOutcome]:
 
     Raises:
         DataError: The dataset or tokenizer is missing or malformed.
-        DreamJobError: The data changed under a trained run (exit 1, names the fix).
+        DataError: The data changed under a trained run (exit 1, names the fix).
     """
     from dream_job.data.prep import prepare_data
 
@@ -158,9 +160,9 @@ def prep_stage(spec: JobSpec, *, verb: str) -> tuple[Any, StageOutcome]:
     def refuse_if_trained(new_key: str) -> None:
         trained = _trained_on(run_dir)
         if trained is not None and trained != new_key:
-            raise DreamJobError(
+            raise DataError(
                 f"the data of `data.dataset` `{spec.data.dataset}` (or the `data`/tokenizer settings) changed since "
-                f"the model in `{run_dir}` was trained on it",
+                f"the model in `{run_dir}` was trained on it", key="data.dataset", value=spec.data.dataset,
                 hint=f"train on the new data in a new run dir (`--set artifacts.run_dir={run_dir}-2`), or delete "
                      f"`{run_dir / rundir.CHECKPOINTS_DIR}` and `{run_dir / rundir.EXPORT_DIR}` to retrain here",
             )
@@ -188,8 +190,8 @@ def _data_digest(run_dir: Path) -> str:
 
     report = read_report(run_dir / rundir.DATA_DIR)
     if report is None:
-        raise DreamJobError(f"no prepared data in `{run_dir / rundir.DATA_DIR}`",
-                            hint="run `dream-job prep` with the same job file and `--set` options first")
+        raise InputError(f"no prepared data in `{run_dir / rundir.DATA_DIR}`", path=run_dir / rundir.DATA_DIR,
+                         hint="run `dream-job prep` with the same job file and `--set` options first")
     return str(report["inputs_hash"])
 
 
@@ -219,8 +221,9 @@ def _check_continuable(run_dir: Path, previous: StageRecord | None, inputs: dict
     has_checkpoints = any((p / "COMPLETE").is_file() for p in (run_dir / rundir.CHECKPOINTS_DIR).glob("step-*"))
     if changed and has_checkpoints:
         shown = ", ".join(f"`{k}`" for k in changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
-        raise DreamJobError(
+        raise CheckpointError(
             f"the checkpoints in `{run_dir / rundir.CHECKPOINTS_DIR}` were trained with other settings: {shown} changed",
+            path=run_dir / rundir.CHECKPOINTS_DIR,
             hint=f"use a new run dir (`--set artifacts.run_dir={run_dir}-2`), or go back to the settings of "
                  f"`{rundir.stage_record_path(run_dir, 'train')}`",
         )
@@ -258,8 +261,8 @@ def train_stage(spec: JobSpec, *, verb: str, spec_path: Path | None = None, over
             _train_under_torchrun(spec, spec_path or Path("jobs/smoke.yaml"), overrides or [], gpus, nodes)
         record = read_stage_record(run_dir, "train")
         if record is None or record.outcome not in (DONE, STOPPED_BY_BUDGET):
-            raise DreamJobError("training under torchrun ended without recording its outcome",
-                                hint="see the log above; run the same command again to resume")
+            raise StageError("training under torchrun ended without recording its outcome",
+                             hint="see the log above; run the same command again to resume")
         return None, StageOutcome("train", False, record.summary or {}, record.outcome, record.reason)
     from dream_job.train.loop import train
     from dream_job.train_hooks import train_hooks
@@ -285,9 +288,9 @@ def _train_under_torchrun(spec: JobSpec, spec_path: Path, overrides: list[str], 
     logger.info("training on %d node(s) x %d GPU(s): %s", nodes, gpus, " ".join(command))
     completed = subprocess.run(command, check=False)
     if completed.returncode != 0:
-        raise DreamJobError(f"training under torchrun exited with code {completed.returncode}",
-                            hint="see the log above; run the same command again to resume",
-                            exit_code=completed.returncode if completed.returncode in (1, 3, 130) else 1)
+        raise StageError(f"training under torchrun exited with code {completed.returncode}",
+                         hint="see the log above; run the same command again to resume",
+                         exit_code=completed.returncode if completed.returncode in (1, 3, 130) else 1)
 
 
 # --- eval ------------------------------------------------------------------------------------
@@ -327,7 +330,7 @@ def evaluate_models(spec: JobSpec, labels: list[tuple[str, Path | None]], *,
         The report path.
 
     Raises:
-        DreamJobError: Stopped by SIGTERM (exit 3); items decoded so far are kept and reused.
+        TransientError: Stopped by SIGTERM (exit 3); items decoded so far are kept and reused.
     """
     from dream_job.eval.report import write_report
     from dream_job.eval.run import evaluate
@@ -337,9 +340,8 @@ def evaluate_models(spec: JobSpec, labels: list[tuple[str, Path | None]], *,
             for label, folder in labels:
                 evaluate(spec, model_label=label, model_dir=folder, progress=progress)
     except _StageStopped:
-        raise DreamJobError("evaluation stopped by SIGTERM; the items decoded so far are saved",
-                            hint="run the same command again to decode only the rest",
-                            exit_code=EXIT_TRANSIENT) from None
+        raise TransientError("evaluation stopped by SIGTERM; the items decoded so far are saved",
+                             hint="run the same command again to decode only the rest") from None
     return write_report(spec.run_dir())
 
 
@@ -473,8 +475,8 @@ def run_status(spec: JobSpec) -> dict[str, Any]:
     """
     run_dir = spec.run_dir()
     if run_dir.exists() and not run_dir.is_dir():
-        raise DreamJobError(f"run dir `{run_dir}` is a file, not a folder",
-                            hint="point `artifacts.run_dir` at the run's folder")
+        raise InputError(f"run dir `{run_dir}` is a file, not a folder", key="artifacts.run_dir", path=run_dir,
+                         hint="point `artifacts.run_dir` at the run's folder")
     holder = rundir.lock_holder(run_dir) if run_dir.is_dir() else None
     stages: dict[str, dict[str, Any] | None] = {}
     for name in STAGES:

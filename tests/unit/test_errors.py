@@ -16,7 +16,7 @@ PENDING_BARE_RAISES = {"dream_job/train/loop.py", "dream_job/train/trainer.py"}
 @pytest.mark.parametrize(("kind", "code"), [
     (errors.DreamJobError, 1), (errors.SpecError, 1), (errors.UsageError, 2), (errors.InputError, 1),
     (errors.DataError, 1), (errors.CheckpointError, 1), (errors.ArtifactError, 1), (errors.DiskFullError, 1),
-    (errors.BudgetError, 1), (errors.RunDirBusyError, 1), (errors.TransientError, 3), (errors.Interrupted, 130),
+    (errors.BudgetError, 1), (errors.RunDirBusyError, 1), (errors.StageError, 1), (errors.TransientError, 3), (errors.Interrupted, 130),
     (errors.InternalError, 4),
 ])
 def test_each_kind_has_its_exit_code(kind: type[errors.DreamJobError], code: int) -> None:
