@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dream_job.errors import DreamJobError
+from dream_job.errors import InputError, SpecError, TransientError
 from dream_job.spec import JobSpec
 
 logger = logging.getLogger(__name__)
@@ -35,17 +35,19 @@ def preflight(spec: JobSpec) -> dict[str, Any]:
         train with (another one only under `train.on_memory_mismatch: switch`).
 
     Raises:
-        DreamJobError: What is missing, in one sentence, with the fix (exit 3 for an unreachable network).
+        InputError, SpecError, TransientError: What is missing, in one sentence, with the fix (exit 3 for an
+            unreachable network).
     """
     gpus = _num_gpus()
     if spec.train.device == "cuda" and gpus == 0:
-        raise DreamJobError("`train.device` is `cuda` but this machine has no visible GPU",
-                            hint="launch on a GPU offer (see `dream-job estimate`) or `--set train.device=cpu`")
+        raise SpecError("`train.device` is `cuda` but this machine has no visible GPU",
+                        key="train.device", value="cuda",
+                        hint="launch on a GPU offer (see `dream-job estimate`) or `--set train.device=cpu`")
     _check_secrets(spec)
     run_dir = spec.run_dir()
     if run_dir.exists() and not run_dir.is_dir():
-        raise DreamJobError(f"run dir `{run_dir}` is a file, not a folder",
-                            hint="point `artifacts.run_dir` at a folder (or remove the file)")
+        raise InputError(f"run dir `{run_dir}` is a file, not a folder", key="artifacts.run_dir", path=run_dir,
+                         hint="point `artifacts.run_dir` at a folder (or remove the file)")
     _check_destinations(spec)
     _check_base_model(spec)
     method = _check_gpu_memory(spec, gpus) if gpus else spec.train.method
@@ -53,9 +55,9 @@ def preflight(spec: JobSpec) -> dict[str, Any]:
     free_gib = _free_gib(existing)
     needed_gib = _disk_needed_gib(spec)
     if free_gib < needed_gib:
-        raise DreamJobError(
+        raise InputError(
             f"only {free_gib:.0f} GiB free under `{existing}`, the job needs about {needed_gib:.0f} GiB "
-            "(base model, checkpoints, export)",
+            "(base model, checkpoints, export)", path=existing,
             hint="launch with a larger `disk_size` in sky.yaml, or lower `train.keep_checkpoints`",
         )
     return {"gpus": gpus, "free_gib": round(free_gib, 1), "needed_gib": round(needed_gib, 1), "method": method,
@@ -69,7 +71,7 @@ def _check_secrets(spec: JobSpec) -> None:
     if any(d.startswith("s3://") for d in spec.artifacts.destinations) and not _have_aws_credentials():
         missing.append("AWS credentials `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` (for the `s3://` destination)")
     if missing:
-        raise DreamJobError(
+        raise InputError(
             f"missing secret {' and '.join(missing)} in the environment",
             hint="pass them at launch: `sky launch --secret HF_TOKEN --secret AWS_ACCESS_KEY_ID "
             "--secret AWS_SECRET_ACCESS_KEY sky.yaml`",
@@ -95,8 +97,9 @@ def _check_base_model(spec: JobSpec) -> None:
     if is_local(base):
         folder = Path(base).expanduser()
         if not (folder / "config.json").is_file():
-            raise DreamJobError(
-                f"`model.base` points to `{base}`, which is not a model folder with `config.json`",
+            raise InputError(
+                f"`model.base` points to `{base}`, which is not a model folder with `config.json`", key="model.base",
+                path=folder,
                 hint="set `model.base` to a Dream folder or a hub id such as `Dream-org/Dream-v0-Base-7B`",
             )
         return
@@ -106,11 +109,10 @@ def _check_base_model(spec: JobSpec) -> None:
     if isinstance(cached, str):
         return
     if hub_offline():
-        raise DreamJobError(
+        raise TransientError(  # exit 3: the same command works where the network is allowed
             f"`model.base` `{base}` is not in the local Hugging Face cache and `HF_HUB_OFFLINE` is set, so it "
-            "cannot be downloaded",
+            "cannot be downloaded", key="model.base", value=base,
             hint="unset `HF_HUB_OFFLINE` on a machine with network, or set `model.base` to a local folder",
-            exit_code=3,
         )
     check_hub_repo(base, spec.model.revision, repo_type="model", key="model.base")
 
@@ -125,7 +127,7 @@ def _check_gpu_memory(spec: JobSpec, gpus: int) -> str:
     """Check the plan against the GPUs this machine has; return the method to train with.
 
     Raises:
-        DreamJobError: The method does not fit and `train.on_memory_mismatch` is `refuse`, or none fits.
+        SpecError: The method does not fit and `train.on_memory_mismatch` is `refuse`, or none fits.
     """
     import torch
 
@@ -148,8 +150,9 @@ def _check_gpu_memory(spec: JobSpec, gpus: int) -> str:
         logger.warning("`train.method` `%s` needs about %.0f GiB per GPU on %s: training with `%s` instead",
                        method, need_gib, where, fitting[0])
         return fitting[0]
-    raise DreamJobError(
+    raise SpecError(
         f"`train.method` `{method}` needs about {need_gib:.0f} GiB per GPU on {where}",
+        key="train.method", value=method,
         hint=(f"`--set train.method={fitting[0]}` fits (or `--set train.on_memory_mismatch=switch`); "
               if fitting else "") + "`dream-job estimate` lists the GPUs that fit",
     )
@@ -164,9 +167,9 @@ def _have_aws_credentials() -> bool:
     try:
         return boto3.Session().get_credentials() is not None
     except ProfileNotFound:
-        raise DreamJobError(
+        raise InputError(
             f"`AWS_PROFILE` names the profile `{os.environ.get('AWS_PROFILE', '')}`, which is not in the AWS config "
-            "files",
+            "files", key="AWS_PROFILE",
             hint="unset `AWS_PROFILE`, or pass `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` instead",
         ) from None
 

@@ -1,9 +1,9 @@
 """Read a YAML file into a pydantic model: `--set` overrides and errors that name key, line and fix.
 
 `dream_job.spec.load_spec` calls it with `JobSpec`; this module knows no spec of its own, so the
-spec imports its loader and not the other way round. PyYAML is used with YAML 1.2 floats (`1e-5` is a number); each key path is mapped to its line,
-so a validation error says `file:line` (or the `--set` flag it came from), the value got, what
-is allowed, and the closest key for typos.
+spec imports its loader and not the other way round. PyYAML is used with YAML 1.2 floats (`1e-5`
+is a number); each key path is mapped to its line, so a validation error says `file:line` (or the
+`--set` flag it came from), the value got, what is allowed, and the closest key for typos.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def _key_lines(text: str, source: Path | None = None) -> dict[tuple[str, ...], i
                     key = ".".join(key_path)
                     raise SpecError(
                         f"`{key}` appears twice in `{source}` (lines {lines[key_path]} and {line})",
-                        key=key, path=f"{source}:{line}", hint="merge the two into one; YAML would keep only the second",
+                        key=key, path=f"{source}:{line}",
+                        hint="merge the two into one; YAML would keep only the second",
                     )
                 lines[key_path] = line
                 walk(value_node, key_path)
@@ -77,7 +78,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SpecError(
             f"the value of `--set {text}` is not valid YAML ({problem})",
-            key=key.strip(), value=raw, hint=f"quote or complete it, for example `--set '{key.strip()}=[0.9, 0.95]'` for a list",
+            key=key.strip(), value=raw,
+            hint=f"quote or complete it, for example `--set '{key.strip()}=[0.9, 0.95]'` for a list",
         ) from None
     return key.strip().split("."), value
 
@@ -211,5 +213,5 @@ def load_yaml_model(model: type[M], path: str | Path, overrides: list[str] | Non
             got = error.get("input") if loc and error["type"] != "missing" else None
             problems.append((*_format_error(model, error, where), ".".join(loc) or None, file_at, got))
         (first, hint, key, file_at, got), rest = problems[0], problems[1:]
-        raise SpecError(first, key=key, path=file_at, value=got, hint=hint,
-                        caused_by=[f"also: {sentence}" + (f" ({h})" if h else "") for sentence, h, *_ in rest]) from None
+        also = [f"also: {sentence}" + (f" ({h})" if h else "") for sentence, h, *_ in rest]
+        raise SpecError(first, key=key, path=file_at, value=got, hint=hint, caused_by=also) from None

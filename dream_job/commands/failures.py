@@ -47,9 +47,11 @@ def render_error(exc: errors.DreamJobError) -> None:
     for line in error_lines(exc):
         # Text, not markup: messages quote user values that may contain `[...]`.
         label, sep, rest = line.partition(": ")
-        styled = label in ("error", "hint") and sep
-        text = Text.assemble((f"{label}:", "bold red" if label == "error" else "bold"), " ", rest) if styled else Text(line)
-        stderr.print(text, soft_wrap=True)
+        if label in ("error", "hint") and sep:
+            stderr.print(Text.assemble((f"{label}:", "bold red" if label == "error" else "bold"), " ", rest),
+                         soft_wrap=True)
+        else:
+            stderr.print(Text(line), soft_wrap=True)
 
 
 def known_failure(exc: BaseException) -> errors.DreamJobError | None:
