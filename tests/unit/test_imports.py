@@ -19,10 +19,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "dream_job"
 
-# Edges that close a cycle someone is removing right now, with why; each must still exist (so the
-# entry is deleted when the fix lands) and no other cycle may appear.
-KNOWN_CYCLE_EDGES: dict[tuple[str, str], str] = {}
-
 
 def _module_name(path: Path) -> str:
     parts = path.relative_to(REPO).with_suffix("").parts
@@ -145,11 +141,7 @@ def test_import_graph_reads_the_package() -> None:
 
 
 def test_dream_job_has_no_import_cycles() -> None:
-    graph = import_graph()
-    for (source, target), reason in KNOWN_CYCLE_EDGES.items():
-        assert target in graph[source], f"known cycle edge {source} -> {target} is gone: delete its entry ({reason})"
-        graph[source].discard(target)
-    assert find_cycles(graph) == []
+    assert find_cycles(import_graph()) == []
 
 
 @pytest.mark.parametrize("modules", ["budget", "dream_job", "dream_job.spec", "dream_job.cli"])
