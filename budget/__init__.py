@@ -7,13 +7,17 @@ Public API:
 - `estimate(spec, data_report=..., catalog_dir=None, now=None) -> Estimate` (`Estimate.to_json()`);
   raises `NoOfferError` (a `BudgetError`, with `.estimate` and `.min_budget_cny`) when nothing fits.
 - `load_data_report(path) -> dict`. The launch line for a choice is `dream_job.launch.LaunchPlan.sky_command()`.
-- `plan_memory(spec, method, num_gpus) -> MemoryEstimate`: the container preflight's check.
+- `plan_memory(spec, method, num_gpus) -> MemoryEstimate`: the container preflight's check;
+  `fallback_methods(method)`: what to train with instead when it does not fit (preflight, OOM hint);
+  `disk_need_bytes(spec, ...)`: the run's disk need (preflight).
 - Models: `budget.memory.estimate_memory`, `budget.timing.estimate_time`, `budget.catalog.load_prices`,
   `budget.gpus.resolve_gpu`; FLOPs in `budget.flops`. Data and its sources: `budget/data/`.
 """
 
-from budget.estimate import estimate, plan_memory
+from budget.disk import disk_need_bytes
+from budget.estimate import estimate, fallback_methods, plan_memory
 from budget.result import Candidate, Estimate, NoOfferError
 from budget.tokens import load_data_report
 
-__all__ = ["Candidate", "Estimate", "NoOfferError", "estimate", "load_data_report", "plan_memory"]
+__all__ = ["Candidate", "Estimate", "NoOfferError", "disk_need_bytes", "estimate", "fallback_methods", "load_data_report",
+           "plan_memory"]

@@ -28,6 +28,16 @@ from dream_job.spec import JobSpec
 METHODS = ("full", "full_8bit", "full_offload", "lora")
 # Methods with the same recipe train the same maths: offload only moves fp32 AdamW to the CPU.
 RECIPE = {"full": "fp32 AdamW", "full_offload": "fp32 AdamW", "full_8bit": "8-bit AdamW", "lora": "LoRA"}
+# What to train with instead when a method does not fit the GPU, in order: the same recipe first,
+# then 8-bit AdamW, then LoRA. The one fallback order: the container preflight's
+# `train.on_memory_mismatch: switch` and the trainer's out-of-memory hint both read it.
+FALLBACK_METHODS = {"full": ("full_offload", "full_8bit", "lora"), "full_offload": ("full_8bit", "lora"),
+                    "full_8bit": ("lora",), "lora": ()}
+
+
+def fallback_methods(method: str) -> tuple[str, ...]:
+    """Return the methods to try, in order, when `method` does not fit (empty for `lora`)."""
+    return FALLBACK_METHODS[method]
 
 
 def _memory(spec: JobSpec, shape: ModelShape, method: str, count: int, work: Workload,

@@ -1,7 +1,7 @@
 """FLOPs of Dream's training step: the model-FLOPs formula behind MFU and the time estimate.
 
-Pure Python (no torch), shared by the trainer's MFU metric and the cost preflight.
-Counts the matmuls of forward + backward (x3 of forward) as in the PaLM/Megatron MFU
+Pure Python (no torch), shared by the trainer's MFU metric and the cost preflight; a GPU's peak
+comes from the GPU table (`budget.gpus`). Counts the matmuls of forward + backward (x3 of forward) as in the PaLM/Megatron MFU
 convention, with bidirectional attention (every query attends every key: 4·L·D per token
 per layer in forward, no causal halving). Activation recompute is not counted (it is not
 model FLOPs); the lm_head is counted only at the masked positions actually computed.
@@ -9,15 +9,7 @@ model FLOPs); the lm_head is counted only at the masked positions actually compu
 
 from __future__ import annotations
 
-# Dense bf16 tensor-core peak per GPU in TFLOP/s (vendor datasheets, no sparsity).
-PEAK_BF16_TFLOPS = {
-    "H200": 989.0,
-    "H100": 989.0,
-    "A100": 312.0,
-    "L40S": 362.0,
-    "RTX 4090": 165.2,
-    "A10G": 70.0,
-}
+from budget.gpus import gpu_for_cuda_name
 
 
 def matmul_params(*, hidden: int, intermediate: int, num_layers: int, num_heads: int, num_kv_heads: int) -> int:
@@ -55,11 +47,12 @@ def train_flops_per_token(
 
 
 def peak_flops(device_name: str) -> float | None:
-    """Return the dense bf16 peak FLOP/s of a GPU from its CUDA name, or None when unknown."""
-    for key, tflops in PEAK_BF16_TFLOPS.items():
-        if key.replace(" ", "").lower() in device_name.replace(" ", "").lower():
-            return tflops * 1e12
-    return None
+    """Return the dense bf16 peak FLOP/s of a GPU from its exact CUDA name (`budget/data/gpus.csv`).
+
+    None for a GPU the table does not name exactly: the trainer then logs no MFU rather than a guess.
+    """
+    gpu = gpu_for_cuda_name(device_name)
+    return None if gpu is None else gpu.bf16_tflops * 1e12
 
 
 def forward_flops_per_token(*, matmul_params: int, hidden: int, num_layers: int, context: int) -> float:

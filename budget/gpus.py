@@ -1,9 +1,11 @@
 """The GPU table: VRAM, dense bf16 peak, memory and link bandwidth of each GPU we can price.
 
-Input: `budget/data/gpus.csv` (datasheet figures, each row cites its source). Output: `GpuSpec`
-records keyed by a canonical name, and the mapping from SkyPilot catalog accelerator names
-(`H100-SXM`, `A100-80GB`, Vast's 80 GB `A100`, Lambda's PCIe `H100`) to those names. VRAM comes
-from this table, never from a catalog: RunPod's catalog stores GB in its `SizeInMiB` field.
+Input: `budget/data/gpus.csv` (datasheet figures, each row cites its source), the one home of
+GPU facts. Output: `GpuSpec` records keyed by a canonical name, the mapping from SkyPilot catalog
+accelerator names (`H100-SXM`, `A100-80GB`, Vast's 80 GB `A100`, Lambda's PCIe `H100`) to those
+names, and the exact CUDA device names (`torch.cuda.get_device_name`, column `cuda_names`) of each
+row for the trainer's MFU. VRAM comes from this table, never from a catalog: RunPod's catalog
+stores GB in its `SizeInMiB` field.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class GpuSpec:
 
     Attributes:
         name: Canonical name (`H100`, `A100-80GB`, `RTX4090`, ...).
+        aliases: Names a user may write for it (matched ignoring case, spaces, `-` and `_`).
+        cuda_names: Its names as CUDA reports them (`NVIDIA H100 80GB HBM3`), matched exactly.
         vram_gib: Memory a process can see (nvidia-smi total), GiB.
         bf16_tflops: Dense bf16 tensor-core peak (no sparsity), TFLOP/s.
         mem_bw_gb_s: HBM/GDDR bandwidth, GB/s.
@@ -35,6 +39,7 @@ class GpuSpec:
 
     name: str
     aliases: tuple[str, ...]
+    cuda_names: tuple[str, ...]
     vram_gib: float
     bf16_tflops: float
     mem_bw_gb_s: float
@@ -55,7 +60,8 @@ def gpu_table() -> dict[str, GpuSpec]:
         for row in csv.DictReader(f):
             table[row["name"]] = GpuSpec(
                 name=row["name"],
-                aliases=tuple(a.strip() for a in row["aliases"].split(";") if a.strip()),
+                aliases=_names(row["aliases"]),
+                cuda_names=_names(row["cuda_names"]),
                 vram_gib=int(row["vram_mib"]) / 1024,
                 bf16_tflops=float(row["bf16_tflops"]),
                 mem_bw_gb_s=float(row["mem_bw_gb_s"]),
@@ -64,6 +70,18 @@ def gpu_table() -> dict[str, GpuSpec]:
                 source=row["source"],
             )
     return table
+
+
+def _names(cell: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in cell.split(";") if name.strip())
+
+
+def gpu_for_cuda_name(device_name: str) -> GpuSpec | None:
+    """Return the table row whose `cuda_names` holds exactly `device_name`, or None for an unknown GPU.
+
+    No substring or fuzzy matching: an `NVIDIA H100 PCIe` must never get the SXM part's peak.
+    """
+    return next((spec for spec in gpu_table().values() if device_name in spec.cuda_names), None)
 
 
 def _alias_index() -> dict[str, str]:

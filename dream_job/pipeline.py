@@ -36,6 +36,7 @@ from dream_job.errors import (
 )
 from dream_job.rundir import (
     DONE, FAILED, INTERRUPTED, RUNNING, STOPPED_BY_BUDGET, StageRecord, digest, export_digest, read_stage_record,
+    run_id,
 )
 from dream_job.spec import JobSpec
 
@@ -67,12 +68,6 @@ class StageOutcome:
     summary: dict[str, Any]
     outcome: str = DONE
     reason: str | None = None
-
-
-def run_id(spec: JobSpec) -> str:
-    """Return the run id: `DREAM_JOB_RUN_ID` (set by `dream-job launch`), else `SKYPILOT_TASK_ID` when set
-    (same across recoveries), else the job name."""
-    return os.environ.get("DREAM_JOB_RUN_ID") or os.environ.get("SKYPILOT_TASK_ID") or spec.name
 
 
 def _is_rank0() -> bool:
@@ -133,8 +128,8 @@ def _skipped(record: StageRecord) -> StageOutcome:
 
 def _trained_on(run_dir: Path) -> str | None:
     """Return the data digest the run dir's checkpoints or export were trained on ("" when unknown), or None."""
-    has_training = export_digest(run_dir / rundir.EXPORT_DIR) is not None or any(
-        (p / "COMPLETE").is_file() for p in (run_dir / rundir.CHECKPOINTS_DIR).glob("step-*"))
+    has_training = (export_digest(run_dir / rundir.EXPORT_DIR) is not None
+                    or bool(rundir.complete_checkpoints(run_dir / rundir.CHECKPOINTS_DIR)))
     if not has_training:
         return None
     record = read_stage_record(run_dir, "train")
@@ -218,7 +213,7 @@ def _check_continuable(run_dir: Path, previous: StageRecord | None, inputs: dict
         return
     changed = [k for k in _changed_keys(previous.inputs["spec"], inputs["spec"])
                if k.removeprefix("train.") not in TRAIN_CONTINUATION_KEYS]
-    has_checkpoints = any((p / "COMPLETE").is_file() for p in (run_dir / rundir.CHECKPOINTS_DIR).glob("step-*"))
+    has_checkpoints = bool(rundir.complete_checkpoints(run_dir / rundir.CHECKPOINTS_DIR))
     if changed and has_checkpoints:
         shown = ", ".join(f"`{k}`" for k in changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
         raise CheckpointError(
@@ -357,7 +352,7 @@ def eval_stage(spec: JobSpec, *, verb: str) -> StageOutcome:
     with _recording(run_dir, "eval", fingerprint, inputs, verb) as rec:
         labels = [(label, run_dir / rundir.EXPORT_DIR if label == "final" else None) for label in spec.eval.models]
         report = evaluate_models(spec, labels)
-        summary_path = run_dir / rundir.EVAL_DIR / "summary.json"
+        summary_path = run_dir / rundir.EVAL_DIR / rundir.EVAL_SUMMARY_NAME
         output = digest(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else None
         summary = {"labels": list(spec.eval.models), "report": str(report)}
         _finish(run_dir, rec["base"], output_digest=output, summary=summary)
@@ -449,8 +444,8 @@ def run_pipeline(
     note(StageOutcome("preflight", False, checks))
     run_dir = spec.run_dir()
     with rundir.locked_run_dir(run_dir, verb="dream-job run"):
-        rundir.write_text_atomically(run_dir / rundir.RUN_INFO_NAME,
-                                     json.dumps({"run_id": run_id(spec), "job": spec.name}) + "\n")
+        rundir.write_json_atomically(run_dir / rundir.RUN_INFO_NAME, {"run_id": run_id(spec), "job": spec.name},
+                                     indent=None)
         method = checks["method"]
         if method != spec.train.method:  # `train.on_memory_mismatch: switch` picked a method that fits
             overrides = [*overrides, f"train.method={method}"]
@@ -493,7 +488,7 @@ def run_status(spec: JobSpec) -> dict[str, Any]:
                         "verb": record.verb, "summary": record.summary or {}}
     metrics = rundir.read_jsonl(run_dir / rundir.LOGS_DIR / rundir.METRICS_NAME)
     last = metrics[-1] if metrics else {}
-    checkpoints = sorted(p.name for p in (run_dir / rundir.CHECKPOINTS_DIR).glob("step-*") if (p / "COMPLETE").exists())
+    checkpoints = [path.name for _, path in rundir.complete_checkpoints(run_dir / rundir.CHECKPOINTS_DIR)]
     try:
         run_info = json.loads((run_dir / rundir.RUN_INFO_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):

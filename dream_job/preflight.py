@@ -14,15 +14,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from dream_job.credentials import AWS_KEYS, required_secrets
 from dream_job.errors import InputError, SpecError, TransientError
+from dream_job.rundir import CHECKPOINTS_DIR, EXPORT_DIR
 from dream_job.spec import JobSpec
 
 logger = logging.getLogger(__name__)
-
-# Fallbacks when the planned method does not fit, the same training recipe first.
-_FALLBACKS = {"full": ["full_offload", "full_8bit", "lora"], "full_offload": ["full_8bit", "lora"],
-              "full_8bit": ["lora"], "lora": []}
-DREAM_7B_PARAMETERS = 7_615_616_512  # Dream-v0-Base-7B (dream.md §4), before its config is downloaded
 
 
 def preflight(spec: JobSpec) -> dict[str, Any]:
@@ -50,7 +47,7 @@ def preflight(spec: JobSpec) -> dict[str, Any]:
                          hint="point `artifacts.run_dir` at a folder (or remove the file)")
     _check_destinations(spec)
     _check_base_model(spec)
-    method = _check_gpu_memory(spec, gpus) if gpus else spec.train.method
+    method = check_gpu_memory(spec, gpus) if gpus else spec.train.method
     existing = next(p for p in (run_dir.absolute(), *run_dir.absolute().parents) if p.exists())
     free_gib = _free_gib(existing)
     needed_gib = _disk_needed_gib(spec)
@@ -65,16 +62,21 @@ def preflight(spec: JobSpec) -> dict[str, Any]:
 
 
 def _check_secrets(spec: JobSpec) -> None:
-    missing = []
-    if any(d.startswith("hf://") for d in spec.artifacts.destinations) and not os.environ.get("HF_TOKEN"):
-        missing.append("`HF_TOKEN` (for the `hf://` destination)")
-    if any(d.startswith("s3://") for d in spec.artifacts.destinations) and not _have_aws_credentials():
-        missing.append("AWS credentials `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` (for the `s3://` destination)")
+    """Name every secret the destinations need that this machine lacks (`dream_job.credentials`)."""
+    have_aws = None  # asked once, and only when an S3 key is missing from the environment
+    missing: dict[str, str] = {}
+    for name, why in required_secrets(spec.artifacts.destinations).items():
+        if os.environ.get(name):
+            continue
+        if name in AWS_KEYS:  # in the container, any credential boto3 finds serves (a profile, a role)
+            have_aws = _have_aws_credentials() if have_aws is None else have_aws
+            if have_aws:
+                continue
+        missing[name] = why
     if missing:
         raise InputError(
-            f"missing secret {' and '.join(missing)} in the environment",
-            hint="pass them at launch: `sky launch --secret HF_TOKEN --secret AWS_ACCESS_KEY_ID "
-            "--secret AWS_SECRET_ACCESS_KEY sky.yaml`",
+            f"missing secret {', '.join(f'`{name}` ({why})' for name, why in missing.items())} in the environment",
+            hint=f"pass them at launch: `sky launch {' '.join(f'--secret {name}' for name in missing)} sky.yaml`",
         )
 
 
@@ -123,15 +125,18 @@ def _num_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _check_gpu_memory(spec: JobSpec, gpus: int) -> str:
+def check_gpu_memory(spec: JobSpec, gpus: int) -> str:
     """Check the plan against the GPUs this machine has; return the method to train with.
+
+    The GPU's name and memory are what CUDA reports for device 0; under
+    `train.on_memory_mismatch: switch` the first of `budget.fallback_methods` that fits is returned.
 
     Raises:
         SpecError: The method does not fit and `train.on_memory_mismatch` is `refuse`, or none fits.
     """
     import torch
 
-    from budget import plan_memory
+    from budget import fallback_methods, plan_memory
     from budget.tokens import PROFILE_DATASET
 
     # Peak memory depends on `data.max_length`, not on the rows; before the first prep a local
@@ -144,7 +149,7 @@ def _check_gpu_memory(spec: JobSpec, gpus: int) -> str:
     need_gib = plan_memory(spec, method, gpus).peak_gib
     if need_gib <= have_gib:
         return method
-    fitting = [m for m in _FALLBACKS[method] if plan_memory(spec, m, gpus).peak_gib <= have_gib]
+    fitting = [m for m in fallback_methods(method) if plan_memory(spec, m, gpus).peak_gib <= have_gib]
     where = f"this machine's {gpus}x {name} ({have_gib:.0f} GiB each)"
     if spec.train.on_memory_mismatch == "switch" and fitting:
         logger.warning("`train.method` `%s` needs about %.0f GiB per GPU on %s: training with `%s` instead",
@@ -181,22 +186,20 @@ def _free_gib(path: Path) -> float:
 
 
 def _disk_needed_gib(spec: JobSpec) -> float:
-    """Rough disk need: base weights + the export + kept checkpoints (weights and optimizer state)."""
+    """Disk still needed (`budget.disk_need_bytes`) less what the run's checkpoints and export already take, GiB."""
+    from budget import disk_need_bytes
+    from budget.shape import DREAM_7B, model_shape
     from dream_job.data.tokenizer import is_local
-    from dream_job.model.dream import DreamConfig
+    from dream_job.errors import BudgetError
 
-    if is_local(spec.model.base):
-        params = DreamConfig.from_pretrained_dir(Path(spec.model.base).expanduser()).num_parameters()
-    else:
-        params = DREAM_7B_PARAMETERS
-    bytes_per_checkpoint = {"full": 16, "full_offload": 16, "full_8bit": 4.2, "lora": 0.2}[spec.train.method] * params
-    weights = 2 * params
-    # Only a hub base with weights is downloaded; a local folder is on disk already, a random init has none.
-    download = weights if spec.model.init == "pretrained" and not is_local(spec.model.base) else 0
+    try:
+        shape = model_shape(spec)
+    except BudgetError:  # a hub model the estimate does not know: Dream 7B's size until its config is read
+        shape = DREAM_7B
+    downloads_base = spec.model.init == "pretrained" and not is_local(spec.model.base)
     # A resumed run's checkpoints and export already take their share of the need (seen on the 7B
     # rehearsal: with one 31 GB checkpoint on disk the resume was refused for 89 GiB against 71 free).
     run_dir = spec.run_dir()
-    present = sum(p.stat().st_size for folder in (run_dir / "checkpoints", run_dir / "export") if folder.is_dir()
-                  for p in folder.rglob("*") if p.is_file())
-    need = download + weights + bytes_per_checkpoint * (spec.train.keep_checkpoints + 1) - present
-    return max(need, 0) / 2**30 + 1
+    present = sum(p.stat().st_size for folder in (run_dir / CHECKPOINTS_DIR, run_dir / EXPORT_DIR)
+                  if folder.is_dir() for p in folder.rglob("*") if p.is_file())
+    return max(disk_need_bytes(spec, shape, downloads_base=downloads_base) - present, 0) / 2**30 + 1

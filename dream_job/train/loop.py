@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from budget import fallback_methods
 from dream_job.data.prep import read_report
 from dream_job.errors import CheckpointError, DataError, DiskFullError, SpecError
 from dream_job.rundir import CHECKPOINTS_DIR, DATA_DIR, is_disk_full
@@ -31,10 +32,6 @@ from dream_job.train.trainer import Preempted, Trainer, TrainResult, lr_factor
 __all__ = ["Preempted", "TrainResult", "load_prepared", "lr_factor", "oom_hint", "train"]
 
 logger = logging.getLogger(__name__)
-
-# What to try after CUDA ran out of memory with a method, lightest change first.
-_NEXT_METHOD = {"full": "full_8bit", "full_8bit": "full_offload", "full_offload": "lora"}
-
 
 class StopFlag:
     """Set by SIGTERM or SIGINT (Ctrl-C); checked (and agreed on by all ranks) at each step boundary.
@@ -93,7 +90,7 @@ def oom_hint(spec: JobSpec) -> str:
         return f"try `--set train.micro_batch_size={train.micro_batch_size // 2}`"
     if train.activation_checkpointing is not True:
         return "try `--set train.activation_checkpointing=true` (recompute every layer)"
-    if nxt := _NEXT_METHOD.get(train.method):
+    if nxt := next(iter(fallback_methods(train.method)), None):  # the preflight's order (budget)
         return f"try `--set train.method={nxt}` (see `dream-job estimate` for what fits)"
     return f"try a shorter `data.max_length` (now {spec.data.max_length}) or a GPU with more memory"
 

@@ -28,7 +28,7 @@ from dream_job.rundir import DATA_DIR, EXPORT_DIR, EXPORT_INFO_NAME, LOGS_DIR, M
 from dream_job.spec import JobSpec
 from dream_job.train.batches import BatchPlan, collate, hash_seed
 from dream_job.train.build import Built, build_training
-from dream_job.train.checkpoint import CheckpointManager, DictState, ModelOptimizerState, TrainState
+from dream_job.train.checkpoint import TRAIN_STATE_VERSION, CheckpointManager, DictState, ModelOptimizerState, TrainState
 from dream_job.train.distributed import Dist
 from dream_job.train.export import export_hf
 from dream_job.train.hooks import TrainHooks
@@ -36,9 +36,6 @@ from dream_job.train.metrics import MetricsLogger
 from dream_job.train.validation import Validator
 
 logger = logging.getLogger(__name__)
-
-TRAIN_STATE_VERSION = 1
-
 
 @dataclass(frozen=True)
 class TrainResult:

@@ -15,6 +15,20 @@ from dream_job.spec import JobSpec, load_spec
 from tests.conftest import REPO
 
 P = 7_615_616_512
+# Model FLOPs per token of a 2000-token row of Dream 7B (budget/flops.py's convention):
+# 6 x 6,525,288,448 decoder matmul weights + 12 x 28 layers x 2000 x 3584 (bidirectional attention)
+# + 6 x 3584 x 152,064 x 0.5 (lm_head at the masked half) = 43,195,170,816.
+MODEL_FLOPS = 6 * 6_525_288_448 + 12 * 28 * 2000 * 3584 + 6 * 3584 * 152_064 * 0.5
+RECOMPUTE_ALL_LAYERS = 2 * 6_525_288_448 + 4 * 28 * 2000 * 3584  # 13,853,392,896: every layer's second forward
+RECOMPUTE_HEAD = 2 * 3584 * 152_064 * 0.5  # 544,997,376: the loss chunk's lm_head, recomputed always
+COMPILE_FACTOR = 1.274  # calibration.toml [compile]: compiled over eager hardware rate
+
+
+def job_mfu(calibrated: float) -> float:
+    """MFU of jobs/dream-s1k.yaml (compiled, no checkpointing) from one calibrated at all layers
+    checkpointed, eager: same hardware FLOP rate x the compile factor, fewer hardware FLOPs per token."""
+    return (calibrated * COMPILE_FACTOR * (MODEL_FLOPS + RECOMPUTE_ALL_LAYERS + RECOMPUTE_HEAD)
+            / (MODEL_FLOPS + RECOMPUTE_HEAD))
 
 
 def test_profile_tokens_after_truncation() -> None:
@@ -41,14 +55,17 @@ def test_train_seconds_on_one_gpu() -> None:
     steps, seconds, mfu, measured = train_seconds(spec, DREAM_7B, work, h100, method="full", num_gpus=1,
                                                   trainable=P, cal=calibration())
     assert steps == 950 // 16 * 3 == 177 and not measured
-    # One GPU: no all-gather or reduce-scatter. 16 micro-steps of 2000 tokens at
-    # (6 x 6,525,288,448 + 12 x 28 x 2000 x 3584 + 6 x 3584 x 152,064 x 0.5) FLOP/token over 989e12 x MFU,
-    # plus the HBM-bound AdamW step: 36 B/param over 3.35 TB/s at 70 %.
-    per_token = 6 * 6_525_288_448 + 12 * 28 * 2000 * 3584 + 6 * 3584 * 152_064 * 0.5
-    assert per_token == pytest.approx(train_flops_per_token(hidden=3584, intermediate=18944, num_layers=28,
-                                                            num_heads=28, num_kv_heads=4, vocab=152_064, seq_len=2000))
-    micro = 2000 * per_token / (989e12 * mfu)
-    optimizer = 36 * P / (3350e9 * 0.7)
+    assert MODEL_FLOPS == 43_195_170_816 == train_flops_per_token(
+        hidden=3584, intermediate=18944, num_layers=28, num_heads=28, num_kv_heads=4, vocab=152_064, seq_len=2000)
+    # H100 `full` is calibrated at 0.26 (calibration.toml [train_mfu], method factor 1.0):
+    # 0.26 x 1.274 x 57,593,561,088 / 43,740,168,192 = 0.43615.
+    assert job_mfu(0.26) == pytest.approx(0.436150, abs=1e-6)
+    assert mfu == pytest.approx(job_mfu(0.26))
+    # One GPU: no all-gather or reduce-scatter. 16 micro-steps of 2000 tokens at MODEL_FLOPS per
+    # token over 989e12 x MFU, plus the HBM-bound AdamW step: 36 B/param over 3.35 TB/s at 70 %.
+    micro = 2000 * MODEL_FLOPS / (989e12 * job_mfu(0.26))  # 0.2003 s
+    optimizer = 36 * P / (3350e9 * 0.7)  # 0.1169 s
+    assert 177 * (16 * micro + optimizer) == pytest.approx(587.880, abs=1e-3)
     assert seconds == pytest.approx(177 * (16 * micro + optimizer))
 
 
@@ -60,11 +77,12 @@ def test_multi_gpu_is_bound_by_the_slower_of_compute_and_all_gather() -> None:
     _, seconds, mfu, _ = train_seconds(spec, DREAM_7B, work, rtx, method="full", num_gpus=8, trainable=P,
                                        cal=calibration())
     # PCIe 4090s: per micro-step the bf16 params are all-gathered twice (forward, backward):
-    # 2 x 2 B x P x 7/8 over 10 GB/s = 2.67 s, longer than the 2000-token compute.
+    # 2 x 2 B x P x 7/8 over 10 GB/s = 2.67 s, longer than the 2000-token compute at the 4090's
+    # calibrated 0.29 (0.4865 for this job): 2000 x 43,195,170,816 / (165.2e12 x 0.4865) = 1.07 s.
     all_gather = 2 * 2 * P * 7 / 8 / 10e9
-    compute = 2000 * train_flops_per_token(hidden=3584, intermediate=18944, num_layers=28, num_heads=28,
-                                           num_kv_heads=4, vocab=152_064, seq_len=2000) / (165.2e12 * mfu)
-    assert all_gather > compute
+    assert mfu == pytest.approx(job_mfu(0.29))
+    compute = 2000 * MODEL_FLOPS / (165.2e12 * job_mfu(0.29))
+    assert all_gather == pytest.approx(2.6655, abs=1e-4) and compute == pytest.approx(1.0749, abs=1e-4)
     reduce_scatter = 4 * P * 7 / 8 / 10e9
     optimizer = 36 * P / 8 / (1008e9 * 0.7)
     assert seconds == pytest.approx(177 * (2 * all_gather + reduce_scatter + optimizer))
@@ -108,7 +126,7 @@ def test_overheads_download_checkpoints_and_uploads() -> None:
     parts = overhead_seconds(spec, DREAM_7B, method="full", steps=177, trainable=P, cal=calibration())
     # 15.2 GB of bf16 weights at 100 MB/s; 9 DCP saves (every 20 steps of 177) of 12 B/param at the calibrated rate.
     assert parts["model download at 100 MB/s"] == pytest.approx(2 * P / 100e6)
-    disk = calibration().section("overheads")["disk_write_gb_per_s"] * 1e9
+    disk = 0.75e9  # calibration.toml [overheads] disk_write_gb_per_s, from the 7B dress rehearsal
     assert parts["checkpoint writes"] == pytest.approx(math.ceil(177 / 20) * 12 * P / disk)
     # Checkpoints sync to the destination every 20 steps too, at 50 MB/s: this dominates.
     assert parts["upload 9 checkpoints at 50 MB/s"] == pytest.approx(9 * 12 * P / 50e6)
@@ -124,10 +142,7 @@ def test_turning_checkpointing_off_removes_the_recompute() -> None:
         spec = load_spec(REPO / "jobs" / "dream-s1k.yaml", [f"train.activation_checkpointing={str(ac).lower()}"])
         times[ac] = train_seconds(spec, DREAM_7B, work, h100, method="full", num_gpus=1, trainable=P,
                                   cal=calibration())[1]
-    # Model FLOPs/token at 2000: 6 x 6,525,288,448 + 12 x 28 x 2000 x 3584 + 6 x 3584 x 152,064 x 0.5.
-    model = 6 * 6_525_288_448 + 12 * 28 * 2000 * 3584 + 3 * 3584 * 152_064
-    head = 2 * 3584 * 152_064 * 0.5  # the loss chunk's lm_head is recomputed either way
-    layers = 2 * 6_525_288_448 + 4 * 28 * 2000 * 3584  # the second forward of every layer with AC
     optimizer = 177 * 36 * P / (3350e9 * 0.7)
-    ratio = (model + head + layers) / (model + head)
+    # With AC every layer's second forward is added; the loss chunk's lm_head is recomputed either way.
+    ratio = (MODEL_FLOPS + RECOMPUTE_HEAD + RECOMPUTE_ALL_LAYERS) / (MODEL_FLOPS + RECOMPUTE_HEAD)
     assert (times[True] - optimizer) / (times[False] - optimizer) == pytest.approx(ratio)

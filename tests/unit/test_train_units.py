@@ -62,7 +62,7 @@ def test_oom_advice_names_the_next_smaller_setting(tmp_path: Path) -> None:
     spec = load_spec(SMOKE, ["train.micro_batch_size=4"])
     assert oom_hint(spec) == "try `--set train.micro_batch_size=2`"
     spec = load_spec(SMOKE, ["train.micro_batch_size=1", "train.global_batch_size=8"])
-    assert oom_hint(spec) == "try `--set train.method=full_8bit` (see `dream-job estimate` for what fits)"
+    assert oom_hint(spec) == "try `--set train.method=full_offload` (see `dream-job estimate` for what fits)"
 
 
 def test_base_folder_without_config_or_weights_is_named(tmp_path: Path) -> None:
