@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dream_job.train.checkpoint import CheckpointManager
 from tests.conftest import REPO
 
 SMOKE = REPO / "jobs" / "smoke.yaml"
@@ -74,6 +75,13 @@ def losses(run_dir: Path) -> dict[int, float]:
     return {row["step"]: row["train/loss"] for row in map(json.loads, lines)}
 
 
+def records(run_dir: Path) -> dict[int, dict]:
+    """Every metrics.jsonl record by step, without the wall-clock fields (`time`, tokens/s, eta)."""
+    lines = (run_dir / "logs" / "metrics.jsonl").read_text().splitlines()
+    return {row["step"]: {k: v for k, v in row.items() if not k.startswith(("time", "perf/"))}
+            for row in map(json.loads, lines)}
+
+
 def final_weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
@@ -105,6 +113,11 @@ def test_two_process_fsdp_training_lowers_the_loss_and_exports(tmp_path: Path, p
     run_ok("train", str(SMOKE), *run_args(run_dir, "--set", "train.epochs=3"), nproc=2)
     per_step = losses(run_dir)
     assert len(per_step) == 105
+    # Validation at the default `train.eval_every_steps` (50) and the last step; it falls as training goes on.
+    validation = {step: r["val/loss"] for step, r in records(run_dir).items() if "val/loss" in r}
+    assert sorted(validation) == [50, 100, 105] and validation[105] < validation[50], validation
+    log_lines = (run_dir / "logs" / "train.log").read_text().splitlines()
+    assert log_lines[34].split()[1:5] == ["step", "35/105", "epoch", "1.00"]  # 35 steps per epoch
     first, last = [per_step[s] for s in range(1, 11)], [per_step[s] for s in range(96, 106)]
     assert sum(last) / 10 < 0.7 * sum(first) / 10, (first, last)
     exported = json.loads((run_dir / "export" / "dream_job_export.json").read_text())
@@ -113,7 +126,8 @@ def test_two_process_fsdp_training_lowers_the_loss_and_exports(tmp_path: Path, p
 
 
 def test_kill_and_resume_is_bit_identical(tmp_path: Path, prepared: Path) -> None:
-    common = ("--set", "train.max_steps=30", "--set", "train.save_every_steps=5", "--set", "train.keep_checkpoints=10")
+    common = ("--set", "train.max_steps=30", "--set", "train.save_every_steps=5", "--set", "train.keep_checkpoints=10",
+              "--set", "train.eval_every_steps=4")
     straight = new_run(tmp_path, prepared, "straight")
     run_ok("train", str(SMOKE), *run_args(straight, *common), nproc=2)
 
@@ -128,6 +142,9 @@ def test_kill_and_resume_is_bit_identical(tmp_path: Path, prepared: Path) -> Non
     run_ok("train", str(SMOKE), *run_args(resumed, *common), nproc=2)
 
     assert losses(resumed) == losses(straight)
+    validation = {step: r["val/loss"] for step, r in records(straight).items() if "val/loss" in r}
+    assert sorted(validation) == [4, 8, 12, 16, 20, 24, 28, 30]
+    assert {step: r["val/loss"] for step, r in records(resumed).items() if "val/loss" in r} == validation
     a, b = final_weights(straight, 30), final_weights(resumed, 30)
     assert a.keys() == b.keys() and len(a) > 10
     for key in a:
@@ -158,15 +175,42 @@ def test_sigterm_saves_and_resumes_on_one_process(tmp_path: Path, prepared: Path
         assert got[s] == pytest.approx(expected[s], rel=1e-3, abs=1e-4), s
 
 
+def export_validation_loss(run_dir: Path, spec_args: list[str]) -> float:
+    """Load `<run_dir>/export/` into the training model class and score it on the held-out rows."""
+    from dream_job.data.holdout import read_holdout_tokens
+    from dream_job.diffusion.lm import DreamForMaskedDiffusion
+    from dream_job.model.dream import DreamConfig
+    from dream_job.model.weights import load_safetensors_weights
+    from dream_job.spec import load_spec
+    from dream_job.train.validation import Validator
+
+    spec = load_spec(SMOKE, [arg for arg in spec_args if arg != "--set"])
+    config = DreamConfig.from_pretrained_dir(run_dir / "export")
+    with torch.device("meta"):
+        model = DreamForMaskedDiffusion(config)
+    load_safetensors_weights(model, run_dir / "export", dtype=torch.float32, device=torch.device("cpu"))
+    rows = read_holdout_tokens(run_dir / "data", spec.data)
+    return Validator(rows, spec.train, pad_id=config.pad_token_id, eos_id=config.eos_token_id, rank=0, world_size=1,
+                     device=torch.device("cpu")).loss(model)
+
+
 @pytest.mark.parametrize("method", ["lora", "full_8bit"])
-def test_other_methods_train_on_cpu(tmp_path: Path, prepared: Path, method: str) -> None:
+def test_other_methods_train_on_cpu(tmp_path: Path, prepared: Path, method: str, in_repo: Path) -> None:
     run_dir = new_run(tmp_path, prepared, method)
-    extra = ["--set", f"train.method={method}", "--set", "train.max_steps=6", "--set", "train.save_every_steps=3"]
+    extra = ["--set", f"train.method={method}", "--set", "train.max_steps=6", "--set", "train.save_every_steps=3",
+             "--set", "train.eval_every_steps=3"]
     if method == "lora":
         extra += ["--set", "train.lora.rank=4", "--set", "train.lora.alpha=8", "--set", "train.learning_rate=1e-2"]
     run_ok("train", str(SMOKE), *run_args(run_dir, *extra))
-    assert len(losses(run_dir)) == 6
-    assert (run_dir / "export" / "model.safetensors.index.json").exists()
+    logged = records(run_dir)
+    assert sorted(logged) == [1, 2, 3, 4, 5, 6]
+    assert [s for s, r in sorted(logged.items()) if "val/loss" in r] == [3, 6]
+    assert CheckpointManager(run_dir / "checkpoints", keep=2).complete_steps() == [3, 6]
+    # The held-out loss went down, and the export is the trained model: it scores what step 6 logged.
+    assert logged[6]["val/loss"] < logged[3]["val/loss"], logged
+    tolerance = 1e-4 if method == "lora" else 2e-2  # merged adapters round differently; 8-bit trains bf16 weights
+    assert export_validation_loss(run_dir, run_args(run_dir, *extra)) == pytest.approx(
+        logged[6]["val/loss"], rel=tolerance)
     if method == "lora":
         assert (run_dir / "export" / "adapter" / "adapter_config.json").exists()
 
