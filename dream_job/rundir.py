@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -54,10 +55,15 @@ METRICS_NAME = "metrics.jsonl"
 TRAIN_LOG_NAME = "train.log"
 RUN_INFO_NAME = "run.json"
 COST_NAME = "cost.json"
-DATA_REPORT_NAME = "data_report.json"  # in `data/`: counts, length statistics, `inputs_hash`
 EVAL_SUMMARY_NAME = "summary.json"  # in `eval/`: {label: {suite: stats}}
 LOSS_PLOT_NAME = "loss.png"  # in `logs/`: the training curves
-TOKENIZER_DIR = f"{DATA_DIR}/tokenizer"  # relative to the run dir: the tokenizer prep encoded the data with
+# In `data/` (written by prep, one folder swapped in whole): the tokenized training rows
+# (`datasets.save_to_disk`), the held-out rows as text, the tokenizer, the report.
+TRAIN_ROWS_DIR = "train"
+HOLDOUT_NAME = "holdout.jsonl"
+TOKENIZER_NAME = "tokenizer"
+DATA_REPORT_NAME = "data_report.json"  # counts, length statistics, `inputs_hash`
+TOKENIZER_DIR = f"{DATA_DIR}/{TOKENIZER_NAME}"  # relative to the run dir
 # The export's own description (dtype, files, `exported_at`), written by `train/export.py` last.
 EXPORT_INFO_NAME = "dream_job_export.json"
 # A published folder's (and a synced checkpoint's) file list: `<sha256>  <relative path>` lines.
@@ -179,6 +185,57 @@ def write_text_atomically(path: Path, text: str) -> None:
 def write_json_atomically(path: Path, value: Any, *, indent: int | None = 2, ensure_ascii: bool = True) -> None:
     """Write `value` as JSON (with a final newline) to `path` atomically (see `write_atomically`)."""
     write_text_atomically(path, json.dumps(value, indent=indent, ensure_ascii=ensure_ascii) + "\n")
+
+
+def write_dir_atomically(folder: Path, write: Callable[[Path], None]) -> None:
+    """Let `write` fill a fresh temp folder next to `folder`, then swap it in for `folder`.
+
+    The folder variant of `write_atomically` (prepared data, a model folder). A directory cannot
+    be renamed over a non-empty one, so an existing `folder` is renamed to `.<name>.old`, the new
+    one renamed into place and the old one deleted: a reader sees the old folder, the new one or
+    (between the two renames) none, never a half-written one. Temp folders a killed earlier call
+    left are deleted first; a failed `write` deletes its own.
+
+    Args:
+        folder: The folder to create or replace; its parent is created.
+        write: Writes the whole content into the (empty, existing) folder it is given.
+
+    Raises:
+        DiskFullError: The disk holding `folder` is full (also when a library wrapped the OS error).
+        InputError: Another OS error, naming the folder.
+    """
+    folder = Path(folder)
+    tmp = temp_path(folder)
+    for stale in folder.parent.glob(f".{folder.name}.*{TMP_SUFFIX}"):  # left by a process killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        write(tmp)
+    except BaseException as exc:  # disk full, Ctrl-C: leave no half-written copy behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) or is_disk_full(exc):
+            raise os_error(exc if isinstance(exc, OSError) else OSError(errno.ENOSPC, "No space left on device"),
+                           folder) from None
+        raise
+    old = folder.with_name(f".{folder.name}.old")
+    try:
+        shutil.rmtree(old, ignore_errors=True)
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+        _fsync_dir(folder.parent)  # make the renames durable
+    except OSError as exc:
+        raise os_error(exc, folder) from None
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def os_error(exc: OSError, path: Path) -> InputError:

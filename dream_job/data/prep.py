@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import random
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -32,14 +31,15 @@ from dream_job.data.report import build_report
 from dream_job.data.source import load_rows
 from dream_job.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from dream_job.errors import DataError
-from dream_job.rundir import is_disk_full, os_error
+from dream_job.rundir import (
+    DATA_DIR, DATA_REPORT_NAME, HOLDOUT_NAME, TOKENIZER_NAME, TRAIN_ROWS_DIR, write_dir_atomically,
+)
 from dream_job.spec import DataSpec, JobSpec
 
 logger = logging.getLogger(__name__)
 
 # Bump when the layout, encoding or output format changes: old prepared data is rebuilt.
 PREP_FORMAT_VERSION = 1
-REPORT_FILE = "data_report.json"
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,8 @@ def inputs_hash(spec: DataSpec, tokenizer_fp: str, dataset_fp: str) -> str:
 
 def read_report(data_dir: Path) -> dict[str, Any] | None:
     """Return the report of prepared data in `data_dir`, or None when there is none."""
-    path = data_dir / REPORT_FILE
-    if not path.is_file() or not (data_dir / "train").is_dir():
+    path = data_dir / DATA_REPORT_NAME
+    if not path.is_file() or not (data_dir / TRAIN_ROWS_DIR).is_dir():
         return None
     return json.loads(path.read_text(encoding="utf-8"))
 
@@ -168,7 +168,7 @@ def prepare_data(spec: JobSpec, *, before_write: Callable[[str], None] | None = 
             prepared data is left untouched.
     """
     data_spec = spec.data
-    data_dir = spec.run_dir() / "data"
+    data_dir = spec.run_dir() / DATA_DIR
     tokenizer_name = spec.model.tokenizer or spec.model.base
     tokenizer = load_tokenizer(
         tokenizer_name, spec.model.revision, key="model.tokenizer" if spec.model.tokenizer else "model.base"
@@ -263,28 +263,13 @@ def read_column(dataset: Any, name: str) -> list[Any]:
 
 
 def _write_atomically(data_dir: Path, kept: Any, holdout_rows: Any, tokenizer: Any, report: dict[str, Any]) -> None:
-    """Write everything to a sibling temp folder, then swap it in for `data_dir`."""
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = data_dir.with_name(f".{data_dir.name}.tmp-{report['inputs_hash'][:12]}")
-    for stale in data_dir.parent.glob(f".{data_dir.name}.tmp-*"):  # left by a run killed mid-write
-        shutil.rmtree(stale, ignore_errors=True)
-    try:
-        tmp.mkdir()
-        kept.save_to_disk(str(tmp / "train"))
-        with (tmp / "holdout.jsonl").open("w", encoding="utf-8") as f:
+    """Write everything to a sibling temp folder, then swap it in for `data_dir` (`rundir.write_dir_atomically`)."""
+    def write(folder: Path) -> None:
+        kept.save_to_disk(str(folder / TRAIN_ROWS_DIR))
+        with (folder / HOLDOUT_NAME).open("w", encoding="utf-8") as f:
             for row in holdout_rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    except BaseException as exc:  # disk full, Ctrl-C: leave no half-written copy behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError) or is_disk_full(exc):
-            raise os_error(exc if isinstance(exc, OSError) else OSError(28, "No space left on device"),
-                           data_dir) from None
-        raise
-    old = data_dir.with_name(f".{data_dir.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if data_dir.exists():
-        data_dir.rename(old)
-    tmp.rename(data_dir)
-    shutil.rmtree(old, ignore_errors=True)
+        tokenizer.save_pretrained(str(folder / TOKENIZER_NAME))
+        (folder / DATA_REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+    write_dir_atomically(data_dir, write)

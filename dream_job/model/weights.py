@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from torch import nn
 
 from dream_job.errors import CheckpointError
 from dream_job.model.dream import DreamConfig, DreamModel
+from dream_job.rundir import write_dir_atomically
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_FILE_NAME = "model.safetensors"
@@ -199,8 +198,9 @@ def save_hf_folder(
     `max_shard_bytes` unless one tensor is bigger), `model.safetensors.index.json`
     (`metadata.total_size` in bytes, `weight_map`) and `config.json` (`config.to_hf_dict()` with
     `torch_dtype` set). Everything is written and fsynced in a hidden temp folder next to
-    `folder`, which is then renamed to `folder`: a crash leaves no half-written `folder` (at
-    most a `.<name>.tmp-*` folder to delete); rerunning starts over. One shard at a time is cast
+    `folder`, which is then renamed to `folder` (`rundir.write_dir_atomically`): a crash leaves
+    no half-written `folder` (at most a `.<name>.<pid>.tmp-dream-job` folder, deleted by the next
+    call); rerunning starts over. One shard at a time is cast
     and held in CPU memory.
 
     Args:
@@ -213,6 +213,7 @@ def save_hf_folder(
     Raises:
         FileExistsError: `folder` exists and is not empty.
         ValueError: The parameter count differs from `config.num_parameters()`.
+        DiskFullError, InputError: The folder cannot be written (names it).
     """
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
@@ -227,10 +228,8 @@ def save_hf_folder(
 
     sizes = {k: t.numel() * stored_dtype(t).itemsize for k, t in state.items()}
     shards = plan_shards(sizes, max_shard_bytes)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it owner-only; the export is meant to be shared
-    try:
+
+    def write(tmp: Path) -> None:
         weight_map = {}
         for i, keys in enumerate(shards, start=1):
             name = shard_name(i, len(shards))
@@ -241,10 +240,5 @@ def save_hf_folder(
             weight_map.update(dict.fromkeys(keys, name))
             del tensors
         write_index_and_config(tmp, weight_map, sum(sizes.values()), config, dtype)
-        if folder.exists():
-            folder.rmdir()  # empty (checked above); a directory cannot be renamed over a non-empty one
-        tmp.rename(folder)
-        fsync_path(folder.parent)  # make the rename itself durable
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_dir_atomically(folder, write)
