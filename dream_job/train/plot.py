@@ -8,8 +8,9 @@ matplotlib's object API (no pyplot global state, no display needed).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
+
+from dream_job.rundir import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,4 @@ def plot_training(path: Path, history: dict[str, dict[int, float]], *, run_name:
     grad_ax.set_xlabel("step")
     fig.suptitle(f"{run_name or 'training'}: {len(train)} logged steps, last {last}/{total_steps}")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)  # atomic: a reader never sees half a PNG
+    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))  # a reader never sees half a PNG
