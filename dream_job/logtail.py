@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from dream_job.rundir import TRAIN_LOG_NAME, lock_holder
+from dream_job.rundir import LOGS_DIR, TRAIN_LOG_NAME, lock_holder
 
 # How often a followed log is read again; lines reach the screen at most this late.
 POLL_S = 0.5
@@ -19,7 +19,7 @@ POLL_S = 0.5
 
 def train_log_path(run_dir: Path) -> Path:
     """Return where training writes its plain log lines in `run_dir`."""
-    return Path(run_dir) / "logs" / TRAIN_LOG_NAME
+    return Path(run_dir) / LOGS_DIR / TRAIN_LOG_NAME
 
 
 def follow_lines(path: Path, *, follow: bool, is_running: Callable[[], bool], poll_s: float = POLL_S,

@@ -25,16 +25,16 @@ def eval_(spec: SpecArg, model: ModelOpt = "final", set_: SetOpt = None,
 
     from dream_job.pipeline import evaluate_models
     from dream_job.progress import eval_progress, eval_summary_table, stderr, stdout
-    from dream_job.rundir import locked_run_dir
+    from dream_job.rundir import EVAL_DIR, EVAL_SUMMARY_NAME, EXPORT_DIR, locked_run_dir
 
     require_container()
     job = load_spec(spec, set_)
     label, folder = (model, None) if model in ("base", "final") else (Path(model).name, Path(model))
     if model == "final":
-        folder = job.run_dir() / "export"
+        folder = job.run_dir() / EXPORT_DIR
     with locked_run_dir(job.run_dir(), verb="dream-job eval"), eval_progress() as progress:
         report = evaluate_models(job, [(label, folder)], progress=progress)
-    summary = json.loads((job.run_dir() / "eval" / "summary.json").read_text())
+    summary = json.loads((job.run_dir() / EVAL_DIR / EVAL_SUMMARY_NAME).read_text())
     if as_json:
         print(json.dumps(summary, indent=2))
         return

@@ -23,6 +23,7 @@ from typing import Any
 from dream_job.data.source import read_local_dataset
 from dream_job.data.tokenizer import is_local
 from dream_job.errors import DataError
+from dream_job.rundir import DATA_DIR, HOLDOUT_NAME
 from dream_job.spec import EvalSpec
 
 
@@ -53,7 +54,7 @@ SUITE_FORMATS: dict[str, SuiteFormat] = {
     "gsm8k": SuiteFormat("openai/gsm8k", "main", "question", "answer", None, "GSM8K"),
     "math500": SuiteFormat("HuggingFaceH4/MATH-500", None, "problem", "answer", "unique_id", "MATH-500"),
 }
-HOLDOUT_PATH = Path("data") / "holdout.jsonl"
+HOLDOUT_PATH = Path(DATA_DIR) / HOLDOUT_NAME
 SPLIT = "test"
 
 
