@@ -36,22 +36,17 @@ def dream_job(*args: str, nproc: int = 1, extra_env: dict[str, str] | None = Non
 
 def kill_tree(pid: int) -> None:
     """SIGKILL a process and all its descendants (torchrun starts its workers in their own sessions)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        victims = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for victim in victims:
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    todo, everyone = [pid], []
-    while todo:
-        current = todo.pop()
-        everyone.append(current)
-        todo += children.get(current, [])
-    for victim in everyone:
-        try:
-            os.kill(victim, signal.SIGKILL)
-        except ProcessLookupError:
+            victim.kill()
+        except psutil.NoSuchProcess:
             pass
 
 

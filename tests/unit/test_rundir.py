@@ -145,3 +145,71 @@ def test_an_eval_items_file_torn_inside_a_utf8_character_is_read_and_repaired(tm
     path.write_bytes(json.dumps(done, ensure_ascii=False).encode() + b"\n" + torn[: torn.index("é".encode()) + 1])
     assert read_items(path, key="k", golds={"1": "5", "2": "7"}) == {"1": done}
     assert path.read_bytes() == json.dumps(done, ensure_ascii=False).encode() + b"\n"  # later runs append cleanly
+
+
+def test_an_interrupted_write_leaves_the_old_file_and_no_temp_file(tmp_path: Path) -> None:
+    target = tmp_path / "accuracy.png"
+    target.write_bytes(b"old")
+
+    def half_then_fail(tmp: Path) -> None:
+        tmp.write_bytes(b"ne")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        rundir.write_atomically(target, half_then_fail)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["accuracy.png"] and target.read_bytes() == b"old"
+    rundir.write_atomically(target, lambda tmp: tmp.write_bytes(b"new"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["accuracy.png"] and target.read_bytes() == b"new"
+    rundir.write_json_atomically(tmp_path / "run.json", {"run_id": "r", "job": "café"}, indent=None,
+                                 ensure_ascii=False)
+    assert (tmp_path / "run.json").read_bytes() == '{"run_id": "r", "job": "café"}\n'.encode()
+    # The temp name is hidden and ends with the suffix every manifest and stale-file sweep knows.
+    assert rundir.temp_path(target) == tmp_path / f".accuracy.png.{os.getpid()}.tmp-dream-job"
+
+
+def test_a_folder_is_swapped_in_whole_and_a_failed_write_keeps_the_old_one(tmp_path: Path) -> None:
+    data = tmp_path / "run" / "data"
+    rundir.write_dir_atomically(data, lambda folder: (folder / "a.txt").write_text("1"))
+    assert sorted(p.name for p in data.iterdir()) == ["a.txt"]
+    stale = data.parent / ".data.999.tmp-dream-job"  # left by a process killed mid-write
+    stale.mkdir()
+
+    def fail(folder: Path) -> None:
+        (folder / "b.txt").write_text("2")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(DiskFullError) as info:
+        rundir.write_dir_atomically(data, fail)
+    assert info.value.message == f"disk full at `{data}`"
+    assert sorted(p.name for p in data.parent.iterdir()) == ["data"] and (data / "a.txt").read_text() == "1"
+    rundir.write_dir_atomically(data, lambda folder: (folder / "b.txt").write_text("2"))
+    assert sorted(p.name for p in data.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in data.parent.iterdir()) == ["data"]  # no `.data.old` left either
+
+
+def test_only_checkpoints_with_their_marker_count(tmp_path: Path) -> None:
+    for name, marked in (("step-000120", True), ("step-000040", True), ("step-000200", False),
+                         (".step-000240.partial", False), ("step-x", True)):
+        (tmp_path / name).mkdir()
+        if marked:
+            (tmp_path / name / rundir.COMPLETE_NAME).write_text("{}")
+    assert rundir.complete_checkpoints(tmp_path) == [(40, tmp_path / "step-000040"), (120, tmp_path / "step-000120")]
+    assert rundir.complete_checkpoints(tmp_path / "missing") == []
+    assert rundir.checkpoint_name(120) == "step-000120"
+    assert rundir.partial_checkpoint_name(120) == ".step-000120.partial"
+    assert rundir.PARTIAL_STEP_RE.fullmatch(rundir.partial_checkpoint_name(7))
+
+
+def test_the_run_id_is_the_launchers_then_skypilots_then_the_job_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dream_job.spec import JobSpec
+
+    spec = JobSpec.model_validate({"name": "smoke"})
+    monkeypatch.delenv("DREAM_JOB_RUN_ID", raising=False)
+    monkeypatch.delenv("SKYPILOT_TASK_ID", raising=False)
+    assert rundir.run_id(spec) == "smoke"
+    monkeypatch.setenv("SKYPILOT_TASK_ID", "sky-managed-1")
+    assert rundir.run_id(spec) == "sky-managed-1"
+    monkeypatch.setenv("DREAM_JOB_RUN_ID", "smoke-20261205-130000")
+    assert rundir.run_id(spec) == "smoke-20261205-130000"
+    assert [bool(rundir.RUN_NAME_RE.fullmatch(n)) for n in ("smoke-1.a_b", "-x", "a/b", "a\n")] == [
+        True, False, False, False]
