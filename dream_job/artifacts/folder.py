@@ -19,11 +19,10 @@ from typing import Any
 
 from dream_job.errors import ArtifactError
 from dream_job.rundir import (  # the names are the run-dir contract's; re-exported for the artifacts modules
-    COMPLETE_NAME, MANIFEST_NAME, RUN_MARKER_NAME, TMP_SUFFIX, write_bytes_atomically,
+    COMPLETE_NAME, MANIFEST_NAME, RUN_MARKER_NAME, TMP_SUFFIX,
 )
 
-__all__ = ["COMPLETE_NAME", "MANIFEST_NAME", "RUN_MARKER_NAME", "TMP_SUFFIX", "write_atomic"]
-write_atomic = write_bytes_atomically  # the name `artifacts/hub.py` imports; the writer is `rundir`'s
+__all__ = ["COMPLETE_NAME", "MANIFEST_NAME", "RUN_MARKER_NAME", "TMP_SUFFIX"]
 # Never listed in a manifest: the manifest itself, the run marker, and the Hub client's own resume
 # state (`.cache/huggingface/` inside `local_dir` / `folder_path`).
 _EXCLUDED_FILES = {MANIFEST_NAME, RUN_MARKER_NAME}

@@ -27,10 +27,11 @@ from typing import Any, TypeVar
 
 from dream_job.artifacts.card import ModelCardInputs, write_model_card
 from dream_job.artifacts.folder import (
-    MANIFEST_NAME, RUN_MARKER_NAME, check_marker, marker_text, render_manifest, sha256_file, write_atomic,
+    MANIFEST_NAME, RUN_MARKER_NAME, check_marker, marker_text, render_manifest, sha256_file,
 )
 from dream_job.artifacts.transfer import ProgressFn, PublishResult, digest_folder
 from dream_job.errors import EXIT_TRANSIENT, ArtifactError
+from dream_job.rundir import write_text_atomically
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,10 +61,10 @@ def publish_to_hub(local: Path, repo_id: str, *, run_id: str, force: bool, card:
                          eval_summary=inputs.eval_summary, loss_png=inputs.loss_png, repo_id=repo_id)
     # Keep the repo's own marker when it is this run's, so a re-publish does not re-upload it.
     marker = marker_text(run_id) if rewrite_marker or existing is None else existing
-    write_atomic(local / RUN_MARKER_NAME, marker.encode("utf-8"))
+    write_text_atomically(local / RUN_MARKER_NAME, marker)
     digests = digest_folder(local)
     sha256 = {d.relpath: d.sha256 for d in digests}
-    write_atomic(local / MANIFEST_NAME, render_manifest(sha256).encode("utf-8"))
+    write_text_atomically(local / MANIFEST_NAME, render_manifest(sha256))
     names = [*sha256, MANIFEST_NAME, RUN_MARKER_NAME]
     stale = _call(where, "listing the repository", lambda: _stale_files(api, repo_id, local, names))
     if stale:
