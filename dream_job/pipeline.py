@@ -264,7 +264,7 @@ def train_stage(spec: JobSpec, *, verb: str, spec_path: Path | None = None, over
 
     write = _is_rank0()
     with _recording(run_dir, "train", fingerprint, inputs, verb, write=write) as rec:
-        result = train(spec, hooks=train_hooks(spec, run_id=run_id(spec)))
+        result = train(spec, hooks=train_hooks(spec))
         summary = {"steps": result.steps, "total_steps": result.total_steps, "final_loss": result.final_loss}
         outcome = STOPPED_BY_BUDGET if result.stopped_early else DONE
         _finish(run_dir, rec["base"], outcome=outcome, output_digest=export_digest(result.export_dir),

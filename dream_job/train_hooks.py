@@ -12,31 +12,32 @@ import os
 from pathlib import Path
 from typing import Any
 
+from dream_job.rundir import run_id
 from dream_job.spec import JobSpec
 from dream_job.train.hooks import TrainHooks
 
 logger = logging.getLogger(__name__)
 
 
-def train_hooks(spec: JobSpec, *, run_id: str) -> TrainHooks:
+def train_hooks(spec: JobSpec) -> TrainHooks:
     """Return the hooks for training `spec`: the terminal view, the budget guard and checkpoint sync.
 
     Only rank 0 (`RANK` unset or `0`) gets a budget guard: it alone reads and writes `cost.json`.
 
     Args:
-        spec: The job spec.
-        run_id: Names the run's folder at the destinations (same across machines of one launch).
+        spec: The job spec; its run id (`rundir.run_id`) names the run's folder at the destinations.
     """
     from dream_job.progress import TrainingView
 
     rank0 = os.environ.get("RANK", "0") == "0"
+    run = run_id(spec)
     syncing = spec.artifacts.sync_every_steps is not None and bool(sync_targets(spec))
     return TrainHooks(
         display=TrainingView(),
         cost_guard=CostGuardOnFirstUse(spec) if rank0 else None,
-        after_save=(lambda folder, step, final: sync_checkpoint(spec, run_id, folder, step, final=final))
+        after_save=(lambda folder, step, final: sync_checkpoint(spec, run, folder, step, final=final))
         if syncing else None,
-        fetch_checkpoint=(lambda root: fetch_synced_checkpoint(spec, run_id, root)) if syncing else None,
+        fetch_checkpoint=(lambda root: fetch_synced_checkpoint(spec, run, root)) if syncing else None,
     )
 
 
@@ -88,7 +89,7 @@ def sync_targets(spec: JobSpec) -> list[tuple[str, Any]]:
             for d in spec.artifacts.destinations if d.startswith(("s3://", "file://"))]
 
 
-def sync_checkpoint(spec: JobSpec, run_id: str, folder: Path, step: int, *, final: bool) -> None:
+def sync_checkpoint(spec: JobSpec, run: str, folder: Path, step: int, *, final: bool) -> None:
     """Upload a just-saved checkpoint every `artifacts.sync_every_steps` (and before an early exit)."""
     from dream_job.artifacts import sync_checkpoint as upload
 
@@ -96,16 +97,16 @@ def sync_checkpoint(spec: JobSpec, run_id: str, folder: Path, step: int, *, fina
     if every is None or not (final or step % every == 0):
         return
     for destination, s3 in sync_targets(spec):
-        upload(folder, destination, run_id=run_id, s3=s3)
+        upload(folder, destination, run_id=run, s3=s3)
         logger.info("synced %s to %s", folder.name, destination)
 
 
-def fetch_synced_checkpoint(spec: JobSpec, run_id: str, root: Path) -> None:
+def fetch_synced_checkpoint(spec: JobSpec, run: str, root: Path) -> None:
     """On a new machine with no local checkpoint, download the newest one a previous machine synced."""
     from dream_job.artifacts import fetch_latest_checkpoint
 
     for destination, s3 in sync_targets(spec):
-        step = fetch_latest_checkpoint(destination, run_id, root, s3=s3)
+        step = fetch_latest_checkpoint(destination, run, root, s3=s3)
         if step is not None:
             logger.info("fetched checkpoint step %d from %s", step, destination)
             return

@@ -14,10 +14,8 @@ from pathlib import Path
 
 from dream_job.data.encode import KEPT, encode_row
 from dream_job.data.tokenizer import load_tokenizer
+from dream_job.rundir import HOLDOUT_NAME, TOKENIZER_NAME
 from dream_job.spec import DataSpec
-
-HOLDOUT_NAME = "holdout.jsonl"
-TOKENIZER_NAME = "tokenizer"
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import torch
 from budget import fallback_methods
 from dream_job.data.prep import read_report
 from dream_job.errors import CheckpointError, DataError, DiskFullError, SpecError
-from dream_job.rundir import CHECKPOINTS_DIR, DATA_DIR, is_disk_full
+from dream_job.rundir import CHECKPOINTS_DIR, DATA_DIR, TRAIN_ROWS_DIR, is_disk_full
 from dream_job.spec import JobSpec
 from dream_job.train.distributed import close_distributed, init_distributed
 from dream_job.train.hooks import TrainHooks
@@ -80,7 +80,7 @@ def load_prepared(spec: JobSpec) -> tuple[Any, dict[str, Any]]:
             f"but this job uses `{tokenizer}`",
             hint="re-run `dream-job prep` with this job file, or use another `artifacts.run_dir`",
         )
-    return datasets.load_from_disk(str(data_dir / "train")), report
+    return datasets.load_from_disk(str(data_dir / TRAIN_ROWS_DIR)), report
 
 
 def oom_hint(spec: JobSpec) -> str:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dream_job.rundir import LOGS_DIR, METRICS_NAME, TRAIN_LOG_NAME, append_line, read_jsonl, write_text_atomically
+from dream_job.rundir import LOGS_DIR, LOSS_PLOT_NAME, METRICS_NAME, TRAIN_LOG_NAME, append_line, read_jsonl, write_text_atomically
 from dream_job.train.plot import PLOTTED_KEYS, plot_training, smooth
 from dream_job.train.sinks import open_sinks
 
@@ -44,7 +44,6 @@ LINE_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("cost/spent_yuan", "cost_yuan", "{:.2f}"),
 )
 LOSS_KEY = "train/loss"
-PLOT_NAME = "loss.png"
 # Without a terminal (`docker logs`, `sky logs`), the screen gets the log line of the first and last
 # step, every tenth of the run and at least once a minute; `train.log` keeps every step. On a
 # terminal the caller's live view (`train/hooks.Display`) shows the numbers instead.
@@ -124,7 +123,7 @@ class MetricsLogger:
 
     @property
     def plot_path(self) -> Path:
-        return self.log_dir / PLOT_NAME
+        return self.log_dir / LOSS_PLOT_NAME
 
     @property
     def loss_by_step(self) -> dict[int, float]:

@@ -24,7 +24,9 @@ from budget.flops import peak_flops, train_flops_per_token
 from dream_job.data.holdout import read_holdout_tokens
 from dream_job.data.prep import read_column
 from dream_job.errors import EXIT_INTERRUPTED, EXIT_TRANSIENT, DataError, SpecError, TransientError
-from dream_job.rundir import DATA_DIR, EXPORT_DIR, EXPORT_INFO_NAME, LOGS_DIR, METRICS_NAME, read_jsonl
+from dream_job.rundir import (
+    CHECKPOINTS_DIR, DATA_DIR, EXPORT_DIR, EXPORT_INFO_NAME, LOGS_DIR, METRICS_NAME, TOKENIZER_DIR, read_jsonl,
+)
 from dream_job.spec import JobSpec
 from dream_job.train.batches import BatchPlan, collate, hash_seed
 from dream_job.train.build import Built, build_training
@@ -145,7 +147,7 @@ class Trainer:
                                 world_size=dist_info.world_size, data_hash=report["inputs_hash"])
         self.states = {"model": ModelOptimizerState(self.built.model, self.built.optimizer),
                        "scheduler": DictState(self.scheduler), "train": self.state}
-        self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", keep=self.cfg.keep_checkpoints)
+        self.checkpoints = CheckpointManager(self.run_dir / CHECKPOINTS_DIR, keep=self.cfg.keep_checkpoints)
         self.resumed_from = self._resume()
         self.metrics = MetricsLogger(self.run_dir, is_rank0=dist_info.is_rank0, total_steps=self.total_steps,
                                      resume_step=self.state.step, report_to=self.cfg.report_to, run_name=spec.name,
@@ -343,7 +345,8 @@ class Trainer:
             shutil.rmtree(staged, ignore_errors=True)  # left by an export that failed
         dist.barrier()
         export_hf(self.built.model, self.built.config, out_dir=staged,
-                  tokenizer_dir=self.run_dir / DATA_DIR / "tokenizer", base_dir=self.built.base_dir, is_lora=self.cfg.method == "lora",
+                  tokenizer_dir=self.run_dir / TOKENIZER_DIR, base_dir=self.built.base_dir,
+                  is_lora=self.cfg.method == "lora",
                   base_tokenizer=self.spec.model.tokenizer in (None, self.spec.model.base))
         if self.dist.is_rank0:
             stale = export_dir.with_name(f".{export_dir.name}.stale")
