@@ -22,7 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dream_job.rundir import LOGS_DIR, LOSS_PLOT_NAME, METRICS_NAME, TRAIN_LOG_NAME, append_line, read_jsonl, write_text_atomically
+from dream_job.rundir import (
+    LOGS_DIR, LOSS_PLOT_NAME, METRICS_NAME, TRAIN_LOG_NAME, append_line, read_jsonl, write_text_atomically,
+)
 from dream_job.train.plot import PLOTTED_KEYS, plot_training, smooth
 from dream_job.train.sinks import open_sinks
 

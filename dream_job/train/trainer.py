@@ -30,7 +30,9 @@ from dream_job.rundir import (
 from dream_job.spec import JobSpec
 from dream_job.train.batches import BatchPlan, collate, hash_seed
 from dream_job.train.build import Built, build_training
-from dream_job.train.checkpoint import TRAIN_STATE_VERSION, CheckpointManager, DictState, ModelOptimizerState, TrainState
+from dream_job.train.checkpoint import (
+    TRAIN_STATE_VERSION, CheckpointManager, DictState, ModelOptimizerState, TrainState,
+)
 from dream_job.train.distributed import Dist
 from dream_job.train.export import export_hf
 from dream_job.train.hooks import TrainHooks
@@ -87,11 +89,11 @@ def plan_batches(lengths: list[int], spec: JobSpec, world_size: int) -> BatchPla
                  "or run on a number of GPUs that divides it",
         )
     if len(lengths) < train.global_batch_size:
+        fitting = max(train.micro_batch_size, len(lengths) // per_round * per_round)
         raise SpecError(
             f"only {len(lengths)} training rows were prepared, fewer than `train.global_batch_size` "
             f"({train.global_batch_size})",
-            hint=f"set `--set train.global_batch_size={max(train.micro_batch_size, len(lengths) // per_round * per_round)}`"
-                 " or lower `data.holdout_size`",
+            hint=f"set `--set train.global_batch_size={fitting}` or lower `data.holdout_size`",
         )
     return BatchPlan(lengths, global_batch_size=train.global_batch_size, micro_batch_size=train.micro_batch_size,
                      world_size=world_size, seed=train.seed)
