@@ -113,7 +113,7 @@ def train(spec: JobSpec, hooks: TrainHooks | None = None) -> TrainResult:
     dataset, report = load_prepared(spec)
     dist_info = init_distributed(spec.train.device)
     stop = StopFlag()
-    succeeded = False
+    succeeded, trainer = False, None
     try:
         trainer = Trainer(spec, dataset, report, dist_info, hooks)
         result = trainer.finish(trainer.fit(stop))
@@ -131,6 +131,8 @@ def train(spec: JobSpec, hooks: TrainHooks | None = None) -> TrainResult:
             hint=oom_hint(spec),
         ) from None
     finally:
+        if trainer is not None:
+            trainer.close()  # on any failure too: the terminal gets its cursor back, the logs are flushed
         stop.restore()
         close_distributed(succeeded=succeeded)
 

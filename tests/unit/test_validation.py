@@ -93,10 +93,10 @@ def test_holdout_rows_are_encoded_like_training_rows(tmp_path: Path, in_repo: Pa
     data_dir = prepare_data(spec).data_dir
     rows = read_holdout_tokens(data_dir, spec.data)
     texts = [json.loads(line) for line in (data_dir / "holdout.jsonl").read_text().splitlines()]
-    assert len(texts) == 20 and len(rows) == 20  # `data.holdout_size: 20` in the smoke job
-    tokenizer = load_tokenizer(str(TINY))
+    assert len(texts) == spec.data.holdout_size and len(rows) == len(texts)  # every smoke row fits `max_length`
+    tokenizer = load_tokenizer(str(data_dir / "tokenizer"))
     first = encode_row(tokenizer, texts[0]["question"], texts[0]["trace"], texts[0]["attempt"],
-                       system_prompt=spec.data.system_prompt, max_length=256, truncation="keep_answer",
-                       marker=spec.data.truncation_marker)
+                       system_prompt=spec.data.system_prompt, max_length=spec.data.max_length,
+                       truncation=spec.data.truncation, marker=spec.data.truncation_marker)
     assert rows[0] == HoldoutRow(texts[0]["row_index"], list(first.input_ids), first.prompt_length)
     assert read_holdout_tokens(tmp_path / "nothing", spec.data) == []
