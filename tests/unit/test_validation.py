@@ -17,7 +17,7 @@ from dream_job.model.dream import DreamConfig
 from dream_job.spec import load_spec
 from dream_job.train.batches import collate, hash_seed
 from dream_job.train.validation import T_GRID, Validator
-from tests.conftest import REPO
+from tests.conftest import REPO, s1k_row, write_jsonl
 
 SMOKE = REPO / "jobs" / "smoke.yaml"
 TINY = REPO / "jobs" / "assets" / "tiny-dream"
@@ -89,14 +89,16 @@ def test_ranks_split_the_chunks_and_score_the_same_count(model: DreamForMaskedDi
 
 
 def test_holdout_rows_are_encoded_like_training_rows(tmp_path: Path, in_repo: Path) -> None:
-    spec = load_spec(SMOKE, [f"artifacts.run_dir={tmp_path}"])
+    rows = [s1k_row(f"What is {a} + 2?", f"{a} plus 2 is {a + 2}.", f"The sum is {a + 2}.") for a in range(12)]
+    spec = load_spec(SMOKE, [f"artifacts.run_dir={tmp_path}", f"model.base={TINY}", "model.init=random",
+                             f"data.dataset={write_jsonl(rows, tmp_path / 'rows.jsonl')}", "data.holdout_size=4",
+                             "data.max_length=256", "data.truncation=keep_answer"])
     data_dir = prepare_data(spec).data_dir
-    rows = read_holdout_tokens(data_dir, spec.data)
+    encoded = read_holdout_tokens(data_dir, spec.data)
     texts = [json.loads(line) for line in (data_dir / "holdout.jsonl").read_text().splitlines()]
-    assert len(texts) == spec.data.holdout_size and len(rows) == len(texts)  # every smoke row fits `max_length`
-    tokenizer = load_tokenizer(str(data_dir / "tokenizer"))
-    first = encode_row(tokenizer, texts[0]["question"], texts[0]["trace"], texts[0]["attempt"],
-                       system_prompt=spec.data.system_prompt, max_length=spec.data.max_length,
-                       truncation=spec.data.truncation, marker=spec.data.truncation_marker)
-    assert rows[0] == HoldoutRow(texts[0]["row_index"], list(first.input_ids), first.prompt_length)
+    assert len(texts) == 4 and len(encoded) == 4
+    first = encode_row(load_tokenizer(str(TINY)), texts[0]["question"], texts[0]["trace"], texts[0]["attempt"],
+                       system_prompt=spec.data.system_prompt, max_length=256, truncation="keep_answer",
+                       marker=spec.data.truncation_marker)
+    assert encoded[0] == HoldoutRow(texts[0]["row_index"], list(first.input_ids), first.prompt_length)
     assert read_holdout_tokens(tmp_path / "nothing", spec.data) == []
