@@ -31,8 +31,9 @@ def train(spec: SpecArg, set_: SetOpt = None) -> None:
     with locked_run_dir(job.run_dir(), verb="dream-job train") if rank0 else nullcontext():
         result, outcome = train_stage(job, verb="dream-job train", skip_done=False)
     if rank0:
-        stderr.print(f"trained {result.steps} of {result.total_steps} steps, final loss {result.final_loss:.4f}; "
-                     f"model: {result.export_dir}" + (f"\n{outcome.reason}" if outcome.reason else ""),
+        held_out = f", validation loss {result.val_loss:.4g}" if result.val_loss is not None else ""
+        stderr.print(f"trained {result.steps} of {result.total_steps} steps, final loss {result.final_loss:.4g}"
+                     f"{held_out}; model: {result.export_dir}" + (f"\n{outcome.reason}" if outcome.reason else ""),
                      highlight=False)
 
 

@@ -51,6 +51,7 @@ class TrainResult:
     resumed_from: int | None
     total_steps: int = 0
     stopped_early: str | None = None  # why the budget guard stopped before `total_steps`
+    val_loss: float | None = None  # the held-out loss at the last step (None: no validation)
 
 
 class Preempted(TransientError):
@@ -158,6 +159,7 @@ class Trainer:
         self.peak_flops = (peak_flops(torch.cuda.get_device_name(dist_info.device))
                            if dist_info.device.type == "cuda" else None)
         self.start_step, self.started, self.loss = self.state.step, time.perf_counter(), float("nan")
+        self.val_loss: float | None = None
         if dist_info.is_rank0 and self.hooks.display is not None:
             self.hooks.display.start(self.total_steps, self.state.step)
 
@@ -206,7 +208,7 @@ class Trainer:
         if (guard := self.hooks.cost_guard) is not None and guard.usd_per_hour:
             values["cost/spent_yuan"] = guard.spent_yuan()
         if self._validation_due():
-            values["val/loss"] = self.validator.loss(self.built.model)  # type: ignore[union-attr]
+            values["val/loss"] = self.val_loss = self.validator.loss(self.built.model)  # type: ignore[union-attr]
         return values
 
     def _validation_due(self) -> bool:
@@ -334,10 +336,12 @@ class Trainer:
             self.hooks.cost_guard.clear_stop()
         export_dir = self.run_dir / EXPORT_DIR
         result = TrainResult(steps=self.state.step, final_loss=self.loss, export_dir=export_dir,
-                             resumed_from=self.resumed_from, total_steps=self.total_steps, stopped_early=stopped_early)
+                             resumed_from=self.resumed_from, total_steps=self.total_steps, stopped_early=stopped_early,
+                             val_loss=self.val_loss)
         if self.resumed_from == self.state.step and (export_dir / EXPORT_INFO_NAME).exists():
             logger.info("already trained and exported: %s", export_dir)
-            return replace(result, final_loss=self._last_logged_loss())
+            loss, val_loss = self._last_logged("train/loss"), self._last_logged("val/loss")
+            return replace(result, final_loss=self.loss if loss is None else loss, val_loss=val_loss)
         self._export(export_dir)
         return result
 
@@ -360,9 +364,9 @@ class Trainer:
             logger.info("export in place: %s", export_dir)
         dist.barrier()
 
-    def _last_logged_loss(self) -> float:
-        """The loss of the last logged step (a finished run re-entered trains no step of its own)."""
+    def _last_logged(self, key: str) -> float | None:
+        """The last logged value of `key` (a finished run re-entered trains no step of its own)."""
         for record in reversed(read_jsonl(self.run_dir / LOGS_DIR / METRICS_NAME)):
-            if (loss := record.get("train/loss")) is not None:
-                return float(loss)
-        return self.loss
+            if (value := record.get(key)) is not None:
+                return float(value)
+        return None

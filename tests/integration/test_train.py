@@ -58,10 +58,11 @@ def wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 300) -> N
         time.sleep(0.05)
 
 
-def run_ok(*args: str, nproc: int = 1) -> None:
+def run_ok(*args: str, nproc: int = 1) -> str:
     process = dream_job(*args, nproc=nproc, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
+    return output
 
 
 def losses(run_dir: Path) -> dict[int, float]:
@@ -227,6 +228,10 @@ def test_a_longer_run_replaces_the_export_and_leaves_no_staging_folder(tmp_path:
     assert exported == pytest.approx(logged[8]["val/loss"], rel=1e-3)
     assert abs(exported - logged[8]["val/loss"]) < abs(exported - logged[4]["val/loss"]), logged
     assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".export")) == []
+    # Run again: nothing to train, the export stays; the summary line repeats the logged numbers.
+    output = run_ok("train", str(SMOKE), *run_args(run_dir, *longer))
+    assert (f"trained 8 of 8 steps, final loss {logged[8]['train/loss']:.4g}, validation loss "
+            f"{logged[8]['val/loss']:.4g}; model: {run_dir / 'export'}") in " ".join(output.split()), output
 
 
 def test_offload_on_cpu_fails_at_start_with_the_fix(tmp_path: Path, prepared: Path) -> None:
