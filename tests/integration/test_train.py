@@ -20,7 +20,9 @@ SMOKE = REPO / "jobs" / "smoke.yaml"
 
 
 def run_args(run_dir: Path, *extra: str) -> list[str]:
-    return ["--set", f"artifacts.run_dir={run_dir}", "--set", "train.log_every_steps=1", *extra]
+    # Batches of 8 in micro-batches of 4 split over 1 or 2 processes, whatever the smoke job's own sizes.
+    return ["--set", f"artifacts.run_dir={run_dir}", "--set", "train.log_every_steps=1",
+            "--set", "train.global_batch_size=8", "--set", "train.micro_batch_size=4", *extra]
 
 
 def dream_job(*args: str, nproc: int = 1, extra_env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
