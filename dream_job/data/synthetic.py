@@ -4,9 +4,12 @@ The smoke job and the tests train on these rows: each has a question, a written
 step-by-step trace (column addition with carries), a final attempt with the answer and all
 s1K-1.1 columns (`solution`, `deepseek_*`, `gemini_*`, grades, `cot_type`, `source_type`,
 `metadata` as a Python-repr string). The committed file `jobs/assets/smoke/s1k-smoke.jsonl`
-is this module's output:
+(prose word problems, used by the tests) is this module's output:
 
     python -m dream_job.data.synthetic jobs/assets/smoke/s1k-smoke.jsonl --rows 300 --seed 0
+
+The smoke job's own rows are one-digit sums with a compact trace (`one_digit_rows`), written
+by `python -m dream_job.data.smoke_assets jobs/assets`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ from typing import Any
 
 SOURCE_TYPE = "dream-job/synthetic-addition"
 COMPACT_SOURCE_TYPE = "dream-job/synthetic-addition-compact"
+ONE_DIGIT_CARRY_SOURCE_TYPE = "dream-job/synthetic-addition-one-digit-carry"
+ONE_DIGIT_NO_CARRY_SOURCE_TYPE = "dream-job/synthetic-addition-one-digit-no-carry"
+# The questions of `one_digit_rows`; the operands keep their order, so the trace reads them left to right.
+PHRASINGS = ("What is {a} + {b}?", "What is {a} plus {b}?", "Add {a} and {b}.", "Compute {a} + {b}.")
 
 _STORIES = (
     ("{name} has {a} marbles and finds {b} more.", "How many marbles does {name} have now?"),
@@ -106,6 +113,43 @@ def compact_addition_trace(a: int, b: int) -> str:
     return "\n".join(lines)
 
 
+def compact_row(index: int, a: int, b: int, question: str, source_type: str) -> dict[str, Any]:
+    """Build one s1K-1.1 row asking `question` about `a + b`, with the compact trace and the bare sum."""
+    total = str(a + b)
+    trace = compact_addition_trace(a, b)
+    return {
+        "solution": total,
+        "question": question,
+        "cot_type": "math",
+        "source_type": source_type,
+        "metadata": repr({"index": index, "a": a, "b": b}),
+        "gemini_thinking_trajectory": trace,
+        "gemini_attempt": total,
+        "deepseek_thinking_trajectory": trace,
+        "deepseek_attempt": total,
+        "gemini_grade": "Yes",
+        "gemini_grade_reason": "The attempt matches the reference answer.",
+        "deepseek_grade": "Yes",
+        "deepseek_grade_reason": "The attempt matches the reference answer.",
+    }
+
+
+def one_digit_rows(*, carry: bool) -> list[dict[str, Any]]:
+    """Return every sum `a + b` of two one-digit numbers with (`carry`) or without a carry, in
+    each of the `PHRASINGS`, in a fixed order: 45 x 4 = 180 rows with a carry, 55 x 4 = 220 without.
+
+    The smoke job's two halves of one task: its base was pre-trained on the sums without a
+    carry (below 10) and knows the layout, the copying of the digits and those sums, but not
+    what 7 + 8 is; the smoke run fine-tunes it on the sums with a carry. The phrasings give
+    each sum several questions, so a held-out question asks a sum that fine-tuning taught
+    under another phrasing (one digit has too few pairs to hold whole pairs out).
+    """
+    pairs = [(a, b) for a in range(10) for b in range(10) if (a + b >= 10) == carry]
+    source_type = ONE_DIGIT_CARRY_SOURCE_TYPE if carry else ONE_DIGIT_NO_CARRY_SOURCE_TYPE
+    questions = [(a, b, phrasing.format(a=a, b=b)) for a, b in pairs for phrasing in PHRASINGS]
+    return [compact_row(i, a, b, question, source_type) for i, (a, b, question) in enumerate(questions)]
+
+
 def _operand(rng: random.Random, max_digits: int) -> int:
     """Draw a number whose digit count is uniform in 1..max_digits, then uniform among those."""
     num_digits = rng.randint(1, max_digits)
@@ -132,23 +176,7 @@ def generate_compact_rows(num_rows: int, seed: int = 0, max_digits: int = 3) -> 
         if (a, b) in seen:
             continue
         seen.add((a, b))
-        total = str(a + b)
-        trace = compact_addition_trace(a, b)
-        rows.append({
-            "solution": total,
-            "question": f"What is {a} + {b}?",
-            "cot_type": "math",
-            "source_type": COMPACT_SOURCE_TYPE,
-            "metadata": repr({"index": len(rows), "a": a, "b": b}),
-            "gemini_thinking_trajectory": trace,
-            "gemini_attempt": total,
-            "deepseek_thinking_trajectory": trace,
-            "deepseek_attempt": total,
-            "gemini_grade": "Yes",
-            "gemini_grade_reason": "The attempt matches the reference answer.",
-            "deepseek_grade": "Yes",
-            "deepseek_grade_reason": "The attempt matches the reference answer.",
-        })
+        rows.append(compact_row(len(rows), a, b, f"What is {a} + {b}?", COMPACT_SOURCE_TYPE))
     return rows
 
 

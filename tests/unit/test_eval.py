@@ -377,9 +377,10 @@ def test_evaluate_with_the_real_sampler(run: tuple[JobSpec, Any]) -> None:
     spec = make_spec(spec.run_dir().parent, suites=["gsm8k"], limit=3, batch_size=2,
                      sampler={"mode": "reference", "gen_length": 8, "steps": 4})
     entry = evaluate(spec, model_label="final")["gsm8k"]  # random weights: the answers are noise
-    assert entry["n"] == 3 and 0 <= entry["correct"] <= 3
+    assert (entry["n"], entry["correct"], entry["num_tokens"]) == (3, 0, 24)  # noise: no answer right, no EOS
     records = [json.loads(line) for line in (spec.run_dir() / "eval" / entry["items"]).read_text().splitlines()]
-    assert len(records) == 3 and all(0 <= r["tokens"] <= 8 for r in records)
+    assert [(r["gold"], r["correct"], r["tokens"]) for r in records] == [("1234", False, 8), ("18", False, 8),
+                                                                         ("42", False, 8)]
 
 
 def test_moved_run_dir_keeps_finished_items(run: tuple[JobSpec, Any], tmp_path: Path) -> None:
