@@ -221,12 +221,13 @@ def test_a_longer_run_replaces_the_export_and_leaves_no_staging_folder(tmp_path:
     first = ["--set", "train.max_steps=4", "--set", "train.eval_every_steps=2"]
     run_ok("train", str(SMOKE), *run_args(run_dir, *first))
     # The export is bf16 (training here is fp32): it scores within rounding of what the last step logged.
-    assert export_validation_loss(run_dir, first) == pytest.approx(records(run_dir)[4]["val/loss"], rel=1e-3)
+    assert export_validation_loss(run_dir, run_args(run_dir, *first)) == pytest.approx(
+        records(run_dir)[4]["val/loss"], rel=1e-3)
     longer = ["--set", "train.max_steps=8", "--set", "train.eval_every_steps=2"]
     run_ok("train", str(SMOKE), *run_args(run_dir, *longer))
     logged = records(run_dir)
     # The export now is the step-8 model, written beside the step-4 one and swapped in.
-    exported = export_validation_loss(run_dir, longer)
+    exported = export_validation_loss(run_dir, run_args(run_dir, *longer))
     assert exported == pytest.approx(logged[8]["val/loss"], rel=1e-3)
     assert abs(exported - logged[8]["val/loss"]) < abs(exported - logged[4]["val/loss"]), logged
     assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".export")) == []
