@@ -82,8 +82,9 @@ def test_training_from_scratch_adds_unseen_numbers(tmp_path: Path) -> None:
 def test_smoke_job_fine_tuned_model_beats_its_base(tmp_path: Path) -> None:
     """`dream-job run jobs/smoke.yaml` end to end: fine-tuned >= base + 25 points on >= 32 items."""
     run_dir, published = tmp_path / "run", tmp_path / "published"
-    subprocess.run([sys.executable, "-m", "dream_job", "run", "jobs/smoke.yaml", "--set", f"artifacts.run_dir={run_dir}",
-                    "--set", f"artifacts.destinations=[file://{published}]"], cwd=REPO, check=True)
+    subprocess.run([sys.executable, "-m", "dream_job", "run", "jobs/smoke.yaml",
+                    "--set", f"artifacts.run_dir={run_dir}", "--set", f"artifacts.destinations=[file://{published}]"],
+                   cwd=REPO, check=True)
     summary = json.loads((run_dir / "eval" / "summary.json").read_text())
     base, final = summary["base"]["s1k_holdout"], summary["final"]["s1k_holdout"]
     print(json.dumps({"base": base["correct"], "final": final["correct"], "n": final["n"]}))

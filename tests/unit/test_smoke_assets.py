@@ -43,12 +43,14 @@ def test_trace_carries() -> None:
 def test_one_digit_rows_split_the_sums_at_the_carry() -> None:
     carry, no_carry = one_digit_rows(carry=True), one_digit_rows(carry=False)
     assert (len(carry), len(no_carry)) == (180, 220)  # 45 and 55 of the 100 pairs, 4 phrasings each
-    assert [r["question"] for r in carry[:4]] == ["What is 1 + 9?", "What is 1 plus 9?", "Add 1 and 9.", "Compute 1 + 9."]
+    assert [r["question"] for r in carry[:4]] == [
+        "What is 1 + 9?", "What is 1 plus 9?", "Add 1 and 9.", "Compute 1 + 9."]
     assert (carry[0]["deepseek_thinking_trajectory"], carry[0]["deepseek_attempt"], carry[0]["solution"]) == (
         "1+9+0=10", "10", "10")
     assert (no_carry[-1]["question"], no_carry[-1]["deepseek_thinking_trajectory"], no_carry[-1]["solution"]) == (
         "Compute 9 + 0.", "9+0+0=09", "9")
-    assert sorted(int(r["solution"]) for r in carry[::4]) == sorted(a + b for a in range(10) for b in range(10) if a + b >= 10)
+    carry_sums = sorted(a + b for a in range(10) for b in range(10) if a + b >= 10)
+    assert sorted(int(r["solution"]) for r in carry[::4]) == carry_sums
     assert max(int(r["solution"]) for r in no_carry) == 9
     assert len({r["question"] for r in carry + no_carry}) == 400
 
