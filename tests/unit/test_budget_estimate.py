@@ -128,8 +128,8 @@ def test_data_report_replaces_the_profile(tmp_path: Path) -> None:
 def test_no_report_for_a_dataset_without_a_profile(tmp_path: Path) -> None:
     with pytest.raises(BudgetError) as raised:
         run(REPO / "jobs" / "smoke.yaml", tmp_path=tmp_path)
-    assert raised.value.message == ("no data report for `data.dataset` `jobs/assets/smoke/s1k-smoke.jsonl`, and the "
-                                    "shipped length profile covers `simplescaling/s1K-1.1` only")
+    assert raised.value.message == ("no data report for `data.dataset` `jobs/assets/smoke/one-digit-carry.jsonl`, "
+                                    "and the shipped length profile covers `simplescaling/s1K-1.1` only")
 
 
 def test_json_is_stable_and_restricted_to_the_job_clouds(tmp_path: Path) -> None:

@@ -18,7 +18,10 @@ from tests.conftest import REPO, SMOKE_DATA, TINY_DREAM, s1k_row, write_jsonl
 
 
 def smoke_spec(tmp_path: Path, *overrides: str):
-    return load_spec(REPO / "jobs" / "smoke.yaml", [f"artifacts.run_dir={tmp_path / 'run'}", *overrides])
+    # The prose rows with long traces (smoke.yaml's own one-digit rows never need truncating).
+    prose = ["data.dataset=jobs/assets/smoke/s1k-smoke.jsonl", "data.max_length=256", "data.truncation=keep_answer",
+             "data.holdout_size=20"]
+    return load_spec(REPO / "jobs" / "smoke.yaml", [f"artifacts.run_dir={tmp_path / 'run'}", *prose, *overrides])
 
 
 def test_smoke_prep_report_matches_the_written_data(tmp_path: Path, in_repo: Path) -> None:

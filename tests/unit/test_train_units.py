@@ -61,7 +61,8 @@ def test_collate_without_left_pads_takes_the_fast_path() -> None:
 def test_oom_advice_names_the_next_smaller_setting(tmp_path: Path) -> None:
     spec = load_spec(SMOKE, ["train.micro_batch_size=4"])
     assert oom_hint(spec) == "try `--set train.micro_batch_size=2`"
-    spec = load_spec(SMOKE, ["train.micro_batch_size=1", "train.global_batch_size=8"])
+    spec = load_spec(SMOKE, ["train.micro_batch_size=1", "train.global_batch_size=8",
+                             "train.activation_checkpointing=true"])
     assert oom_hint(spec) == "try `--set train.method=full_offload` (see `dream-job estimate` for what fits)"
 
 
@@ -72,7 +73,7 @@ def test_base_folder_without_config_or_weights_is_named(tmp_path: Path) -> None:
         resolve_base_dir(load_spec(SMOKE, [f"model.base={empty}"]))
     assert info.value.message == f"`model.base` folder `{empty}` has no `config.json`"
     with pytest.raises(DreamJobError) as info:
-        resolve_base_dir(load_spec(SMOKE, ["model.init=pretrained"]))
+        resolve_base_dir(load_spec(SMOKE, ["model.base=jobs/assets/tiny-dream", "model.init=pretrained"]))
     assert info.value.message == (
         "`model.base` folder `jobs/assets/tiny-dream` has no safetensors weights but `model.init` is `pretrained`"
     )
@@ -86,5 +87,5 @@ def test_data_prepared_for_another_tokenizer_is_refused(tmp_path: Path, in_repo:
         load_prepared(load_spec(SMOKE, [f"artifacts.run_dir={tmp_path}"]))
     assert info.value.message == (
         f"the data in `{data}` was prepared with the tokenizer `Dream-org/Dream-v0-Base-7B`, "
-        "but this job uses `jobs/assets/tiny-dream`"
+        "but this job uses `jobs/assets/smoke-base`"
     )
