@@ -21,8 +21,8 @@ pytestmark = pytest.mark.slow
 # Jobs that run only where their local assets are (the CPU smoke job; the GPU rehearsal, whose
 # assets `bench/rehearsal.py` writes): their launch stops at the estimate with one sentence.
 LOCAL_ONLY = {
-    "smoke.yaml": "error: no data report for `data.dataset` `jobs/assets/smoke/s1k-smoke.jsonl`, and the shipped "
-    "length profile covers `simplescaling/s1K-1.1` only",
+    "smoke.yaml": "error: no data report for `data.dataset` `jobs/assets/smoke/one-digit-carry.jsonl`, and the "
+    "shipped length profile covers `simplescaling/s1K-1.1` only",
     "rehearsal-7b.yaml": "error: the estimate does not know the shape of `model.base` `runs/rehearsal-assets/7b/base`",
 }
 LAUNCHABLE = sorted(p.name for p in (REPO / "jobs").glob("*.yaml") if p.name not in LOCAL_ONLY)
