@@ -21,10 +21,10 @@ def test_prep_smoke_prints_the_report_and_json(tmp_path: Path, in_repo: Path) ->
     run = f"artifacts.run_dir={tmp_path / 'run'}"
     result = runner.invoke(app, ["prep", "jobs/smoke.yaml", "--set", run])
     assert result.exit_code == 0, result.output
-    assert "kept for training" in result.stdout and "280" in result.stdout
+    assert "kept for training" in result.stdout and "140" in result.stdout  # 180 rows, 40 held out
     as_json = runner.invoke(app, ["prep", "jobs/smoke.yaml", "--set", run, "--json"])
     assert as_json.exit_code == 0
-    assert json.loads(as_json.stdout)["rows_kept"] == 280
+    assert json.loads(as_json.stdout)["rows_kept"] == 140
 
 
 def test_real_job_on_a_local_parquet_with_the_tiny_tokenizer(tmp_path: Path, in_repo: Path) -> None:
