@@ -63,7 +63,7 @@ def test_ctrl_c_during_prep_exits_130_with_one_line_and_writes_no_data(delay_s: 
 @pytest.mark.slow
 def test_ctrl_c_during_training_saves_at_the_step_boundary_and_resumes(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    args = ["--set", f"artifacts.run_dir={run_dir}", "--set", "train.max_steps=400", "--set", "train.save_every_steps=50"]
+    args = ["--set", f"artifacts.run_dir={run_dir}", "--set", "train.max_steps=140", "--set", "train.save_every_steps=50"]
     subprocess.run([sys.executable, "-m", "dream_job", "prep", str(SMOKE), *args], cwd=REPO, check=True,
                    capture_output=True)
     process = dream_job("train", str(SMOKE), *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -133,7 +133,9 @@ def small_disk(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_a_full_disk_while_checkpointing_is_named_and_leaves_no_temp_files(small_disk: Path) -> None:
     run_dir = small_disk / "run"
-    args = ["--set", f"artifacts.run_dir={run_dir}", "--set", "train.max_steps=12", "--set", "train.save_every_steps=4"]
+    # The 158k-parameter tiny model: one checkpoint (weights + AdamW states) fits the 3 MiB disk, two do not.
+    args = ["--set", f"artifacts.run_dir={run_dir}", "--set", "train.max_steps=12", "--set", "train.save_every_steps=4",
+            "--set", "model.base=jobs/assets/tiny-dream", "--set", "model.init=random"]
     subprocess.run([sys.executable, "-m", "dream_job", "prep", str(SMOKE), *args], cwd=REPO, check=True,
                    capture_output=True)
     for _ in range(2):  # and a retry on the still-full disk says the same
