@@ -262,7 +262,8 @@ def test_model_card_front_matter_sections_snippet_and_no_secrets(
     assert "output = model.diffusion_generate(" in text and "dream-job pull hf://alice/dream-s1k ./dir" in text
     spec_block = text.split("```yaml\n")[1].split("```")[0]
     spec = yaml.safe_load(spec_block)
-    assert spec["name"] == "smoke" and spec["train"]["learning_rate"] == 0.003
+    job = yaml.safe_load((Path(__file__).resolve().parents[2] / "jobs" / "smoke.yaml").read_text())
+    assert spec["name"] == "smoke" and spec["train"]["learning_rate"] == job["train"]["learning_rate"]
     assert spec["notes"] == {"hf_token": "<redacted>", "copied": "<redacted>"}
     assert "| rows read | 1,000 |" in text and "| rows truncated | 7 |" in text
     assert "| training tokens per epoch | 4,196 |" in text
