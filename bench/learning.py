@@ -96,7 +96,8 @@ def learning_check(
     write_jsonl(TASKS[task](rows, seed=1, max_digits=max_digits), data)
     model = _model_folder(out, hidden=hidden, layers=layers, heads=heads)
     base = [
-        f"artifacts.run_dir={out / 'run'}", f"model.base={model}", f"data.dataset={data}", "data.max_length=512",
+        f"artifacts.run_dir={out / 'run'}", f"model.base={model}", "model.init=random", f"data.dataset={data}",
+        "data.max_length=512",
         f"data.holdout_size={holdout}", "data.truncation=drop", f"data.num_proc={num_proc}",
         f"train.epochs={epochs}",
         f"train.global_batch_size={batch}", f"train.micro_batch_size={batch}", f"train.learning_rate={lr}",
