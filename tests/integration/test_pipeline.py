@@ -169,7 +169,9 @@ def test_an_edited_dataset_is_prepared_again_and_refused_once_trained_on(tmp_pat
     lines = SMOKE_DATA.read_text().splitlines(keepends=True)
     data.write_text("".join(lines))
     run_dir = tmp_path / "run"
-    args = ["--set", f"data.dataset={data}", "--set", f"artifacts.run_dir={run_dir}", "--set", "train.max_steps=4"]
+    # The prose rows of s1k-smoke.jsonl with the data settings they were written for.
+    args = ["--set", f"data.dataset={data}", "--set", f"artifacts.run_dir={run_dir}", "--set", "train.max_steps=4",
+            "--set", "data.max_length=256", "--set", "data.truncation=keep_answer", "--set", "data.holdout_size=20"]
     assert "prepared data written" in verb("prep", str(SMOKE), *args)
     data.write_text("".join(lines[:150]))
     output = verb("prep", str(SMOKE), *args)
