@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import random
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -168,11 +167,6 @@ def prepare_data(spec: JobSpec, *, before_write: Callable[[str], None] | None = 
         DataError: Tokenizer or dataset missing or malformed, or too many bad rows. Earlier
             prepared data is left untouched.
     """
-    if not sys.stderr.isatty():
-        # Without a terminal, datasets' progress bars print one stray line per map/filter pass.
-        import datasets
-
-        datasets.disable_progress_bars()
     data_spec = spec.data
     data_dir = spec.run_dir() / DATA_DIR
     tokenizer_name = spec.model.tokenizer or spec.model.base

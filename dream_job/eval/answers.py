@@ -147,10 +147,6 @@ def _as_number(text: str) -> Decimal | None:
 def _math_verify(gold: str, pred: str) -> bool:
     from math_verify import parse, verify
 
-    # Timeouts are off on purpose (math-verify's are signal-based, unusable off the main thread);
-    # its warning saying so on every call is noise in the eval log.
-    logging.getLogger("math_verify").setLevel(logging.ERROR)
-
     gold_parsed = parse(as_math(gold), parsing_timeout=None)
     pred_parsed = parse(as_math(pred), parsing_timeout=None)
     if not gold_parsed or not pred_parsed:

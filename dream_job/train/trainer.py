@@ -309,8 +309,7 @@ class Trainer:
             stopping = bool(all_sum([float(stop.requested)], self.dist.device)[0])
             over_budget = self.over_budget()
             self.maybe_save(force=stopping or over_budget)
-            if stopping:
-                self.close()
+            if stopping:  # the caller closes the trainer (`loop.train`'s `finally`)
                 raise Preempted(
                     f"training stopped by {stop.signal_name or 'SIGTERM'} after saving step {self.state.step} of "
                     f"{self.total_steps}", hint="run the same command again to resume from that checkpoint",
