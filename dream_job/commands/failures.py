@@ -125,6 +125,21 @@ def guarded(command: F) -> F:
                 f"unexpected {type(exc).__name__} (a bug in dream-job): {exc}",
                 hint="rerun with `DREAM_JOB_DEBUG=1` for the traceback and report it")
             render_error(failure)
+            if isinstance(failure, errors.Interrupted):
+                _forget_unhandled_keyboard_interrupt()
             raise typer.Exit(failure.exit_code) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
+
+
+def _forget_unhandled_keyboard_interrupt() -> None:
+    """Keep exit 130 after a handled Ctrl-C.
+
+    When the KeyboardInterrupt first left code that a C extension ran through `PyRun_*`, CPython
+    3.11 marks it "unhandled" and, although we handled it, ends the process by SIGINT after exit
+    (seen as -2 by a parent, about 1 run in 4 of an interrupted prep). Any `PyRun_*` call resets
+    that mark.
+    """
+    import ctypes
+
+    ctypes.pythonapi.PyRun_SimpleString(b"pass")  # type: ignore[return-value]
