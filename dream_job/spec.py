@@ -218,6 +218,12 @@ class SamplerSpec(_Section):
         description="Fast sampler: also cache the masked suffix's keys/values at each block start "
         "(Fast-dLLM DualCache), so a step runs only the current block.",
     )
+    cuda_graphs: bool = Field(
+        True,
+        description="On a GPU, record each forward once per batch shape as a CUDA graph and replay it (prompts are "
+        "left-padded to a multiple of 64 tokens so batches share graphs); same results as eager calls on the same "
+        "padded batch, several times faster at small batches. No effect on the CPU.",
+    )
 
 
 class EvalSpec(_Section):

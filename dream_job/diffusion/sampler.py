@@ -69,6 +69,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from dream_job.diffusion.forwards import Forwards, make_forwards
 from dream_job.model.dream import DreamModel
 
 if TYPE_CHECKING:  # only read as attributes; keeps pydantic out of the GPU image's imports
@@ -120,6 +121,7 @@ def generate(
     pad_id: int,
     generator: torch.Generator | None = None,
     record_history: bool = False,
+    forwards: Forwards | None = None,
 ) -> GenerationResult:
     """Decode `settings.gen_length` tokens after each prompt with Dream's masked diffusion.
 
@@ -142,6 +144,10 @@ def generate(
             drawing [masks, V] uniforms on the CPU each step would dominate the run time.
             Temperature 0 with a non-`origin` algorithm draws nothing and is deterministic.
         record_history: Also return the batch after every step (`GenerationResult.history`).
+        forwards: How the model is called (`forwards.py`): pass one `make_forwards(model, settings)`
+            to every call of a loop so CUDA graphs recorded for one batch serve the next; None
+            makes one for this call (graphs when `settings.cuda_graphs` and the model is on CUDA).
+            Graph-replayed batches are left-padded to a multiple of `PROMPT_MULTIPLE` tokens.
 
     Returns:
         The generated ids (`gen_length` per prompt), the number of forward passes and the time.
@@ -157,7 +163,9 @@ def generate(
     if generator is not None and generator.device != device:
         seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
         generator = torch.Generator(device=device).manual_seed(seed)
-    P, N = max(len(prompt) for prompt in prompts), settings.gen_length
+    forwards = make_forwards(model, settings) if forwards is None else forwards
+    multiple = forwards.prompt_multiple
+    P, N = -(-max(len(prompt) for prompt in prompts) // multiple) * multiple, settings.gen_length
     rows = [[pad_id] * (P - len(prompt)) + list(prompt) + [mask_id] * N for prompt in prompts]
     with torch.inference_mode():
         x_BL = torch.tensor(rows, dtype=torch.long, device=device)
@@ -168,14 +176,16 @@ def generate(
         attention_mask_BL = None if bool(real_BL.all()) else real_BL  # no mask: SDPA's fast path
         decode = _decode_reference if settings.mode == "reference" else _decode_fast
         history: list[Tensor] | None = [] if record_history else None
-        num_passes = decode(model, x_BL, attention_mask_BL, position_ids_BL, P, settings, mask_id, generator, history)
+        num_passes = decode(forwards, model.lm_head, x_BL, attention_mask_BL, position_ids_BL, P, settings, mask_id,
+                            generator, history)
         tokens = _fill_after_eos(x_BL[:, P:], eos_id).tolist()
         rows = [x.tolist() for x in history] if history is not None else []
     return GenerationResult(tokens, num_passes, time.perf_counter() - start_s, rows)
 
 
 def _decode_reference(
-    model: DreamModel,
+    forwards: Forwards,
+    lm_head: nn.Linear,
     x_BL: Tensor,
     attention_mask_BL: Tensor | None,
     position_ids_BL: Tensor,
@@ -201,7 +211,7 @@ def _decode_reference(
             if history is not None:  # deviation 5: Dream's remaining steps would change nothing
                 history.extend(x_BL.clone() for _ in range(settings.steps - i))
             break
-        hidden_BLD = model.hidden_states(x_BL, attention_mask_BL=attention_mask_BL, position_ids_BL=position_ids_BL)
+        hidden_BLD = forwards.full(x_BL, position_ids_BL, attention_mask_BL, keep_kv=False)
         num_passes += 1
         b_M, l_M = mask_BL.nonzero(as_tuple=True)  # row-major, the order of Dream's x[mask_index]
         # Logit shift (dream.md §6): position l is predicted by the hidden state at l - 1 (l >= P >= 1).
@@ -214,10 +224,10 @@ def _decode_reference(
             p_reveal = 1.0 if is_last else float(1 - s / t)
             reveal_M = _uniform((b_M.numel(),), generator, x_BL.device) < p_reveal
             if bool(reveal_M.any()):
-                x0_R, _ = _sample_tokens(hidden_MD[reveal_M], model.lm_head, settings, "origin", generator)
+                x0_R, _ = _sample_tokens(hidden_MD[reveal_M], lm_head, settings, "origin", generator)
                 x_BL[b_M[reveal_M], l_M[reveal_M]] = x0_R
         else:
-            x0_M, conf_M = _sample_tokens(hidden_MD, model.lm_head, settings, settings.alg, generator)
+            x0_M, conf_M = _sample_tokens(hidden_MD, lm_head, settings, settings.alg, generator)
             conf_BL = torch.full(x_BL.shape, -torch.inf, dtype=conf_M.dtype, device=x_BL.device)
             conf_BL[b_M, l_M] = conf_M
             num_masks_B = mask_BL.sum(dim=1)
@@ -231,7 +241,8 @@ def _decode_reference(
 
 
 def _decode_fast(
-    model: DreamModel,
+    forwards: Forwards,
+    lm_head: nn.Linear,
     x_BL: Tensor,
     attention_mask_BL: Tensor | None,
     position_ids_BL: Tensor,
@@ -247,11 +258,9 @@ def _decode_fast(
     for lo in range(P, L, settings.block_length):
         hi = min(lo + settings.block_length, L)
         # Block start: one full pass; it reveals like any step and refreshes the cache.
-        hidden_BLD, kv = model.hidden_states_cached(
-            x_BL, position_ids_BQ=position_ids_BL, key_mask_BS=attention_mask_BL
-        )
+        hidden_BLD = forwards.full(x_BL, position_ids_BL, attention_mask_BL, keep_kv=True)
         num_passes += 1
-        _reveal_confident(x_BL, hidden_BLD, lo, hi, 0, model.lm_head, settings, mask_id, generator)
+        _reveal_confident(x_BL, hidden_BLD, lo, hi, 0, lm_head, settings, mask_id, generator)
         if history is not None:
             history.append(x_BL.clone())
         # Later steps run the window [lo - 1, end): position lo - 1 is included so that the
@@ -260,19 +269,14 @@ def _decode_fast(
         cached_P = torch.arange(lo - 1, device=x_BL.device)  # the settled prefix, minus lo - 1
         if settings.dual_cache:  # plus the suffix, all masks until its block comes
             cached_P = torch.cat((cached_P, torch.arange(hi, L, device=x_BL.device)))
-        past_kv = [(k_BKLE[:, :, cached_P], v_BKLE[:, :, cached_P]) for k_BKLE, v_BKLE in kv]
         key_mask_BS = None
         if attention_mask_BL is not None:  # key order: cached positions, then the window
             key_mask_BS = torch.cat((attention_mask_BL[:, cached_P], attention_mask_BL[:, lo - 1 : end]), dim=1)
+        forwards.start_window(cached_P, position_ids_BL[:, lo - 1 : end], key_mask_BS)
         while bool((x_BL[:, lo:hi] == mask_id).any()):
-            hidden_BWD, _ = model.hidden_states_cached(
-                x_BL[:, lo - 1 : end],
-                position_ids_BQ=position_ids_BL[:, lo - 1 : end],
-                past_kv=past_kv,
-                key_mask_BS=key_mask_BS,
-            )
+            hidden_BWD = forwards.step(x_BL[:, lo - 1 : end])
             num_passes += 1
-            _reveal_confident(x_BL, hidden_BWD, lo, hi, lo - 1, model.lm_head, settings, mask_id, generator)
+            _reveal_confident(x_BL, hidden_BWD, lo, hi, lo - 1, lm_head, settings, mask_id, generator)
             if history is not None:
                 history.append(x_BL.clone())
     return num_passes
@@ -332,9 +336,18 @@ def _propose(
         conf_M: fp32 confidences (higher = reveal first).
     """
     x0s, confs = [], []
+    # Greedy p(x0) under top-k only (the fast sampler's default): the filtered softmax is the
+    # softmax of the k largest logits, so skip the [R, V] fp32 passes (a few ms per step at batch 32).
+    top_k_only = settings.temperature == 0 and settings.top_p in (None, 1.0) and settings.top_k is not None
     for hidden_RD in hidden_MD.split(_PROPOSAL_ROWS):
-        logits_RV = lm_head(hidden_RD).float()
+        logits_RV = lm_head(hidden_RD)
         logits_RV[:, mask_id] = -torch.inf  # deviation 3: never propose the mask token
+        if top_k_only and alg == "maskgit_plus":
+            top_RK, index_RK = logits_RV.topk(min(settings.top_k, logits_RV.shape[-1]), dim=-1)
+            x0s.append(index_RK[:, 0])
+            confs.append(top_RK.float().softmax(dim=-1)[:, 0])
+            continue
+        logits_RV = logits_RV.float()
         if settings.temperature > 0:
             logits_RV = logits_RV / settings.temperature
         logits_RV = _filter_logits(logits_RV, settings)

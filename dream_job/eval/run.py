@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from dream_job.diffusion.forwards import Forwards, make_forwards
 from dream_job.diffusion.sampler import GenerationResult, decode_until_eos, generate
 from dream_job.errors import SpecError
 from dream_job.eval.answers import build_prompt, check_answer, extract_answer
@@ -59,7 +60,7 @@ def evaluate(
 
     Loads the tokenizer and the suites first, then the model (`eval/models.py`), checks that
     every prompt plus `eval.sampler.gen_length` fits the model's context, and decodes the items
-    not done yet in batches of `eval.batch_size`. Writes, per suite, `<run_dir>/eval/
+    not done yet in batches of `eval.batch_size`, shortest prompt first. Writes, per suite, `<run_dir>/eval/
     items-<label>-<suite>.jsonl` (appended per batch, rewritten in suite order at the end) and
     the `summary.json` entry of (label, suite), atomically and merged with the other entries.
 
@@ -98,11 +99,12 @@ def evaluate(
     key = settings_key(spec, loaded.fingerprint)
     device = loaded.model.lm_head.weight.device
     generator = torch.Generator(device=device).manual_seed(spec.eval.seed)
+    forwards = make_forwards(loaded.model, spec.eval.sampler)  # one per model: its CUDA graphs serve every batch
     results = {}
     for suite, items in suites.items():
         records = _run_suite(
             spec, loaded, tokenizer, items, prompts[suite], eval_dir / items_name(model_label, suite),
-            key=key, generate_fn=generate_fn, generator=generator,
+            key=key, generate_fn=generate_fn, generator=generator, forwards=forwards,
             progress=(lambda done, total, s=suite: progress(f"{model_label} {s}", done, total)) if progress else None,
         )
         entry = {
@@ -163,11 +165,17 @@ def _run_suite(
     key: str,
     generate_fn: GenerateFn,
     generator: torch.Generator,
+    forwards: Forwards,
     progress: Callable[[int, int], None] | None,
 ) -> list[dict[str, Any]]:
-    """Decode the items of one suite not in `path` yet; return every item's record in suite order."""
+    """Decode the items of one suite not in `path` yet; return every item's record in suite order.
+
+    Items are decoded shortest prompt first (stable, so equal lengths keep suite order): a batch
+    then pads little, and consecutive batches share the sampler's CUDA graphs.
+    """
     done = read_items(path, key=key, golds={item.id: item.gold for item in items})
     pending = [(item, prompt) for item, prompt in zip(items, prompts, strict=True) if item.id not in done]
+    pending.sort(key=lambda pair: len(pair[1]))
     if progress:
         progress(len(done), len(items))
     batch_size = spec.eval.batch_size
@@ -176,6 +184,7 @@ def _run_suite(
         result = generate_fn(
             loaded.model, [prompt for _, prompt in batch], spec.eval.sampler,
             mask_id=loaded.mask_id, eos_id=loaded.eos_id, pad_id=loaded.pad_id, generator=generator,
+            forwards=forwards,
         )
         seconds = result.seconds / len(batch)  # the batch decodes together; share its time evenly
         records = []

@@ -222,7 +222,7 @@ def make_generate(tokenizer: Any, answers: dict[str, str], calls: list[int]) -> 
     """A stand-in for `sampler.generate`: the answer written for the prompt's question, then EOS."""
 
     def generate(model: Any, prompts: list[list[int]], settings: Any, *, mask_id: int, eos_id: int, pad_id: int,
-                 generator: torch.Generator | None = None) -> GenerationResult:
+                 generator: torch.Generator | None = None, forwards: Any = None) -> GenerationResult:
         assert isinstance(model, DreamModel) and mask_id == 4 and eos_id == 0 and pad_id == 0
         calls.append(len(prompts))
         tokens = []

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 
+from dream_job.diffusion.forwards import EagerForwards, GraphedForwards, make_forwards
 from dream_job.diffusion.sampler import _fill_after_eos, decode_until_eos, generate
 from dream_job.model.dream import DreamConfig, DreamModel
 from dream_job.spec import SamplerSpec
@@ -251,6 +252,40 @@ def test_fast_equals_brute_force_when_the_cache_is_exact(dual: bool, block_lengt
         assert (result.tokens[0], result.num_forward_passes) == (expected, num_passes) == (expected, 8)
 
 
+def thresholded_blockwise(model: DreamModel, prompt: list[int], n: int, block_length: int, threshold: float,
+                          top_k: int) -> tuple[list[int], int]:
+    """Brute force of Fast-dLLM's rule: every mask whose top-k renormalised p(x0) > threshold, at least the best."""
+    x, num_passes = prompt + [MASK] * n, 0
+    for lo in range(len(prompt), len(x), block_length):
+        hi = min(lo + block_length, len(x))
+        while MASK in x[lo:hi]:
+            with torch.no_grad():
+                logits_LV = model(torch.tensor([x]))[0].float()
+            num_passes += 1
+            logits_LV[:, MASK] = -torch.inf
+            kth_L1 = logits_LV.sort(dim=-1, descending=True).values[:, top_k - 1 : top_k]
+            probs_LV = logits_LV.masked_fill(logits_LV < kth_L1, -torch.inf).softmax(-1)
+            masks = [i for i in range(lo, hi) if x[i] == MASK]
+            conf = {i: probs_LV[i - 1].max().item() for i in masks}
+            best = max(masks, key=conf.__getitem__)
+            for i in masks:
+                if i == best or conf[i] > threshold:
+                    x[i] = int(probs_LV[i - 1].argmax())
+    return x[len(prompt):], num_passes
+
+
+@pytest.mark.parametrize("top_k", [3, 50])
+def test_fast_thresholds_the_top_k_renormalised_probability(top_k: int) -> None:
+    # One layer (exact cache); top-k renormalises p(x0) over the k kept tokens, so a smaller k
+    # reveals more per step. 50 is the default and below the vocabulary of 64.
+    model = make_model(num_hidden_layers=1)
+    settings = spec(mode="fast", block_length=4, threshold=0.3, top_k=top_k)
+    for prompt in PROMPTS:
+        expected = thresholded_blockwise(model, prompt, 8, 4, 0.3, top_k)
+        result = generate(model, [prompt], settings, mask_id=MASK, eos_id=EOS, pad_id=PAD)
+        assert (result.tokens[0], result.num_forward_passes) == expected
+
+
 def test_fast_with_blocks_of_one_is_left_to_right_greedy_at_any_depth() -> None:
     model = make_model()  # two layers: cached steps would be approximate, but none happen
     for prompt in PROMPTS:
@@ -269,3 +304,17 @@ def test_fast_needs_fewer_passes_on_a_confident_model() -> None:
                     mask_id=MASK, eos_id=EOS, pad_id=PAD)
     assert ref.num_forward_passes == n
     assert fast.num_forward_passes < n / 2, fast.num_forward_passes
+
+
+def test_the_cpu_decodes_with_eager_calls_and_refuses_graphs() -> None:
+    model = make_model()
+    assert type(make_forwards(model, SamplerSpec(cuda_graphs=True))) is EagerForwards
+    with pytest.raises(ValueError, match="CUDA graphs need a model on a CUDA device"):
+        GraphedForwards(model)
+
+
+def test_one_eager_forwards_object_serves_many_calls() -> None:
+    model, settings = make_model(), spec(mode="fast", gen_length=8, block_length=4, threshold=0.6)
+    forwards = EagerForwards(model)
+    for prompts in (PROMPTS, [[2, 3]], PROMPTS):
+        assert run(model, prompts, settings, forwards=forwards) == run(model, prompts, settings)
