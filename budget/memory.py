@@ -123,6 +123,7 @@ def estimate_memory(
     eval_batch_size: int,
     eval_context: int,
     constants: MemoryConstants,
+    eval_logit_rows: int,
 ) -> MemoryEstimate:
     """Return the per-GPU peak and host RAM of one training run (see the module docstring).
 
@@ -136,6 +137,8 @@ def estimate_memory(
         compiled: The decoder layers are compiled (`train.compile`): a layer kept whole saves
             `compiled_activation_factor` of the eager bytes (inductor recomputes cheap pointwise ops).
         eval_context: Prompt + generated tokens per sequence of the sampler (0: no evaluation).
+        eval_logit_rows: Masked positions whose logits the sampler holds at once
+            (`SamplerSpec.logit_rows`).
     """
     n, p, d, vocab = num_gpus, shape.num_params, shape.hidden, shape.vocab
     is_lora = method == "lora"
@@ -196,8 +199,12 @@ def estimate_memory(
     save = sum(held.values()) + master_bytes * embed + (2 * embed if master_bytes == 4 else 0)
     evaluation = 0.0
     if eval_context:
+        # bf16 weights; one layer's transients over the batch; the keys/values of every layer twice
+        # (the block start's and the step's gathered copy, or the CUDA graphs' buffers); and the
+        # proposal logits: bf16 out of lm_head, fp32 copy, probabilities and a temporary (12 B each).
         batch_tokens = eval_batch_size * eval_context
-        evaluation = 2 * p + batch_tokens * (vocab * 6 + per_layer + shape.num_layers * 4 * shape.kv_dim)
+        kv = 2 * shape.num_layers * 4 * shape.kv_dim
+        evaluation = 2 * p + batch_tokens * (per_layer + kv) + eval_logit_rows * vocab * 12
     phases = {"train": train, "step": persistent + step_temp, "save": save, "eval": evaluation}
 
     overhead = constants.cuda_context_gib + (constants.nccl_gib if n > 1 else 0.0)

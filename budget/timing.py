@@ -12,8 +12,9 @@ efficiency, offload rates, overheads; placeholders until the GPU benchmark measu
   compute, FSDP all-gathers over the GPU link, and (full_offload) host-to-GPU copies; per step the
   gradient reduce-scatter and the optimizer (HBM-bound on the GPU, or the CPU AdamW).
 - Evaluation: the sampler's forwards (reference: `steps` full forwards; fast: one full forward
-  per block plus `block/tokens_per_step` forwards of the block and what follows), each the
-  slower of compute and reading the bf16 weights, prompts split over the GPUs.
+  per block plus `block/tokens_per_step` forwards of the block, and of what follows it unless
+  dual-cached), each the slowest of compute, reading the bf16 weights and (without CUDA graphs)
+  an eager forward's launch-bound floor, prompts split over the GPUs.
 - Overheads: provisioning, image pull, base-model download, data prep, training start-up (model
   build, compile warm-up), checkpoint and export writes, uploads to `artifacts.destinations`;
   spot runs add the expected restart share.
@@ -156,13 +157,19 @@ def train_seconds(spec: JobSpec, shape: ModelShape, work: Workload, gpu: GpuSpec
 
 def eval_seconds(spec: JobSpec, shape: ModelShape, work: Workload, gpu: GpuSpec, *, num_gpus: int,
                  cal: Calibration) -> float:
-    """Return the seconds the sampler needs for every suite and evaluated model."""
+    """Return the seconds the sampler needs for every suite and evaluated model.
+
+    Each forward costs the slowest of its compute (batch x tokens run x FLOPs per token at the
+    calibrated MFU), reading the bf16 weights (at the calibrated bandwidth share), and, without
+    CUDA graphs, the launch-bound floor of an eager forward.
+    """
     ev, sampler, cfg = spec.eval, spec.eval.sampler, cal.section("eval")
     peak, weights = gpu.bf16_tflops * 1e12 * cfg["mfu"], 2 * shape.num_params
     weight_read = weights / (gpu.mem_bw_gb_s * 1e9 * cfg["bandwidth_efficiency"])
+    floor = 0.0 if sampler.cuda_graphs else float(cfg["eager_forward_s"])
     total = 0.0
     for suite in work.suites:
-        context = round(suite.prompt_tokens) + sampler.gen_length
+        context = sampler.padded_prompt_length(round(suite.prompt_tokens)) + sampler.gen_length
         per_token = forward_flops_per_token(matmul_params=shape.forward_matmul_params, hidden=shape.hidden,
                                             num_layers=shape.num_layers, context=context)
         if sampler.mode == "reference":
@@ -172,11 +179,13 @@ def eval_seconds(spec: JobSpec, shape: ModelShape, work: Workload, gpu: GpuSpec,
             steps_per_block = math.ceil(block / cfg["fast_tokens_per_step"])
             forwards = []
             for start in range(0, sampler.gen_length, block):
-                forwards += [context] + [sampler.gen_length - start] * (steps_per_block - 1)
+                # Later steps run the block (dual cache) or the block and all that follows, plus one position.
+                window = min(block, sampler.gen_length - start) if sampler.dual_cache else sampler.gen_length - start
+                forwards += [context] + [window + 1] * (steps_per_block - 1)
         items_per_gpu = math.ceil(suite.items / num_gpus)
         full_batches, rest = divmod(items_per_gpu, ev.batch_size)
         for batch, count in ((ev.batch_size, full_batches), (rest, 1 if rest else 0)):
-            total += count * sum(max(batch * tokens * per_token / peak, weight_read) for tokens in forwards)
+            total += count * sum(max(batch * tokens * per_token / peak, weight_read, floor) for tokens in forwards)
     return len(ev.models) * total
 
 

@@ -185,6 +185,15 @@ class TrainSpec(_Section):
         return setting
 
 
+# Masked positions per lm_head call of the sampler (dream_job/diffusion/sampler.py): bounds its
+# [rows, vocab] temporaries (V = 152,064 for Dream: 256 rows are ~150 MB each in fp32). The memory
+# estimate (budget/memory.py) counts the same rows through `SamplerSpec.logit_rows`.
+SAMPLER_LOGIT_ROWS = 256
+# With CUDA graphs, prompts are left-padded to a multiple of this many tokens so batches of similar
+# length share graphs (dream_job/diffusion/forwards.py); padding costs at most 63 masked-out columns.
+CUDA_GRAPH_PROMPT_MULTIPLE = 64
+
+
 class SamplerSpec(_Section):
     """Diffusion decoding settings used by evaluation."""
 
@@ -224,6 +233,20 @@ class SamplerSpec(_Section):
         "left-padded to a multiple of 64 tokens so batches share graphs); same results as eager calls on the same "
         "padded batch, several times faster at small batches. No effect on the CPU.",
     )
+
+    def padded_prompt_length(self, tokens: int) -> int:
+        """Return the columns a batch whose longest prompt has `tokens` tokens gets (CUDA graphs pad it)."""
+        multiple = CUDA_GRAPH_PROMPT_MULTIPLE if self.cuda_graphs else 1
+        return -(-tokens // multiple) * multiple
+
+    def logit_rows(self, batch_size: int) -> int:
+        """Return the most masked positions whose logits the sampler holds at once for `batch_size` prompts.
+
+        Reference mode with temperature > 0 samples every masked position in one call (Dream's
+        random stream); otherwise proposals go in chunks of `SAMPLER_LOGIT_ROWS`.
+        """
+        masked = batch_size * self.gen_length
+        return masked if self.mode == "reference" and self.temperature > 0 else min(masked, SAMPLER_LOGIT_ROWS)
 
 
 class EvalSpec(_Section):

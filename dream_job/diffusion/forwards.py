@@ -16,8 +16,8 @@ call. Graphs need static shapes and addresses, so:
 - the kept keys/values live in per-layer buffers [B, K, L, E] that the full forward's graph writes;
   the windowed step gathers its cached positions from them by an index tensor inside its graph,
   so one recorded step serves every block whose window has the same size;
-- prompts are left-padded up to a multiple of `PROMPT_MULTIPLE` tokens (`prompt_multiple`), so
-  batches of similar length share one set of graphs;
+- prompts are left-padded up to a multiple of `CUDA_GRAPH_PROMPT_MULTIPLE` tokens
+  (`prompt_multiple`), so batches of similar length share one set of graphs;
 - graphs are kept for one batch shape at a time (batch size, length, padded or not): a new
   shape frees the old graphs and buffers. Evaluation sorts its items by prompt length, so a
   shape, once left, rarely comes back.
@@ -33,20 +33,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from dream_job.model.dream import DreamModel, KVCache
-
-if TYPE_CHECKING:  # only read as attributes; keeps pydantic out of the GPU image's imports
-    from dream_job.spec import SamplerSpec
-
-# Prompts of graph-replayed batches are left-padded to a multiple of this many tokens: a batch
-# sorted by length then reuses the graphs of the previous one more often than not, and padding
-# costs at most 63 masked-out positions next to 512 generated ones.
-PROMPT_MULTIPLE = 64
+from dream_job.spec import CUDA_GRAPH_PROMPT_MULTIPLE, SamplerSpec
 
 
 class EagerForwards:
@@ -103,7 +95,7 @@ class _Recorded:
 class GraphedForwards:
     """The decoding forwards recorded once per shape as CUDA graphs and replayed (CUDA only)."""
 
-    prompt_multiple = PROMPT_MULTIPLE
+    prompt_multiple = CUDA_GRAPH_PROMPT_MULTIPLE
 
     def __init__(self, model: DreamModel) -> None:
         if model.lm_head.weight.device.type != "cuda":

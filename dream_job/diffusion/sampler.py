@@ -64,22 +64,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from dream_job.diffusion.forwards import Forwards, make_forwards
 from dream_job.model.dream import DreamModel
+from dream_job.spec import SAMPLER_LOGIT_ROWS, SamplerSpec
 
-if TYPE_CHECKING:  # only read as attributes; keeps pydantic out of the GPU image's imports
-    from dream_job.spec import SamplerSpec
-
-# Masked positions per lm_head call: bounds the [R, V] temporaries of the proposals (V = 152,064
-# for Dream, so 256 rows are ~150 MB each in fp32; top_p also sorts them). The maths is row-wise,
-# so chunks change nothing, except for sampling in reference mode: one multinomial over all rows
-# is what draws Dream's random numbers, so there all masks go in one call (Dream's [B, L, V]).
-_PROPOSAL_ROWS = 256
+# Masked positions per lm_head call (`SAMPLER_LOGIT_ROWS`, 256). The maths is row-wise, so chunks
+# change nothing, except for sampling in reference mode: one multinomial over all rows is what
+# draws Dream's random numbers, so there all masks go in one call (Dream's [B, L, V]).
+_PROPOSAL_ROWS = SAMPLER_LOGIT_ROWS
 # Dream's `sample_tokens` for `entropy`: sum p log(p + eps).
 _ENTROPY_EPS = 1e-10
 # torch's `Categorical(probs)` argument check (constraints.simplex): |sum(p) - 1| < 1e-6.
@@ -147,7 +143,7 @@ def generate(
         forwards: How the model is called (`forwards.py`): pass one `make_forwards(model, settings)`
             to every call of a loop so CUDA graphs recorded for one batch serve the next; None
             makes one for this call (graphs when `settings.cuda_graphs` and the model is on CUDA).
-            Graph-replayed batches are left-padded to a multiple of `PROMPT_MULTIPLE` tokens.
+            Graph-replayed batches are left-padded (`SamplerSpec.padded_prompt_length`).
 
     Returns:
         The generated ids (`gen_length` per prompt), the number of forward passes and the time.
@@ -164,8 +160,8 @@ def generate(
         seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
         generator = torch.Generator(device=device).manual_seed(seed)
     forwards = make_forwards(model, settings) if forwards is None else forwards
-    multiple = forwards.prompt_multiple
-    P, N = -(-max(len(prompt) for prompt in prompts) // multiple) * multiple, settings.gen_length
+    longest = max(len(prompt) for prompt in prompts)
+    P, N = -(-longest // forwards.prompt_multiple) * forwards.prompt_multiple, settings.gen_length
     rows = [[pad_id] * (P - len(prompt)) + list(prompt) + [mask_id] * N for prompt in prompts]
     with torch.inference_mode():
         x_BL = torch.tensor(rows, dtype=torch.long, device=device)

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import torch
 
-from dream_job.diffusion.forwards import PROMPT_MULTIPLE, EagerForwards, GraphedForwards, make_forwards
+from dream_job.diffusion.forwards import EagerForwards, GraphedForwards, make_forwards
 from dream_job.diffusion.sampler import generate
 from dream_job.model.dream import DreamModel
-from dream_job.spec import SamplerSpec
+from dream_job.spec import CUDA_GRAPH_PROMPT_MULTIPLE, SamplerSpec
 from tests.conftest import tiny_config
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -29,7 +29,7 @@ CONFIG = tiny_config(vocab_size=256, hidden_size=128, intermediate_size=256, num
 class PaddedEager(EagerForwards):
     """Eager calls on batches padded like the graphed ones: the bitwise oracle."""
 
-    prompt_multiple = PROMPT_MULTIPLE
+    prompt_multiple = CUDA_GRAPH_PROMPT_MULTIPLE
 
 
 @pytest.fixture(scope="module")

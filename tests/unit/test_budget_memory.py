@@ -23,7 +23,7 @@ ZERO = MemoryConstants(cuda_context_gib=0.0, nccl_gib=0.0, allocator_headroom=0.
 
 
 def memory(method: str, num_gpus: int, *, accumulation: int = 1, checkpointing: bool = True, max_length: int = 2048,
-           constants: MemoryConstants = ZERO, eval_context: int = 0, **lora):
+           constants: MemoryConstants = ZERO, eval_context: int = 0, eval_logit_rows: int = 0, **lora):
     return estimate_memory(
         DREAM_7B, method=method, num_gpus=num_gpus, micro_batch_size=1, max_length=max_length,
         checkpointed_layers=28 if checkpointing else 0, fsdp=SPEC.wraps_in_fsdp(method, num_gpus), compiled=False,
@@ -31,6 +31,7 @@ def memory(method: str, num_gpus: int, *, accumulation: int = 1, checkpointing: 
         lora_rank=lora.get("rank", 64), lora_targets=lora.get("targets", ["q_proj", "k_proj", "v_proj", "o_proj",
                                                                             "gate_proj", "up_proj", "down_proj"]),
         lora_dropout=lora.get("dropout", 0.05), eval_batch_size=8, eval_context=eval_context, constants=constants,
+        eval_logit_rows=eval_logit_rows,
     )
 
 
@@ -87,7 +88,7 @@ def test_model_matches_the_h100_measurements_of_the_plain_module(micro_batch: in
     mem = estimate_memory(
         DREAM_7B, method="full_8bit", num_gpus=1, micro_batch_size=micro_batch, max_length=max_length,
         checkpointed_layers=checkpointed, fsdp=False, compiled=True, accumulation_steps=16 // micro_batch,
-        lora_rank=64, lora_targets=[], lora_dropout=0.0, eval_batch_size=8, eval_context=0, constants=constants,
+        lora_rank=64, lora_targets=[], lora_dropout=0.0, eval_batch_size=8, eval_context=0, constants=constants, eval_logit_rows=0,
     )
     assert 0.97 * measured_gib < mem.peak_gib < 1.06 * measured_gib
 
@@ -126,7 +127,8 @@ def test_lora_loss_chunk_and_checkpointing() -> None:
     wide = estimate_memory(
         dataclasses.replace(DREAM_7B, vocab=1_520_640), method="lora", num_gpus=1, micro_batch_size=1,
         max_length=2048, checkpointed_layers=28, fsdp=True, compiled=False, accumulation_steps=1, lora_rank=64,
-        lora_targets=["q_proj"], lora_dropout=0.0, eval_batch_size=8, eval_context=0, constants=ZERO)
+        lora_targets=["q_proj"], lora_dropout=0.0, eval_batch_size=8, eval_context=0, constants=ZERO,
+        eval_logit_rows=0)
     assert wide.breakdown_gib["loss: one logits chunk"] * GIB == 1024 * 1_520_640 * 12 == 18_685_624_320
     # One layer saves 2 B x (12·d + 2·kv + 4·I) per token = 2 x (43,008 + 1,024 + 75,776) = 239,616 B,
     # plus LoRA dropout's copy (2 B) and mask (1 B) of each targeted input: 3 x (6 x 3584 + 18,944) = 121,344 B.
@@ -144,9 +146,17 @@ def test_context_headroom_and_nccl_are_added_to_the_largest_phase() -> None:
     assert mem.host_gib == pytest.approx(4 * 3.0 + 4 * P / GIB)  # 4 processes + rank 0's fp32 base at load
 
 
-def test_eval_phase_holds_bf16_weights_and_batch_logits() -> None:
-    mem = memory("lora", 1, eval_context=762)
-    assert mem.phases_gib["eval"] * GIB > 2 * P + 8 * 762 * 152_064 * 6
+def test_eval_phase_holds_bf16_weights_kv_and_the_proposal_logits() -> None:
+    # 8 prompts x 762 columns: two copies of every layer's bf16 keys and values (4 kv heads x 128),
+    # 256 rows of 152,064 logits at 12 B, and the bf16 weights; plus one layer's transients (the
+    # eager training formula: 239,616 B per token, test_long_context.py).
+    chunked = memory("full", 1, eval_context=762, eval_logit_rows=256).phases_gib["eval"] * GIB
+    kv = 8 * 762 * 2 * 28 * 2 * 512 * 2
+    logits = 256 * 152_064 * 12
+    assert 2 * P + kv + logits < chunked <= 2 * P + kv + logits + 8 * 762 * 239_616
+    # Sampling every masked position at once (reference mode, temperature > 0: 8 x 512 rows).
+    at_once = memory("full", 1, eval_context=762, eval_logit_rows=8 * 512).phases_gib["eval"] * GIB
+    assert at_once - chunked == pytest.approx((8 * 512 - 256) * 152_064 * 12)
 
 
 def test_host_ram_of_lora_on_one_gpu_is_the_bf16_base_at_load_not_a_whole_model_merge() -> None:

@@ -9,7 +9,7 @@ import pytest
 from budget.flops import forward_flops_per_token, train_flops_per_token
 from budget.gpus import resolve_gpu
 from budget.shape import DREAM_7B
-from budget.timing import calibration, eval_seconds, overhead_seconds, train_seconds
+from budget.timing import Calibration, calibration, eval_seconds, overhead_seconds, train_seconds
 from budget.tokens import EvalSuite, Workload, length_profile, truncated_moments, workload
 from dream_job.spec import JobSpec, load_spec
 from tests.conftest import REPO
@@ -88,6 +88,14 @@ def test_multi_gpu_is_bound_by_the_slower_of_compute_and_all_gather() -> None:
     assert seconds == pytest.approx(177 * (2 * all_gather + reduce_scatter + optimizer))
 
 
+EVAL_CAL = {"mfu": 0.5, "bandwidth_efficiency": 0.6, "eager_forward_s": 0.03, "fast_tokens_per_step": 2.0}
+
+
+def eval_calibration(**eval_values: float) -> Calibration:
+    """The shipped calibration with the sampler's constants set by the test."""
+    return Calibration({**calibration().raw, "eval": {**EVAL_CAL, **eval_values}})
+
+
 def test_eval_seconds_of_the_reference_sampler() -> None:
     spec = JobSpec.model_validate({
         "name": "t", "eval": {"suites": ["gsm8k"], "models": ["final"], "limit": 8, "batch_size": 8,
@@ -96,16 +104,45 @@ def test_eval_seconds_of_the_reference_sampler() -> None:
     work = Workload(rows=1, tokens_per_epoch=1.0, mean_length=1.0, suites=[EvalSuite("gsm8k", 8, 150.0)],
                     source="test", is_estimate=False)
     h100 = resolve_gpu("H100")
-    # 64 steps, each one forward of 8 prompts x (150 + 64) tokens; a forward costs the slower of
-    # compute at 30 % of 989 TFLOP/s and reading 15.2 GB of bf16 weights at 70 % of 3.35 TB/s.
-    per_token = 2 * 7_070_285_824 + 4 * 28 * 214 * 3584
+    # 64 steps, each one forward of 8 prompts x (192 + 64) tokens (CUDA graphs pad the 150-token
+    # prompts to 192); a forward costs the slower of compute at 50 % of 989 TFLOP/s and reading
+    # 15.2 GB of bf16 weights at 60 % of 3.35 TB/s.
+    per_token = 2 * 7_070_285_824 + 4 * 28 * 256 * 3584
     assert per_token == forward_flops_per_token(matmul_params=DREAM_7B.forward_matmul_params, hidden=3584,
-                                                num_layers=28, context=214)
-    forward = max(8 * 214 * per_token / (989e12 * 0.3), 2 * P / (3350e9 * 0.7))
-    assert eval_seconds(spec, DREAM_7B, work, h100, num_gpus=1, cal=calibration()) == pytest.approx(64 * forward)
+                                                num_layers=28, context=256)
+    forward = max(8 * 256 * per_token / (989e12 * 0.5), 2 * P / (3350e9 * 0.6))
+    assert eval_seconds(spec, DREAM_7B, work, h100, num_gpus=1, cal=eval_calibration()) == pytest.approx(64 * forward)
     # Two GPUs split the prompts: 4 each, one batch of 4.
-    forward_4 = max(4 * 214 * per_token / (989e12 * 0.3), 2 * P / (3350e9 * 0.7))
-    assert eval_seconds(spec, DREAM_7B, work, h100, num_gpus=2, cal=calibration()) == pytest.approx(64 * forward_4)
+    forward_4 = max(4 * 256 * per_token / (989e12 * 0.5), 2 * P / (3350e9 * 0.6))
+    assert eval_seconds(spec, DREAM_7B, work, h100, num_gpus=2, cal=eval_calibration()) == pytest.approx(64 * forward_4)
+    # Without CUDA graphs: no padding (150 + 64 tokens), and no forward is faster than the eager
+    # launch floor (0.03 s here; 4 x 214 tokens compute in 24.6 ms, the weights read in 7.6 ms).
+    eager = JobSpec.model_validate({**spec.model_dump(), "eval": {**spec.eval.model_dump(),
+                                    "sampler": {**spec.eval.sampler.model_dump(), "cuda_graphs": False}}})
+    assert eval_seconds(eager, DREAM_7B, work, h100, num_gpus=2, cal=eval_calibration()) == pytest.approx(64 * 0.03)
+    eager_per_token = 2 * 7_070_285_824 + 4 * 28 * 214 * 3584
+    compute_4 = 4 * 214 * eager_per_token / (989e12 * 0.5)
+    assert compute_4 == pytest.approx(0.0246, abs=1e-4)
+    assert eval_seconds(eager, DREAM_7B, work, h100, num_gpus=2,
+                        cal=eval_calibration(eager_forward_s=0.001)) == pytest.approx(64 * compute_4)
+
+
+def test_eval_seconds_of_the_dual_cache_sampler() -> None:
+    sampler = {"mode": "fast", "gen_length": 64, "block_length": 32, "dual_cache": True}
+    spec = JobSpec.model_validate({"name": "t", "eval": {"suites": ["gsm8k"], "models": ["base", "final"],
+                                                         "limit": 32, "batch_size": 32, "sampler": sampler}})
+    work = Workload(rows=1, tokens_per_epoch=1.0, mean_length=1.0, suites=[EvalSuite("gsm8k", 32, 100.0)],
+                    source="test", is_estimate=False)
+    h100 = resolve_gpu("H100")
+    # Per block of 32 at 2 tokens per step: one full forward of 32 x 192 tokens (prompts padded to
+    # 128 for the CUDA graphs), then 15 steps of 32 x 33 tokens (the block and the position before
+    # it), all attending to 192 keys; two blocks, two models. Every forward here is compute-bound
+    # (weights: 15.2 GB / (3.35 TB/s x 0.6) = 7.6 ms).
+    per_token = 2 * 7_070_285_824 + 4 * 28 * 192 * 3584
+    full, step = 32 * 192 * per_token / (989e12 * 0.5), 32 * 33 * per_token / (989e12 * 0.5)
+    assert step > 2 * P / (3350e9 * 0.6)
+    expected = 2 * 2 * (full + 15 * step)
+    assert eval_seconds(spec, DREAM_7B, work, h100, num_gpus=1, cal=eval_calibration()) == pytest.approx(expected)
 
 
 def test_fast_sampler_costs_less_than_reference() -> None:

@@ -140,7 +140,7 @@ def test_memory_model_terms_at_16k_by_hand() -> None:
     mem = estimate_memory(
         DREAM_7B, method="full_8bit", num_gpus=1, micro_batch_size=1, max_length=16384, checkpointed_layers=22,
         fsdp=False, compiled=True, accumulation_steps=16, lora_rank=0, lora_targets=[], lora_dropout=0.0,
-        eval_batch_size=8, eval_context=0, constants=constants,
+        eval_batch_size=8, eval_context=0, constants=constants, eval_logit_rows=0,
     )
     terms = {k: v * 2**30 for k, v in mem.breakdown_gib.items()}
     P = 7_615_616_512
