@@ -87,12 +87,19 @@ def write_items(path: Path, records: Iterable[dict[str, Any]]) -> None:
     write_text_atomically(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
-def suite_stats(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Return n, correct, accuracy, generated tokens, seconds and tokens/s of a suite's items."""
+def suite_stats(records: list[dict[str, Any]], gen_length: int) -> dict[str, Any]:
+    """Return n, correct, accuracy, generated tokens, seconds, tokens/s and tokens per forward of a suite.
+
+    `tokens_per_forward` is the parallel-decoding rate: generated slots (`gen_length` per item,
+    EOS fill included) per forward pass of the item's batch, over all items; 1.0 means one token
+    per step. None when an item was written before the passes were recorded.
+    """
     n = len(records)
     correct = sum(bool(r["correct"]) for r in records)
     num_tokens = sum(int(r["tokens"]) for r in records)
     seconds = sum(float(r["seconds"]) for r in records)
+    passes = [r.get("forward_passes") for r in records]
+    total_passes = sum(passes) if passes and None not in passes else 0
     return {
         "n": n,
         "correct": correct,
@@ -100,6 +107,7 @@ def suite_stats(records: list[dict[str, Any]]) -> dict[str, Any]:
         "num_tokens": num_tokens,
         "seconds": seconds,
         "tokens_per_second": num_tokens / seconds if seconds > 0 else None,
+        "tokens_per_forward": gen_length * n / total_passes if total_passes else None,
     }
 
 

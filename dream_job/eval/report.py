@@ -133,10 +133,11 @@ def format_delta(base: dict[str, Any] | None, final: dict[str, Any] | None) -> s
 
 
 def format_speed(entry: dict[str, Any] | None) -> str:
-    """Return generated tokens per second, or `–` when unknown."""
+    """Return generated tokens per second (and tokens per forward pass when known), or `–`."""
     if entry is None or entry.get("tokens_per_second") is None:
         return "–"
-    return f"{entry['tokens_per_second']:.1f}"
+    per_forward = entry.get("tokens_per_forward")
+    return f"{entry['tokens_per_second']:.1f}" + ("" if per_forward is None else f" ({per_forward:.2f}/fwd)")
 
 
 def summary_rows(summary: dict[str, dict[str, Any]], *, speed: bool = True) -> tuple[list[str], list[list[str]]]:

@@ -108,7 +108,7 @@ def evaluate(
             progress=(lambda done, total, s=suite: progress(f"{model_label} {s}", done, total)) if progress else None,
         )
         entry = {
-            **suite_stats(records),
+            **suite_stats(records, spec.eval.sampler.gen_length),
             "items": items_name(model_label, suite),
             "model": loaded.source,
             "sampler": spec.eval.sampler.model_dump(),
@@ -118,9 +118,10 @@ def evaluate(
             "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         update_summary(eval_dir, model_label, suite, entry)
-        tok_s = entry["tokens_per_second"]
-        logger.info("%s %s: %d/%d correct (%.1f%%), %s tok/s", model_label, suite, entry["correct"], entry["n"],
-                    100 * entry["accuracy"], "-" if tok_s is None else f"{tok_s:.1f}")
+        tok_s, per_forward = entry["tokens_per_second"], entry["tokens_per_forward"]
+        logger.info("%s %s: %d/%d correct (%.1f%%), %s tok/s, %s tokens per forward", model_label, suite,
+                    entry["correct"], entry["n"], 100 * entry["accuracy"], "-" if tok_s is None else f"{tok_s:.1f}",
+                    "-" if per_forward is None else f"{per_forward:.2f}")
         results[suite] = entry
     return results
 
@@ -196,6 +197,7 @@ def _run_suite(
                 "id": item.id, "key": key, "prompt": tokenizer.decode(prompt, skip_special_tokens=False),
                 "output": output, "extracted": extracted, "gold": item.gold,
                 "correct": check_answer(item.gold, extracted), "tokens": len(generated), "seconds": seconds,
+                "forward_passes": result.num_forward_passes,  # of the whole batch, which decodes together
             })
         append_items(path, records)
         done.update((r["id"], r) for r in records)

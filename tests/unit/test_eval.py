@@ -277,6 +277,7 @@ def test_evaluate_end_to_end_and_resume(run: tuple[JobSpec, Any]) -> None:
             assert (entry["correct"], entry["n"], entry["accuracy"]) == (correct, n, correct / n), (label, suite)
             assert entry["num_tokens"] == num_tokens and entry["seconds"] == pytest.approx(1.5 * n)
             assert entry["tokens_per_second"] == pytest.approx(num_tokens / (1.5 * n))
+            assert entry["tokens_per_forward"] == pytest.approx(96 / 4)  # the stand-in reports `steps` (4) passes
             assert entry["sampler"]["gen_length"] == 96 and entry["items"] == f"items-{label}-{suite}.jsonl"
             records = [json.loads(line) for line in (eval_dir / entry["items"]).read_text().splitlines()]
             assert [r["output"] for r in records] == [answers[q] for q in questions[suite]]
