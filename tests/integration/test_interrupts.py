@@ -86,8 +86,11 @@ def test_ctrl_c_during_training_saves_at_the_step_boundary_and_resumes(tmp_path:
 
 def test_sigterm_during_eval_keeps_the_items_done_and_exits_3(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
+    # The reference sampler (48 forwards per item): the smoke job's fast one can finish 20 items
+    # before the signal lands.
     args = ["--set", f"artifacts.run_dir={run_dir}", "--set", "eval.limit=20", "--set", "eval.batch_size=1",
-            "--set", "eval.sampler.gen_length=48", "--set", "eval.sampler.steps=48"]
+            "--set", "eval.sampler.mode=reference", "--set", "eval.sampler.gen_length=48",
+            "--set", "eval.sampler.steps=48"]
     subprocess.run([sys.executable, "-m", "dream_job", "prep", str(SMOKE), *args], cwd=REPO, check=True,
                    capture_output=True)
     items = run_dir / "eval" / "items-base-s1k_holdout.jsonl"
