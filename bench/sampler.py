@@ -8,9 +8,10 @@ tokens per step in fast mode (bench/learning.py measures that).
 
 Reference mode runs `--reference-steps` steps (its time per forward does not depend on how many
 tokens a step reveals); every row reports the time per forward and the tokens/s at one token
-per forward = batch / time per forward. Graphed modes are called twice on the same shapes: the
-first call records the graphs (`first_call_s`), the second is timed; eager modes are warmed up
-with a short call. Then the evaluation of the real job's configuration is projected from one
+per forward = batch / time per forward. Every mode is called twice on the same shapes: the
+first call picks kernels and records the graphs (`first_call_s`; the reference's has 8 steps),
+the second is timed. (Before 2026-12-06 eager modes were warmed up at another shape, which left
+the reference's first timed call cold: 29.8-37.8 ms per forward instead of 22.1 warm.) Then the evaluation of the real job's configuration is projected from one
 timed batch of that configuration (`--eval-*`).
 
     PYTHONPATH=. python bench/sampler.py                      # the plan below, ~4 min on an H100
@@ -45,6 +46,8 @@ MODES = {
     "fast+graphs": {"mode": "fast", "cuda_graphs": True},
     "fast-dual": {"mode": "fast", "dual_cache": True, "cuda_graphs": False},
     "fast-dual+graphs": {"mode": "fast", "dual_cache": True, "cuda_graphs": True},
+    # compiles the shared model's layers in place: every mode after it runs compiled layers too
+    "fast-dual+graphs+compile": {"mode": "fast", "dual_cache": True, "cuda_graphs": True, "compile": True},
 }
 # Which modes run at which batch size by default: the slow eager fast modes only where they are
 # the point (batch 1, the 3x target) so the whole plan fits one 10-minute device call.
@@ -81,7 +84,9 @@ def timed(model: DreamModel, config: DreamConfig, settings: SamplerSpec, prompts
     kwargs = {"mask_id": config.mask_token_id, "eos_id": 10**9, "pad_id": config.pad_token_id}  # no EOS cut-off
     forwards = make_forwards(model, settings)
     start = time.perf_counter()
-    warm = settings if settings.cuda_graphs else settings.model_copy(update={"gen_length": 32, "steps": 32})
+    # Same shapes as the timed call (kernel choice and graphs are per shape); the reference's
+    # forward does not depend on its step count, so it warms up with 8 steps.
+    warm = settings.model_copy(update={"steps": min(settings.steps, 8)}) if settings.mode == "reference" else settings
     generate(model, prompts, warm, forwards=forwards, **kwargs)
     torch.cuda.synchronize()
     first_call_s = time.perf_counter() - start

@@ -234,6 +234,12 @@ class SamplerSpec(_Section):
         "padded batch, several times faster at small batches. No effect on the CPU.",
     )
 
+    compile: bool = Field(
+        False,
+        description="On a GPU, compile each decoder layer (torch.compile) before recording the graphs: fuses its "
+        "small kernels, which bound a batch-1 step; each new batch shape costs a compile first.",
+    )
+
     def padded_prompt_length(self, tokens: int) -> int:
         """Return the columns a batch whose longest prompt has `tokens` tokens gets (CUDA graphs pad it)."""
         multiple = CUDA_GRAPH_PROMPT_MULTIPLE if self.cuda_graphs else 1

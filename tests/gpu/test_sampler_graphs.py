@@ -85,3 +85,16 @@ def test_graphs_follow_the_batch_shape_and_are_reused(model: DreamModel) -> None
 def test_make_forwards_records_graphs_on_cuda_unless_switched_off(model: DreamModel) -> None:
     assert isinstance(make_forwards(model, SamplerSpec()), GraphedForwards)
     assert type(make_forwards(model, SamplerSpec(cuda_graphs=False))) is EagerForwards
+
+
+def test_compiled_layers_replay_as_graphs_exactly_as_they_run_eagerly() -> None:
+    torch.manual_seed(1)
+    compiled = DreamModel(CONFIG)
+    compiled.init_weights()
+    compiled = compiled.to(device="cuda", dtype=torch.bfloat16).eval()
+    settings = SETTINGS["fast-dual"].model_copy(update={"compile": True})
+    graphed = make_forwards(compiled, settings)  # compiles the layers in place
+    batch = prompts([40, 64, 17], seed=5)
+    assert isinstance(graphed, GraphedForwards)
+    assert decode(compiled, batch, settings, graphed).history == decode(compiled, batch, settings,
+                                                                        PaddedEager(compiled)).history
