@@ -37,6 +37,10 @@ left-padded here; every prompt's N generated slots sit at the same columns [P, P
   mode with steps = N: the reference reveals 0, 1, ..., 1, 2 tokens (above) from full forwards,
   fast reveals 1 per step with a stale cache (the tests pin the equivalences that do hold).
 
+Both modes call the model through `forwards.py`: plain PyTorch calls, or on a GPU the same calls
+recorded once per batch shape as CUDA graphs and replayed (bitwise the same results on the same
+left-padded batch; graph batches are padded to a multiple of 64 prompt tokens).
+
 Deviations from Dream's code, all in both modes where they apply. None changes a reference-mode
 decode whose prompts hold no mask id and whose model never proposes the mask token: then every
 row has the same number of masks at every step, so 1 and 2 change nothing.
