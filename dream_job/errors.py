@@ -19,7 +19,8 @@ The subclasses say what the user must do, and so the exit code (style.md rule 5)
     ├── StageError           1  read the log of the stage's child process (its exit code when 1, 3 or 130)
     ├── TransientError       3  run the same command again (network, preemption)
     ├── Interrupted        130  stopped by Ctrl-C; run the same command again to continue
-    └── InternalError        4  a bug in dream-job (only the CLI makes one, from an unexpected exception)
+    └── InternalError        4  a bug in dream-job (the CLI wraps unexpected exceptions; code raises it
+                                  only where one of its own invariants fails)
 
 An error whose kind depends on the moment (an upload that failed on a flaky network is an
 `ArtifactError` but retrying helps) passes `exit_code=EXIT_TRANSIENT`.

@@ -14,18 +14,19 @@ It sits above `train` (not in `data/`) because it drives the trainer.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
 from dream_job.data.prep import prepare_data
+from dream_job.errors import InternalError
+from dream_job.model.weights import INDEX_NAME, SINGLE_FILE_NAME
+from dream_job.rundir import EXPORT_INFO_NAME
 from dream_job.spec import load_spec
 from dream_job.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 JOB = REPO / "jobs" / "assets" / "smoke-base.yaml"
-# What the smoke job needs from the export: the weights (renamed to the single-file name), the
-# config and the tokenizer. The export's own record (`dream_job_export.json`) names temporary paths.
-KEPT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
 def build_smoke_base(out: Path, run_dir: Path) -> Path:
@@ -34,13 +35,17 @@ def build_smoke_base(out: Path, run_dir: Path) -> Path:
     prepare_data(spec)
     result = train(spec)
     export = Path(result.export_dir)
-    shards = sorted(export.glob("model-*.safetensors"))
+    index = json.loads((export / INDEX_NAME).read_text(encoding="utf-8"))
+    shards = sorted(set(index["weight_map"].values()))
     if len(shards) != 1:  # a 1.8 MB model is one shard; more would need the index copied too
-        raise RuntimeError(f"expected one weights shard in `{export}`, found {len(shards)}")
+        raise InternalError(f"the smoke base's export `{export}` has {len(shards)} weight shards, expected one")
     out.mkdir(parents=True, exist_ok=True)
-    for name in KEPT_FILES:
-        shutil.copyfile(export / name, out / name)
-    shutil.copyfile(shards[0], out / "model.safetensors")
+    # Everything else the export holds (config, generation config, tokenizer), but not its record
+    # (`EXPORT_INFO_NAME` names temporary paths) and the weights under the single-file name.
+    for path in sorted(export.iterdir()):
+        if path.name not in (EXPORT_INFO_NAME, INDEX_NAME, *shards):
+            shutil.copyfile(path, out / path.name)
+    shutil.copyfile(export / shards[0], out / SINGLE_FILE_NAME)
     return out
 
 

@@ -181,7 +181,7 @@ def job_state(record: Mapping[str, Any]) -> dict[str, Any]:
     except Exception as exc:
         raise LaunchError(f"SkyPilot cannot report on run `{record['run_id']}`",
                           caused_by=[f"{type(exc).__name__}: {exc}"], hint="check `sky api status` and `sky check`",
-                          exit_code=3) from None
+                          exit_code=EXIT_TRANSIENT) from None
     if job is None:
         return {"state": "unknown to SkyPilot", "recoveries": None, "started_at": None, "ended_at": None,
                 "failure": None}
