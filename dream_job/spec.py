@@ -245,14 +245,25 @@ class SamplerSpec(_Section):
         multiple = CUDA_GRAPH_PROMPT_MULTIPLE if self.cuda_graphs else 1
         return -(-tokens // multiple) * multiple
 
+    @property
+    def greedy_top_k(self) -> bool:
+        """Whether proposals are argmaxes ranked by p(x0) renormalised over the top k (no sampling, no top-p)."""
+        return self.temperature == 0 and self.top_p in (None, 1.0) and self.top_k is not None
+
     def logit_rows(self, batch_size: int) -> int:
-        """Return the most masked positions whose logits the sampler holds at once for `batch_size` prompts.
+        """Return the most positions whose logits the sampler holds at once for `batch_size` prompts.
 
         Reference mode with temperature > 0 samples every masked position in one call (Dream's
-        random stream); otherwise proposals go in chunks of `SAMPLER_LOGIT_ROWS`.
+        random stream); fast mode's greedy top-k step proposes for every position of the block
+        at once (fixed shapes, so it can run inside a CUDA graph); otherwise proposals go in
+        chunks of `SAMPLER_LOGIT_ROWS`.
         """
         masked = batch_size * self.gen_length
-        return masked if self.mode == "reference" and self.temperature > 0 else min(masked, SAMPLER_LOGIT_ROWS)
+        if self.mode == "reference" and self.temperature > 0:
+            return masked
+        if self.mode == "fast" and self.greedy_top_k:
+            return batch_size * min(self.block_length, self.gen_length)
+        return min(masked, SAMPLER_LOGIT_ROWS)
 
 
 class EvalSpec(_Section):

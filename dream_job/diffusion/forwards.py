@@ -31,7 +31,7 @@ of a windowed step (cached + window), K kv heads, E head dim, D hidden size.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +39,9 @@ from torch import Tensor
 
 from dream_job.model.dream import DreamModel, KVCache
 from dream_job.spec import CUDA_GRAPH_PROMPT_MULTIPLE, SamplerSpec
+
+# What a windowed step may compute from its hidden states and its window tokens in the same call.
+Then = Callable[[Tensor, Tensor], Tensor]
 
 
 class EagerForwards:
@@ -75,12 +78,17 @@ class EagerForwards:
         self._past = [(k_BKLE[:, :, cached_P], v_BKLE[:, :, cached_P]) for k_BKLE, v_BKLE in self._kv]
         self._position_ids_BW, self._key_mask_BS = position_ids_BW, key_mask_BS
 
-    def step(self, x_BW: Tensor) -> Tensor:
-        """Return the hidden states of the window `x_BW` attending to the cached keys and to itself."""
+    def step(self, x_BW: Tensor, then: Then | None = None, then_key: Hashable = None) -> Tensor:
+        """Return the hidden states of the window `x_BW` attending to the cached keys and to itself.
+
+        With `then`, return `then(hidden_BWD, x_BW)` instead, computed in the same call: graphed
+        forwards record it into the step's graph (it must have fixed shapes and no host syncs);
+        `then_key` names it among the graphs (equal keys must mean the same function).
+        """
         hidden_BWD, _ = self.model.hidden_states_cached(
             x_BW, position_ids_BQ=self._position_ids_BW, past_kv=self._past, key_mask_BS=self._key_mask_BS
         )
-        return hidden_BWD
+        return hidden_BWD if then is None else then(hidden_BWD, x_BW)
 
 
 @dataclass
@@ -136,10 +144,10 @@ class GraphedForwards:
         """`EagerForwards.start_window`: the step's graph gathers the cached keys by `cached_P` itself."""
         self._window_inputs = [cached_P, position_ids_BW, key_mask_BS]
 
-    def step(self, x_BW: Tensor) -> Tensor:
-        """`EagerForwards.step`, replayed; the result is overwritten by the next call."""
+    def step(self, x_BW: Tensor, then: Then | None = None, then_key: Hashable = None) -> Tensor:
+        """`EagerForwards.step`, replayed (with `then` inside the graph); the result is overwritten by the next call."""
         inputs = [x_BW, *self._window_inputs]
-        key = ("step", x_BW.shape[1], inputs[1].shape[0])
+        key = ("step", x_BW.shape[1], inputs[1].shape[0], then is not None, then_key)
         if key not in self._graphs:
             model, kv = self.model, self._kv
 
@@ -150,7 +158,7 @@ class GraphedForwards:
                 hidden_BWD, _ = model.hidden_states_cached(
                     x_BW, position_ids_BQ=position_ids_BW, past_kv=past, key_mask_BS=key_mask_BS
                 )
-                return hidden_BWD
+                return hidden_BWD if then is None else then(hidden_BWD, x_BW)
 
             self._graphs[key] = self._record(windowed_step, inputs)
         return self._replay(self._graphs[key], inputs)

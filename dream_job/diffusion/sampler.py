@@ -66,6 +66,7 @@ R proposal rows per chunk, D hidden size, V vocab size.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -252,15 +253,24 @@ def _decode_fast(
     generator: torch.Generator | None,
     history: list[Tensor] | None,
 ) -> int:
-    """Run the block-wise cached loop on `x_BL` in place; return the number of forward passes."""
+    """Run the block-wise cached loop on `x_BL` in place; return the number of forward passes.
+
+    Greedy top-k decoding (the default) reveals with `_greedy_reveal`, which has fixed shapes and
+    no host syncs, so the windowed steps run it inside the same call (or CUDA graph) as the
+    model; the loop then syncs once per step, to see whether the block is done.
+    """
     L = x_BL.shape[1]
+    greedy = settings.greedy_top_k
     num_passes = 0
     for lo in range(P, L, settings.block_length):
         hi = min(lo + settings.block_length, L)
         # Block start: one full pass; it reveals like any step and refreshes the cache.
         hidden_BLD = forwards.full(x_BL, position_ids_BL, attention_mask_BL, keep_kv=True)
         num_passes += 1
-        _reveal_confident(x_BL, hidden_BLD, lo, hi, 0, lm_head, settings, mask_id, generator)
+        if greedy:  # position l is predicted by the hidden state at l - 1 (dream.md §6)
+            x_BL[:, lo:hi] = _greedy_reveal(hidden_BLD[:, lo - 1 : hi - 1], x_BL[:, lo:hi], lm_head, settings, mask_id)
+        else:
+            _reveal_confident(x_BL, hidden_BLD, lo, hi, 0, lm_head, settings, mask_id, generator)
         if history is not None:
             history.append(x_BL.clone())
         # Later steps run the window [lo - 1, end): position lo - 1 is included so that the
@@ -273,13 +283,47 @@ def _decode_fast(
         if attention_mask_BL is not None:  # key order: cached positions, then the window
             key_mask_BS = torch.cat((attention_mask_BL[:, cached_P], attention_mask_BL[:, lo - 1 : end]), dim=1)
         forwards.start_window(cached_P, position_ids_BL[:, lo - 1 : end], key_mask_BS)
+        reveal = functools.partial(_greedy_reveal_window, num_block=hi - lo, lm_head=lm_head, settings=settings,
+                                   mask_id=mask_id)
         while bool((x_BL[:, lo:hi] == mask_id).any()):
-            hidden_BWD = forwards.step(x_BL[:, lo - 1 : end])
+            if greedy:
+                x_BL[:, lo:hi] = forwards.step(x_BL[:, lo - 1 : end], then=reveal,
+                                               then_key=(hi - lo, settings.top_k, settings.threshold, mask_id))
+            else:
+                hidden_BWD = forwards.step(x_BL[:, lo - 1 : end])
+                _reveal_confident(x_BL, hidden_BWD, lo, hi, lo - 1, lm_head, settings, mask_id, generator)
             num_passes += 1
-            _reveal_confident(x_BL, hidden_BWD, lo, hi, lo - 1, lm_head, settings, mask_id, generator)
             if history is not None:
                 history.append(x_BL.clone())
     return num_passes
+
+
+def _greedy_reveal(
+    hidden_BCD: Tensor, block_BC: Tensor, lm_head: nn.Linear, settings: SamplerSpec, mask_id: int
+) -> Tensor:
+    """Return `block_BC` after one greedy Fast-dLLM step: the rule of `_reveal_confident`, fixed shapes.
+
+    `hidden_BCD[:, c]` is the hidden state that predicts block position c. Every position gets a
+    proposal (a masked one's is used): the argmax without the mask token, whose confidence is its
+    probability renormalised over the k largest logits (what top-k filtering then softmax gives);
+    a mask is revealed when that is above `threshold`, and each row with a mask left reveals at
+    least its most confident one. No host sync, so it can run inside a CUDA graph.
+    """
+    logits_BCV = lm_head(hidden_BCD)
+    logits_BCV[..., mask_id] = -torch.inf  # deviation 3: never propose the mask token
+    top_BCK, index_BCK = logits_BCV.topk(min(settings.top_k, logits_BCV.shape[-1]), dim=-1)
+    mask_BC = block_BC == mask_id
+    conf_BC = top_BCK.float().softmax(dim=-1)[..., 0].masked_fill(~mask_BC, -torch.inf)
+    best_BC = torch.zeros_like(mask_BC).scatter_(1, conf_BC.argmax(dim=1, keepdim=True), True)
+    reveal_BC = mask_BC & ((conf_BC > settings.threshold) | best_BC)
+    return torch.where(reveal_BC, index_BCK[..., 0], block_BC)
+
+
+def _greedy_reveal_window(
+    hidden_BWD: Tensor, x_BW: Tensor, *, num_block: int, lm_head: nn.Linear, settings: SamplerSpec, mask_id: int
+) -> Tensor:
+    """`_greedy_reveal` of the block inside a window that starts one position before it."""
+    return _greedy_reveal(hidden_BWD[:, :num_block], x_BW[:, 1 : 1 + num_block], lm_head, settings, mask_id)
 
 
 def _reveal_confident(
@@ -336,18 +380,9 @@ def _propose(
         conf_M: fp32 confidences (higher = reveal first).
     """
     x0s, confs = [], []
-    # Greedy p(x0) under top-k only (the fast sampler's default): the filtered softmax is the
-    # softmax of the k largest logits, so skip the [R, V] fp32 passes (a few ms per step at batch 32).
-    top_k_only = settings.temperature == 0 and settings.top_p in (None, 1.0) and settings.top_k is not None
     for hidden_RD in hidden_MD.split(_PROPOSAL_ROWS):
-        logits_RV = lm_head(hidden_RD)
+        logits_RV = lm_head(hidden_RD).float()
         logits_RV[:, mask_id] = -torch.inf  # deviation 3: never propose the mask token
-        if top_k_only and alg == "maskgit_plus":
-            top_RK, index_RK = logits_RV.topk(min(settings.top_k, logits_RV.shape[-1]), dim=-1)
-            x0s.append(index_RK[:, 0])
-            confs.append(top_RK.float().softmax(dim=-1)[:, 0])
-            continue
-        logits_RV = logits_RV.float()
         if settings.temperature > 0:
             logits_RV = logits_RV / settings.temperature
         logits_RV = _filter_logits(logits_RV, settings)

@@ -274,16 +274,22 @@ def thresholded_blockwise(model: DreamModel, prompt: list[int], n: int, block_le
     return x[len(prompt):], num_passes
 
 
+@pytest.mark.parametrize("threshold", [0.3, 1.0])
 @pytest.mark.parametrize("top_k", [3, 50])
-def test_fast_thresholds_the_top_k_renormalised_probability(top_k: int) -> None:
+@pytest.mark.parametrize("dual", [False, True])
+def test_fast_thresholds_the_top_k_renormalised_probability(top_k: int, threshold: float, dual: bool) -> None:
     # One layer (exact cache); top-k renormalises p(x0) over the k kept tokens, so a smaller k
-    # reveals more per step. 50 is the default and below the vocabulary of 64.
+    # reveals more per step. 50 is the default and below the vocabulary of 64. Threshold 1.0 is
+    # never exceeded: one reveal per step, the most confident.
     model = make_model(num_hidden_layers=1)
-    settings = spec(mode="fast", block_length=4, threshold=0.3, top_k=top_k)
+    settings = spec(mode="fast", block_length=4, threshold=threshold, top_k=top_k, dual_cache=dual)
     for prompt in PROMPTS:
-        expected = thresholded_blockwise(model, prompt, 8, 4, 0.3, top_k)
+        expected = thresholded_blockwise(model, prompt, 8, 4, threshold, top_k)
         result = generate(model, [prompt], settings, mask_id=MASK, eos_id=EOS, pad_id=PAD)
         assert (result.tokens[0], result.num_forward_passes) == expected
+    # A batch decodes each row as alone (left padding, rows finish their blocks at different steps).
+    batch = generate(model, PROMPTS, settings, mask_id=MASK, eos_id=EOS, pad_id=PAD).tokens
+    assert batch == [thresholded_blockwise(model, prompt, 8, 4, threshold, top_k)[0] for prompt in PROMPTS]
 
 
 def test_fast_with_blocks_of_one_is_left_to_right_greedy_at_any_depth() -> None:

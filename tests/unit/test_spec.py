@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dream_job.errors import SpecError
-from dream_job.spec import JobSpec, load_spec, parse_override, spec_json_schema
+from dream_job.spec import JobSpec, SamplerSpec, load_spec, parse_override, spec_json_schema
 from tests.conftest import REPO
 
 JOB_FILES = sorted((REPO / "jobs").glob("*.yaml"))
@@ -137,3 +137,20 @@ def test_a_spec_error_carries_key_path_and_value(tmp_path: Path) -> None:
     assert overridden.message == "`data.max_length` in `--set data.max_length=abc` must be an integer, got `abc`"
     missing = error_of(tmp_path / "none.yaml")
     assert (missing.key, missing.path, missing.value) == (None, tmp_path / "none.yaml", None)
+
+
+def test_sampler_logit_rows_follow_how_the_sampler_proposes() -> None:
+    # Reference sampling at T > 0 draws every masked position in one call (Dream's random stream).
+    assert SamplerSpec(mode="reference", gen_length=512, temperature=0.7).logit_rows(8) == 8 * 512
+    # Greedy top-k fast steps propose for every position of the block at once.
+    assert SamplerSpec(mode="fast", gen_length=512, block_length=32).logit_rows(32) == 32 * 32
+    assert SamplerSpec(mode="fast", gen_length=16, block_length=32).logit_rows(2) == 2 * 16
+    # Everything else goes in chunks of 256 masked positions.
+    assert SamplerSpec(mode="fast", gen_length=512, top_p=0.9).logit_rows(32) == 256
+    assert SamplerSpec(mode="reference", gen_length=512).logit_rows(32) == 256
+    assert SamplerSpec(mode="reference", gen_length=64).logit_rows(2) == 128
+
+
+def test_cuda_graphs_pad_prompts_to_a_multiple_of_64() -> None:
+    assert [SamplerSpec().padded_prompt_length(n) for n in (1, 64, 65, 150)] == [64, 64, 128, 192]
+    assert SamplerSpec(cuda_graphs=False).padded_prompt_length(150) == 150
