@@ -33,6 +33,9 @@ left-padded here; every prompt's N generated slots sit at the same columns [P, P
   the block start. On a 1-layer model (keys depend only on token and position) it is exact.
   Unlike Fast-dLLM's Dream code, the block's first position is not force-revealed at the block
   start, and the window starts at block start - 1 instead of duplicating its first logits.
+  With greedy top-k proposals (temperature 0, no top-p: the default) a step proposes for every
+  position of the block at once, with fixed shapes and no host sync, so on a GPU it runs inside
+  the windowed forward's CUDA graph; other settings propose for the masked positions only.
   `steps`, `eps`, `alg` and `alg_temp` are unused. Fast mode at threshold 1.0 is NOT reference
   mode with steps = N: the reference reveals 0, 1, ..., 1, 2 tokens (above) from full forwards,
   fast reveals 1 per step with a stale cache (the tests pin the equivalences that do hold).
