@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from dream_job.diffusion.forwards import make_forwards  # noqa: E402
+from dream_job.diffusion.forwards import make_forwards, uncompile_decoder_layers  # noqa: E402
 from dream_job.diffusion.sampler import generate  # noqa: E402
 from dream_job.model.dream import DreamConfig, DreamModel  # noqa: E402
 from dream_job.spec import SamplerSpec  # noqa: E402
@@ -46,7 +46,7 @@ MODES = {
     "fast+graphs": {"mode": "fast", "cuda_graphs": True},
     "fast-dual": {"mode": "fast", "dual_cache": True, "cuda_graphs": False},
     "fast-dual+graphs": {"mode": "fast", "dual_cache": True, "cuda_graphs": True},
-    # compiles the shared model's layers in place: every mode after it runs compiled layers too
+    # compiles the shared model's layers in place (`timed` undoes it afterwards)
     "fast-dual+graphs+compile": {"mode": "fast", "dual_cache": True, "cuda_graphs": True, "compile": True},
 }
 # Which modes run at which batch size by default: the slow eager fast modes only where they are
@@ -92,6 +92,7 @@ def timed(model: DreamModel, config: DreamConfig, settings: SamplerSpec, prompts
     first_call_s = time.perf_counter() - start
     result = generate(model, prompts, settings, forwards=forwards, **kwargs)
     torch.cuda.synchronize()
+    uncompile_decoder_layers(model)  # the next mode runs the layers as they were
     forward_ms = 1000 * result.seconds / result.num_forward_passes
     return {"seconds": result.seconds, "forward_passes": result.num_forward_passes, "forward_ms": forward_ms,
             "tokens_per_s": len(prompts) * 1000 / forward_ms, "first_call_s": first_call_s,

@@ -220,6 +220,12 @@ def compile_decoder_layers(model: DreamModel) -> None:
         layer.forward_cached = torch.compile(layer.forward_cached, fullgraph=True)  # instance attribute
 
 
+def uncompile_decoder_layers(model: DreamModel) -> None:
+    """Undo `compile_decoder_layers`: the layers run their class's eager `forward_cached` again."""
+    for layer in model.model.layers:
+        layer.__dict__.pop("forward_cached", None)
+
+
 def make_forwards(model: DreamModel, settings: SamplerSpec) -> Forwards:
     """Return graphed forwards for a CUDA model with `cuda_graphs` on, else eager ones.
 

@@ -12,7 +12,12 @@ from typing import Any
 import pytest
 import torch
 
-from dream_job.diffusion.forwards import EagerForwards, GraphedForwards, make_forwards
+from dream_job.diffusion.forwards import (
+    EagerForwards,
+    GraphedForwards,
+    make_forwards,
+    uncompile_decoder_layers,
+)
 from dream_job.diffusion.sampler import generate
 from dream_job.model.dream import DreamModel
 from dream_job.spec import CUDA_GRAPH_PROMPT_MULTIPLE, SamplerSpec
@@ -78,7 +83,8 @@ def test_graphs_follow_the_batch_shape_and_are_reused(model: DreamModel) -> None
     graphed = GraphedForwards(model)
     short, long, again = prompts([20, 30], seed=1), prompts([100, 70], seed=2), prompts([10, 50], seed=3)
     for batch, captures in ((short, 2), (again, 2), (long, 4), (short, 6)):
-        assert decode(model, batch, settings, graphed).history == decode(model, batch, settings, PaddedEager(model)).history
+        expected = decode(model, batch, settings, PaddedEager(model)).history
+        assert decode(model, batch, settings, graphed).history == expected
         assert graphed.captures == captures  # `again` pads to the same 64 + 48 columns as `short`: no new graphs
 
 
@@ -98,3 +104,5 @@ def test_compiled_layers_replay_as_graphs_exactly_as_they_run_eagerly() -> None:
     assert isinstance(graphed, GraphedForwards)
     assert decode(compiled, batch, settings, graphed).history == decode(compiled, batch, settings,
                                                                         PaddedEager(compiled)).history
+    uncompile_decoder_layers(compiled)
+    assert all("forward_cached" not in vars(layer) for layer in compiled.model.layers)

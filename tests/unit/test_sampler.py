@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 import torch
 
-from dream_job.diffusion.forwards import EagerForwards, GraphedForwards, make_forwards
+from dream_job.diffusion.forwards import (
+    EagerForwards,
+    GraphedForwards,
+    compile_decoder_layers,
+    make_forwards,
+    uncompile_decoder_layers,
+)
 from dream_job.diffusion.sampler import _fill_after_eos, decode_until_eos, generate
 from dream_job.model.dream import DreamConfig, DreamModel
 from dream_job.spec import SamplerSpec
@@ -324,3 +330,11 @@ def test_one_eager_forwards_object_serves_many_calls() -> None:
     forwards = EagerForwards(model)
     for prompts in (PROMPTS, [[2, 3]], PROMPTS):
         assert run(model, prompts, settings, forwards=forwards) == run(model, prompts, settings)
+
+
+def test_compiled_layers_can_be_restored() -> None:
+    model = make_model()
+    compile_decoder_layers(model)
+    assert all(callable(vars(layer)["forward_cached"]) for layer in model.model.layers)
+    uncompile_decoder_layers(model)
+    assert all("forward_cached" not in vars(layer) for layer in model.model.layers)
