@@ -18,6 +18,8 @@ call. Graphs need static shapes and addresses, so:
   so one recorded step serves every block whose window has the same size;
 - prompts are left-padded up to a multiple of `CUDA_GRAPH_PROMPT_MULTIPLE` tokens
   (`prompt_multiple`), so batches of similar length share one set of graphs;
+- a windowed step may also run a function of its hidden states and window (`then`: the fast
+  sampler's greedy reveal) in the same graph, so a step needs no eager work but one host sync;
 - graphs are kept for one batch shape at a time (batch size, length, padded or not): a new
   shape frees the old graphs and buffers. Evaluation sorts its items by prompt length, so a
   shape, once left, rarely comes back.
