@@ -233,7 +233,9 @@ def estimate(spec: JobSpec, *, data_report: dict[str, Any] | None, catalog_dir: 
     if choice is not None and not choice.mfu_measured:
         notes.append(f"MFU {choice.mfu:.2f} of {choice.gpu} {choice.method} is a placeholder from public sources "
                      f"(budget/data/calibration.toml, {cal.date}) until the GPU benchmark measures it")
-    notes.append("evaluation is assumed split over all GPUs of the machine")
+    if choice is not None and choice.count > 1 and spec.eval.suites:
+        notes.append(f"evaluation runs on one of the {choice.count} GPUs (one process); the others wait, "
+                     "and are paid for")
     result = Estimate(
         job=spec.name, budget_cny=budget.max_cost_yuan, cny_per_usd=budget.cny_per_usd,
         prices_source=prices.source, prices_date=prices.date, tokens_source=work.source,

@@ -14,7 +14,7 @@ efficiency, offload rates, overheads; placeholders until the GPU benchmark measu
 - Evaluation: the sampler's forwards (reference: `steps` full forwards; fast: one full forward
   per block plus `block/tokens_per_step` forwards of the block, and of what follows it unless
   dual-cached), each the slowest of compute, reading the bf16 weights and (without CUDA graphs)
-  an eager forward's launch-bound floor, prompts split over the GPUs.
+  an eager forward's launch-bound floor, on one GPU (evaluation is one process).
 - Overheads: provisioning, image pull, base-model download, data prep, training start-up (model
   build, compile warm-up), checkpoint and export writes, uploads to `artifacts.destinations`;
   spot runs add the expected restart share.
@@ -155,9 +155,10 @@ def train_seconds(spec: JobSpec, shape: ModelShape, work: Workload, gpu: GpuSpec
     return steps, steps * (accumulation * micro + reduce_scatter + optimizer), mfu, point.measured
 
 
-def eval_seconds(spec: JobSpec, shape: ModelShape, work: Workload, gpu: GpuSpec, *, num_gpus: int,
-                 cal: Calibration) -> float:
-    """Return the seconds the sampler needs for every suite and evaluated model.
+def eval_seconds(spec: JobSpec, shape: ModelShape, work: Workload, gpu: GpuSpec, *, cal: Calibration) -> float:
+    """Return the seconds the sampler needs for every suite and evaluated model on one GPU.
+
+    `dream-job eval` is one process on the head node's first GPU, whatever the machine has.
 
     Each forward costs the slowest of its compute (batch x tokens run x FLOPs per token at the
     calibrated MFU), reading the bf16 weights (at the calibrated bandwidth share), and, without
@@ -182,8 +183,7 @@ def eval_seconds(spec: JobSpec, shape: ModelShape, work: Workload, gpu: GpuSpec,
                 # Later steps run the block (dual cache) or the block and all that follows, plus one position.
                 window = min(block, sampler.gen_length - start) if sampler.dual_cache else sampler.gen_length - start
                 forwards += [context] + [window + 1] * (steps_per_block - 1)
-        items_per_gpu = math.ceil(suite.items / num_gpus)
-        full_batches, rest = divmod(items_per_gpu, ev.batch_size)
+        full_batches, rest = divmod(suite.items, ev.batch_size)
         for batch, count in ((ev.batch_size, full_batches), (rest, 1 if rest else 0)):
             total += count * sum(max(batch * tokens * per_token / peak, weight_read, floor) for tokens in forwards)
     return len(ev.models) * total
@@ -224,7 +224,7 @@ def estimate_time(spec: JobSpec, shape: ModelShape, work: Workload, gpu: GpuSpec
     trainable = shape.lora_params(spec.train.lora.rank, list(spec.train.lora.targets)) if is_lora else shape.num_params
     steps, train_s, mfu, measured = train_seconds(spec, shape, work, gpu, method=method, num_gpus=num_gpus,
                                                   trainable=trainable, cal=cal)
-    eval_s = eval_seconds(spec, shape, work, gpu, num_gpus=num_gpus, cal=cal) if spec.eval.suites else 0.0
+    eval_s = eval_seconds(spec, shape, work, gpu, cal=cal) if spec.eval.suites else 0.0
     overheads = overhead_seconds(spec, shape, method=method, steps=steps, trainable=trainable, cal=cal)
     base = TimeEstimate(steps=steps, train_s=train_s, eval_s=eval_s, overheads_s=overheads, mfu=mfu,
                         mfu_measured=measured)

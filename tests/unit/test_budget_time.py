@@ -111,20 +111,17 @@ def test_eval_seconds_of_the_reference_sampler() -> None:
     assert per_token == forward_flops_per_token(matmul_params=DREAM_7B.forward_matmul_params, hidden=3584,
                                                 num_layers=28, context=256)
     forward = max(8 * 256 * per_token / (989e12 * 0.5), 2 * P / (3350e9 * 0.6))
-    assert eval_seconds(spec, DREAM_7B, work, h100, num_gpus=1, cal=eval_calibration()) == pytest.approx(64 * forward)
-    # Two GPUs split the prompts: 4 each, one batch of 4.
-    forward_4 = max(4 * 256 * per_token / (989e12 * 0.5), 2 * P / (3350e9 * 0.6))
-    assert eval_seconds(spec, DREAM_7B, work, h100, num_gpus=2, cal=eval_calibration()) == pytest.approx(64 * forward_4)
+    assert eval_seconds(spec, DREAM_7B, work, h100, cal=eval_calibration()) == pytest.approx(64 * forward)
     # Without CUDA graphs: no padding (150 + 64 tokens), and no forward is faster than the eager
-    # launch floor (0.03 s here; 4 x 214 tokens compute in 24.6 ms, the weights read in 7.6 ms).
+    # launch floor (0.1 s here; 8 x 214 tokens compute in 49.2 ms, the weights read in 7.6 ms).
     eager = JobSpec.model_validate({**spec.model_dump(), "eval": {**spec.eval.model_dump(),
                                     "sampler": {**spec.eval.sampler.model_dump(), "cuda_graphs": False}}})
-    assert eval_seconds(eager, DREAM_7B, work, h100, num_gpus=2, cal=eval_calibration()) == pytest.approx(64 * 0.03)
+    assert eval_seconds(eager, DREAM_7B, work, h100, cal=eval_calibration(eager_forward_s=0.1)) == pytest.approx(64 * 0.1)
     eager_per_token = 2 * 7_070_285_824 + 4 * 28 * 214 * 3584
-    compute_4 = 4 * 214 * eager_per_token / (989e12 * 0.5)
-    assert compute_4 == pytest.approx(0.0246, abs=1e-4)
-    assert eval_seconds(eager, DREAM_7B, work, h100, num_gpus=2,
-                        cal=eval_calibration(eager_forward_s=0.001)) == pytest.approx(64 * compute_4)
+    compute_8 = 8 * 214 * eager_per_token / (989e12 * 0.5)
+    assert compute_8 == pytest.approx(0.0492, abs=1e-4)
+    assert eval_seconds(eager, DREAM_7B, work, h100,
+                        cal=eval_calibration(eager_forward_s=0.001)) == pytest.approx(64 * compute_8)
 
 
 def test_eval_seconds_of_the_dual_cache_sampler() -> None:
@@ -142,7 +139,7 @@ def test_eval_seconds_of_the_dual_cache_sampler() -> None:
     full, step = 32 * 192 * per_token / (989e12 * 0.5), 32 * 33 * per_token / (989e12 * 0.5)
     assert step > 2 * P / (3350e9 * 0.6)
     expected = 2 * 2 * (full + 15 * step)
-    assert eval_seconds(spec, DREAM_7B, work, h100, num_gpus=1, cal=eval_calibration()) == pytest.approx(expected)
+    assert eval_seconds(spec, DREAM_7B, work, h100, cal=eval_calibration()) == pytest.approx(expected)
 
 
 def test_fast_sampler_costs_less_than_reference() -> None:
@@ -152,8 +149,8 @@ def test_fast_sampler_costs_less_than_reference() -> None:
     fast = JobSpec.model_validate(base)
     reference = JobSpec.model_validate({**base, "eval": {**base["eval"], "sampler": {"mode": "reference"}}})
     h100 = resolve_gpu("H100")
-    t_fast = eval_seconds(fast, DREAM_7B, work, h100, num_gpus=1, cal=calibration())
-    t_ref = eval_seconds(reference, DREAM_7B, work, h100, num_gpus=1, cal=calibration())
+    t_fast = eval_seconds(fast, DREAM_7B, work, h100, cal=calibration())
+    t_ref = eval_seconds(reference, DREAM_7B, work, h100, cal=calibration())
     # Fast-dLLM reports ~3-8x on Dream; the block model with 2 tokens/step lands in that range.
     assert 3 < t_ref / t_fast < 8
 
