@@ -194,6 +194,11 @@ SAMPLER_LOGIT_ROWS = 256
 CUDA_GRAPH_PROMPT_MULTIPLE = 64
 
 
+def round_up_prompt_length(tokens: int, multiple: int) -> int:
+    """Return `tokens` rounded up to a multiple of `multiple` (the padded prompt columns of a batch)."""
+    return -(-tokens // multiple) * multiple
+
+
 class SamplerSpec(_Section):
     """Diffusion decoding settings used by evaluation."""
 
@@ -233,7 +238,6 @@ class SamplerSpec(_Section):
         "left-padded to a multiple of 64 tokens so batches share graphs); same results as eager calls on the same "
         "padded batch, several times faster at small batches. No effect on the CPU.",
     )
-
     compile: bool = Field(
         False,
         description="On a GPU, compile each decoder layer (torch.compile) before recording the graphs: fuses its "
@@ -242,8 +246,7 @@ class SamplerSpec(_Section):
 
     def padded_prompt_length(self, tokens: int) -> int:
         """Return the columns a batch whose longest prompt has `tokens` tokens gets (CUDA graphs pad it)."""
-        multiple = CUDA_GRAPH_PROMPT_MULTIPLE if self.cuda_graphs else 1
-        return -(-tokens // multiple) * multiple
+        return round_up_prompt_length(tokens, CUDA_GRAPH_PROMPT_MULTIPLE if self.cuda_graphs else 1)
 
     @property
     def greedy_top_k(self) -> bool:

@@ -78,7 +78,7 @@ from torch import Tensor, nn
 
 from dream_job.diffusion.forwards import Forwards, make_forwards
 from dream_job.model.dream import DreamModel
-from dream_job.spec import SAMPLER_LOGIT_ROWS, SamplerSpec
+from dream_job.spec import SAMPLER_LOGIT_ROWS, SamplerSpec, round_up_prompt_length
 
 # Masked positions per lm_head call (`SAMPLER_LOGIT_ROWS`, 256). The maths is row-wise, so chunks
 # change nothing, except for sampling in reference mode: one multinomial over all rows is what
@@ -168,8 +168,8 @@ def generate(
         seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
         generator = torch.Generator(device=device).manual_seed(seed)
     forwards = make_forwards(model, settings) if forwards is None else forwards
-    longest = max(len(prompt) for prompt in prompts)
-    P, N = -(-longest // forwards.prompt_multiple) * forwards.prompt_multiple, settings.gen_length
+    P = round_up_prompt_length(max(len(prompt) for prompt in prompts), forwards.prompt_multiple)
+    N = settings.gen_length
     rows = [[pad_id] * (P - len(prompt)) + list(prompt) + [mask_id] * N for prompt in prompts]
     with torch.inference_mode():
         x_BL = torch.tensor(rows, dtype=torch.long, device=device)
@@ -286,12 +286,13 @@ def _decode_fast(
         if attention_mask_BL is not None:  # key order: cached positions, then the window
             key_mask_BS = torch.cat((attention_mask_BL[:, cached_P], attention_mask_BL[:, lo - 1 : end]), dim=1)
         forwards.start_window(cached_P, position_ids_BL[:, lo - 1 : end], key_mask_BS)
-        reveal = functools.partial(_greedy_reveal_window, num_block=hi - lo, lm_head=lm_head, settings=settings,
-                                   mask_id=mask_id)
+        if greedy:
+            reveal = functools.partial(_greedy_reveal_window, num_block=hi - lo, lm_head=lm_head, settings=settings,
+                                       mask_id=mask_id)
+            reveal_key = (hi - lo, settings.top_k, settings.threshold, mask_id)
         while bool((x_BL[:, lo:hi] == mask_id).any()):
             if greedy:
-                x_BL[:, lo:hi] = forwards.step(x_BL[:, lo - 1 : end], then=reveal,
-                                               then_key=(hi - lo, settings.top_k, settings.threshold, mask_id))
+                x_BL[:, lo:hi] = forwards.step(x_BL[:, lo - 1 : end], then=reveal, then_key=reveal_key)
             else:
                 hidden_BWD = forwards.step(x_BL[:, lo - 1 : end])
                 _reveal_confident(x_BL, hidden_BWD, lo, hi, lo - 1, lm_head, settings, mask_id, generator)

@@ -230,18 +230,7 @@ def test_forward_cached_with_a_cache_of_the_same_tokens_is_exact(dual: bool) -> 
 
 def greedy_blockwise(model: DreamModel, prompt: list[int], n: int, block_length: int) -> tuple[list[int], int]:
     """Brute force: full forward every step, reveal the single most confident mask of the block."""
-    x, num_passes = prompt + [MASK] * n, 0
-    for lo in range(len(prompt), len(x), block_length):
-        hi = min(lo + block_length, len(x))
-        while MASK in x[lo:hi]:
-            with torch.no_grad():
-                logits_LV = model(torch.tensor([x]))[0].float()
-            num_passes += 1
-            logits_LV[:, MASK] = -torch.inf
-            probs_LV = logits_LV.softmax(-1)
-            best = max((i for i in range(lo, hi) if x[i] == MASK), key=lambda i: probs_LV[i - 1].max().item())
-            x[best] = int(probs_LV[best - 1].argmax())
-    return x[len(prompt):], num_passes
+    return thresholded_blockwise(model, prompt, n, block_length, threshold=1.0, top_k=None)
 
 
 @pytest.mark.parametrize("dual", [False, True])
@@ -259,8 +248,12 @@ def test_fast_equals_brute_force_when_the_cache_is_exact(dual: bool, block_lengt
 
 
 def thresholded_blockwise(model: DreamModel, prompt: list[int], n: int, block_length: int, threshold: float,
-                          top_k: int) -> tuple[list[int], int]:
-    """Brute force of Fast-dLLM's rule: every mask whose top-k renormalised p(x0) > threshold, at least the best."""
+                          top_k: int | None) -> tuple[list[int], int]:
+    """Brute force of Fast-dLLM's rule: every mask whose top-k renormalised p(x0) > threshold, at least the best.
+
+    Full forward every step; `top_k` None ranks by the whole softmax; threshold 1.0 is never
+    exceeded, so each step reveals only the most confident mask of the block.
+    """
     x, num_passes = prompt + [MASK] * n, 0
     for lo in range(len(prompt), len(x), block_length):
         hi = min(lo + block_length, len(x))
@@ -269,8 +262,10 @@ def thresholded_blockwise(model: DreamModel, prompt: list[int], n: int, block_le
                 logits_LV = model(torch.tensor([x]))[0].float()
             num_passes += 1
             logits_LV[:, MASK] = -torch.inf
-            kth_L1 = logits_LV.sort(dim=-1, descending=True).values[:, top_k - 1 : top_k]
-            probs_LV = logits_LV.masked_fill(logits_LV < kth_L1, -torch.inf).softmax(-1)
+            if top_k is not None:
+                kth_L1 = logits_LV.sort(dim=-1, descending=True).values[:, top_k - 1 : top_k]
+                logits_LV = logits_LV.masked_fill(logits_LV < kth_L1, -torch.inf)
+            probs_LV = logits_LV.softmax(-1)
             masks = [i for i in range(lo, hi) if x[i] == MASK]
             conf = {i: probs_LV[i - 1].max().item() for i in masks}
             best = max(masks, key=conf.__getitem__)
