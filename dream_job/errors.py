@@ -16,7 +16,7 @@ The subclasses say what the user must do, and so the exit code (style.md rule 5)
     │   └── DiskFullError        the disk (temp files were removed)
     ├── BudgetError          1  no offer fits the budget
     ├── RunDirBusyError      1  wait for the other process holding the run dir
-    ├── StageError           1  read the log of the stage's child process (its exit code when 1, 3 or 130)
+    ├── StageError           1  read the log of the stage's child process (its exit code when 1, 3, 4 or 130)
     ├── TransientError       3  run the same command again (network, preemption)
     ├── Interrupted        130  stopped by Ctrl-C; run the same command again to continue
     └── InternalError        4  a bug in dream-job (the CLI wraps unexpected exceptions; code raises it
@@ -116,7 +116,12 @@ class RunDirBusyError(DreamJobError):
 
 
 class StageError(DreamJobError):
-    """A stage run in a child process (training under torchrun) failed; its log above says why."""
+    """A stage run in child processes (training under torchrun, evaluation shards) failed; its log above says why."""
+
+
+def child_exit_code(returncode: int) -> int:
+    """Return the exit code that reports a failed child process: its own when it means something, else 1."""
+    return returncode if returncode in (EXIT_USER, EXIT_TRANSIENT, EXIT_BUG, EXIT_INTERRUPTED) else EXIT_USER
 
 
 class TransientError(DreamJobError):

@@ -33,6 +33,7 @@ from typing import Any
 from dream_job import rundir
 from dream_job.errors import (
     EXIT_INTERRUPTED, EXIT_TRANSIENT, CheckpointError, DataError, DreamJobError, InputError, StageError, TransientError,
+    child_exit_code,
 )
 from dream_job.rundir import (
     DONE, FAILED, INTERRUPTED, RUNNING, STOPPED_BY_BUDGET, StageRecord, digest, export_digest, read_stage_record,
@@ -285,7 +286,7 @@ def _train_under_torchrun(spec: JobSpec, spec_path: Path, overrides: list[str], 
     if completed.returncode != 0:
         raise StageError(f"training under torchrun exited with code {completed.returncode}",
                          hint="see the log above; run the same command again to resume",
-                         exit_code=completed.returncode if completed.returncode in (1, 3, 130) else 1)
+                         exit_code=child_exit_code(completed.returncode))
 
 
 # --- eval ------------------------------------------------------------------------------------
@@ -310,7 +311,8 @@ def eval_inputs(spec: JobSpec, run_dir: Path) -> dict[str, Any]:
 
     report = read_report(run_dir / rundir.DATA_DIR)
     return {
-        "spec": {"eval": spec.eval.model_dump(mode="json"), "system_prompt": spec.data.system_prompt,
+        # Not `eval.processes`: how many processes decode does not change what they decode.
+        "spec": {"eval": spec.eval.model_dump(mode="json", exclude={"processes"}), "system_prompt": spec.data.system_prompt,
                  "model": spec.model.model_dump(mode="json"), "seed": spec.train.seed, "device": spec.train.device},
         "upstream": {"export": export_digest(run_dir / rundir.EXPORT_DIR) if "final" in spec.eval.models else None,
                      "data": report["inputs_hash"] if report else None},
@@ -321,18 +323,26 @@ def evaluate_models(spec: JobSpec, labels: list[tuple[str, Path | None]], *,
                     progress: Callable[[str, int, int], None] | None = None) -> Path:
     """Evaluate each (label, folder), then write the report; SIGTERM stops with the items done saved (exit 3).
 
+    With several GPUs (`eval.processes`) each model's pending batches are decoded by one process
+    per GPU (`eval/processes.py`); this process then folds their items together and writes the summary.
+
     Returns:
         The report path.
 
     Raises:
         TransientError: Stopped by SIGTERM (exit 3); items decoded so far are kept and reused.
+        StageError: An evaluation process failed.
     """
+    from dream_job.eval.processes import eval_processes, evaluate_in_processes
     from dream_job.eval.report import write_report
-    from dream_job.eval.run import evaluate
+    from dream_job.eval.run import evaluate, plan_evaluation
 
+    count = eval_processes(spec)
     try:
         with _sigterm_stops():
             for label, folder in labels:
+                if count > 1 and plan_evaluation(spec, model_label=label, model_dir=folder).num_pending:
+                    evaluate_in_processes(spec, model_label=label, model_dir=folder, count=count)
                 evaluate(spec, model_label=label, model_dir=folder, progress=progress)
     except _StageStopped:
         raise TransientError("evaluation stopped by SIGTERM; the items decoded so far are saved",

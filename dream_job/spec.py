@@ -279,6 +279,11 @@ class EvalSpec(_Section):
     limit: int | None = Field(None, ge=1, description="Evaluate at most this many items per suite (null: all).")
     seed: int = Field(0, description="Seed of the `limit` subsample and of sampling.")
     batch_size: int = Field(8, ge=1, description="Prompts decoded together.")
+    processes: int | None = Field(
+        None, ge=1, description="Decoding processes, each with a whole model on its own GPU and every n-th batch "
+        "(null: one per visible GPU of `train.device` cuda, one on the CPU). Greedy decoding gives the same items "
+        "for any number.",
+    )
     sampler: SamplerSpec = Field(default_factory=SamplerSpec, description="Decoding settings.")
     sources: dict[Literal["s1k_holdout", "gsm8k", "math500"], str] = Field(
         {},

@@ -55,28 +55,34 @@ def eval_device(spec: JobSpec) -> torch.device:
     return torch.device(spec.train.device)
 
 
-def load_eval_model(spec: JobSpec, *, label: str, model_dir: Path | None, tokenizer: Any) -> EvalModel:
-    """Load the model a label names (see the module docstring) in `model.dtype` on `train.device`.
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's weights come from, known without loading them (see `describe_eval_model`)."""
+
+    config: DreamConfig
+    source: str  # for people (summary, report)
+    fingerprint: str  # identifies the weights independently of where the run dir is mounted; keys reuse
+    folder: Path | None  # the HF folder of the weights; None for `base` with `model.init: random`
+
+
+def describe_eval_model(spec: JobSpec, *, label: str, model_dir: Path | None, tokenizer: Any) -> ModelSource:
+    """Find the model a label names (see the module docstring) and check it, without reading its weights.
 
     Raises:
-        CheckpointError: The folder is missing, is not a Dream checkpoint, or its weights do not
-            match its config; `final` before training exported anything.
+        CheckpointError: The folder is missing, is not a Dream checkpoint; `final` before training
+            exported anything.
         DataError: The tokenizer's EOS or mask id differs from the model config's.
         DreamJobError: The base model cannot be found or downloaded.
     """
-    dtype, device = TORCH_DTYPES[spec.model.dtype], eval_device(spec)
     if model_dir is None and label == "base":
         from dream_job.train.build import resolve_base_dir
 
         base_dir = resolve_base_dir(spec)
         if spec.model.init == "random":
             config = _read_config(base_dir)
-            with torch.random.fork_rng(devices=[]):  # leave the caller's CPU random stream alone
-                model = random_init_model(config, seed=spec.train.seed)  # the trainer's start (model/init.py)
-            model.to(device=device, dtype=dtype)
             source = f"{spec.model.base} (random init, seed {spec.train.seed})"
-            fingerprint = json.dumps([source, config.to_hf_dict()], sort_keys=True)
-            return _with_ids(model.eval(), config, source, fingerprint, tokenizer)
+            return _checked(ModelSource(config, source, json.dumps([source, config.to_hf_dict()], sort_keys=True),
+                                        None), tokenizer)
         folder = base_dir
         source = fingerprint = f"{spec.model.base}@{spec.model.revision or 'default'}"
     elif model_dir is None and label == "final":
@@ -101,10 +107,31 @@ def load_eval_model(spec: JobSpec, *, label: str, model_dir: Path | None, tokeni
             f"`{folder}` is not a Dream checkpoint: it has no `{INDEX_NAME}` or `{SINGLE_FILE_NAME}`",
             hint="pass a folder written by `dream-job train` (`<run_dir>/export/`) or a Dream hub snapshot",
         )
-    with torch.device("meta"):
-        model = DreamModel(config)
-    load_safetensors_weights(model, folder, dtype=dtype, device=device)
-    return _with_ids(model.eval(), config, source, fingerprint, tokenizer)
+    return _checked(ModelSource(config, source, fingerprint, folder), tokenizer)
+
+
+def load_described_model(spec: JobSpec, described: ModelSource) -> EvalModel:
+    """Load the weights of a described model in `model.dtype` on `train.device`.
+
+    Raises:
+        CheckpointError: The weights do not match the config.
+    """
+    dtype, device, config = TORCH_DTYPES[spec.model.dtype], eval_device(spec), described.config
+    if described.folder is None:
+        with torch.random.fork_rng(devices=[]):  # leave the caller's CPU random stream alone
+            model = random_init_model(config, seed=spec.train.seed)  # the trainer's start (model/init.py)
+        model.to(device=device, dtype=dtype)
+    else:
+        with torch.device("meta"):
+            model = DreamModel(config)
+        load_safetensors_weights(model, described.folder, dtype=dtype, device=device)
+    return EvalModel(model.eval(), config, described.source, described.fingerprint, config.mask_token_id,
+                     config.eos_token_id, config.pad_token_id)
+
+
+def load_eval_model(spec: JobSpec, *, label: str, model_dir: Path | None, tokenizer: Any) -> EvalModel:
+    """Describe (`describe_eval_model`) and load (`load_described_model`) the model a label names."""
+    return load_described_model(spec, describe_eval_model(spec, label=label, model_dir=model_dir, tokenizer=tokenizer))
 
 
 def load_eval_tokenizer(spec: JobSpec) -> Any:
@@ -163,8 +190,9 @@ def _folder_fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def _with_ids(model: DreamModel, config: DreamConfig, source: str, fingerprint: str, tokenizer: Any) -> EvalModel:
-    """Attach the sampler's token ids (the config's, as in training) after checking the tokenizer agrees."""
+def _checked(described: ModelSource, tokenizer: Any) -> ModelSource:
+    """Check that the tokenizer's EOS and mask ids are the config's (the sampler uses the config's, as training does)."""
+    config = described.config
     mask_id = tokenizer.convert_tokens_to_ids(MASK_TOKEN)
     for what, tokenizer_id, config_id in (
         ("EOS", tokenizer.eos_token_id, config.eos_token_id),
@@ -175,4 +203,4 @@ def _with_ids(model: DreamModel, config: DreamConfig, source: str, fingerprint: 
                 f"the tokenizer's {what} id is `{tokenizer_id}` but the model config says `{config_id}`",
                 hint="use the tokenizer the model was trained with (`<run_dir>/data/tokenizer/` or `model.tokenizer`)",
             )
-    return EvalModel(model, config, source, fingerprint, config.mask_token_id, config.eos_token_id, config.pad_token_id)
+    return described

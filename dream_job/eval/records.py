@@ -31,11 +31,13 @@ def items_name(label: str, suite: str) -> str:
     return f"items-{label}-{suite}.jsonl"
 
 
-def read_items(path: Path, *, key: str, golds: dict[str, str]) -> dict[str, dict[str, Any]]:
+def read_items(path: Path, *, key: str, golds: dict[str, str], repair: bool = True) -> dict[str, dict[str, Any]]:
     """Return the reusable items of `path` by id: same `key`, an id in `golds` with the same gold.
 
-    A torn last line (a run killed mid-write) is skipped. When anything was skipped, the file is
-    rewritten (atomically) with only the reusable items, so new items are appended to clean data.
+    A torn last line (a run killed mid-write) is skipped; of an id written twice, the last record
+    counts. When anything was skipped and `repair` is on, the file is rewritten (atomically) with
+    only the reusable items, so new items are appended to clean data (processes that share an
+    evaluation only read: their parent repairs).
     """
     if not path.is_file():
         return {}
@@ -53,7 +55,7 @@ def read_items(path: Path, *, key: str, golds: dict[str, str]) -> dict[str, dict
             continue
         if record.get("key") == key and golds.get(record.get("id")) == record.get("gold"):
             kept[record["id"]] = record
-    if len(kept) != num_lines:
+    if len(kept) != num_lines and repair:
         logger.info("`%s`: reusing %d of %d items (the others have other settings or gold)", path, len(kept), num_lines)
         write_items(path, kept.values())
     return kept

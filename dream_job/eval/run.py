@@ -13,6 +13,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,13 @@ from dream_job.diffusion.forwards import Forwards, make_forwards
 from dream_job.diffusion.sampler import GenerationResult, decode_until_eos, generate
 from dream_job.errors import SpecError
 from dream_job.eval.answers import build_prompt, check_answer, extract_answer
-from dream_job.eval.models import EvalModel, load_eval_model, load_eval_tokenizer
+from dream_job.eval.models import (
+    EvalModel,
+    ModelSource,
+    describe_eval_model,
+    load_described_model,
+    load_eval_tokenizer,
+)
 from dream_job.eval.records import (
     append_items,
     items_name,
@@ -32,6 +39,7 @@ from dream_job.eval.records import (
     update_summary,
     write_items,
 )
+from dream_job.eval.shards import Shard, merge_parts, part_path, shard_batches
 from dream_job.eval.suites import EvalItem, load_suite
 from dream_job.rundir import EVAL_DIR
 from dream_job.spec import JobSpec
@@ -48,31 +56,31 @@ _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 DREAM_TRAINED_CONTEXT = 2048
 
 
-def evaluate(
-    spec: JobSpec,
-    *,
-    model_label: str,
-    model_dir: Path | None = None,
-    generate_fn: GenerateFn = generate,
-    progress: ProgressFn | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Evaluate one model on every suite of `eval.suites` and record the results.
+@dataclass
+class EvalPlan:
+    """What evaluating one model involves: its suites' items and prompts, the items already done, the rest."""
 
-    Loads the tokenizer and the suites first, then the model (`eval/models.py`), checks that
-    every prompt plus `eval.sampler.gen_length` fits the model's context, and decodes the items
-    not done yet in batches of `eval.batch_size`, shortest prompt first. Writes, per suite, `<run_dir>/eval/
-    items-<label>-<suite>.jsonl` (appended per batch, rewritten in suite order at the end) and
-    the `summary.json` entry of (label, suite), atomically and merged with the other entries.
+    tokenizer: Any
+    described: ModelSource
+    key: str
+    items: dict[str, list[EvalItem]]  # per suite, in suite order
+    done: dict[str, dict[str, dict[str, Any]]]  # per suite: {item id: record} reusable from earlier runs
+    pending: dict[str, list[tuple[EvalItem, list[int]]]]  # per suite: (item, prompt), shortest prompt first
 
-    Args:
-        spec: The job spec (`eval`, `model`, `data.system_prompt`, `train.seed`/`device`).
-        model_label: `base`, `final`, or a name for the model in `model_dir`; names the files.
-        model_dir: An HF Dream folder to evaluate instead of what the label names.
-        generate_fn: The decoder (`dream_job.diffusion.sampler.generate`'s signature).
-        progress: Called as `progress(description, num_done, num_total)`; see `ProgressFn`.
+    @property
+    def num_pending(self) -> int:
+        """Items still to decode over every suite."""
+        return sum(len(pairs) for pairs in self.pending.values())
 
-    Returns:
-        {suite: summary entry} for this label (n, correct, accuracy, tokens/s, settings, ...).
+
+def plan_evaluation(spec: JobSpec, *, model_label: str, model_dir: Path | None = None,
+                    shard: Shard | None = None) -> EvalPlan:
+    """Find what evaluating a model still needs, without loading its weights.
+
+    Loads the tokenizer and the suites, describes the model (`eval/models.py`), checks that every
+    prompt plus `eval.sampler.gen_length` fits its context, and reads the items already written.
+    Without a shard (one process, or the parent of several) it first folds any part files left by
+    processes of an earlier run into the items files (`shards.merge_parts`); a shard only reads.
 
     Raises:
         SpecError: The label is not a plain name, or a prompt plus `gen_length` exceeds the
@@ -82,10 +90,9 @@ def evaluate(
     """
     if not _LABEL.match(model_label):
         raise SpecError(f"model label `{model_label}` must be letters, digits, `.`, `_` or `-`")
-    run_dir = spec.run_dir()
-    eval_dir = run_dir / EVAL_DIR
+    eval_dir = spec.run_dir() / EVAL_DIR
     tokenizer = load_eval_tokenizer(spec)
-    suites = {suite: load_suite(suite, spec.eval, run_dir) for suite in spec.eval.suites}
+    suites = {suite: load_suite(suite, spec.eval, spec.run_dir()) for suite in spec.eval.suites}
     prompts = {
         suite: [
             build_prompt(tokenizer, item.question, system_prompt=spec.data.system_prompt,
@@ -94,23 +101,89 @@ def evaluate(
         ]
         for suite, items in suites.items()
     }
-    loaded = load_eval_model(spec, label=model_label, model_dir=model_dir, tokenizer=tokenizer)
-    _check_context(prompts, spec.eval.sampler.gen_length, loaded.config.max_position_embeddings)
-    key = settings_key(spec, loaded.fingerprint)
-    device = loaded.model.lm_head.weight.device
-    generator = torch.Generator(device=device).manual_seed(spec.eval.seed)
-    forwards = make_forwards(loaded.model, spec.eval.sampler)  # one per model: its CUDA graphs serve every batch
-    results = {}
+    described = describe_eval_model(spec, label=model_label, model_dir=model_dir, tokenizer=tokenizer)
+    _check_context(prompts, spec.eval.sampler.gen_length, described.config.max_position_embeddings)
+    key = settings_key(spec, described.fingerprint)
+    done, pending = {}, {}
     for suite, items in suites.items():
-        records = _run_suite(
-            spec, loaded, tokenizer, items, prompts[suite], eval_dir / items_name(model_label, suite),
-            key=key, generate_fn=generate_fn, generator=generator, forwards=forwards,
-            progress=(lambda done, total, s=suite: progress(f"{model_label} {s}", done, total)) if progress else None,
-        )
+        path = eval_dir / items_name(model_label, suite)
+        if shard is None:
+            merge_parts(path)
+        done[suite] = read_items(path, key=key, golds={item.id: item.gold for item in items}, repair=shard is None)
+        pairs = [(item, prompt) for item, prompt in zip(items, prompts[suite], strict=True)
+                 if item.id not in done[suite]]
+        # Shortest prompt first (stable: equal lengths keep suite order): a batch then pads little,
+        # and consecutive batches share the sampler's CUDA graphs.
+        pending[suite] = sorted(pairs, key=lambda pair: len(pair[1]))
+    return EvalPlan(tokenizer, described, key, suites, done, pending)
+
+
+def evaluate(
+    spec: JobSpec,
+    *,
+    model_label: str,
+    model_dir: Path | None = None,
+    generate_fn: GenerateFn = generate,
+    progress: ProgressFn | None = None,
+    shard: Shard | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate one model on every suite of `eval.suites` and record the results.
+
+    Plans (`plan_evaluation`), loads the weights only when items are left, and decodes them in
+    batches of `eval.batch_size`, shortest prompt first. Writes, per suite, `<run_dir>/eval/
+    items-<label>-<suite>.jsonl` (appended per batch, rewritten in suite order at the end) and
+    the `summary.json` entry of (label, suite), atomically and merged with the other entries.
+    With a shard it decodes only that process's batches (`shards.py`), appends them to its part
+    files and writes no summary: the parent that started the processes does.
+
+    Args:
+        spec: The job spec (`eval`, `model`, `data.system_prompt`, `train.seed`/`device`).
+        model_label: `base`, `final`, or a name for the model in `model_dir`; names the files.
+        model_dir: An HF Dream folder to evaluate instead of what the label names.
+        generate_fn: The decoder (`dream_job.diffusion.sampler.generate`'s signature).
+        progress: Called as `progress(description, num_done, num_total)`; see `ProgressFn`.
+        shard: This process's share when several decode together (`dream_job.eval.processes`).
+
+    Returns:
+        {suite: summary entry} for this label (n, correct, accuracy, tokens/s, settings, ...);
+        {} for a shard.
+
+    Raises:
+        SpecError, DataError, CheckpointError: See `plan_evaluation`.
+    """
+    plan = plan_evaluation(spec, model_label=model_label, model_dir=model_dir, shard=shard)
+    eval_dir = spec.run_dir() / EVAL_DIR
+    loaded, forwards, generator = None, None, None
+    if any(shard_batches(pairs, spec.eval.batch_size, shard) for pairs in plan.pending.values()):
+        loaded = load_described_model(spec, plan.described)
+        device = loaded.model.lm_head.weight.device
+        generator = torch.Generator(device=device).manual_seed(spec.eval.seed)
+        forwards = make_forwards(loaded.model, spec.eval.sampler)  # one per model: its CUDA graphs serve every batch
+    results = {}
+    for suite, items in plan.items.items():
+        path = eval_dir / items_name(model_label, suite)
+        done = plan.done[suite]
+        if progress:
+            progress(f"{model_label} {suite}", len(done), len(items))
+        batches = shard_batches(plan.pending[suite], spec.eval.batch_size, shard)
+        for batch in batches:
+            assert loaded is not None and forwards is not None and generator is not None
+            records = _decode_batch(spec, loaded, plan, batch, generate_fn=generate_fn, generator=generator,
+                                    forwards=forwards)
+            append_items(path if shard is None else part_path(path, shard.index), records)
+            done.update((r["id"], r) for r in records)
+            if progress:
+                progress(f"{model_label} {suite}", len(done), len(items))
+        if shard is not None:
+            logger.info("process %s: %s %s: decoded %d items in %d batches", shard, model_label, suite,
+                        sum(len(batch) for batch in batches), len(batches))
+            continue
+        ordered = [done[item.id] for item in items]
+        write_items(path, ordered)
         entry = {
-            **suite_stats(records, spec.eval.sampler.gen_length),
+            **suite_stats(ordered, spec.eval.sampler.gen_length),
             "items": items_name(model_label, suite),
-            "model": loaded.source,
+            "model": plan.described.source,
             "sampler": spec.eval.sampler.model_dump(),
             "prefill_think": spec.eval.prefill_think,
             "limit": spec.eval.limit,
@@ -155,54 +228,33 @@ def _check_context(prompts: dict[str, list[list[int]]], gen_length: int, max_pos
                            DREAM_TRAINED_CONTEXT)
 
 
-def _run_suite(
+def _decode_batch(
     spec: JobSpec,
     loaded: EvalModel,
-    tokenizer: Any,
-    items: list[EvalItem],
-    prompts: list[list[int]],
-    path: Path,
+    plan: EvalPlan,
+    batch: list[tuple[EvalItem, list[int]]],
     *,
-    key: str,
     generate_fn: GenerateFn,
     generator: torch.Generator,
     forwards: Forwards,
-    progress: Callable[[int, int], None] | None,
 ) -> list[dict[str, Any]]:
-    """Decode the items of one suite not in `path` yet; return every item's record in suite order.
-
-    Items are decoded shortest prompt first (stable, so equal lengths keep suite order): a batch
-    then pads little, and consecutive batches share the sampler's CUDA graphs.
-    """
-    done = read_items(path, key=key, golds={item.id: item.gold for item in items})
-    pending = [(item, prompt) for item, prompt in zip(items, prompts, strict=True) if item.id not in done]
-    pending.sort(key=lambda pair: len(pair[1]))
-    if progress:
-        progress(len(done), len(items))
-    batch_size = spec.eval.batch_size
-    for start in range(0, len(pending), batch_size):
-        batch = pending[start : start + batch_size]
-        result = generate_fn(
-            loaded.model, [prompt for _, prompt in batch], spec.eval.sampler,
-            mask_id=loaded.mask_id, eos_id=loaded.eos_id, pad_id=loaded.pad_id, generator=generator,
-            forwards=forwards,
-        )
-        seconds = result.seconds / len(batch)  # the batch decodes together; share its time evenly
-        records = []
-        for (item, prompt), tokens in zip(batch, result.tokens, strict=True):
-            generated = decode_until_eos(tokens, loaded.eos_id)
-            output = tokenizer.decode(generated, skip_special_tokens=False)
-            extracted = extract_answer(output)
-            records.append({
-                "id": item.id, "key": key, "prompt": tokenizer.decode(prompt, skip_special_tokens=False),
-                "output": output, "extracted": extracted, "gold": item.gold,
-                "correct": check_answer(item.gold, extracted), "tokens": len(generated), "seconds": seconds,
-                "forward_passes": result.num_forward_passes,  # of the whole batch, which decodes together
-            })
-        append_items(path, records)
-        done.update((r["id"], r) for r in records)
-        if progress:
-            progress(len(done), len(items))
-    ordered = [done[item.id] for item in items]
-    write_items(path, ordered)
-    return ordered
+    """Decode one batch together and return a record per item (`records.ITEM_KEYS` and its batch's passes)."""
+    tokenizer = plan.tokenizer
+    result = generate_fn(
+        loaded.model, [prompt for _, prompt in batch], spec.eval.sampler,
+        mask_id=loaded.mask_id, eos_id=loaded.eos_id, pad_id=loaded.pad_id, generator=generator,
+        forwards=forwards,
+    )
+    seconds = result.seconds / len(batch)  # the batch decodes together; share its time evenly
+    records = []
+    for (item, prompt), tokens in zip(batch, result.tokens, strict=True):
+        generated = decode_until_eos(tokens, loaded.eos_id)
+        output = tokenizer.decode(generated, skip_special_tokens=False)
+        extracted = extract_answer(output)
+        records.append({
+            "id": item.id, "key": plan.key, "prompt": tokenizer.decode(prompt, skip_special_tokens=False),
+            "output": output, "extracted": extracted, "gold": item.gold,
+            "correct": check_answer(item.gold, extracted), "tokens": len(generated), "seconds": seconds,
+            "forward_passes": result.num_forward_passes,  # of the whole batch, which decodes together
+        })
+    return records

@@ -50,8 +50,9 @@ def wilson_interval(num_correct: int, n: int, *, z: float = Z_95) -> Interval:
     z2_n = z * z / n
     centre = (p + z2_n / 2) / (1 + z2_n)
     half_width = z / (1 + z2_n) * math.sqrt(p * (1 - p) / n + z2_n / (4 * n))
-    # Clamp rounding noise only: at k = 0 the lower limit is 0 analytically (likewise 1 at k = n).
-    return Interval(p, max(0.0, centre - half_width), min(1.0, centre + half_width))
+    # Clamp rounding noise only: analytically 0 <= lower <= p <= upper <= 1, with lower = 0 at k = 0 and
+    # upper = 1 at k = n, where float rounding can land a hair on the wrong side (0/7: lower 1e-17 > p).
+    return Interval(p, min(p, max(0.0, centre - half_width)), max(p, min(1.0, centre + half_width)))
 
 
 def newcombe_interval(num_correct_1: int, n_1: int, num_correct_2: int, n_2: int, *, z: float = Z_95) -> Interval:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -38,6 +40,20 @@ class WeightsMismatchError(CheckpointError):
         return "\n".join([self.message, *(f"  {line}" for line in self.caused_by)])
 
 
+@contextmanager
+def _open_weights(path: Path, device: str = "cpu") -> Iterator[Any]:
+    """Open a safetensors file; a missing, truncated or damaged one is a `CheckpointError` naming it."""
+    try:
+        handle = safe_open(path, framework="pt", device=device)
+    except (SafetensorError, FileNotFoundError) as exc:
+        what = "is missing" if isinstance(exc, FileNotFoundError) else f"is not a readable safetensors file ({exc})"
+        raise CheckpointError(f"`{path}` {what}",
+                              hint="the weights folder is incomplete or damaged: copy, download or export it again"
+                              ) from None
+    with handle as f:
+        yield f
+
+
 def _read_stored_shapes(folder: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     """Map every stored tensor name to (shard file name, shape), reading only the headers."""
     if (folder / INDEX_NAME).exists():
@@ -49,7 +65,7 @@ def _read_stored_shapes(folder: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
         raise FileNotFoundError(f"no `{INDEX_NAME}` or `{SINGLE_FILE_NAME}` in `{folder}`")
     stored = {}
     for file in files:
-        with safe_open(folder / file, framework="pt") as f:
+        with _open_weights(folder / file) as f:
             for key in f.keys():
                 stored[key] = (file, tuple(f.get_slice(key).get_shape()))
     return stored
@@ -106,7 +122,7 @@ def load_safetensors_weights(
     # (plus a pointless pass over uninitialised memory). Assigning makes each loaded tensor the
     # parameter itself; `requires_grad` is kept from the module's parameter.
     for file in sorted({file for file, _ in stored.values()}):
-        with safe_open(folder / file, framework="pt", device=str(device)) as f:
+        with _open_weights(folder / file, str(device)) as f:
             shard = {key: f.get_tensor(key) for key in f.keys()}
         if dtype is not None:
             shard = {key: tensor.to(dtype) for key, tensor in shard.items()}
@@ -136,7 +152,7 @@ def read_state_dict(
     _check_keys_and_shapes(folder, stored, expected)
     state: dict[str, torch.Tensor] = {}
     for file in sorted({file for file, _ in stored.values()}):
-        with safe_open(folder / file, framework="pt", device="cpu") as f:
+        with _open_weights(folder / file) as f:
             for key in f.keys():
                 tensor = f.get_tensor(key)
                 state[key] = tensor.to(dtype) if dtype is not None else tensor

@@ -69,6 +69,16 @@ def test_wilson_edges() -> None:
         wilson_interval(5, 4)
 
 
+def test_wilson_brackets_the_estimate_for_every_k() -> None:
+    """The chart's whiskers are estimate - lower and upper - estimate: float rounding must not make one negative
+    (0/7 gave a lower limit of 1e-17 above the estimate, and matplotlib refused to draw the report's chart)."""
+    for n in range(1, 200):
+        for k in range(n + 1):
+            interval = wilson_interval(k, n)
+            assert 0.0 <= interval.lower <= interval.estimate <= interval.upper <= 1.0, (k, n)
+    assert wilson_interval(0, 7).lower == 0.0 and wilson_interval(10, 10).upper == 1.0
+
+
 # Newcombe (1998), "Interval estimation for the difference between independent proportions:
 # comparison of eleven methods", Statistics in Medicine 17:873-890, Table II, method 10.
 NEWCOMBE_PUBLISHED = [

@@ -268,6 +268,25 @@ def test_load_without_weights_names_the_folder(tmp_path: Path) -> None:
         load_safetensors_weights(DreamModel(TINY), tmp_path)
 
 
+def test_damaged_or_missing_shard_is_a_checkpoint_error(tmp_path: Path) -> None:
+    """A truncated copy or a shard the index names but the folder lacks: exit 1 naming the file, not a crash."""
+    torch.manual_seed(0)
+    save_hf_folder(DreamModel(TINY), TINY, tmp_path / "model", max_shard_bytes=100_000)
+    shards = sorted((tmp_path / "model").glob("model-*.safetensors"))
+    assert len(shards) >= 2
+    shards[1].write_bytes(shards[1].read_bytes()[:-10])  # a copy cut short: the header's offsets overrun
+    with torch.device("meta"):
+        model = DreamModel(TINY)
+    with pytest.raises(CheckpointError) as info:
+        load_safetensors_weights(model, tmp_path / "model")
+    assert info.value.message.startswith(f"`{shards[1]}` is not a readable safetensors file (")
+    assert info.value.hint == "the weights folder is incomplete or damaged: copy, download or export it again"
+    shards[1].unlink()
+    with pytest.raises(CheckpointError) as info:
+        load_safetensors_weights(model, tmp_path / "model")
+    assert info.value.message == f"`{shards[1]}` is missing" and info.value.exit_code == 1
+
+
 def test_hub_config_gives_7b_numbers_and_round_trips() -> None:
     config = DreamConfig.from_json_file(HUB_CONFIG)
     assert config == DreamConfig()  # the defaults are Dream 7B
