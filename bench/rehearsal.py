@@ -365,7 +365,7 @@ def estimates(spec: Any, gpu_name: str, rows: list[int]) -> dict[str, Any]:
     ckpt = checkpoint_bytes(shape, method, trainable, cal.section("memory")["adam8bit_bytes_per_param"])
     return {
         "gpu": gpu.name, "steps": steps, "train_steps_s": train_s, "train_step_s": train_s / max(steps, 1),
-        "mfu": mfu, "trained_tokens": sum(rows), "eval_s": eval_seconds(spec, shape, full, gpu, cal=cal),
+        "mfu": mfu, "trained_tokens": sum(rows), "eval_s": eval_seconds(spec, shape, full, gpu, num_gpus=1, cal=cal),
         "overheads_s": over, "checkpoint_bytes": ckpt, "checkpoint_write_s": ckpt / disk,
         "export_bytes": 2 * shape.num_params, "peak_gib": memory.peak_gib, "phases_gib": memory.phases_gib,
         "host_gib": memory.host_gib,

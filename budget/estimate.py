@@ -234,8 +234,9 @@ def estimate(spec: JobSpec, *, data_report: dict[str, Any] | None, catalog_dir: 
         notes.append(f"MFU {choice.mfu:.2f} of {choice.gpu} {choice.method} is a placeholder from public sources "
                      f"(budget/data/calibration.toml, {cal.date}) until the GPU benchmark measures it")
     if choice is not None and choice.count > 1 and spec.eval.suites:
-        notes.append(f"evaluation runs on one of the {choice.count} GPUs (one process); the others wait, "
-                     "and are paid for")
+        processes = min(spec.eval.processes or choice.count, choice.count)
+        notes.append(f"evaluation decodes in {processes} process(es) on the {choice.count} GPUs, each with a whole "
+                     "model and every n-th batch (`eval.processes`)")
     result = Estimate(
         job=spec.name, budget_cny=budget.max_cost_yuan, cny_per_usd=budget.cny_per_usd,
         prices_source=prices.source, prices_date=prices.date, tokens_source=work.source,

@@ -155,20 +155,22 @@ def train_seconds(spec: JobSpec, shape: ModelShape, work: Workload, gpu: GpuSpec
     return steps, steps * (accumulation * micro + reduce_scatter + optimizer), mfu, point.measured
 
 
-def eval_seconds(spec: JobSpec, shape: ModelShape, work: Workload, gpu: GpuSpec, *, cal: Calibration) -> float:
-    """Return the seconds the sampler needs for every suite and evaluated model on one GPU.
+def eval_seconds(spec: JobSpec, shape: ModelShape, work: Workload, gpu: GpuSpec, *, num_gpus: int,
+                 cal: Calibration) -> float:
+    """Return the seconds the sampler needs for every suite and evaluated model on `num_gpus` GPUs.
 
-    `dream-job eval` is one process on the head node's first GPU, whatever the machine has.
-
-    Each forward costs the slowest of its compute (batch x tokens run x FLOPs per token at the
-    calibrated MFU), reading the bf16 weights (at the calibrated bandwidth share), and, without
-    CUDA graphs, the launch-bound floor of an eager forward.
+    `dream-job eval` runs `eval.processes` processes (default: one per GPU), each with a whole
+    model, and deals each suite's batches out in turn (`dream_job/eval/shards.py`); a model is
+    done when its busiest process is. Each forward costs the slowest of its compute (batch x
+    tokens run x FLOPs per token at the calibrated MFU), reading the bf16 weights (at the
+    calibrated bandwidth share), and, without CUDA graphs, the launch-bound floor of an eager forward.
     """
     ev, sampler, cfg = spec.eval, spec.eval.sampler, cal.section("eval")
     peak, weights = gpu.bf16_tflops * 1e12 * cfg["mfu"], 2 * shape.num_params
     weight_read = weights / (gpu.mem_bw_gb_s * 1e9 * cfg["bandwidth_efficiency"])
     floor = 0.0 if sampler.cuda_graphs else float(cfg["eager_forward_s"])
-    total = 0.0
+    processes = max(1, min(ev.processes or num_gpus, num_gpus))
+    busy = [0.0] * processes
     for suite in work.suites:
         context = sampler.padded_prompt_length(round(suite.prompt_tokens)) + sampler.gen_length
         per_token = forward_flops_per_token(matmul_params=shape.forward_matmul_params, hidden=shape.hidden,
@@ -184,9 +186,10 @@ def eval_seconds(spec: JobSpec, shape: ModelShape, work: Workload, gpu: GpuSpec,
                 window = min(block, sampler.gen_length - start) if sampler.dual_cache else sampler.gen_length - start
                 forwards += [context] + [window + 1] * (steps_per_block - 1)
         full_batches, rest = divmod(suite.items, ev.batch_size)
-        for batch, count in ((ev.batch_size, full_batches), (rest, 1 if rest else 0)):
-            total += count * sum(max(batch * tokens * per_token / peak, weight_read, floor) for tokens in forwards)
-    return len(ev.models) * total
+        for index, batch in enumerate([ev.batch_size] * full_batches + ([rest] if rest else [])):
+            busy[index % processes] += sum(max(batch * tokens * per_token / peak, weight_read, floor)
+                                           for tokens in forwards)
+    return len(ev.models) * max(busy)
 
 
 def overhead_seconds(spec: JobSpec, shape: ModelShape, *, method: str, steps: int, trainable: int,
@@ -224,7 +227,7 @@ def estimate_time(spec: JobSpec, shape: ModelShape, work: Workload, gpu: GpuSpec
     trainable = shape.lora_params(spec.train.lora.rank, list(spec.train.lora.targets)) if is_lora else shape.num_params
     steps, train_s, mfu, measured = train_seconds(spec, shape, work, gpu, method=method, num_gpus=num_gpus,
                                                   trainable=trainable, cal=cal)
-    eval_s = eval_seconds(spec, shape, work, gpu, cal=cal) if spec.eval.suites else 0.0
+    eval_s = eval_seconds(spec, shape, work, gpu, num_gpus=num_gpus, cal=cal) if spec.eval.suites else 0.0
     overheads = overhead_seconds(spec, shape, method=method, steps=steps, trainable=trainable, cal=cal)
     base = TimeEstimate(steps=steps, train_s=train_s, eval_s=eval_s, overheads_s=overheads, mfu=mfu,
                         mfu_measured=measured)

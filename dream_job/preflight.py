@@ -40,6 +40,10 @@ def preflight(spec: JobSpec) -> dict[str, Any]:
         raise SpecError("`train.device` is `cuda` but this machine has no visible GPU",
                         key="train.device", value="cuda",
                         hint="launch on a GPU offer (see `dream-job estimate`) or `--set train.device=cpu`")
+    if spec.eval.suites:
+        from dream_job.eval.processes import eval_processes
+
+        eval_processes(spec)  # `eval.processes` beyond the GPUs here fails now, not after training
     _check_secrets(spec)
     run_dir = spec.run_dir()
     if run_dir.exists() and not run_dir.is_dir():

@@ -37,15 +37,13 @@ def eval_processes(spec: JobSpec) -> int:
     """
     import torch
 
-    device = eval_device(spec)
-    gpus = torch.cuda.device_count() if device.type == "cuda" and device.index is None else 0
+    gpus = torch.cuda.device_count() if eval_device(spec).type == "cuda" else 0
     wanted = spec.eval.processes
     if wanted is None:
         return max(gpus, 1)
-    if device.type == "cuda" and wanted > max(gpus, 1):
-        visible = f"{gpus} GPU(s) are visible" if device.index is None else "`train.device` names one GPU"
-        raise SpecError(f"`eval.processes` is {wanted} but {visible}",
-                        hint=f"set `--set eval.processes={max(gpus, 1)}` or less, or leave it null (one per GPU)")
+    if gpus and wanted > gpus:
+        raise SpecError(f"`eval.processes` is {wanted} but {gpus} GPU(s) are visible",
+                        hint=f"set `--set eval.processes={gpus}` or less, or leave it null (one per GPU)")
     return wanted
 
 

@@ -111,17 +111,42 @@ def test_eval_seconds_of_the_reference_sampler() -> None:
     assert per_token == forward_flops_per_token(matmul_params=DREAM_7B.forward_matmul_params, hidden=3584,
                                                 num_layers=28, context=256)
     forward = max(8 * 256 * per_token / (989e12 * 0.5), 2 * P / (3350e9 * 0.6))
-    assert eval_seconds(spec, DREAM_7B, work, h100, cal=eval_calibration()) == pytest.approx(64 * forward)
+    assert eval_seconds(spec, DREAM_7B, work, h100, num_gpus=1, cal=eval_calibration()) == pytest.approx(64 * forward)
     # Without CUDA graphs: no padding (150 + 64 tokens), and no forward is faster than the eager
     # launch floor (0.1 s here; 8 x 214 tokens compute in 49.2 ms, the weights read in 7.6 ms).
     eager = JobSpec.model_validate({**spec.model_dump(), "eval": {**spec.eval.model_dump(),
                                     "sampler": {**spec.eval.sampler.model_dump(), "cuda_graphs": False}}})
-    assert eval_seconds(eager, DREAM_7B, work, h100, cal=eval_calibration(eager_forward_s=0.1)) == pytest.approx(64 * 0.1)
+    assert eval_seconds(eager, DREAM_7B, work, h100, num_gpus=1, cal=eval_calibration(eager_forward_s=0.1)) == pytest.approx(64 * 0.1)
     eager_per_token = 2 * 7_070_285_824 + 4 * 28 * 214 * 3584
     compute_8 = 8 * 214 * eager_per_token / (989e12 * 0.5)
     assert compute_8 == pytest.approx(0.0492, abs=1e-4)
-    assert eval_seconds(eager, DREAM_7B, work, h100,
+    assert eval_seconds(eager, DREAM_7B, work, h100, num_gpus=1,
                         cal=eval_calibration(eager_forward_s=0.001)) == pytest.approx(64 * compute_8)
+
+
+def test_eval_seconds_on_several_gpus_wait_for_the_busiest_process() -> None:
+    spec = JobSpec.model_validate({
+        "name": "t", "eval": {"suites": ["gsm8k"], "models": ["final"], "limit": 36, "batch_size": 8,
+                              "sampler": {"mode": "reference", "gen_length": 64, "steps": 64}},
+    })
+    work = Workload(rows=1, tokens_per_epoch=1.0, mean_length=1.0, suites=[EvalSuite("gsm8k", 36, 150.0)],
+                    source="test", is_estimate=False)
+    h100 = resolve_gpu("H100")
+    # 36 items in batches of 8: 8, 8, 8, 8, 4. Every forward is compute-bound (a batch of 4 x 256
+    # tokens takes 29.6 ms, the weights 7.6 ms), so a batch's time is proportional to its size.
+    per_token = 2 * 7_070_285_824 + 4 * 28 * 256 * 3584
+    per_item = 64 * 256 * per_token / (989e12 * 0.5)
+    assert 4 * per_item / 64 > 2 * P / (3350e9 * 0.6)
+
+    def seconds(gpus: int, processes: int | None = None) -> float:
+        dealt = spec.model_copy(update={"eval": spec.eval.model_copy(update={"processes": processes})})
+        return eval_seconds(dealt, DREAM_7B, work, h100, num_gpus=gpus, cal=eval_calibration())
+
+    assert seconds(1) == pytest.approx(36 * per_item)
+    assert seconds(2) == pytest.approx(20 * per_item)  # process 0 decodes batches 0, 2, 4: 8 + 8 + 4 items
+    assert seconds(8) == pytest.approx(8 * per_item)  # one batch each, three GPUs idle
+    assert seconds(8, processes=1) == pytest.approx(36 * per_item)
+    assert seconds(2, processes=4) == pytest.approx(20 * per_item)  # never more processes than GPUs
 
 
 def test_eval_seconds_of_the_dual_cache_sampler() -> None:
@@ -139,7 +164,7 @@ def test_eval_seconds_of_the_dual_cache_sampler() -> None:
     full, step = 32 * 192 * per_token / (989e12 * 0.5), 32 * 33 * per_token / (989e12 * 0.5)
     assert step > 2 * P / (3350e9 * 0.6)
     expected = 2 * 2 * (full + 15 * step)
-    assert eval_seconds(spec, DREAM_7B, work, h100, cal=eval_calibration()) == pytest.approx(expected)
+    assert eval_seconds(spec, DREAM_7B, work, h100, num_gpus=1, cal=eval_calibration()) == pytest.approx(expected)
 
 
 def test_fast_sampler_costs_less_than_reference() -> None:
@@ -149,8 +174,8 @@ def test_fast_sampler_costs_less_than_reference() -> None:
     fast = JobSpec.model_validate(base)
     reference = JobSpec.model_validate({**base, "eval": {**base["eval"], "sampler": {"mode": "reference"}}})
     h100 = resolve_gpu("H100")
-    t_fast = eval_seconds(fast, DREAM_7B, work, h100, cal=calibration())
-    t_ref = eval_seconds(reference, DREAM_7B, work, h100, cal=calibration())
+    t_fast = eval_seconds(fast, DREAM_7B, work, h100, num_gpus=1, cal=calibration())
+    t_ref = eval_seconds(reference, DREAM_7B, work, h100, num_gpus=1, cal=calibration())
     # Fast-dLLM reports ~3-8x on Dream; the block model with 2 tokens/step lands in that range.
     assert 3 < t_ref / t_fast < 8
 

@@ -492,3 +492,18 @@ def test_model_card_has_the_reports_numbers(tmp_path: Path) -> None:
     assert GSM8K_ROW + "\n" in section and HOLDOUT_ROW + "\n" in section
     assert "Wilson score interval (Wilson 1927)" in section
     assert "- `final`: `/work/runs/job/export`" in section and "Decoding: `mode=fast`, `top_k=50`." in section
+
+
+def test_shards_split_the_one_process_batches_round_robin() -> None:
+    from dream_job.eval.shards import Shard, shard_batches
+
+    pending = list(range(11))
+    assert shard_batches(pending, 3, None) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10]]
+    assert shard_batches(pending, 3, Shard(0, 3)) == [[0, 1, 2], [9, 10]]
+    assert shard_batches(pending, 3, Shard(1, 3)) == [[3, 4, 5]]
+    assert shard_batches(pending, 3, Shard(2, 3)) == [[6, 7, 8]]
+    assert shard_batches(pending, 3, Shard(4, 5)) == []  # more processes than batches: some idle
+    assert Shard.parse(" 1/8 ") == Shard(1, 8) and str(Shard(1, 8)) == "1/8"
+    for bad in ("8/8", "-1/2", "1", "a/b"):
+        with pytest.raises(ValueError, match="is not `i/n` with 0 <= i < n"):
+            Shard.parse(bad)

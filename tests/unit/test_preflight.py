@@ -76,3 +76,19 @@ def test_missing_secrets_are_named_before_anything_runs(monkeypatch: pytest.Monk
     with pytest.raises(DreamJobError) as info:
         preflight(spec)
     assert info.value.message.startswith("missing secret `AWS_ACCESS_KEY_ID` (for the `s3://bucket/x` destination)")
+
+
+def test_eval_processes_follow_the_gpus_and_more_than_there_are_fails_before_training(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from dream_job.eval.processes import eval_processes
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert eval_processes(load_spec(REAL_JOB)) == 2  # null: one per visible GPU
+    assert eval_processes(load_spec(REAL_JOB, ["eval.processes=1"])) == 1
+    assert eval_processes(load_spec(REAL_JOB, ["train.device=cpu"])) == 1
+    assert eval_processes(load_spec(REAL_JOB, ["train.device=cpu", "eval.processes=3"])) == 3
+    with pytest.raises(DreamJobError) as info:
+        preflight(load_spec(REAL_JOB, ["eval.processes=4"]))
+    assert info.value.message == "`eval.processes` is 4 but 2 GPU(s) are visible"
+    assert info.value.hint == "set `--set eval.processes=2` or less, or leave it null (one per GPU)"
