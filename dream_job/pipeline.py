@@ -341,8 +341,11 @@ def evaluate_models(spec: JobSpec, labels: list[tuple[str, Path | None]], *,
     try:
         with _sigterm_stops():
             for label, folder in labels:
-                if count > 1 and plan_evaluation(spec, model_label=label, model_dir=folder).num_pending:
-                    evaluate_in_processes(spec, model_label=label, model_dir=folder, count=count)
+                if count > 1:
+                    plan = plan_evaluation(spec, model_label=label, model_dir=folder)
+                    needed = min(count, plan.most_batches(spec.eval.batch_size))
+                    if needed > 1:  # else this process decodes the one batch (or nothing) itself
+                        evaluate_in_processes(spec, model_label=label, model_dir=folder, count=needed)
                 evaluate(spec, model_label=label, model_dir=folder, progress=progress)
     except _StageStopped:
         raise TransientError("evaluation stopped by SIGTERM; the items decoded so far are saved",

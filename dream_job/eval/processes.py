@@ -81,6 +81,8 @@ def evaluate_in_processes(spec: JobSpec, *, model_label: str, model_dir: Path | 
             env = dict(os.environ)
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = gpus[index]
+            else:  # on the CPU the processes share the cores rather than each start a thread per core
+                env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // count)))
             command = [sys.executable, "-m", "dream_job", "eval", str(spec_path), "--model", model,
                        "--shard", f"{index}/{count}"]
             children.append(subprocess.Popen(command, env=env))

@@ -67,10 +67,9 @@ class EvalPlan:
     done: dict[str, dict[str, dict[str, Any]]]  # per suite: {item id: record} reusable from earlier runs
     pending: dict[str, list[tuple[EvalItem, list[int]]]]  # per suite: (item, prompt), shortest prompt first
 
-    @property
-    def num_pending(self) -> int:
-        """Items still to decode over every suite."""
-        return sum(len(pairs) for pairs in self.pending.values())
+    def most_batches(self, batch_size: int) -> int:
+        """The most batches any suite has left: more processes than that would have nothing to decode."""
+        return max((-(-len(pairs) // batch_size) for pairs in self.pending.values()), default=0)
 
 
 def plan_evaluation(spec: JobSpec, *, model_label: str, model_dir: Path | None = None,

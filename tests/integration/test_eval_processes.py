@@ -93,6 +93,23 @@ def test_two_processes_decode_what_one_does(root: Path, capfd: pytest.CaptureFix
     assert "process 0/2" not in capfd.readouterr().err
 
 
+def test_no_more_processes_than_batches(root: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    one = make_spec(root, "one", processes=1)
+    evaluate_models(one, labels(one)[:1])
+    shutil.copytree(root / "one", root / "eight", ignore=shutil.ignore_patterns("eval"))
+    eight = make_spec(root, "eight", processes=8)
+    evaluate_models(eight, labels(eight)[:1])  # 4 batches: 4 processes
+    err = capfd.readouterr().err
+    assert "process 3/4: base gsm8k: decoded 1 items in 1 batches" in err and "/8" not in err
+    assert items(eight.run_dir(), "base") == items(one.run_dir(), "base")
+    whole = make_spec(root, "whole", processes=2).model_copy()
+    whole = whole.model_copy(update={"eval": whole.eval.model_copy(update={"batch_size": 8})})
+    shutil.copytree(root / "one", root / "whole", ignore=shutil.ignore_patterns("eval"))
+    evaluate_models(whole, labels(whole)[:1])  # one batch: decoded here, no process started
+    assert "process" not in capfd.readouterr().err
+    assert len(items(whole.run_dir(), "base")) == 7
+
+
 def test_parts_left_by_a_killed_run_are_kept(root: Path) -> None:
     """Part files of processes that were killed count as decoded on the next run, whatever its process count."""
     one = make_spec(root, "one", processes=1)

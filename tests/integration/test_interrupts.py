@@ -7,6 +7,7 @@ with no traceback and nothing already done lost (issue 15).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -107,6 +108,33 @@ def test_sigterm_during_eval_keeps_the_items_done_and_exits_3(tmp_path: Path) ->
     assert resumed.returncode == 0, resumed.stderr
     assert f"reusing {len(saved)} of {len(saved)} items" not in resumed.stderr  # nothing was thrown away
     assert len(items.read_text().splitlines()) == 20
+
+
+def test_sigterm_during_eval_in_two_processes_stops_both_and_keeps_their_batches(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    args = ["--set", f"artifacts.run_dir={run_dir}", "--set", "eval.limit=20", "--set", "eval.batch_size=1",
+            "--set", "eval.sampler.mode=reference", "--set", "eval.sampler.gen_length=48",
+            "--set", "eval.sampler.steps=48", "--set", "eval.processes=2"]
+    subprocess.run([sys.executable, "-m", "dream_job", "prep", str(SMOKE), *args], cwd=REPO, check=True,
+                   capture_output=True)
+    parts = run_dir / "eval" / "parts"
+    process = dream_job("eval", str(SMOKE), "--model", "base", *args, stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT, text=True)
+    wait_for(parts / "items-base-s1k_holdout.0.jsonl", process, timeout_s=300)
+    code, output = interrupt(process, signal.SIGTERM)
+    assert code == 3, output
+    assert one_error(output) == "error: evaluation stopped by SIGTERM; the items decoded so far are saved"
+    assert subprocess.run(["pgrep", "-f", "dream_job eval .*--shard"], capture_output=True).returncode == 1  # no process left behind
+    saved = sorted(json.loads(line)["id"] for part in parts.glob("items-*.jsonl")
+                   for line in part.read_text().splitlines() if line.endswith("}"))
+    assert saved and not (parts / "job.json").exists()
+    resumed = subprocess.run([sys.executable, "-m", "dream_job", "eval", str(SMOKE), "--model", "base", *args],
+                             cwd=REPO, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    decoded = [int(m) for m in re.findall(r"s1k_holdout: decoded (\d+) items", resumed.stderr)]
+    assert sum(decoded) == 20 - len(saved)  # the killed run's batches were kept, not decoded again
+    items = run_dir / "eval" / "items-base-s1k_holdout.jsonl"
+    assert len(items.read_text().splitlines()) == 20 and not parts.exists()
 
 
 def test_a_closed_pipe_is_not_a_bug() -> None:
