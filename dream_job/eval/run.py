@@ -3,7 +3,9 @@
 Input: the spec, a model label (`base`, `final`, or any name with a folder) and the run's data.
 Output under `<run_dir>/eval/` (see `records.py`): `items-<label>-<suite>.jsonl` and the
 `<label>` entries of `summary.json`. Re-running with the same sampler and prompt settings and
-the same model reuses the items already written and decodes only the rest.
+the same model reuses the items already written and decodes only the rest. On several GPUs the
+batches are shared out among processes (`shards.py`, `processes.py`); a process with a shard
+writes part files only, and the process that started them folds the parts in and summarizes.
 """
 
 from __future__ import annotations
