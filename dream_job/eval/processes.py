@@ -8,6 +8,7 @@ them, then folds the parts into the items files and writes the summary (`run.eva
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -26,7 +27,8 @@ logger = logging.getLogger(__name__)
 
 WORKER_SPEC_NAME = "job.json"  # in `eval/parts/`: the spec the processes read, as the parent validated it
 _POLL_S = 0.5
-_STOP_GRACE_S = 60.0  # a stopped process finishes the Python instruction in flight and exits
+_STOP_GRACE_S = 30.0  # SIGTERM ends a child at once (no handler there); then SIGKILL
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def eval_processes(spec: JobSpec) -> int:
@@ -85,7 +87,7 @@ def evaluate_in_processes(spec: JobSpec, *, model_label: str, model_dir: Path | 
                 env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // count)))
             command = [sys.executable, "-m", "dream_job", "eval", str(spec_path), "--model", model,
                        "--shard", f"{index}/{count}"]
-            children.append(subprocess.Popen(command, env=env))
+            children.append(subprocess.Popen(command, env=env, preexec_fn=_tie_to_parent))
         logger.info("evaluating `%s` in %d processes%s", model_label, count,
                     f" (GPUs {', '.join(gpus[:count])})" if gpus else "")
         failed = _wait_all(children)
@@ -96,6 +98,23 @@ def evaluate_in_processes(spec: JobSpec, *, model_label: str, model_dir: Path | 
                 hint="its error is printed above; run the same command again: the batches decoded so far are kept",
                 exit_code=child_exit_code(code),
             )
+
+
+def _tie_to_parent() -> None:
+    """In the child before it starts: ignore Ctrl-C and get SIGTERM when the parent dies.
+
+    Ctrl-C reaches the parent, which stops the children (one error line, not one per process);
+    the death signal stops them when the parent is killed outright (`kill -9`, an OOM kill), so no
+    process keeps a GPU and writes parts after the run dir's lock is gone.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not sys.platform.startswith("linux"):
+        return  # no death signal elsewhere: a killed parent leaves its children to finish their share
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() == 1:  # the parent died before the line above took effect
+        os._exit(3)
 
 
 def _wait_all(children: list[subprocess.Popen[bytes]]) -> tuple[int, int] | None:

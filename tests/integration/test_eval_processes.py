@@ -25,6 +25,8 @@ from dream_job.spec import JobSpec
 
 from tests.conftest import TINY_DREAM, write_jsonl
 
+pytestmark = pytest.mark.slow  # several Python processes each
+
 SUITE = [{"question": f"Tom has {i} apples and buys {i + 2} more. How many{'?' * (1 + i % 4)}",
           "answer": f"#### {2 * i + 2}"} for i in range(7)]
 

@@ -7,6 +7,7 @@ with no traceback and nothing already done lost (issue 15).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -110,6 +111,7 @@ def test_sigterm_during_eval_keeps_the_items_done_and_exits_3(tmp_path: Path) ->
     assert len(items.read_text().splitlines()) == 20
 
 
+@pytest.mark.slow
 def test_sigterm_during_eval_in_two_processes_stops_both_and_keeps_their_batches(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     args = ["--set", f"artifacts.run_dir={run_dir}", "--set", "eval.limit=20", "--set", "eval.batch_size=1",
@@ -124,7 +126,7 @@ def test_sigterm_during_eval_in_two_processes_stops_both_and_keeps_their_batches
     code, output = interrupt(process, signal.SIGTERM)
     assert code == 3, output
     assert one_error(output) == "error: evaluation stopped by SIGTERM; the items decoded so far are saved"
-    assert subprocess.run(["pgrep", "-f", "dream_job eval .*--shard"], capture_output=True).returncode == 1  # no process left behind
+    assert shard_processes(run_dir) == []  # none left behind
     saved = sorted(json.loads(line)["id"] for part in parts.glob("items-*.jsonl")
                    for line in part.read_text().splitlines() if line.endswith("}"))
     assert saved and not (parts / "job.json").exists()
@@ -135,6 +137,43 @@ def test_sigterm_during_eval_in_two_processes_stops_both_and_keeps_their_batches
     assert sum(decoded) == 20 - len(saved)  # the killed run's batches were kept, not decoded again
     items = run_dir / "eval" / "items-base-s1k_holdout.jsonl"
     assert len(items.read_text().splitlines()) == 20 and not parts.exists()
+
+
+def shard_processes(run_dir: Path) -> list[str]:
+    """The `dream-job eval --shard` processes working in `run_dir`."""
+    found = subprocess.run(["pgrep", "-af", f"dream_job eval {run_dir}/.*--shard"], capture_output=True, text=True)
+    return found.stdout.splitlines()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["ctrl-c", "kill -9"])
+def test_ctrl_c_or_kill_of_a_two_process_eval_leaves_no_process(how: str, tmp_path: Path) -> None:
+    """Ctrl-C (the terminal signals the whole group) gives one error line, not one per process; a parent
+    killed outright takes its processes with it (they would hold GPUs after the lock is gone)."""
+    run_dir = tmp_path / "run"
+    # 40 items of 96 steps: each process has ~10 s of decoding left when its parent goes.
+    args = ["--set", f"artifacts.run_dir={run_dir}", "--set", "eval.limit=40", "--set", "eval.batch_size=1",
+            "--set", "eval.sampler.mode=reference", "--set", "eval.sampler.gen_length=96",
+            "--set", "eval.sampler.steps=96", "--set", "eval.processes=2"]
+    subprocess.run([sys.executable, "-m", "dream_job", "prep", str(SMOKE), *args], cwd=REPO, check=True,
+                   capture_output=True)
+    process = dream_job("eval", str(SMOKE), "--model", "base", *args, stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT, text=True)
+    wait_for(run_dir / "eval" / "parts" / "items-base-s1k_holdout.1.jsonl", process, timeout_s=300)
+    assert len(shard_processes(run_dir)) == 2
+    os.killpg(process.pid, signal.SIGINT) if how == "ctrl-c" else process.kill()
+    deadline = time.monotonic() + 3  # before the processes could finish their share
+    while shard_processes(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert shard_processes(run_dir) == []
+    output, _ = process.communicate(timeout=120)  # EOF once every process holding the pipe is gone
+    if how == "ctrl-c":
+        assert process.returncode == 130, output
+        assert one_error(output) == "error: interrupted by Ctrl-C; work finished so far is kept"
+    resumed = subprocess.run([sys.executable, "-m", "dream_job", "eval", str(SMOKE), "--model", "base", *args],
+                             cwd=REPO, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert len((run_dir / "eval" / "items-base-s1k_holdout.jsonl").read_text().splitlines()) == 40
 
 
 def test_a_closed_pipe_is_not_a_bug() -> None:
