@@ -157,3 +157,13 @@ def test_shard_option_is_checked(root: Path) -> None:
                           capture_output=True, text=True, check=False)
     assert done.returncode == 2
     assert "--shard `2/2` is not `i/n` with 0 <= i < n" in done.stderr
+
+
+def test_the_process_count_alone_does_not_evaluate_again(root: Path) -> None:
+    from dream_job.pipeline import eval_stage
+
+    assert not eval_stage(make_spec(root, "one", processes=1), verb="test").skipped
+    assert eval_stage(make_spec(root, "one", processes=2), verb="test").skipped  # same items whatever the count
+    bigger = make_spec(root, "one", processes=2)
+    bigger = bigger.model_copy(update={"eval": bigger.eval.model_copy(update={"limit": 5})})
+    assert not eval_stage(bigger, verb="test").skipped  # what is evaluated changed
