@@ -14,7 +14,7 @@ efficiency, offload rates, overheads; placeholders until the GPU benchmark measu
 - Evaluation: the sampler's forwards (reference: `steps` full forwards; fast: one full forward
   per block plus `block/tokens_per_step` forwards of the block, and of what follows it unless
   dual-cached), each the slowest of compute, reading the bf16 weights and (without CUDA graphs)
-  an eager forward's launch-bound floor, on one GPU (evaluation is one process).
+  an eager forward's launch-bound floor; batches dealt out to one process per GPU.
 - Overheads: provisioning, image pull, base-model download, data prep, training start-up (model
   build, compile warm-up), checkpoint and export writes, uploads to `artifacts.destinations`;
   spot runs add the expected restart share.

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from dream_job.errors import SpecError, StageError, child_exit_code
 from dream_job.eval.models import eval_device
 from dream_job.eval.shards import PARTS_DIR
@@ -37,8 +39,6 @@ def eval_processes(spec: JobSpec) -> int:
     Raises:
         SpecError: `eval.processes` asks for more processes than there are GPUs.
     """
-    import torch
-
     gpus = torch.cuda.device_count() if eval_device(spec).type == "cuda" else 0
     wanted = spec.eval.processes
     if wanted is None:
@@ -51,8 +51,6 @@ def eval_processes(spec: JobSpec) -> int:
 
 def _visible_gpus() -> list[str]:
     """Return the GPU ids a child may be given, as CUDA_VISIBLE_DEVICES names them (or by index)."""
-    import torch
-
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed:
         return [g.strip() for g in listed.split(",") if g.strip()]

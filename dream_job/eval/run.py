@@ -154,8 +154,9 @@ def evaluate(
     """
     plan = plan_evaluation(spec, model_label=model_label, model_dir=model_dir, shard=shard)
     eval_dir = spec.run_dir() / EVAL_DIR
+    batches = {suite: shard_batches(pairs, spec.eval.batch_size, shard) for suite, pairs in plan.pending.items()}
     loaded, forwards, generator = None, None, None
-    if any(shard_batches(pairs, spec.eval.batch_size, shard) for pairs in plan.pending.values()):
+    if any(batches.values()):
         loaded = load_described_model(spec, plan.described)
         device = loaded.model.lm_head.weight.device
         generator = torch.Generator(device=device).manual_seed(spec.eval.seed)
@@ -166,8 +167,7 @@ def evaluate(
         done = plan.done[suite]
         if progress:
             progress(f"{model_label} {suite}", len(done), len(items))
-        batches = shard_batches(plan.pending[suite], spec.eval.batch_size, shard)
-        for batch in batches:
+        for batch in batches[suite]:
             assert loaded is not None and forwards is not None and generator is not None
             records = _decode_batch(spec, loaded, plan, batch, generate_fn=generate_fn, generator=generator,
                                     forwards=forwards)
@@ -177,7 +177,7 @@ def evaluate(
                 progress(f"{model_label} {suite}", len(done), len(items))
         if shard is not None:
             logger.info("process %s: %s %s: decoded %d items in %d batches", shard, model_label, suite,
-                        sum(len(batch) for batch in batches), len(batches))
+                        sum(len(batch) for batch in batches[suite]), len(batches[suite]))
             continue
         ordered = [done[item.id] for item in items]
         write_items(path, ordered)
