@@ -104,7 +104,7 @@ def test_no_more_processes_than_batches(root: Path, capfd: pytest.CaptureFixture
     err = capfd.readouterr().err
     assert "process 3/4: base gsm8k: decoded 1 items in 1 batches" in err and "/8" not in err
     assert items(eight.run_dir(), "base") == items(one.run_dir(), "base")
-    whole = make_spec(root, "whole", processes=2).model_copy()
+    whole = make_spec(root, "whole", processes=2)
     whole = whole.model_copy(update={"eval": whole.eval.model_copy(update={"batch_size": 8})})
     shutil.copytree(root / "one", root / "whole", ignore=shutil.ignore_patterns("eval"))
     evaluate_models(whole, labels(whole)[:1])  # one batch: decoded here, no process started

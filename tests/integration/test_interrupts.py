@@ -86,27 +86,46 @@ def test_ctrl_c_during_training_saves_at_the_step_boundary_and_resumes(tmp_path:
     assert told["stages"]["train"]["outcome"] == "interrupted" and told["step"] == step
 
 
+def start_eval(run_dir: Path, *, limit: int, steps: int, processes: int = 1) -> tuple[list[str], subprocess.Popen]:
+    """Prepare the smoke job in `run_dir`, then start `dream-job eval --model base` with the reference
+    sampler (`steps` forwards per item, one item per batch); return its `--set` args and the process."""
+    args = ["--set", f"artifacts.run_dir={run_dir}", "--set", f"eval.limit={limit}", "--set", "eval.batch_size=1",
+            "--set", "eval.sampler.mode=reference", "--set", f"eval.sampler.gen_length={steps}",
+            "--set", f"eval.sampler.steps={steps}", "--set", f"eval.processes={processes}"]
+    subprocess.run([sys.executable, "-m", "dream_job", "prep", str(SMOKE), *args], cwd=REPO, check=True,
+                   capture_output=True)
+    process = dream_job("eval", str(SMOKE), "--model", "base", *args, stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT, text=True)
+    return args, process
+
+
+def eval_again(args: list[str]) -> subprocess.CompletedProcess:
+    """Run the same evaluation to its end (it must succeed)."""
+    resumed = subprocess.run([sys.executable, "-m", "dream_job", "eval", str(SMOKE), "--model", "base", *args],
+                             cwd=REPO, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    return resumed
+
+
+def shard_processes(run_dir: Path) -> list[str]:
+    """The `dream-job eval --shard` processes working in `run_dir`."""
+    found = subprocess.run(["pgrep", "-af", f"dream_job eval {run_dir}/.*--shard"], capture_output=True, text=True)
+    return found.stdout.splitlines()
+
+
 def test_sigterm_during_eval_keeps_the_items_done_and_exits_3(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     # The reference sampler (48 forwards per item): the smoke job's fast one can finish 20 items
     # before the signal lands.
-    args = ["--set", f"artifacts.run_dir={run_dir}", "--set", "eval.limit=20", "--set", "eval.batch_size=1",
-            "--set", "eval.sampler.mode=reference", "--set", "eval.sampler.gen_length=48",
-            "--set", "eval.sampler.steps=48"]
-    subprocess.run([sys.executable, "-m", "dream_job", "prep", str(SMOKE), *args], cwd=REPO, check=True,
-                   capture_output=True)
+    args, process = start_eval(run_dir, limit=20, steps=48)
     items = run_dir / "eval" / "items-base-s1k_holdout.jsonl"
-    process = dream_job("eval", str(SMOKE), "--model", "base", *args, stdout=subprocess.PIPE,
-                        stderr=subprocess.STDOUT, text=True)
     wait_for(items, process, timeout_s=300)
     code, output = interrupt(process, signal.SIGTERM)
     assert code == 3, output
     assert one_error(output) == "error: evaluation stopped by SIGTERM; the items decoded so far are saved"
     saved = [json.loads(line)["id"] for line in items.read_text().splitlines()]
     assert saved
-    resumed = subprocess.run([sys.executable, "-m", "dream_job", "eval", str(SMOKE), "--model", "base", *args],
-                             cwd=REPO, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = eval_again(args)
     assert f"reusing {len(saved)} of {len(saved)} items" not in resumed.stderr  # nothing was thrown away
     assert len(items.read_text().splitlines()) == 20
 
@@ -114,14 +133,8 @@ def test_sigterm_during_eval_keeps_the_items_done_and_exits_3(tmp_path: Path) ->
 @pytest.mark.slow
 def test_sigterm_during_eval_in_two_processes_stops_both_and_keeps_their_batches(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    args = ["--set", f"artifacts.run_dir={run_dir}", "--set", "eval.limit=20", "--set", "eval.batch_size=1",
-            "--set", "eval.sampler.mode=reference", "--set", "eval.sampler.gen_length=48",
-            "--set", "eval.sampler.steps=48", "--set", "eval.processes=2"]
-    subprocess.run([sys.executable, "-m", "dream_job", "prep", str(SMOKE), *args], cwd=REPO, check=True,
-                   capture_output=True)
+    args, process = start_eval(run_dir, limit=20, steps=48, processes=2)
     parts = run_dir / "eval" / "parts"
-    process = dream_job("eval", str(SMOKE), "--model", "base", *args, stdout=subprocess.PIPE,
-                        stderr=subprocess.STDOUT, text=True)
     wait_for(parts / "items-base-s1k_holdout.0.jsonl", process, timeout_s=300)
     code, output = interrupt(process, signal.SIGTERM)
     assert code == 3, output
@@ -130,19 +143,11 @@ def test_sigterm_during_eval_in_two_processes_stops_both_and_keeps_their_batches
     saved = sorted(json.loads(line)["id"] for part in parts.glob("items-*.jsonl")
                    for line in part.read_text().splitlines() if line.endswith("}"))
     assert saved and not (parts / "job.json").exists()
-    resumed = subprocess.run([sys.executable, "-m", "dream_job", "eval", str(SMOKE), "--model", "base", *args],
-                             cwd=REPO, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = eval_again(args)
     decoded = [int(m) for m in re.findall(r"s1k_holdout: decoded (\d+) items", resumed.stderr)]
     assert sum(decoded) == 20 - len(saved)  # the killed run's batches were kept, not decoded again
     items = run_dir / "eval" / "items-base-s1k_holdout.jsonl"
     assert len(items.read_text().splitlines()) == 20 and not parts.exists()
-
-
-def shard_processes(run_dir: Path) -> list[str]:
-    """The `dream-job eval --shard` processes working in `run_dir`."""
-    found = subprocess.run(["pgrep", "-af", f"dream_job eval {run_dir}/.*--shard"], capture_output=True, text=True)
-    return found.stdout.splitlines()
 
 
 @pytest.mark.slow
@@ -152,13 +157,7 @@ def test_ctrl_c_or_kill_of_a_two_process_eval_leaves_no_process(how: str, tmp_pa
     killed outright takes its processes with it (they would hold GPUs after the lock is gone)."""
     run_dir = tmp_path / "run"
     # 40 items of 96 steps: each process has ~10 s of decoding left when its parent goes.
-    args = ["--set", f"artifacts.run_dir={run_dir}", "--set", "eval.limit=40", "--set", "eval.batch_size=1",
-            "--set", "eval.sampler.mode=reference", "--set", "eval.sampler.gen_length=96",
-            "--set", "eval.sampler.steps=96", "--set", "eval.processes=2"]
-    subprocess.run([sys.executable, "-m", "dream_job", "prep", str(SMOKE), *args], cwd=REPO, check=True,
-                   capture_output=True)
-    process = dream_job("eval", str(SMOKE), "--model", "base", *args, stdout=subprocess.PIPE,
-                        stderr=subprocess.STDOUT, text=True)
+    args, process = start_eval(run_dir, limit=40, steps=96, processes=2)
     wait_for(run_dir / "eval" / "parts" / "items-base-s1k_holdout.1.jsonl", process, timeout_s=300)
     assert len(shard_processes(run_dir)) == 2
     os.killpg(process.pid, signal.SIGINT) if how == "ctrl-c" else process.kill()
@@ -170,9 +169,7 @@ def test_ctrl_c_or_kill_of_a_two_process_eval_leaves_no_process(how: str, tmp_pa
     if how == "ctrl-c":
         assert process.returncode == 130, output
         assert one_error(output) == "error: interrupted by Ctrl-C; work finished so far is kept"
-    resumed = subprocess.run([sys.executable, "-m", "dream_job", "eval", str(SMOKE), "--model", "base", *args],
-                             cwd=REPO, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
+    eval_again(args)
     assert len((run_dir / "eval" / "items-base-s1k_holdout.jsonl").read_text().splitlines()) == 40
 
 

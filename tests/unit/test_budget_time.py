@@ -96,13 +96,19 @@ def eval_calibration(**eval_values: float) -> Calibration:
     return Calibration({**calibration().raw, "eval": {**EVAL_CAL, **eval_values}})
 
 
-def test_eval_seconds_of_the_reference_sampler() -> None:
+def reference_gsm8k(items: int) -> tuple[JobSpec, Workload]:
+    """`items` 150-token gsm8k prompts for `final`, 64 reference steps of 64 tokens, batches of 8."""
     spec = JobSpec.model_validate({
-        "name": "t", "eval": {"suites": ["gsm8k"], "models": ["final"], "limit": 8, "batch_size": 8,
+        "name": "t", "eval": {"suites": ["gsm8k"], "models": ["final"], "limit": items, "batch_size": 8,
                               "sampler": {"mode": "reference", "gen_length": 64, "steps": 64}},
     })
-    work = Workload(rows=1, tokens_per_epoch=1.0, mean_length=1.0, suites=[EvalSuite("gsm8k", 8, 150.0)],
+    work = Workload(rows=1, tokens_per_epoch=1.0, mean_length=1.0, suites=[EvalSuite("gsm8k", items, 150.0)],
                     source="test", is_estimate=False)
+    return spec, work
+
+
+def test_eval_seconds_of_the_reference_sampler() -> None:
+    spec, work = reference_gsm8k(8)
     h100 = resolve_gpu("H100")
     # 64 steps, each one forward of 8 prompts x (192 + 64) tokens (CUDA graphs pad the 150-token
     # prompts to 192); a forward costs the slower of compute at 50 % of 989 TFLOP/s and reading
@@ -125,12 +131,7 @@ def test_eval_seconds_of_the_reference_sampler() -> None:
 
 
 def test_eval_seconds_on_several_gpus_wait_for_the_busiest_process() -> None:
-    spec = JobSpec.model_validate({
-        "name": "t", "eval": {"suites": ["gsm8k"], "models": ["final"], "limit": 36, "batch_size": 8,
-                              "sampler": {"mode": "reference", "gen_length": 64, "steps": 64}},
-    })
-    work = Workload(rows=1, tokens_per_epoch=1.0, mean_length=1.0, suites=[EvalSuite("gsm8k", 36, 150.0)],
-                    source="test", is_estimate=False)
+    spec, work = reference_gsm8k(36)
     h100 = resolve_gpu("H100")
     # 36 items in batches of 8: 8, 8, 8, 8, 4. Every forward is compute-bound (a batch of 4 x 256
     # tokens takes 29.6 ms, the weights 7.6 ms), so a batch's time is proportional to its size.
