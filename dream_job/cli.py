@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from dream_job.commands import artifacts, data, estimate, evaluate, launch, publish, train
+from dream_job.commands import artifacts, data, estimate, evaluate, launch, publish, task, train
 
 app = typer.Typer(
     help="Fine-tune Dream 7B on s1K-1.1: estimate, prepare, train, evaluate, publish.",
@@ -31,6 +31,7 @@ VERBS = [
     ("schema", data.schema),
     ("train", train.train),
     ("run", train.run),
+    ("task", task.task),
     ("status", train.status),
     ("eval", evaluate.eval_),
     ("publish", publish.publish),

@@ -33,7 +33,8 @@ if TYPE_CHECKING:  # imported lazily at run time (`__getattr__`), so `file://` w
 
 __all__ = [
     "MANIFEST_NAME", "RUN_MARKER_NAME", "ModelCardInputs", "ProgressFn", "PublishResult", "S3Settings",
-    "check_destination", "fetch_latest_checkpoint", "model_card_inputs", "publish_folder", "pull", "sync_checkpoint", "write_model_card",
+    "check_destination", "fetch_latest_checkpoint", "model_card_inputs", "publish_folder", "pull", "state_store",
+    "sync_checkpoint", "write_model_card",
 ]
 
 _HUB_REPO_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
@@ -199,6 +200,15 @@ def check_destination(destination: str, *, s3_endpoint_url: str | None = None) -
     store = _store(kind, target, destination, s3)
     store.check_access()
     store.probe_write(f".dream-job-probe-{os.getpid()}")
+
+
+def state_store(destination: str, *, s3: S3Settings | None = None) -> Store:
+    """Return the store at an `s3://` or `file://` destination, for small state files kept across machines.
+
+    Raises:
+        ArtifactError: The destination does not parse, or is `hf://` (a model repo, not a state store).
+    """
+    return _checkpoint_store(destination, s3)
 
 
 def _parse(destination: str) -> tuple[str, str]:
