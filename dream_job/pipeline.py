@@ -276,9 +276,10 @@ def train_stage(spec: JobSpec, *, verb: str, spec_path: Path | None = None, over
 def _train_under_torchrun(spec: JobSpec, spec_path: Path, overrides: list[str], gpus: int, nodes: int) -> None:
     ips = os.environ.get("SKYPILOT_NODE_IPS", "127.0.0.1").split()
     command = [
-        sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc_per_node={gpus}",
+        # One process per GPU, one per CPU-only node; the port is free on the head node (a test may pick another).
+        sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc_per_node={max(gpus, 1)}",
         f"--node_rank={os.environ.get('SKYPILOT_NODE_RANK', '0')}", f"--master_addr={ips[0]}",
-        "--master_port=8008", "-m", "dream_job", "train", str(spec_path),
+        f"--master_port={os.environ.get('DREAM_JOB_MASTER_PORT', '8008')}", "-m", "dream_job", "train", str(spec_path),
         *(arg for override in overrides for arg in ("--set", override)),
     ]
     logger.info("training on %d node(s) x %d GPU(s): %s", nodes, gpus, " ".join(command))

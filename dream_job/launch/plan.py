@@ -5,8 +5,8 @@ SkyPilot import) and the user's environment. Output: a `LaunchPlan`, a frozen va
 secrets but never holds their values (those are read from the environment at submit time).
 
 Caps, in the order they bite: the in-job budget guard (`dream_job.costs`, from
-`DREAM_JOB_USD_PER_HOUR`) stops training early with a checkpoint; `BUDGET_HOURS` (the task's
-`run` script, kept across recoveries) sends SIGTERM, then SIGKILL 10 minutes later; in cluster
+`DREAM_JOB_USD_PER_HOUR`) stops training early with a checkpoint; `BUDGET_HOURS` (`dream-job task`,
+counted from the first start across recoveries) sends SIGTERM, then SIGKILL 10 minutes later; in cluster
 mode the autostop hard limit (`wait_for: none`) tears the machine down when the budget is spent,
 whatever runs on it. Managed jobs get no `wait_for: none`: SkyPilot's jobs controller launches
 the job's cluster with its own 10-minute autodown and keeps the task's `wait_for`, which would
@@ -32,12 +32,14 @@ import yaml
 from budget.catalog import NO_FUSE_CLOUDS, default_catalog_dir, pins_zone, refresh_hint
 from dream_job.credentials import required_secrets
 from dream_job.errors import DreamJobError
+from dream_job.launch.image import IMAGE_ENV, describe_image, with_image
+from dream_job.launch.payload import SPEC_DIGEST_ENV, SPEC_ENV, spec_digest, spec_text
 from dream_job.rundir import write_text_atomically
 from dream_job.spec import JobSpec
 
 Mode = Literal["managed", "cluster"]
 
-# The run script's SIGTERM -> SIGKILL grace (sky.yaml: `timeout --kill-after=10m`) plus 5 minutes
+# `dream-job task`'s SIGTERM -> SIGKILL grace (`launch.task.KILL_AFTER_S`, 10 min) plus 5 minutes
 # for the last checkpoint upload: `BUDGET_HOURS` ends this long before the hard limit.
 GRACE_MIN = 15
 # Where the template adapted to one cloud goes: derived from `sky.yaml` on every estimate and
@@ -97,6 +99,9 @@ class LaunchPlan:
     destinations: tuple[str, ...]
     notes: tuple[str, ...] = field(default=())
     estimate: Any = field(default=None, compare=False, repr=False)
+    # The resolved job the task carries (`payload.spec_text`), and the image it runs (None: the cloud's + `setup`).
+    spec_yaml: str = field(default="", repr=False)
+    image: str | None = None
 
     def lines(self) -> list[tuple[str, str]]:
         """Return (what, value) rows describing the launch, for the confirmation prompt."""
@@ -115,14 +120,13 @@ class LaunchPlan:
             ("caps", f"`BUDGET_HOURS={self.budget_hours:g}` in the job; {limit}"),
             ("secrets", ", ".join(f"`{name}`" for name in self.secrets) or "none"),
             ("run dir", self.run_dir or "the machine's disk (results leave through `artifacts.destinations`)"),
+            ("image", describe_image(self.image)),
         ]
         return rows + [("note", note) for note in self.notes]
 
     def task_file(self) -> Path:
-        """Return the task YAML the launch uses: the template, or its copy adapted to the chosen cloud."""
-        if not self.dropped:
-            return self.task_yaml
-        return DERIVED_DIR / f"{self.task_yaml.stem}-{self.cloud}.yaml"
+        """Return the task YAML the launch uses: the template adapted to the chosen cloud, carrying the job."""
+        return DERIVED_DIR / f"{self.run_id}.yaml"
 
     def sky_command(self) -> str:
         """Return the `sky jobs launch` / `sky launch` line that builds the same task as `dream-job launch`.
@@ -253,11 +257,13 @@ def derived_template(template: dict[str, Any], dropped: tuple[str, ...]) -> dict
 
 
 def write_derived_template(template: dict[str, Any], plan: LaunchPlan) -> None:
-    """Write the template adapted to the plan's cloud to `plan.task_file()` (atomically)."""
+    """Write the template adapted to the plan's cloud, carrying the resolved job, to `plan.task_file()` (atomically)."""
+    body = derived_template(template, plan.dropped)
+    body["envs"] = {**(body.get("envs") or {}), SPEC_ENV: plan.spec_yaml}  # checked against the line's digest
     write_text_atomically(plan.task_file(), f"# Derived from `{plan.task_yaml}` by dream-job for `{plan.cloud}` "
-                          f"(left out: {', '.join(plan.dropped)}); regenerated on every estimate and launch: edit "
-                          "the source instead.\n" + yaml.safe_dump(derived_template(template, plan.dropped),
-                                                                     sort_keys=False))
+                          f"(left out: {', '.join(plan.dropped) or 'nothing'}) for run `{plan.run_id}`; written by "
+                          "every estimate and launch: edit the source instead.\n"
+                          + yaml.safe_dump(body, sort_keys=False, allow_unicode=True, width=1000))
 
 
 def check_price_age(estimate: Any, catalog_dir: Path | None) -> None:
@@ -276,7 +282,7 @@ def plan_launch(spec: JobSpec, spec_path: Path, *, task_yaml: Path, mode: Mode |
                 envs: list[str] | None = None, secrets: list[str] | None = None,
                 environ: Mapping[str, str] | None = None, now: datetime | None = None,
                 for_launch: bool = True, **estimate_kwargs: Any) -> LaunchPlan:
-    """Estimate the job and decide how to launch it; read-only but for the derived no-mounts template.
+    """Estimate the job and decide how to launch it; writes only the derived task file (`.dream-job/<run id>.yaml`).
 
     `dream-job estimate` calls this too (`for_launch=False`), so the line it prints is the task
     `dream-job launch` builds.
@@ -309,7 +315,7 @@ def plan_launch(spec: JobSpec, spec_path: Path, *, task_yaml: Path, mode: Mode |
     if job_file.startswith("../") or Path(job_file).is_absolute():
         raise LaunchError(f"job file `{spec_path}` is outside the working directory, so the machine cannot read it",
                           hint="launch from the repo root with a job file under it, e.g. `jobs/my-job.yaml`")
-    template = read_template(task_yaml)
+    template = with_image(read_template(task_yaml), environ.get(IMAGE_ENV))
     needed = required_secrets(spec.artifacts.destinations, secrets or [])
     if for_launch:
         check_secrets(needed, environ)
@@ -346,7 +352,7 @@ def plan_launch(spec: JobSpec, spec_path: Path, *, task_yaml: Path, mode: Mode |
     run_id = new_run_id(spec.name, now)
     template_envs = {k: str(v) for k, v in (template.get("envs") or {}).items() if v is not None}
     overrides = {"JOB": job_file, "DREAM_JOB_USD_PER_HOUR": f"{guard_usd:g}", "BUDGET_HOURS": f"{budget_hours:g}",
-                 RUN_ID_ENV: run_id, **extra_envs}
+                 RUN_ID_ENV: run_id, SPEC_DIGEST_ENV: spec_digest(spec_text(spec)), **extra_envs}
     task_envs = {**template_envs, **overrides}
     mount = _runs_mount(template, task_envs)
     # The estimate rejects FUSE-less offers for jobs without destinations (`budget.estimate.no_fuse_reason`).
@@ -368,7 +374,8 @@ def plan_launch(spec: JobSpec, spec_path: Path, *, task_yaml: Path, mode: Mode |
         dropped=dropped, autostop=autostop,
         run_dir=None if "file_mounts" in dropped or mount is None else f"{mount[1]}/{run_id}",
         destinations=tuple(spec.artifacts.destinations), notes=tuple(notes), estimate=result,
+        spec_yaml=spec_text(spec),
+        image=None if "resources.image_id" in dropped else template_value(template, "resources.image_id"),
     )
-    if dropped:
-        write_derived_template(template, plan)
+    write_derived_template(template, plan)
     return plan

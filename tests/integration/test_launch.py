@@ -7,6 +7,7 @@ reached it; `test_launch_sky.py` runs the same path against SkyPilot itself (slo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -21,6 +22,7 @@ from typer.testing import CliRunner
 
 from dream_job.cli import app
 from dream_job.launch import LaunchError, plan_launch, sky_api
+from dream_job.launch.image import describe_image
 from dream_job.launch.records import save_record
 from dream_job.spec import load_spec
 from tests.conftest import REPO
@@ -108,6 +110,10 @@ def test_launch_without_skypilot_says_how_to_install_it(in_repo: Path, monkeypat
     assert result.stderr == ("error: SkyPilot is not installed in this environment (it stays out of the container's)"
                              "\n\nhint: install the launcher extra in its own environment: "
                              "`pip install 'dream-job[launcher]'`\n")
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _plan(*overrides: str, **kwargs: Any) -> Any:
@@ -232,7 +238,8 @@ def test_the_plan_pins_the_priced_machine_and_its_line_says_everything(laptop: l
         f"sky launch -c {cluster.sky_name} --infra aws/us-east-1 -t p5.4xlarge --gpus H100:1 --no-use-spot "
         f"-i {cluster.hard_limit_min} --wait-for none --down --env JOB=jobs/dream-s1k.yaml "
         f"--env DREAM_JOB_USD_PER_HOUR=6.88 --env BUDGET_HOURS={cluster.budget_hours:g} "
-        f"--env DREAM_JOB_RUN_ID={cluster.run_id} --env RUNS_BUCKET=my-runs sky.yaml")
+        f"--env DREAM_JOB_RUN_ID={cluster.run_id} --env DREAM_JOB_SPEC_SHA256={_sha256(cluster.spec_yaml)} "
+        f"--env RUNS_BUCKET=my-runs .dream-job/{cluster.run_id}.yaml")
     # A managed spot job may recover into any zone of us-east-1: the guard counts the dearest.
     spot = _plan("budget.clouds=[aws]", "budget.max_cost_yuan=400")
     assert (spot.mode, spot.instance_type, spot.usd_per_hour) == ("managed", "p4d.24xlarge", 2.47)
@@ -252,18 +259,37 @@ def test_a_cloud_without_fuse_gets_the_template_without_mounts(laptop: list[Any]
     plan = plan_launch(load_spec("jobs/j.yaml", ["budget.clouds=[vast]", "budget.use_spot=false",
                                                  "artifacts.destinations=[hf://you/x]", "train.method=lora"]),
                        Path("jobs/j.yaml"), task_yaml=Path("sky.yaml"), environ={}, now=NOW, for_launch=False)
-    assert plan.dropped == ("file_mounts",) and plan.task_file() == Path(".dream-job/sky-vast.yaml")
+    assert plan.dropped == ("file_mounts",) and plan.task_file() == Path(f".dream-job/{plan.run_id}.yaml")
     derived = yaml.safe_load(plan.task_file().read_text())
-    assert derived == {k: v for k, v in yaml.safe_load((tmp_path / "sky.yaml").read_text()).items()
-                       if k != "file_mounts"}
-    assert plan.sky_command().endswith("--secret HF_TOKEN .dream-job/sky-vast.yaml")
-    # RunPod also runs its own image: SkyPilot 0.14.1 cannot log in to a non-root one there.
+    source = yaml.safe_load((tmp_path / "sky.yaml").read_text())
+    assert derived == {k: v for k, v in source.items() if k != "file_mounts"} | {
+        "envs": {**source["envs"], "DREAM_JOB_SPEC": plan.spec_yaml}}
+    assert plan.sky_command().endswith(f"--secret HF_TOKEN .dream-job/{plan.run_id}.yaml")
+    assert plan.image is None and ("image", describe_image(None)) in plan.lines()
+    # The user's own image (`make image`), named in the launching shell, goes into the task file...
+    image = {"DREAM_JOB_IMAGE": "ghcr.io/you/dream-job:0.1.0"}
+    vast = plan_launch(load_spec("jobs/j.yaml", ["budget.clouds=[vast]", "budget.use_spot=false",
+                                                 "artifacts.destinations=[hf://you/x]", "train.method=lora"]),
+                       Path("jobs/j.yaml"), task_yaml=Path("sky.yaml"), environ=image, now=NOW, for_launch=False)
+    assert vast.image == "docker:ghcr.io/you/dream-job:0.1.0"
+    assert yaml.safe_load(vast.task_file().read_text())["resources"]["image_id"] == vast.image
+    assert ("image", f"`{vast.image}` (dependencies baked in; `setup` installs nothing)") in vast.lines()
+    # ...except on RunPod, which runs its own: SkyPilot 0.14.1 cannot log in to a non-root one there.
     runpod = plan_launch(load_spec("jobs/j.yaml", ["budget.clouds=[runpod]", "budget.use_spot=false",
                                                    "artifacts.destinations=[hf://you/x]", "train.method=lora"]),
-                         Path("jobs/j.yaml"), task_yaml=Path("sky.yaml"), environ={}, now=NOW, for_launch=False)
+                         Path("jobs/j.yaml"), task_yaml=Path("sky.yaml"), environ=image, now=NOW, for_launch=False)
     assert runpod.dropped == ("file_mounts", "resources.image_id")
-    source = yaml.safe_load((tmp_path / "sky.yaml").read_text())
     derived = yaml.safe_load(runpod.task_file().read_text())
-    assert "image_id" in source["resources"] and "image_id" not in derived["resources"]
-    assert {k: v for k, v in derived["resources"].items()} == {
-        k: v for k, v in source["resources"].items() if k != "image_id"}
+    assert "image_id" not in derived["resources"] and runpod.image is None
+    assert derived["resources"] == source["resources"]
+
+
+def test_the_task_file_carries_the_priced_job_and_the_line_its_digest(laptop: list[Any], tmp_path: Path) -> None:
+    plan = _plan(*ON_DEMAND, "train.epochs=2", mode="cluster", envs=["RUNS_BUCKET=my-runs"])
+    carried = yaml.safe_load(plan.task_file().read_text())["envs"]["DREAM_JOB_SPEC"]
+    assert carried == plan.spec_yaml
+    assert f"--env DREAM_JOB_SPEC_SHA256={_sha256(carried)} " in plan.sky_command()
+    (tmp_path / "carried.yaml").write_text(carried)
+    assert load_spec(tmp_path / "carried.yaml") == load_spec(JOB, [*ON_DEMAND, "train.epochs=2"])
+    # The printed line holds the digest, never the spec itself: it stays short enough to read.
+    assert "DREAM_JOB_SPEC=" not in plan.sky_command() and len(plan.sky_command()) < 600

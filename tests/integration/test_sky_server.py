@@ -35,6 +35,8 @@ from tests.tools.sky_server import SkyServer, free_port, launcher_python, sky_se
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 SKY_YAML = "sky.yaml"
+# sky.yaml leaves the caps `null`: a launch by hand passes them, as the estimate's line does.
+CAPS = ("--env", "BUDGET_HOURS=6", "--env", "DREAM_JOB_USD_PER_HOUR=3")
 JOBS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "jobs").glob("*.yaml"))
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # Clouds among the seeded ones where SkyPilot can mount the task's S3 bucket (RunPod and Vast cannot).
@@ -97,7 +99,8 @@ def _launch_job(server: SkyServer, job: str, *args: str, **kwargs: object) -> su
 
 def test_sky_launch_dryrun_accepts_sky_yaml_and_fails_over_to_a_cloud_that_mounts_the_bucket(
         sky_server: SkyServer) -> None:
-    completed = sky_server.sky("launch", "--dryrun", "-y", "--env", "RUNS_BUCKET=dream-job-test-sky-launch", SKY_YAML)
+    completed = sky_server.sky("launch", "--dryrun", "-y", "--env", "RUNS_BUCKET=dream-job-test-sky-launch", *CAPS,
+                               SKY_YAML)
     output = _text(completed)
     assert completed.returncode == 0, output[-4000:]
     assert "Dryrun finished." in output and "_docker_username_for_runpod" not in output
@@ -119,8 +122,8 @@ def test_sky_launch_dryrun_accepts_sky_yaml_and_fails_over_to_a_cloud_that_mount
 
 def test_sky_jobs_launch_is_validated_and_optimized_by_the_server_then_stopped_at_the_prompt(
         sky_server: SkyServer) -> None:
-    completed = sky_server.sky("jobs", "launch", "--env", "RUNS_BUCKET=dream-job-test-jobs-launch", SKY_YAML,
-                               stdin="n\n")
+    completed = sky_server.sky("jobs", "launch", "--env", "RUNS_BUCKET=dream-job-test-jobs-launch", *CAPS,
+                               SKY_YAML, stdin="n\n")
     output = _text(completed)
     assert completed.returncode == 1, output[-4000:]
     assert "Managed job 'dream-job' will be launched on (estimated):" in output
@@ -202,7 +205,8 @@ def test_a_task_the_server_rejects_is_one_sentence_naming_the_file_and_the_job(
     copy = tmp_path / "sky-runpod-user.yaml"
     copy.write_text(text.replace(anchor, anchor + "  SKYPILOT_RUNPOD_DOCKER_USERNAME: dreamjob\n"), encoding="utf-8")
 
-    by_hand = sky_server.sky("launch", "--dryrun", "-y", "--env", "RUNS_BUCKET=dream-job-test-rejected", str(copy))
+    by_hand = sky_server.sky("launch", "--dryrun", "-y", "--env", "RUNS_BUCKET=dream-job-test-rejected", *CAPS,
+                             str(copy))
     assert by_hand.returncode == 1
     assert "Found unsupported field '_docker_username_for_runpod'" in _text(by_hand)  # SkyPilot's bug, still there
 

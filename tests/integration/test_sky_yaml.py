@@ -14,17 +14,20 @@ candidate; sky.yaml's `file_mounts` comment says how to run there.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import subprocess
-import time
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from dream_job.errors import EXIT_TRANSIENT
+from dream_job.launch.payload import spec_text
+from dream_job.spec import load_spec
 from tests.conftest import REPO
 from tests.tools.sky_env import probe_result, run_probe, sky_env, sky_python  # noqa: F401  (fixtures)
 
@@ -40,10 +43,25 @@ def _sky_config() -> dict:
 
 def test_sky_yaml_recovers_on_the_transient_exit_code_only() -> None:
     resources = _sky_config()["resources"]
+    # Exit 1 (fix something) is never retried; exit 3 is, and `dream-job task` bounds the starts.
     assert resources["job_recovery"]["recover_on_exit_codes"] == [EXIT_TRANSIENT]
+    assert resources["job_recovery"]["max_restarts_on_errors"] == 0
     assert resources["autostop"] == {"idle_minutes": 10, "down": True}
     # No secrets declared: a launch passes (and asks for) only those the job needs, by name.
     assert "secrets" not in _sky_config()
+
+
+def test_sky_yaml_names_no_image_that_does_not_exist() -> None:
+    # The no-image path is the default; a user's own image comes from `make image` (docs/image.md).
+    assert "image_id" not in _sky_config()["resources"]
+    assert "ghcr.io/dream-job" not in SKY_YAML.read_text(encoding="utf-8")
+
+
+def test_sky_yaml_leaves_the_caps_to_the_launch_line() -> None:
+    envs = _sky_config()["envs"]
+    # `null`: SkyPilot refuses a launch that does not set them (the slow test below checks it does).
+    assert envs["BUDGET_HOURS"] is None and envs["DREAM_JOB_USD_PER_HOUR"] is None
+    assert int(envs["DREAM_JOB_MAX_STARTS"]) >= 1
 
 
 def test_sky_yaml_sets_no_env_that_skypilots_api_server_rejects() -> None:
@@ -52,67 +70,67 @@ def test_sky_yaml_sets_no_env_that_skypilots_api_server_rejects() -> None:
     assert not [name for name in _sky_config()["envs"] if name.startswith("SKYPILOT_")]
 
 
-def _fake_machine(tmp_path: Path, *, dream_job_rc: int = 0, dream_job_sleep_s: float = 0) -> dict[str, str]:
-    """A HOME with the no-image venv (a fake `dream-job` that logs its arguments) and SkyPilot's env."""
+def _machine(tmp_path: Path, **envs: str) -> dict[str, str]:
+    """A node without the image: HOME holds the venv `setup` makes (here: this project's), SkyPilot's env."""
     home = tmp_path / "home"
-    bin_dir = home / "dream-job-venv" / "bin"
-    bin_dir.mkdir(parents=True)
-    (bin_dir / "activate").write_text(f'export PATH="{bin_dir}:$PATH"\n')
-    fake = bin_dir / "dream-job"
-    fake.write_text(f"#!/usr/bin/env bash\necho \"$@\" >> \"$HOME/calls.log\"\nsleep {dream_job_sleep_s}\n"
-                    f"exit {dream_job_rc}\n")
-    fake.chmod(0o755)
-    envs = {k: str(v) for k, v in _sky_config()["envs"].items()}
-    return {**envs, "HOME": str(home), "PATH": os.environ["PATH"], "SKYPILOT_NODE_IPS": "10.0.0.1\n10.0.0.2",
-            "SKYPILOT_NUM_NODES": "2", "SKYPILOT_NODE_RANK": "1", "SKYPILOT_NUM_GPUS_PER_NODE": "8",
-            "SKYPILOT_TASK_ID": "sky-managed-2026-11-24-12-00-00-000000_dream_1-0"}
+    (home / "dream-job-venv" / "bin").mkdir(parents=True)
+    (home / "dream-job-venv" / "bin" / "activate").write_text(f'export PATH="{Path(sys.executable).parent}:$PATH"\n')
+    task_envs = {k: str(v) for k, v in _sky_config()["envs"].items() if v is not None}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("DREAM_JOB_", "SKYPILOT_", "AWS_"))}
+    return {**base, **task_envs, "HOME": str(home), "SKYPILOT_NODE_IPS": "10.0.0.1\n10.0.0.2",
+            "SKYPILOT_NUM_NODES": "1", "SKYPILOT_NODE_RANK": "0", "SKYPILOT_NUM_GPUS_PER_NODE": "0",
+            "SKYPILOT_TASK_ID": "sky-managed-2026-11-24-12-00-00-000000_dream_1-0", **envs}
 
 
-def _run_script(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _run_script(env: dict[str, str], cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     if Path("/opt/dream-job/image/entrypoint.sh").exists():
         pytest.skip("inside the dream-job image the script takes the image branch")
-    return subprocess.run(["bash", "-c", _sky_config()["run"]], env=env, capture_output=True, text=True,
-                          timeout=60, check=False)
+    return subprocess.run(["bash", "-c", _sky_config()["run"]], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=300, check=False)
 
 
-def test_run_script_runs_the_pipeline_in_the_task_run_dir(tmp_path: Path) -> None:
-    env = _fake_machine(tmp_path)
+def _carried(*overrides: str) -> dict[str, str]:
+    text = spec_text(load_spec(REPO / "jobs" / "smoke.yaml", list(overrides)))
+    return {"DREAM_JOB_SPEC": text, "DREAM_JOB_SPEC_SHA256": hashlib.sha256(text.encode()).hexdigest()}
+
+
+def test_run_script_refuses_a_launch_without_caps(tmp_path: Path) -> None:
+    result = _run_script(_machine(tmp_path, BUDGET_HOURS="", DREAM_JOB_USD_PER_HOUR="0"))
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: this task has no wall-clock cap (`BUDGET_HOURS`) and no price "
+                                    "(`DREAM_JOB_USD_PER_HOUR`), so nothing would stop the machine; not started\n")
+
+
+def test_run_script_runs_the_carried_job_not_the_one_in_the_workdir(tmp_path: Path) -> None:
+    # The workdir's `jobs/dream-s1k.yaml` (`JOB`) is not what was priced: the carried job runs.
+    env = _machine(tmp_path, **_carried("name=carried", f"artifacts.destinations=[{(tmp_path / 'd').as_uri()}]"),
+                   BUDGET_HOURS="0.0005", DREAM_JOB_USD_PER_HOUR="1", DREAM_JOB_RUN_ID="r-1")
     result = _run_script(env)
-    assert result.returncode == 0, result.stderr
-    run_dir = f"{env['HOME']}/dream-job-runs/{env['SKYPILOT_TASK_ID']}"
-    calls = (Path(env["HOME"]) / "calls.log").read_text()
-    assert calls == f"run jobs/dream-s1k.yaml --set artifacts.run_dir={run_dir}\n"
+    assert "dream-job task: run `r-1` of `carried` (sha256 " in result.stderr, result.stderr
+    assert f"run dir {tmp_path / 'home' / 'dream-job-runs' / 'r-1'}" in result.stderr
+    assert result.returncode == 1 and "stopped at the wall-clock cap (`BUDGET_HOURS=0.0005`)" in result.stderr
+    # The start is counted next to the run's results (its `file://` destination): a recovery keeps it.
+    assert json.loads((tmp_path / "d" / "r-1" / "task.json").read_text())["starts"] == 1
+    again = _run_script(env)
+    assert again.returncode == 1 and "is used up since its first start" in again.stderr
 
 
-def test_run_script_names_the_run_dir_by_the_launchers_run_id(tmp_path: Path) -> None:
-    env = {**_fake_machine(tmp_path), "DREAM_JOB_RUN_ID": "dream-s1k-20261124-120000"}  # set by `dream-job launch`
-    assert _run_script(env).returncode == 0
-    run_dir = f"{env['HOME']}/dream-job-runs/dream-s1k-20261124-120000"
-    calls = (Path(env["HOME"]) / "calls.log").read_text()
-    assert calls == f"run jobs/dream-s1k.yaml --set artifacts.run_dir={run_dir}\n"
-
-
-def test_run_script_passes_the_transient_exit_code_through(tmp_path: Path) -> None:
-    result = _run_script(_fake_machine(tmp_path, dream_job_rc=EXIT_TRANSIENT))
-    assert result.returncode == EXIT_TRANSIENT
-
-
-def test_run_script_caps_wall_clock_across_restarts(tmp_path: Path) -> None:
-    env = {**_fake_machine(tmp_path, dream_job_sleep_s=30), "BUDGET_HOURS": "0.0006"}  # 2 s
-    start = time.monotonic()
-    first = _run_script(env)
-    assert time.monotonic() - start < 20
-    assert first.returncode == 1
-    assert "stopped at the wall-clock cap `BUDGET_HOURS=0.0006`" in first.stderr
-    # A recovery of the same task (same SKYPILOT_TASK_ID) finds the cap used up and never starts.
-    (Path(env["HOME"]) / "calls.log").unlink()
-    second = _run_script(env)
-    assert second.returncode == 1
-    assert "is used up" in second.stderr
-    assert not (Path(env["HOME"]) / "calls.log").exists()
+def test_run_script_refuses_a_job_that_differs_from_the_printed_digest(tmp_path: Path) -> None:
+    carried = _carried()
+    env = _machine(tmp_path, DREAM_JOB_SPEC=carried["DREAM_JOB_SPEC"] + "# edited on the way\n",
+                   DREAM_JOB_SPEC_SHA256=carried["DREAM_JOB_SPEC_SHA256"], BUDGET_HOURS="1",
+                   DREAM_JOB_USD_PER_HOUR="1")
+    result = _run_script(env)
+    assert result.returncode == 1
+    assert "is not the one that was priced" in result.stderr.splitlines()[0]
+    assert not (tmp_path / "home" / "dream-job-runs").exists()
 
 
 # --- slow: SkyPilot 0.14.1 -------------------------------------------------------------------
+
+
+# What the estimate's line passes; sky.yaml leaves them `null`, so SkyPilot refuses a launch without them.
+CAPS = ("--env", "BUDGET_HOURS=6", "--env", "DREAM_JOB_USD_PER_HOUR=3")
 
 
 def _probe(python: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -126,24 +144,34 @@ def _result(completed: subprocess.CompletedProcess[str]) -> dict:
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_skypilot_accepts_sky_yaml(sky_python: Path, sky_env: dict[str, str]) -> None:
-    task = _result(_probe(sky_python, sky_env, "load", str(SKY_YAML), "--env", "RUNS_BUCKET=my-runs"))
+    task = _result(_probe(sky_python, sky_env, "load", str(SKY_YAML), "--env", "RUNS_BUCKET=my-runs", *CAPS))
     print(json.dumps(task["resources"], indent=1))  # shown with -s: what SkyPilot made of the file
     assert task["name"] == "dream-job"
     assert [r["accelerators"] for r in task["resources"]] == [{"A100-80GB": 8}, {"H100": 8}]
     for resources in task["resources"]:
-        assert resources["image_id"] == {"null": "docker:ghcr.io/dream-job/dream-job:0.1.0"}
+        assert "image_id" not in resources  # the cloud's image and `setup`, unless DREAM_JOB_IMAGE is set
         assert resources["use_spot"] is False and resources["disk_size"] == 500
         assert resources["autostop"] == {"idle_minutes": 10, "down": True}
-        assert resources["job_recovery"] == {"strategy": "EAGER_NEXT_REGION", "max_restarts_on_errors": 2,
+        assert resources["job_recovery"] == {"strategy": "EAGER_NEXT_REGION", "max_restarts_on_errors": 0,
                                              "recover_on_exit_codes": [3]}
         assert "_docker_username_for_runpod" not in resources  # the API server would reject the task
     assert task["secret_refs"] == []
     assert set(task["envs"]) >= {"JOB", "DREAM_JOB_USD_PER_HOUR", "BUDGET_HOURS"}
     assert task["storage_mounts"]["/runs"]["name"] == "my-runs"  # `--env` reaches the bucket name
     assert task["storage_mounts"]["/runs"]["mode"] == "MOUNT_CACHED"
-    # `run` uses exactly the node variables SkyPilot exports, spelled as SkyPilot spells them.
-    used = set(re.findall(r"\$\{?(SKYPILOT_[A-Z_]+)", task["run"]))
-    assert used == set(task["node_env_names"])
+    # The task and the pipeline read the node variables SkyPilot exports, spelled as SkyPilot spells them.
+    sources = "".join((REPO / "dream_job" / name).read_text(encoding="utf-8")
+                      for name in ("launch/task.py", "pipeline.py", "rundir.py"))
+    used = set(re.findall(r'"(SKYPILOT_[A-Z_]+)"', sources))
+    assert used and used <= set(task["node_env_names"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_skypilot_refuses_a_bare_launch_without_caps(sky_python: Path, sky_env: dict[str, str]) -> None:
+    completed = _probe(sky_python, sky_env, "load", str(SKY_YAML), "--env", "RUNS_BUCKET=my-runs")
+    assert completed.returncode == 1
+    assert "Environment variable 'BUDGET_HOURS' is None" in completed.stderr, completed.stderr
 
 
 @pytest.mark.slow
@@ -151,7 +179,7 @@ def test_skypilot_accepts_sky_yaml(sky_python: Path, sky_env: dict[str, str]) ->
 @pytest.mark.parametrize(("old", "new", "message"), [
     ("- accelerators: H100:8", "- acceleratorz: H100:8", "did you mean 'accelerators'"),
     ("mode: MOUNT_CACHED", "mode: SYNC", "'SYNC' is not one of"),
-    ("max_restarts_on_errors: 2", "max_restarts_on_errors: -1", "-1 is less than the minimum of 0"),
+    ("max_restarts_on_errors: 0", "max_restarts_on_errors: -1", "-1 is less than the minimum of 0"),
 ])
 def test_skypilot_rejects_a_broken_copy(sky_python: Path, sky_env: dict[str, str], tmp_path: Path,
                                         old: str, new: str, message: str) -> None:
@@ -159,7 +187,7 @@ def test_skypilot_rejects_a_broken_copy(sky_python: Path, sky_env: dict[str, str
     assert old in text
     broken = tmp_path / "sky.yaml"
     broken.write_text(text.replace(old, new))
-    completed = _probe(sky_python, sky_env, "load", str(broken))
+    completed = _probe(sky_python, sky_env, "load", str(broken), *CAPS)
     assert completed.returncode == 1
     assert message in completed.stderr
 
@@ -178,6 +206,6 @@ def test_skypilot_rejects_a_broken_copy(sky_python: Path, sky_env: dict[str, str
 ])
 def test_skypilot_optimizer_picks_the_cheapest_candidate(sky_python: Path, sky_env: dict[str, str], clouds: str,
                                                          extra: list[str], expected: tuple) -> None:
-    choice = _result(_probe(sky_python, sky_env, "optimize", str(SKY_YAML), "--clouds", clouds, *extra))
+    choice = _result(_probe(sky_python, sky_env, "optimize", str(SKY_YAML), "--clouds", clouds, *CAPS, *extra))
     assert (choice["cloud"], choice["instance_type"], choice["accelerators"], choice["usd_per_hour"]) == expected
     assert choice["use_spot"] is False
