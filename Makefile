@@ -29,3 +29,19 @@ test: setup
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
+
+# The container image (docs/image.md): build ./Dockerfile and push it to your registry, e.g.
+#   make image REGISTRY=ghcr.io/you     ->  ghcr.io/you/dream-job:<version>
+# then launch with it: `export DREAM_JOB_IMAGE=ghcr.io/you/dream-job:<version>`. Log in first
+# (`docker login ghcr.io`). BUILD_ARGS passes more to `docker build` (e.g. `--secret id=cacert,src=...`).
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+DOCKER ?= docker
+PLATFORM ?= linux/amd64
+IMAGE = $(REGISTRY)/dream-job:$(VERSION)
+
+.PHONY: image
+image:
+	@if [ -z "$(REGISTRY)" ]; then echo "error: no registry to push to: pass one, e.g. \`make image REGISTRY=ghcr.io/you\`" >&2; exit 2; fi
+	DOCKER_BUILDKIT=1 $(DOCKER) build --platform $(PLATFORM) $(BUILD_ARGS) -t $(IMAGE) .
+	$(DOCKER) push $(IMAGE)
+	@echo "pushed $(IMAGE); launch with it: export DREAM_JOB_IMAGE=$(IMAGE)"

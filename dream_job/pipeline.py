@@ -255,6 +255,8 @@ def train_stage(spec: JobSpec, *, verb: str, spec_path: Path | None = None, over
     if "RANK" not in os.environ and (gpus > 1 or nodes > 1):
         with _recording(run_dir, "train", fingerprint, inputs, verb):
             _train_under_torchrun(spec, spec_path or Path("jobs/smoke.yaml"), overrides or [], gpus, nodes)
+        if os.environ.get("SKYPILOT_NODE_RANK", "0") != "0":  # global rank 0, on the head node, records it
+            return None, StageOutcome("train", False, {})
         record = read_stage_record(run_dir, "train")
         if record is None or record.outcome not in (DONE, STOPPED_BY_BUDGET):
             raise StageError("training under torchrun ended without recording its outcome",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import typer
-
 from dream_job.commands.failures import guarded, require_container
 
 
@@ -20,4 +18,4 @@ def task() -> None:
     require_container()
     code = run_task()
     if code:
-        raise typer.Exit(code)
+        raise SystemExit(code)  # `dream-job run` said why; not an error of this verb (`guarded` would call it a bug)
