@@ -9,7 +9,9 @@ Public API (the CLI verbs call these; SkyPilot is imported only by `sky_api`, la
   the launch record (`records.py`) and return it.
 - `find_record(target)`, `launch_status(record, run_dir=...)`, `follow_logs(record, follow=...)`.
 
-Modules: `plan` (no SkyPilot, no torch), `sky_api` (SkyPilot), `records` (launch records).
+Modules: `plan` (no SkyPilot, no torch), `sky_api` (SkyPilot), `records` (launch records),
+`payload` (the resolved job the task carries, and its digest), `image` (the user's image or none),
+`task` (`dream-job task`, the machine's side: the carried job, caps, start count).
 """
 
 from __future__ import annotations

@@ -350,9 +350,10 @@ def plan_launch(spec: JobSpec, spec_path: Path, *, task_yaml: Path, mode: Mode |
              "stopped before it ends"] if choice.hours > budget_hours else []
 
     run_id = new_run_id(spec.name, now)
+    carried = spec_text(spec)  # the job as priced: in the task file, its digest on the line
     template_envs = {k: str(v) for k, v in (template.get("envs") or {}).items() if v is not None}
     overrides = {"JOB": job_file, "DREAM_JOB_USD_PER_HOUR": f"{guard_usd:g}", "BUDGET_HOURS": f"{budget_hours:g}",
-                 RUN_ID_ENV: run_id, SPEC_DIGEST_ENV: spec_digest(spec_text(spec)), **extra_envs}
+                 RUN_ID_ENV: run_id, SPEC_DIGEST_ENV: spec_digest(carried), **extra_envs}
     task_envs = {**template_envs, **overrides}
     mount = _runs_mount(template, task_envs)
     # The estimate rejects FUSE-less offers for jobs without destinations (`budget.estimate.no_fuse_reason`).
@@ -374,7 +375,7 @@ def plan_launch(spec: JobSpec, spec_path: Path, *, task_yaml: Path, mode: Mode |
         dropped=dropped, autostop=autostop,
         run_dir=None if "file_mounts" in dropped or mount is None else f"{mount[1]}/{run_id}",
         destinations=tuple(spec.artifacts.destinations), notes=tuple(notes), estimate=result,
-        spec_yaml=spec_text(spec),
+        spec_yaml=carried,
         image=None if "resources.image_id" in dropped else template_value(template, "resources.image_id"),
     )
     write_derived_template(template, plan)

@@ -97,6 +97,8 @@ def test_setup_then_run_on_a_bare_machine(tmp_path: Path) -> None:
     run_dir = home / "dream-job-runs" / "bare-1"
     assert {p.stem for p in (run_dir / "stages").glob("*.done")} == {"prep", "train", "eval", "publish"}
     assert (published / "config.json").is_file() and (published / "MANIFEST.sha256").is_file()
-    # The code that ran is the venv's, built from the workdir (not this test's environment).
-    assert str(venv) in subprocess.run([str(venv / "bin" / "python"), "-c", "import dream_job; print(dream_job.__file__)"],
-                                       capture_output=True, text=True, check=True).stdout
+    # The packages are the venv's (`setup` installed them; this test's environment was never on PATH).
+    probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import dream_job, torch; print(torch.__version__); "
+                            "print(dream_job.__file__)"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert probe[0] == f"{TORCH_VERSION}+cpu" and probe[1].startswith(str(venv))

@@ -1,4 +1,4 @@
-"""`sky.yaml`: its `run` script under bash with a fake `dream-job` (fast); SkyPilot itself (slow).
+"""`sky.yaml`: its `run` script under bash with the real `dream-job task` (fast); SkyPilot itself (slow).
 
 The slow tests run `tests/tools/sky_probe.py` with `skypilot==0.14.1` in its own cached venv, with
 `HOME` and `SKY_RUNTIME_DIR` in a temp folder (`tests/tools/sky_env.py`): the file
@@ -27,6 +27,7 @@ import yaml
 
 from dream_job.errors import EXIT_TRANSIENT
 from dream_job.launch.payload import spec_text
+from dream_job.launch.task import DEFAULT_MAX_STARTS
 from dream_job.spec import load_spec
 from tests.conftest import REPO
 from tests.tools.sky_env import probe_result, run_probe, sky_env, sky_python  # noqa: F401  (fixtures)
@@ -61,7 +62,7 @@ def test_sky_yaml_leaves_the_caps_to_the_launch_line() -> None:
     envs = _sky_config()["envs"]
     # `null`: SkyPilot refuses a launch that does not set them (the slow test below checks it does).
     assert envs["BUDGET_HOURS"] is None and envs["DREAM_JOB_USD_PER_HOUR"] is None
-    assert int(envs["DREAM_JOB_MAX_STARTS"]) >= 1
+    assert int(envs["DREAM_JOB_MAX_STARTS"]) == DEFAULT_MAX_STARTS  # what `dream-job task` assumes without it
 
 
 def test_sky_yaml_sets_no_env_that_skypilots_api_server_rejects() -> None:
