@@ -9,9 +9,12 @@ submits, and asks SkyPilot's optimizer what each would run on.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import REPO
 from tests.tools.sky_env import SEEDED_CLOUDS, probe_result, run_probe, sky_env, sky_python  # noqa: F401
@@ -55,6 +58,12 @@ def test_every_job_line_is_the_launch_task_and_the_estimated_machine(sky_python:
     _assert_one_launch(result)
     assert f"--env JOB=jobs/{job}" in result["line"] and "--env DREAM_JOB_RUN_ID=" in result["line"]
     assert result["cli"]["envs"]["BUDGET_HOURS"] == result["launch"]["envs"]["BUDGET_HOURS"]
+    # The job travels as content: the task SkyPilot parsed from the pasted line carries it, and its
+    # sha256 is the digest on the line, which `dream-job task` checks on the machine.
+    carried = result["cli"]["envs"]["DREAM_JOB_SPEC"]
+    digest = re.search(r"--env DREAM_JOB_SPEC_SHA256=([0-9a-f]{64}) ", result["line"])
+    assert digest and hashlib.sha256(carried.encode("utf-8")).hexdigest() == digest[1]
+    assert yaml.safe_load(carried)["name"] == yaml.safe_load((REPO / "jobs" / job).read_text())["name"]
 
 
 def test_vast_80gb_a100_is_pinned_past_the_cheaper_40gb_decoys(sky_python: Path, sky_env: dict[str, str]) -> None:
@@ -63,11 +72,12 @@ def test_vast_80gb_a100_is_pinned_past_the_cheaper_40gb_decoys(sky_python: Path,
         "vast", "1x-A100-32-65536", 80.0)
     _assert_one_launch(result)
     assert "--infra 'vast/United States, US, NA' -t 1x-A100-32-65536 --gpus A100:1 --no-use-spot" in result["line"]
-    assert result["line"].endswith("--secret HF_TOKEN .dream-job/sky-vast.yaml")
+    assert re.search(r"--secret HF_TOKEN \.dream-job/dream-s1k-full-length-\d{8}-\d{6}\.yaml$", result["line"])
     assert result["cli"]["storage_mounts"] == []  # Vast has no FUSE: the derived template has no bucket mount
     # What the old line (GPU name and cloud only) got from the same optimizer: the 40 GB card.
     unpinned = probe_result(run_probe(sky_python, sky_env, "sky_probe.py", "optimize", "sky.yaml", "--clouds", "vast",
-                                      "--gpus", "A100:1", "--no-mounts"))
+                                      "--gpus", "A100:1", "--no-mounts", "--env", "BUDGET_HOURS=6",
+                                      "--env", "DREAM_JOB_USD_PER_HOUR=3"))
     assert (unpinned["instance_type"], unpinned["usd_per_hour"]) == ("1x-A100_SXM4-32-65536", 0.76)
 
 

@@ -15,7 +15,7 @@ from tests.tools.sky_env import probe_result, run_probe, sky_env, sky_python  # 
 
 JOB = "jobs/dream-s1k.yaml"
 HUB = "artifacts.destinations=[hf://you/dream-s1k]"
-JOB_RECOVERY = {"strategy": "EAGER_NEXT_REGION", "max_restarts_on_errors": 2, "recover_on_exit_codes": [3]}
+JOB_RECOVERY = {"strategy": "EAGER_NEXT_REGION", "max_restarts_on_errors": 0, "recover_on_exit_codes": [3]}
 
 
 def _launch(python: Path, env: dict[str, str], *args: str, ok: bool = True) -> tuple[dict, str]:
