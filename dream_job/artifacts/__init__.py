@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlparse
 
 from dream_job.artifacts.card import ModelCardInputs, model_card_inputs, write_model_card
 from dream_job.artifacts.folder import MANIFEST_NAME, RUN_MARKER_NAME, check_dream_export, parse_manifest, verify_folder
-from dream_job.artifacts.stores import FileStore, Store
+from dream_job.artifacts.stores import FileStore, Store, TextStore
 from dream_job.artifacts.transfer import (
     ProgressFn, PublishResult, fetch_latest_from_store, publish_to_store, pull_from_store, sync_checkpoint_to_store,
 )
@@ -202,13 +202,20 @@ def check_destination(destination: str, *, s3_endpoint_url: str | None = None) -
     store.probe_write(f".dream-job-probe-{os.getpid()}")
 
 
-def state_store(destination: str, *, s3: S3Settings | None = None) -> Store:
-    """Return the store at an `s3://` or `file://` destination, for small state files kept across machines.
+def state_store(destination: str, *, s3: S3Settings | None = None) -> TextStore:
+    """Return where small state files kept across machines live at `destination` (`s3://`, `file://`, `hf://`).
+
+    At `hf://user/repo` they go under the repo's `.dream-job/` folder (`hub.HubStateStore`).
 
     Raises:
-        ArtifactError: The destination does not parse, or is `hf://` (a model repo, not a state store).
+        ArtifactError: The destination does not parse.
     """
-    return _checkpoint_store(destination, s3)
+    kind, target = _parse(destination)
+    if kind == "hf":
+        from dream_job.artifacts.hub import HubStateStore
+
+        return HubStateStore(target)
+    return _store(kind, target, destination, s3)
 
 
 def _parse(destination: str) -> tuple[str, str]:

@@ -102,6 +102,55 @@ def pull_from_hub(repo_id: str, dest: Path) -> None:
         repo_id, repo_type="model", local_dir=dest, token=token, endpoint=_endpoint()))
 
 
+class HubStateStore:
+    """Small state files of runs in a Hub model repo, under `.dream-job/` (`dream_job.launch.task`'s `task.json`).
+
+    A job whose only destination is `hf://user/repo` keeps its run state there, so that a recovery
+    on a new machine finds it. The repo is created private when missing, as a publish would.
+    `pull` checks only the files of the manifest, so these files never fail it.
+    """
+
+    PREFIX = ".dream-job/"
+
+    def __init__(self, repo_id: str) -> None:
+        self.repo_id = repo_id
+        self.url = f"hf://{repo_id}"
+
+    def _api(self) -> Any:
+        from huggingface_hub import HfApi
+
+        token = os.environ.get("HF_TOKEN")
+        if not token:
+            raise ArtifactError(f"`HF_TOKEN` is not set, so the run state at `{self.url}` cannot be read or written",
+                                hint="pass it to the task: `--secret HF_TOKEN`")
+        return HfApi(endpoint=_endpoint(), token=token)
+
+    def read_text(self, key: str) -> str | None:
+        """Return `.dream-job/<key>`'s text, or None when it (or the repo) does not exist yet."""
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        api = self._api()
+
+        def read() -> str | None:
+            try:
+                return _read_text(api, self.repo_id, self.PREFIX + key, api.token)
+            except RepositoryNotFoundError:
+                return None
+        return _call(self.url, f"reading `{self.PREFIX + key}`", read)
+
+    def write_text(self, key: str, text: str) -> None:
+        """Commit `.dream-job/<key>` with `text` (creating the private repo when missing) and read it back."""
+        api = self._api()
+        _call(self.url, "creating the repository", lambda: api.create_repo(
+            self.repo_id, private=True, exist_ok=True, repo_type="model"))
+        _call(self.url, f"writing `{self.PREFIX + key}`", lambda: api.upload_file(
+            path_or_fileobj=text.encode("utf-8"), path_in_repo=self.PREFIX + key, repo_id=self.repo_id,
+            repo_type="model", commit_message=f"dream-job: {key}"))
+        if self.read_text(key) != text:
+            raise ArtifactError(f"`{self.PREFIX + key}` at `{self.url}` does not read back as written",
+                                hint="run the same command again", exit_code=EXIT_TRANSIENT)
+
+
 def _endpoint() -> str | None:
     return os.environ.get("HF_ENDPOINT", "").rstrip("/") or None
 

@@ -19,6 +19,18 @@ from dream_job.rundir import TMP_SUFFIX, write_atomically, write_text_atomically
 BytesCallback = Callable[[int], None]  # called with the number of bytes just transferred
 
 
+class TextStore(Protocol):
+    """Where small state files live (a `Store`, or a Hub repo's `HubStateStore`)."""
+
+    url: str
+
+    def read_text(self, key: str) -> str | None:
+        """Return a small object's text, or None when it does not exist."""
+
+    def write_text(self, key: str, text: str) -> None:
+        """Write a small object and check that it reads back equal."""
+
+
 class Store(Protocol):
     """A destination root that holds objects under relative keys."""
 

@@ -10,7 +10,8 @@ In order, before any work:
    nothing stops is never started). At most `DREAM_JOB_MAX_STARTS` starts (first start plus every
    recovery: preemption, exit 3). Both live in `<run id>/task.json` where the run's state lives
    (`state_root`): the bucket mounted at `/runs`, else the job's first `s3://` or `file://`
-   destination, so a recovery on a new machine keeps counting. Only node 0 writes it.
+   destination, else its `hf://` repo, so a recovery on a new machine keeps counting. Only node 0
+   writes it.
 3. `dream-job run <job> --set artifacts.run_dir=<run root>/<run id>` under the cap: SIGTERM at the
    cap (training saves a checkpoint and exits), SIGKILL `KILL_AFTER_S` later.
 
@@ -165,15 +166,17 @@ def run_root(home: Path, runs_mount: Path = RUNS_MOUNT) -> tuple[Path, bool]:
 
 
 def state_root(spec: JobSpec, root: Path, mounted: bool) -> str:
-    """Return where the run's `task.json` lives: the mounted run root, else the first `s3://`/`file://` destination.
+    """Return where the run's `task.json` lives: the mounted run root, else the first destination.
 
-    Without either it stays on this machine's disk (`root`): only a run that cannot recover elsewhere
-    (a cluster launch, or an offer the estimate accepted without a mount and without a destination).
+    `s3://` and `file://` destinations come before `hf://` (there it is a commit in the model repo).
+    Without a mount or a destination it stays on this machine's disk (`root`): only a run that
+    cannot recover elsewhere (a cluster launch; the estimate refuses FUSE-less offers for such jobs).
     """
     if not mounted:
-        for destination in spec.artifacts.destinations:
-            if destination.startswith(("s3://", "file://")):
-                return destination.rstrip("/")
+        for schemes in (("s3://", "file://"), ("hf://",)):
+            for destination in spec.artifacts.destinations:
+                if destination.startswith(schemes):
+                    return destination.rstrip("/")
     return root.resolve().as_uri()
 
 

@@ -21,6 +21,7 @@ from dream_job.launch.payload import PayloadError, read_payload, spec_digest, sp
 from dream_job.launch.task import TaskError, begin, cap_seconds, run_capped, state_root
 from dream_job.spec import load_spec
 from tests.conftest import REPO
+from tests.integration.test_artifacts_hub import HubStandIn, hub  # noqa: F401  (fixture)
 from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 
 pytest_plugins = ["tests.s3server"]
@@ -142,7 +143,23 @@ def test_state_lives_on_the_mount_else_the_first_s3_or_file_destination(in_repo:
     assert state_root(spec, Path("/runs"), mounted=True) == "file:///runs"
     assert state_root(spec, tmp_path, mounted=False) == "s3://b/p"
     only_hub = load_spec("jobs/smoke.yaml", ["artifacts.destinations=[hf://you/x]"])
-    assert state_root(only_hub, tmp_path, mounted=False) == tmp_path.as_uri()
+    assert state_root(only_hub, tmp_path, mounted=False) == "hf://you/x"
+    nowhere = load_spec("jobs/smoke.yaml", ["artifacts.destinations=[]"])
+    assert state_root(nowhere, tmp_path, mounted=False) == tmp_path.as_uri()
+
+
+def test_a_hub_only_job_keeps_its_start_in_the_model_repo(hub: HubStandIn) -> None:
+    # The cheapest shipped job publishes to `hf://` only, on a cloud without a bucket mount.
+    first = begin("hf://you/dream-s1k-lora-4090", "run-1", now=1000.0, limit=2, writer=True)
+    second = begin("hf://you/dream-s1k-lora-4090", "run-1", now=5000.0, limit=2, writer=True)
+    assert (first.starts, second.starts, second.first_started_at) == (1, 2, 1000.0)
+    with pytest.raises(TaskError, match="has already started 2 times"):
+        begin("hf://you/dream-s1k-lora-4090", "run-1", now=6000.0, limit=2, writer=True)
+    repo = hub.repos["you/dream-s1k-lora-4090"]
+    assert json.loads(repo["files"][".dream-job/run-1/task.json"]) == {"first_started_at": 1000.0, "starts": 2}
+    # Created private on the first start, as a publish would (each write asks again: `exist_ok`).
+    assert hub.created == 2 * [{"name": "dream-s1k-lora-4090", "organization": "you", "visibility": "private",
+                                "type": "model"}]
 
 
 # --- `dream-job task`, as sky.yaml's run script calls it -------------------------------------
@@ -171,7 +188,7 @@ def test_task_refuses_a_tampered_spec_before_anything_runs(tmp_path: Path) -> No
 
 
 def test_task_without_cap_or_price_is_refused(tmp_path: Path) -> None:
-    env = {**_payload(), "DREAM_JOB_RUN_ID": "r1", "BUDGET_HOURS": "", "DREAM_JOB_USD_PER_HOUR": "0"}
+    env = {**_payload(f"artifacts.destinations=[{(tmp_path / 'dest').as_uri()}]"), "DREAM_JOB_RUN_ID": "r1", "BUDGET_HOURS": "", "DREAM_JOB_USD_PER_HOUR": "0"}
     result = _task(env, tmp_path / "home")
     assert result.returncode == 1
     assert result.stderr.startswith("error: this task has no wall-clock cap (`BUDGET_HOURS`) and no price "
@@ -180,15 +197,16 @@ def test_task_without_cap_or_price_is_refused(tmp_path: Path) -> None:
 
 def test_task_runs_the_carried_spec_not_a_job_file(tmp_path: Path) -> None:
     # `JOB` names a file the machine does not have: the carried spec runs, from its own copy.
-    env = {**_payload("name=carried-job"), "JOB": "jobs/not-here.yaml", "DREAM_JOB_RUN_ID": "r1",
-           "BUDGET_HOURS": "0.0003", "DREAM_JOB_USD_PER_HOUR": "1"}  # ~1 s: the cap stops it early
+    env = {**_payload("name=carried-job", f"artifacts.destinations=[{(tmp_path / 'dest').as_uri()}]"),
+           "JOB": "jobs/not-here.yaml", "DREAM_JOB_RUN_ID": "r1", "BUDGET_HOURS": "0.001",
+           "DREAM_JOB_USD_PER_HOUR": "1"}  # 3.6 s: the cap stops it early
     home = tmp_path / "home"
     result = _task(env, home)
     assert "dream-job task: run `r1` of `carried-job` (sha256 " in result.stderr
     written = home / ".dream-job" / "r1" / "job.yaml"
     assert sha256sum(written.read_text(encoding="utf-8")) == env["DREAM_JOB_SPEC_SHA256"]
     assert result.returncode == 1
-    assert "`dream-job run` of run `r1` stopped at the wall-clock cap (`BUDGET_HOURS=0.0003`)" in result.stderr
+    assert "`dream-job run` of run `r1` stopped at the wall-clock cap (`BUDGET_HOURS=0.001`)" in result.stderr
 
 
 def test_second_recovery_sees_the_first_start_and_the_start_past_the_limit_is_refused(
