@@ -1,7 +1,8 @@
 """`dream-job task` (sky.yaml's `run`): the carried spec and its digest, the caps, the start count.
 
-The state tests run against a real S3 server (SeaweedFS on loopback, `tests/s3server.py`) and a
-`file://` folder; the CLI tests run `python -m dream_job task` as SkyPilot's run script would,
+The state tests run against a real S3 server (SeaweedFS on loopback, `tests/s3server.py`), a
+`file://` folder and the Hub stand-in of `test_artifacts_hub.py` (the real huggingface_hub client); the
+CLI tests run `python -m dream_job task` as SkyPilot's run script would,
 with SkyPilot's env. Digests are checked with coreutils' `sha256sum`, not the module's own code.
 """
 
