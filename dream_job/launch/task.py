@@ -122,6 +122,9 @@ def cap_seconds(spec: JobSpec, environ: Mapping[str, str]) -> tuple[float, str]:
         TaskError: Neither a cap nor a price: nothing would stop the machine.
     """
     hours = _number(environ, BUDGET_HOURS_ENV)
+    if hours < 0:
+        raise TaskError(f"`{BUDGET_HOURS_ENV}={environ[BUDGET_HOURS_ENV]}` is negative",
+                        hint=f"pass the cap the estimate printed: `--env {BUDGET_HOURS_ENV}=<hours>`")
     if hours > 0:
         return hours * 3600, f"`{BUDGET_HOURS_ENV}={environ[BUDGET_HOURS_ENV]}`"
     usd = _number(environ, USD_PER_HOUR_ENV)
@@ -150,8 +153,10 @@ def _number(environ: Mapping[str, str], name: str) -> float:
 
 
 def max_starts(environ: Mapping[str, str]) -> int:
-    """Return `DREAM_JOB_MAX_STARTS` (default `DEFAULT_MAX_STARTS`)."""
-    value = _number(environ, MAX_STARTS_ENV) or DEFAULT_MAX_STARTS
+    """Return `DREAM_JOB_MAX_STARTS` (default `DEFAULT_MAX_STARTS` when unset or empty)."""
+    if not (environ.get(MAX_STARTS_ENV) or "").strip():
+        return DEFAULT_MAX_STARTS
+    value = _number(environ, MAX_STARTS_ENV)
     if value < 1 or value != int(value):
         raise TaskError(f"`{MAX_STARTS_ENV}={environ.get(MAX_STARTS_ENV)}` must be a whole number of at least 1",
                         hint=f"pass `--env {MAX_STARTS_ENV}={DEFAULT_MAX_STARTS}`")
@@ -277,6 +282,8 @@ def run_task(environ: Mapping[str, str] | None = None, *, workdir: Path | None =
           f"state in {start.state_url}/{run}; run dir {run_dir}", file=sys.stderr, flush=True)
     command = [sys.executable, "-m", "dream_job", "run", str(job_path), "--set", f"artifacts.run_dir={run_dir}"]
     code = run_capped(command, left_s)
+    if code is not None and code < 0:  # killed by a signal: report it as a shell would (128 + signal)
+        code = 128 - code
     if code is None:
         raise InputError(f"`dream-job run` of run `{run}` stopped at the wall-clock cap ({cap_from})",
                          path=run_dir, hint=f"the newest checkpoint is in `{run_dir}`; relaunch with a larger cap "

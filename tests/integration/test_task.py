@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from dream_job.launch.payload import PayloadError, read_payload, spec_digest, spec_text
-from dream_job.launch.task import TaskError, begin, cap_seconds, run_capped, state_root
+from dream_job.launch.task import TaskError, begin, cap_seconds, max_starts, run_capped, state_root
 from dream_job.spec import load_spec
 from tests.conftest import REPO
 from tests.integration.test_artifacts_hub import HubStandIn, hub  # noqa: F401  (fixture)
@@ -90,6 +90,16 @@ def test_cap_is_budget_hours_else_what_the_budget_buys_else_refused(in_repo: Pat
                                        "(`DREAM_JOB_USD_PER_HOUR`), so nothing would stop the machine; not started")
     with pytest.raises(TaskError, match="`BUDGET_HOURS=six` is not a number"):
         cap_seconds(spec, {"BUDGET_HOURS": "six"})
+    with pytest.raises(TaskError, match="`BUDGET_HOURS=-1` is negative"):
+        cap_seconds(spec, {"BUDGET_HOURS": "-1", "DREAM_JOB_USD_PER_HOUR": "2"})
+
+
+def test_max_starts_defaults_when_unset_and_refuses_nonsense() -> None:
+    assert max_starts({}) == max_starts({"DREAM_JOB_MAX_STARTS": ""}) == 10
+    assert max_starts({"DREAM_JOB_MAX_STARTS": "3"}) == 3
+    for bad in ("0", "2.5", "-1"):
+        with pytest.raises(TaskError, match=f"`DREAM_JOB_MAX_STARTS={bad}` must be a whole number of at least 1"):
+            max_starts({"DREAM_JOB_MAX_STARTS": bad})
 
 
 def test_run_capped_passes_the_exit_code_and_stops_at_the_cap() -> None:
