@@ -35,5 +35,5 @@ def describe_image(image: str | None) -> str:
     """Return the plan's `image` row: which image runs and what `setup` does there."""
     if image:
         return f"`{image}` (dependencies baked in; `setup` installs nothing)"
-    return ("the cloud's default image; `setup` installs the project into `~/dream-job-venv` on every start "
-            f"(to run your own image: `make image REGISTRY=...`, then `export {IMAGE_ENV}=...`, docs/image.md)")
+    return (f"none: the cloud's own, and `setup` installs the project (yours: `make image`, then `{IMAGE_ENV}`; "
+            "docs/image.md)")
