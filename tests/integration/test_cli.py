@@ -93,8 +93,8 @@ def test_every_verb_the_help_names_exists_and_job_verbs_require_the_job_file() -
     import typer
 
     verbs = set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
-    assert verbs == {"estimate", "launch", "logs", "prep", "spec", "schema", "train", "run", "status", "eval",
-                     "publish", "pull"}
+    assert verbs == {"estimate", "launch", "logs", "prep", "spec", "schema", "train", "run", "task", "status",
+                     "eval", "publish", "pull"}
     # The app's one-line help names its jobs; each is a verb.
     assert {"estimate", "prep", "train", "eval", "publish"} <= verbs
     for verb in ("estimate", "launch", "logs", "prep", "spec", "train", "run", "status", "eval", "publish"):
