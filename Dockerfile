@@ -1,6 +1,7 @@
 # dream-job image: the CUDA PyTorch base image's own torch + the pinned `container` extra.
 #
-#   DOCKER_BUILDKIT=1 docker build -t <registry>/dream-job:<tag> .
+#   make image REGISTRY=ghcr.io/you      # builds this file and pushes ghcr.io/you/dream-job:<version>
+#   DOCKER_BUILDKIT=1 docker build -t <registry>/dream-job:<tag> .    # the build alone
 #   docker run --gpus all -e HF_TOKEN <registry>/dream-job:<tag> run jobs/dream-s1k.yaml
 #
 # Behind a TLS-intercepting proxy, hand pip the CA bundle as a build secret (it is mounted for
