@@ -33,7 +33,7 @@ from budget.catalog import NO_FUSE_CLOUDS, default_catalog_dir, pins_zone, refre
 from dream_job.credentials import required_secrets
 from dream_job.errors import DreamJobError
 from dream_job.rundir import write_text_atomically
-from dream_job.spec import JobSpec
+from dream_job.spec import SAVE_EVERY_ENV, JobSpec
 
 Mode = Literal["managed", "cluster"]
 
@@ -347,6 +347,8 @@ def plan_launch(spec: JobSpec, spec_path: Path, *, task_yaml: Path, mode: Mode |
     template_envs = {k: str(v) for k, v in (template.get("envs") or {}).items() if v is not None}
     overrides = {"JOB": job_file, "DREAM_JOB_USD_PER_HOUR": f"{guard_usd:g}", "BUDGET_HOURS": f"{budget_hours:g}",
                  RUN_ID_ENV: run_id, **extra_envs}
+    if spec.train.save_every_steps == "auto":  # the Young-Daly interval the estimate resolved for this offer
+        overrides = {SAVE_EVERY_ENV: str(choice.save_every_steps), **overrides}
     task_envs = {**template_envs, **overrides}
     mount = _runs_mount(template, task_envs)
     # The estimate rejects FUSE-less offers for jobs without destinations (`budget.estimate.no_fuse_reason`).
