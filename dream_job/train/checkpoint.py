@@ -11,8 +11,8 @@ Model and optimizer go through `get_state_dict` / `set_state_dict`: FSDP2 DTenso
 sharded, optimizer state is keyed by parameter FQN, and DCP reshards to another rank count on
 load. DCP saves non-tensor values once, as replicated: they must be identical on every rank.
 
-`save_async` (`train.async_save`) copies every rank's state to host RAM (a pinned buffer kept for
-the run), returns, and writes the shards in a background thread over a gloo group of its own
+`save_async` (`train.async_save`) copies every rank's state to host RAM (`staging.HostStager`:
+buffers kept for the run, pinned on CUDA), returns, and writes the shards in a background thread over a gloo group of its own
 (the training collectives keep the default group). The rename and the marker wait for that
 write: `wait` (collective) completes the checkpoint; the trainer calls it once every rank's write
 is done, before the next save, on a stop, and at the end. Until then the folder is a `.partial`
@@ -27,11 +27,10 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-
-from concurrent.futures import Future
 
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -39,7 +38,6 @@ from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
-from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.stateful import Stateful
 from torch.optim import Optimizer
 
@@ -48,6 +46,7 @@ from dream_job.rundir import (
     COMPLETE_NAME, PARTIAL_STEP_RE, STEP_RE, checkpoint_name, complete_checkpoints, partial_checkpoint_name,
     write_json_atomically,
 )
+from dream_job.train.staging import HostStager
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +131,7 @@ class CheckpointManager:
         self.pin_memory = pin_memory
         self._warned: set[Path] = set()
         self._in_flight: _InFlight | None = None
-        self._stager: DefaultStager | None = None
+        self._stager: HostStager | None = None
         self._group: Any = None  # the gloo group of the background writes (None: no process group)
 
     def folder(self, step: int) -> Path:
@@ -177,9 +176,8 @@ class CheckpointManager:
         self.wait()
         partial = self._begin(step)
         if self._stager is None:
-            # Cached pinned buffers, reused by every save of the run: one copy of this rank's state.
-            self._stager = DefaultStager(StagingOptions(use_pinned_memory=self.pin_memory, use_shared_memory=False,
-                                                        use_async_staging=False, use_non_blocking_copy=False))
+            # Host buffers reused by every save of the run: one copy of this rank's state.
+            self._stager = HostStager(pin_memory=self.pin_memory)
             if dist.is_available() and dist.is_initialized():
                 self._group = dist.new_group(backend="gloo")  # collective: every rank gets here together
         future = _run_dcp(dcp.async_save, states, partial, f"cannot write checkpoint `{partial}`", _WRITE_HINT,

@@ -10,10 +10,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
+from dream_job.model import DreamModel
 from dream_job.train.checkpoint import CheckpointManager, DictState, ModelOptimizerState, TrainState
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_config
 from tests.unit.test_checkpoint import assert_bit_equal, make_training, snapshot
 
 
@@ -56,12 +58,24 @@ def test_async_save_keeps_the_state_of_its_step_while_training_goes_on(tmp_path:
     manager.close()
 
 
-def test_async_and_sync_saves_write_the_same_bytes(tmp_path: Path) -> None:
-    model, optimizer, _ = make_training()
+@pytest.mark.parametrize("optimizer_name", ["AdamW", "AdamW8bit"])
+def test_async_and_sync_saves_write_the_same_bytes(tmp_path: Path, optimizer_name: str) -> None:
+    """torchao's 8-bit states are tensor subclasses: the staging copy must keep them as they are."""
+    if optimizer_name == "AdamW8bit":
+        from torchao.optim import AdamW8bit
+
+        torch.manual_seed(0)
+        model = DreamModel(tiny_config(hidden_size=256, intermediate_size=512)).to(torch.bfloat16)
+        optimizer = AdamW8bit(model.parameters(), lr=1e-3, bf16_stochastic_round=True)
+        train_one_more_step(model, optimizer)
+        assert type(next(iter(optimizer.state.values()))["exp_avg"]).__name__ == "OptimState8bit"
+    else:
+        model, optimizer, _ = make_training()
     states = {"app": ModelOptimizerState(model, optimizer)}
     sync, background = CheckpointManager(tmp_path / "sync", keep=1), CheckpointManager(tmp_path / "async", keep=1)
     sync.save(2, states)
     background.save_async(2, states)
+    train_one_more_step(model, optimizer)  # after staging: not in the checkpoint
     background.wait()
     background.close()
     # The shards are byte for byte the same (`.metadata` names the folder it was written to).
