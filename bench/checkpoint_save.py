@@ -95,6 +95,7 @@ def measure_async(manager: CheckpointManager, step: int, states, model, batch) -
     total = time.perf_counter() - start
     size = dir_bytes(folder)
     return {"blocking_s": blocking, "written_s": written, "total_s": total, "bytes": size,
+            "staging_buffer_gib": manager.staging_bytes / 2**30,
             "rss_before_gib": before, "rss_after_staging_gib": staged, "staging_rss_gib": staged - before,
             "steps_during_write": len(overlapped),
             "step_s_during_write": sum(overlapped) / len(overlapped) if overlapped else None}

@@ -189,6 +189,11 @@ class CheckpointManager:
         """The step of the asynchronous save not yet completed, or None."""
         return None if self._in_flight is None else self._in_flight.step
 
+    @property
+    def staging_bytes(self) -> int:
+        """Host RAM held by the staging buffers of asynchronous saves (0 before the first one and after `close`)."""
+        return 0 if self._stager is None else self._stager.host_bytes
+
     def write_done(self) -> bool:
         """Whether this rank's part of the asynchronous save has been written (True when none is in flight)."""
         return self._in_flight is None or self._in_flight.future.done()
