@@ -345,10 +345,10 @@ def plan_launch(spec: JobSpec, spec_path: Path, *, task_yaml: Path, mode: Mode |
 
     run_id = new_run_id(spec.name, now)
     template_envs = {k: str(v) for k, v in (template.get("envs") or {}).items() if v is not None}
+    # `train.save_every_steps: auto`: the Young-Daly interval the estimate resolved for this offer.
+    save_every = {SAVE_EVERY_ENV: str(choice.save_every_steps)} if spec.train.save_every_steps == "auto" else {}
     overrides = {"JOB": job_file, "DREAM_JOB_USD_PER_HOUR": f"{guard_usd:g}", "BUDGET_HOURS": f"{budget_hours:g}",
-                 RUN_ID_ENV: run_id, **extra_envs}
-    if spec.train.save_every_steps == "auto":  # the Young-Daly interval the estimate resolved for this offer
-        overrides = {SAVE_EVERY_ENV: str(choice.save_every_steps), **overrides}
+                 RUN_ID_ENV: run_id, **save_every, **extra_envs}
     task_envs = {**template_envs, **overrides}
     mount = _runs_mount(template, task_envs)
     # The estimate rejects FUSE-less offers for jobs without destinations (`budget.estimate.no_fuse_reason`).
