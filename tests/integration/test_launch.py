@@ -28,7 +28,10 @@ from tests.conftest import REPO
 runner = CliRunner()
 JOB = "jobs/dream-s1k.yaml"
 SECRET = "hf_do_not_print_me"
-ON_DEMAND = ("budget.use_spot=false", "budget.clouds=[aws]", "budget.max_cost_yuan=400")  # an AWS on-demand offer
+# An AWS on-demand offer: 1x H100 `p5.4xlarge` with the job's former checkpoint cadence (with `auto`,
+# one save, 8x A100 `p4d.24xlarge` is cheaper).
+ON_DEMAND = ("budget.use_spot=false", "budget.clouds=[aws]", "budget.max_cost_yuan=400", "train.save_every_steps=20",
+             "train.async_save=false")
 # The shipped snapshot's prices are dated 2026-11-24: the CLI tests accept them on any day; the plan
 # tests pin the clock instead.
 ANY_DAY = ["--set", "budget.max_catalog_age_days=36500"]
