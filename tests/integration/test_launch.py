@@ -244,6 +244,9 @@ def test_the_plan_pins_the_priced_machine_and_its_line_says_everything(laptop: l
             "may recover into (the cheapest, $2.47, is what SkyPilot shows)") in spot.lines()
     assert spot.sky_command().startswith(f"sky jobs launch -n {spot.run_id} --infra aws/us-east-1 -t p4d.24xlarge "
                                          "--gpus A100:8 --use-spot --env JOB=jobs/dream-s1k.yaml ")
+    # `train.save_every_steps: auto` travels as the interval resolved for this offer (the whole run: one save).
+    assert spot.envs["DREAM_JOB_SAVE_EVERY_STEPS"] == "177" == str(spot.estimate.choice.save_every_steps)
+    assert f"--env DREAM_JOB_RUN_ID={spot.run_id} --env DREAM_JOB_SAVE_EVERY_STEPS=177 " in spot.sky_command()
 
 
 def test_a_cloud_without_fuse_gets_the_template_without_mounts(laptop: list[Any], tmp_path: Path,
