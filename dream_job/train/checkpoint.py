@@ -12,11 +12,11 @@ sharded, optimizer state is keyed by parameter FQN, and DCP reshards to another 
 load. DCP saves non-tensor values once, as replicated: they must be identical on every rank.
 
 `save_async` (`train.async_save`) copies every rank's state to host RAM (`staging.HostStager`:
-buffers kept for the run, pinned on CUDA), returns, and writes the shards in a background thread over a gloo group of its own
-(the training collectives keep the default group). The rename and the marker wait for that
-write: `wait` (collective) completes the checkpoint; the trainer calls it once every rank's write
-is done, before the next save, on a stop, and at the end. Until then the folder is a `.partial`
-one, which `latest_step` never counts.
+buffers kept for the run, pinned on CUDA), returns, and writes the shards in a background
+thread over a gloo group of its own (the training collectives keep the default group). The
+rename and the marker wait for that write: `wait` (collective) completes the checkpoint; the
+trainer calls it once every rank's write is done, before the next save, on a stop, and at the
+end. Until then the folder is a `.partial` one, which `latest_step` never counts.
 """
 
 from __future__ import annotations
