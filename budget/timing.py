@@ -219,9 +219,12 @@ def overhead_seconds(spec: JobSpec, shape: ModelShape, *, method: str, steps: in
         "eval model loads": len(spec.eval.models) * float(over["eval_load_s"]) if spec.eval.suites else 0.0,
     }
     if artifacts.destinations:
-        # A checkpoint is uploaded after a save only: never more uploads than saves.
+        # A checkpoint is uploaded after a save only: never more uploads than saves; with
+        # `train.save_every_steps: auto`, after every save (`dream_job.train_hooks.sync_checkpoint`).
         every = artifacts.sync_every_steps
         syncs = min(math.ceil(steps / every), saves.saves) if every and steps else 0
+        if every and spec.train.save_every_steps == "auto":
+            syncs = saves.saves
         parts[f"upload export at {budget.upload_mb_per_s:g} MB/s"] = len(artifacts.destinations) * model_bytes / upload
         parts[f"upload {syncs} checkpoints at {budget.upload_mb_per_s:g} MB/s"] = syncs * ckpt / upload
     return parts

@@ -139,3 +139,26 @@ def test_flagship_estimate_saves_once_in_the_background_under_35_yuan(tmp_path: 
     assert old.overheads_hours["checkpoint writes"] / old.hours == pytest.approx(0.348, abs=1e-3)
     # The staged copy is counted in host RAM: 91.39 GB = 85.1 GiB more than with synchronous saves.
     assert new.host_gib - run("train.async_save=false").host_gib == pytest.approx(12 * P / 2**30, rel=1e-9)
+
+
+def test_an_auto_cadence_uploads_each_of_its_saves(tmp_path: Path) -> None:
+    from budget.timing import overhead_seconds, save_plan
+    from budget.shape import model_shape
+
+    spec = load_spec(FLAGSHIP, ["artifacts.destinations=[s3://b/p]", "artifacts.sync_every_steps=20"])
+    shape = model_shape(spec)
+    # On-demand, 8 GPUs: one save (the last step), uploaded once: 91.39 GB at 50 MB/s = 1,827.75 s.
+    saves = save_plan(spec, shape, method="full", steps=177, step_s=1.2, trainable=P, num_gpus=8, cloud="aws",
+                      spot=False, cal=calibration())
+    parts = overhead_seconds(spec, shape, method="full", steps=177, trainable=P, cal=calibration(), saves=saves)
+    assert parts["upload 1 checkpoints at 50 MB/s"] == pytest.approx(1827.748, rel=1e-6)
+    # AWS spot with M = 0.1 h (a made-up table): sqrt(2 x 2.285 x 360) = 40.56 s, raised to the 121.85 s write
+    # = 101 steps of 1.2 s; saves at 101 and 177, both uploaded (sync_every_steps 20 does not divide 101).
+    cal = calibration()
+    table = {**cal.section("preemption"), "spot_hours": {"default": 0.1}}
+    short = type(cal)({**cal.raw, "preemption": table})
+    saves = save_plan(spec, shape, method="full", steps=177, step_s=1.2, trainable=P, num_gpus=8, cloud="aws",
+                      spot=True, cal=short)
+    assert (saves.every_steps, saves.saves) == (101, 2)
+    parts = overhead_seconds(spec, shape, method="full", steps=177, trainable=P, cal=short, saves=saves)
+    assert parts["upload 2 checkpoints at 50 MB/s"] == pytest.approx(2 * 1827.748, rel=1e-6)

@@ -145,3 +145,18 @@ def test_a_save_killed_in_flight_is_ignored_and_resume_loads_the_previous_one(tm
     # The next save replaces the torn folder.
     manager.save(3, {"train": train})
     assert sorted(p.name for p in root.iterdir()) == ["step-000002", "step-000003"]
+
+
+def test_an_auto_cadence_uploads_every_save(tmp_path: Path) -> None:
+    from dream_job.spec import load_spec
+    from dream_job.train_hooks import sync_checkpoint
+
+    folder = CheckpointManager(tmp_path / "checkpoints", keep=2).save(7, {"train": TrainState(data_hash="h", step=7)})
+    remote = tmp_path / "remote"
+    job, destination = REPO / "jobs" / "dream-s1k.yaml", f"artifacts.destinations=[file://{remote}]"
+    fixed = load_spec(job, [destination, "train.save_every_steps=5", "artifacts.sync_every_steps=20"])
+    sync_checkpoint(fixed, "r1", folder, 7, final=False)  # step 7 is no multiple of 20: not uploaded
+    assert not remote.exists()
+    auto = load_spec(job, [destination, "train.save_every_steps=auto", "artifacts.sync_every_steps=20"])
+    sync_checkpoint(auto, "r1", folder, 7, final=False)
+    assert (remote / "r1" / "checkpoints" / "step-000007" / "COMPLETE").is_file()
