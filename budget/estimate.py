@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from budget.catalog import NO_FUSE_CLOUDS, Offer, guard_usd_per_hour, load_prices
-from budget.checkpoints import checkpoint_bytes, staging_host_bytes
+from budget.checkpoints import checkpoint_bytes, mtbf_hours, staging_host_bytes
 from budget.gpus import GpuSpec, gpu_table, resolve_gpu
 from budget.memory import MemoryEstimate, estimate_memory
 from budget.result import Candidate, Estimate, NoOfferError
@@ -244,6 +244,12 @@ def estimate(spec: JobSpec, *, data_report: dict[str, Any] | None, catalog_dir: 
     if choice is not None and not choice.mfu_measured:
         notes.append(f"MFU {choice.mfu:.2f} of {choice.gpu} {choice.method} is a placeholder from public sources "
                      f"(budget/data/calibration.toml, {cal.date}) until the GPU benchmark measures it")
+    if choice is not None and spec.train.save_every_steps == "auto":
+        hours = mtbf_hours(cal.section("preemption"), cloud=choice.cloud, spot=choice.spot, num_gpus=choice.count)
+        notes.append(f"`train.save_every_steps` auto: every {choice.save_every_steps} steps ({choice.saves} save(s)) "
+                     f"for {hours:g} h between {'preemptions' if choice.spot else 'failures'} of "
+                     f"{choice.count}x {choice.gpu} {'spot' if choice.spot else 'on-demand'} on {choice.cloud} "
+                     f"(an assumption: `preemption` in budget/data/calibration.toml)")
     if choice is not None and choice.count > 1 and spec.eval.suites:
         processes = min(spec.eval.processes or choice.count, choice.count)
         notes.append(f"evaluation decodes in {processes} process(es) on the {choice.count} GPUs, each with a whole "
