@@ -17,7 +17,7 @@ copy), and `VmHWM`. Micro-step time with no save running is the baseline of the 
 Checkpoints go to `--dir` (a tmpfs: the writer, not a disk, is measured) and are deleted after
 each measurement.
 
-    PYTHONPATH=. python bench/checkpoint_save.py --dir /mnt/ck --json out.json
+    PYTHONPATH=. python bench/checkpoint_save.py --dir /mnt/ck --out-dir bench/results
 """
 
 from __future__ import annotations
@@ -105,7 +105,8 @@ def main() -> None:
     """Run the measurements in order and print one JSON line each, then the ratios; write `--json`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, required=True, help="where checkpoints are written (a tmpfs)")
-    parser.add_argument("--json", type=Path, required=True, help="results file")
+    parser.add_argument("--out-dir", type=Path, required=True,
+                        help="writes checkpoint_save-<gpu>-<date>.json there (gpu: h100, h200, ...)")
     parser.add_argument("--budget-s", type=float, default=240.0, help="skip the optional pageable run after this")
     args = parser.parse_args()
     began = time.perf_counter()
@@ -199,8 +200,11 @@ def main() -> None:
     out["ratios"] = ratios
     out["elapsed_s"] = time.perf_counter() - began
     print(json.dumps({"ratios": ratios}), flush=True)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=1) + "\n")
+    gpu = next((g for g in ("h200", "h100", "a100", "l40s", "4090") if g in out["device"].lower()), "gpu")
+    target = args.out_dir / f"checkpoint_save-{gpu}-{out['date']}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {target}", flush=True)
 
 
 if __name__ == "__main__":
