@@ -34,6 +34,13 @@ def test_async_save_keeps_the_state_of_its_step_while_training_goes_on(tmp_path:
     want, want_sched = snapshot(model, optimizer), scheduler.state_dict()
 
     manager.save_async(2, states)
+    # The staged copy is one copy of every tensor of the state, no more: parameters and AdamW's
+    # step, exp_avg and exp_avg_sq per parameter.
+    params = list(model.parameters())
+    tensor_bytes = sum(p.numel() * p.element_size() for p in params)
+    state_bytes = sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values())
+    assert state_bytes == 2 * tensor_bytes + 4 * len(params)  # fp32 moments, an fp32 step count each
+    assert manager.staging_bytes == tensor_bytes + state_bytes
     # Training goes on while the shards are written: the checkpoint must hold step 2's values.
     for _ in range(2):
         train_one_more_step(model, optimizer)
@@ -56,6 +63,7 @@ def test_async_save_keeps_the_state_of_its_step_while_training_goes_on(tmp_path:
     assert fresh_scheduler.state_dict() == want_sched
     assert (fresh_train.step, fresh_train.tokens_seen) == (2, 32)
     manager.close()
+    assert manager.staging_bytes == 0
 
 
 @pytest.mark.parametrize("optimizer_name", ["AdamW", "AdamW8bit"])
