@@ -189,12 +189,13 @@ def eval_seconds(spec: JobSpec, shape: ModelShape, work: Workload, gpu: GpuSpec,
 def save_plan(spec: JobSpec, shape: ModelShape, *, method: str, steps: int, step_s: float, trainable: int,
               num_gpus: int, cloud: str, spot: bool, cal: Calibration) -> SavePlan:
     """Return the run's checkpoint saves on this offer: interval (`auto` resolved), count and exposed seconds."""
-    train, over = spec.train, cal.section("overheads")
+    train, over, rates = spec.train, cal.section("overheads"), cal.section("checkpoint")
     ckpt = checkpoint_bytes(shape, method, trainable, cal.section("memory")["adam8bit_bytes_per_param"])
     mtbf = mtbf_hours(cal.section("preemption"), cloud=cloud, spot=spot, num_gpus=num_gpus) * 3600
+    # A background write serialises tensors already in host RAM; a synchronous one copies each from the GPU first.
+    write = rates["async_write_gb_per_s"] if train.async_save else over["disk_write_gb_per_s"]
     return plan_saves(steps=steps, step_s=step_s, ckpt_bytes=ckpt, num_gpus=num_gpus, every=train.save_every_steps,
-                      async_save=train.async_save, write_gb_per_s=over["disk_write_gb_per_s"],
-                      stage_gb_per_s=cal.section("checkpoint")["stage_gb_per_s"],
+                      async_save=train.async_save, write_gb_per_s=write, stage_gb_per_s=rates["stage_gb_per_s"],
                       export_s=2 * shape.num_params / (over["disk_write_gb_per_s"] * 1e9), mtbf_s=mtbf)
 
 
