@@ -12,8 +12,9 @@ one optimizer step so the 8-bit states exist, then saves the trainer's states
 3. `async_warm`: the same again with the cached buffers (every later save of a run).
 4. `async_pageable` (when time is left): `save_async()` into pageable memory (`pin_memory=False`).
 
-Host memory: the process's RSS before the first async save and after its staging (the staged
-copy), and `VmHWM`. Micro-step time with no save running is the baseline of the overlap cost.
+Host memory: the bytes of the staging buffers (`CheckpointManager.staging_bytes`), and the
+process's RSS before the first async save and after its staging (approximate: freed memory of the
+synchronous save may be reused), and `VmHWM`. Micro-step time with no save running is the baseline of the overlap cost.
 Checkpoints go to `--dir` (a tmpfs: the writer, not a disk, is measured) and are deleted after
 each measurement.
 
@@ -191,6 +192,7 @@ def main() -> None:
         "stage_gb_per_s_pinned_cold": gb / out["async_cold"]["blocking_s"],
         "sync_over_async_blocking_warm": sync_s / out["async_warm"]["blocking_s"],
         "sync_over_async_blocking_cold": sync_s / out["async_cold"]["blocking_s"],
+        "staging_buffer_gib_over_checkpoint_gib": out["async_cold"]["staging_buffer_gib"] / (gb * 1e9 / 2**30),
         "staging_rss_gib_over_checkpoint_gib": out["async_cold"]["staging_rss_gib"] / (gb * 1e9 / 2**30),
     }
     if out["async_warm"]["step_s_during_write"]:
