@@ -119,7 +119,8 @@ def _candidate(spec: JobSpec, offer: Offer, method: str, mem: MemoryEstimate, ti
                   "a time"
                   f"{', the offloaded optimizer' if method == 'full_offload' else ''}"
                   f"{', the staged checkpoint of `train.async_save`' if train.async_save else ''}), "
-                  f"`{offer.instance_type}` {has}")
+                  f"`{offer.instance_type}` {has}"
+                  f"{'; `--set train.async_save=false` needs no staged copy' if train.async_save else ''}")
     elif cost > budget.max_cost_yuan:
         reason = f"costs ¥{cost:.2f}, over the ¥{budget.max_cost_yuan:g} budget"
     elif offer.cloud in NO_FUSE_CLOUDS and not spec.artifacts.destinations:
