@@ -346,7 +346,9 @@ def estimates(spec: Any, gpu_name: str, rows: list[int]) -> dict[str, Any]:
     from budget.estimate import plan_memory
     from budget.gpus import resolve_gpu
     from budget.shape import model_shape
-    from budget.timing import calibration, checkpoint_bytes, eval_seconds, overhead_seconds, train_seconds
+    from budget.timing import (
+        calibration, checkpoint_bytes, eval_seconds, overhead_seconds, save_plan, train_seconds,
+    )
     from budget.tokens import Workload, load_data_report, workload
 
     cal, gpu, shape = calibration(), resolve_gpu(gpu_name), model_shape(spec)
@@ -358,8 +360,10 @@ def estimates(spec: Any, gpu_name: str, rows: list[int]) -> dict[str, Any]:
     steps, train_s, mfu, _ = train_seconds(spec.model_copy(update={"train": spec.train.model_copy(
         update={"max_steps": None, "epochs": 1})}), shape, trained, gpu, method=method, num_gpus=1,
         trainable=trainable, cal=cal)
-    over = overhead_seconds(spec, shape, method=method, steps=spec.train.max_steps or steps, trainable=trainable,
-                            cal=cal)
+    run_steps = spec.train.max_steps or steps
+    saves = save_plan(spec, shape, method=method, steps=run_steps, step_s=train_s / max(steps, 1), trainable=trainable,
+                      num_gpus=1, cloud="local", spot=False, cal=cal)
+    over = overhead_seconds(spec, shape, method=method, steps=run_steps, trainable=trainable, cal=cal, saves=saves)
     memory = plan_memory(spec, method, 1, report)
     disk = cal.section("overheads")["disk_write_gb_per_s"] * 1e9
     ckpt = checkpoint_bytes(shape, method, trainable, cal.section("memory")["adam8bit_bytes_per_param"])

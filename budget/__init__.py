@@ -11,7 +11,7 @@ Public API:
   `fallback_methods(method)`: what to train with instead when it does not fit (preflight, OOM hint);
   `disk_need_bytes(spec, ...)`: the run's disk need (preflight).
 - Models: `budget.memory.estimate_memory`, `budget.timing.estimate_time`, `budget.catalog.load_prices`,
-  `budget.gpus.resolve_gpu`; FLOPs in `budget.flops`. Data and its sources: `budget/data/`.
+  `budget.gpus.resolve_gpu`; FLOPs in `budget.flops`; checkpoint cadence and cost in `budget.checkpoints`. Data and its sources: `budget/data/`.
 """
 
 from budget.disk import disk_need_bytes

@@ -11,11 +11,13 @@ training recipe (8-bit AdamW or LoRA instead of fp32 AdamW, and back) are candid
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 from budget.catalog import NO_FUSE_CLOUDS, Offer, guard_usd_per_hour, load_prices
+from budget.checkpoints import checkpoint_bytes, mtbf_hours, staging_host_bytes
 from budget.gpus import GpuSpec, gpu_table, resolve_gpu
 from budget.memory import MemoryEstimate, estimate_memory
 from budget.result import Candidate, Estimate, NoOfferError
@@ -44,7 +46,7 @@ def _memory(spec: JobSpec, shape: ModelShape, method: str, count: int, work: Wor
             cal: Calibration) -> MemoryEstimate:
     train, sampler = spec.train, spec.eval.sampler
     prompt = max((s.prompt_tokens for s in work.suites), default=0.0)
-    return estimate_memory(
+    mem = estimate_memory(
         shape, method=method, num_gpus=count, micro_batch_size=train.micro_batch_size,
         max_length=spec.data.max_length, checkpointed_layers=train.num_checkpointed_layers(shape.num_layers),
         fsdp=spec.wraps_in_fsdp(method, count), compiled=train.compile,
@@ -55,6 +57,12 @@ def _memory(spec: JobSpec, shape: ModelShape, method: str, count: int, work: Wor
         eval_logit_rows=sampler.logit_rows(spec.eval.batch_size),
         constants=cal.memory_constants(),
     )
+    # `train.async_save` keeps a staged copy of the checkpoint in host RAM for the whole run: on top of
+    # `budget.memory`'s host figure (an upper bound: the load at start-up and the export at the end
+    # happen while no staged copy is held).
+    trainable = shape.lora_params(train.lora.rank, list(train.lora.targets)) if method == "lora" else shape.num_params
+    ckpt = checkpoint_bytes(shape, method, trainable, cal.section("memory")["adam8bit_bytes_per_param"])
+    return replace(mem, host_gib=mem.host_gib + staging_host_bytes(ckpt, async_save=train.async_save) / 2**30)
 
 
 def plan_memory(spec: JobSpec, method: str, num_gpus: int,
@@ -109,7 +117,10 @@ def _candidate(spec: JobSpec, offer: Offer, method: str, mem: MemoryEstimate, ti
         has = f"has {host_ram:.0f} GiB" if host_known else f"does not list its RAM (assumed {host_ram:.0f} GiB)"
         reason = (f"needs {mem.host_gib:.0f} GiB of host RAM (rank 0's bf16 base at load, the export's one shard at "
                   "a time"
-                  f"{', the offloaded optimizer' if method == 'full_offload' else ''}), `{offer.instance_type}` {has}")
+                  f"{', the offloaded optimizer' if method == 'full_offload' else ''}"
+                  f"{', the staged checkpoint of `train.async_save`' if train.async_save else ''}), "
+                  f"`{offer.instance_type}` {has}"
+                  f"{'; `--set train.async_save=false` needs no staged copy' if train.async_save else ''}")
     elif cost > budget.max_cost_yuan:
         reason = f"costs ¥{cost:.2f}, over the ¥{budget.max_cost_yuan:g} budget"
     elif offer.cloud in NO_FUSE_CLOUDS and not spec.artifacts.destinations:
@@ -130,6 +141,7 @@ def _candidate(spec: JobSpec, offer: Offer, method: str, mem: MemoryEstimate, ti
         mfu_measured=time.mfu_measured,
         fits=fits_gpu and fits_host and not train.global_batch_size % per_round,
         within_budget=cost <= budget.max_cost_yuan, recipe_change=recipe_change, reason=reason,
+        save_every_steps=time.saves.every_steps if time.saves else 0, saves=time.saves.saves if time.saves else 0,
     )
 
 
@@ -212,16 +224,16 @@ def estimate(spec: JobSpec, *, data_report: dict[str, Any] | None, catalog_dir: 
     shape, work = model_shape(spec), workload(spec, data_report)
     methods = [spec.train.method, *(m for m in METHODS if m != spec.train.method)]
     memory: dict[tuple[str, int], MemoryEstimate] = {}
-    times: dict[tuple[str, str, int, bool], TimeEstimate] = {}
+    times: dict[tuple[str, str, int, bool, str], TimeEstimate] = {}
     candidates = []
     for method in methods:
         for offer in offers:
-            mem_key, time_key = (method, offer.count), (offer.gpu, method, offer.count, offer.spot)
+            mem_key, time_key = (method, offer.count), (offer.gpu, method, offer.count, offer.spot, offer.cloud)
             if mem_key not in memory:
                 memory[mem_key] = _memory(spec, shape, method, offer.count, work, cal)
             if time_key not in times:
                 times[time_key] = estimate_time(spec, shape, work, gpu_table()[offer.gpu], method=method,
-                                                num_gpus=offer.count, spot=offer.spot, cal=cal)
+                                                num_gpus=offer.count, spot=offer.spot, cloud=offer.cloud, cal=cal)
             candidates.append(_candidate(spec, offer, method, memory[mem_key], times[time_key], cal))
     candidates.sort(key=lambda c: (not c.accepted, not c.fits, round(c.cost_cny, 2), c.hours))
     accepted = [c for c in candidates if c.accepted]
@@ -233,6 +245,12 @@ def estimate(spec: JobSpec, *, data_report: dict[str, Any] | None, catalog_dir: 
     if choice is not None and not choice.mfu_measured:
         notes.append(f"MFU {choice.mfu:.2f} of {choice.gpu} {choice.method} is a placeholder from public sources "
                      f"(budget/data/calibration.toml, {cal.date}) until the GPU benchmark measures it")
+    if choice is not None and spec.train.save_every_steps == "auto":
+        hours = mtbf_hours(cal.section("preemption"), cloud=choice.cloud, spot=choice.spot, num_gpus=choice.count)
+        notes.append(f"`train.save_every_steps` auto: every {choice.save_every_steps} steps ({choice.saves} save(s)) "
+                     f"for {hours:g} h between {'preemptions' if choice.spot else 'failures'} of "
+                     f"{choice.count}x {choice.gpu} {'spot' if choice.spot else 'on-demand'} on {choice.cloud} "
+                     f"(an assumption: `preemption` in budget/data/calibration.toml)")
     if choice is not None and choice.count > 1 and spec.eval.suites:
         processes = min(spec.eval.processes or choice.count, choice.count)
         notes.append(f"evaluation decodes in {processes} process(es) on the {choice.count} GPUs, each with a whole "

@@ -54,6 +54,8 @@ class Candidate:
     within_budget: bool
     recipe_change: bool
     reason: str
+    save_every_steps: int = 0  # `train.save_every_steps` on this offer (`auto` resolved; `budget.checkpoints`)
+    saves: int = 0  # checkpoint saves of the run, the last step's included
 
     @property
     def accepted(self) -> bool:

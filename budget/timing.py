@@ -17,7 +17,9 @@ efficiency, offload rates, overheads; placeholders until the GPU benchmark measu
   an eager forward's launch-bound floor; batches dealt out to one process per GPU.
 - Overheads: provisioning, image pull, base-model download, data prep, training start-up (model
   build, compile warm-up), checkpoint and export writes, uploads to `artifacts.destinations`;
-  spot runs add the expected restart share.
+  spot runs add the expected restart share. Checkpoints count only their exposed part
+  (`budget.checkpoints.plan_saves`: sync or async, the interval resolved for the offer when
+  `train.save_every_steps` is `auto`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from budget.checkpoints import SavePlan, checkpoint_bytes, mtbf_hours, plan_saves
 from budget.flops import forward_flops_per_token, recompute_flops_per_token, train_flops_per_token
 from budget.gpus import DATA_DIR, GpuSpec
 from budget.memory import MemoryConstants
@@ -96,6 +99,7 @@ class TimeEstimate:
     mfu: float = 0.0
     mfu_measured: bool = False
     spot_extra_s: float = 0.0
+    saves: SavePlan | None = None
 
     @property
     def total_s(self) -> float:
@@ -106,16 +110,6 @@ def total_steps(spec: JobSpec, rows: int) -> int:
     """Optimizer steps of the run: full global batches per epoch x epochs, capped by `max_steps`."""
     steps = rows // spec.train.global_batch_size * spec.train.epochs
     return min(steps, spec.train.max_steps) if spec.train.max_steps else steps
-
-
-def checkpoint_bytes(shape: ModelShape, method: str, trainable: int, adam8bit: float) -> float:
-    """Bytes of one DCP checkpoint: model state dict (master dtype) + optimizer states (no grads)."""
-    p = shape.num_params
-    if method == "full_8bit":
-        return (2 + adam8bit) * p
-    if method == "lora":
-        return 2 * p + 12 * trainable  # frozen bf16 base is in the model state dict too
-    return 12 * p
 
 
 def train_seconds(spec: JobSpec, shape: ModelShape, work: Workload, gpu: GpuSpec, *, method: str, num_gpus: int,
@@ -192,16 +186,28 @@ def eval_seconds(spec: JobSpec, shape: ModelShape, work: Workload, gpu: GpuSpec,
     return len(ev.models) * max(busy)
 
 
+def save_plan(spec: JobSpec, shape: ModelShape, *, method: str, steps: int, step_s: float, trainable: int,
+              num_gpus: int, cloud: str, spot: bool, cal: Calibration) -> SavePlan:
+    """Return the run's checkpoint saves on this offer: interval (`auto` resolved), count and exposed seconds."""
+    train, over, rates = spec.train, cal.section("overheads"), cal.section("checkpoint")
+    ckpt = checkpoint_bytes(shape, method, trainable, cal.section("memory")["adam8bit_bytes_per_param"])
+    mtbf = mtbf_hours(cal.section("preemption"), cloud=cloud, spot=spot, num_gpus=num_gpus) * 3600
+    # A background write serialises tensors already in host RAM; a synchronous one copies each from the GPU first.
+    write = rates["async_write_gb_per_s"] if train.async_save else over["disk_write_gb_per_s"]
+    return plan_saves(steps=steps, step_s=step_s, ckpt_bytes=ckpt, num_gpus=num_gpus, every=train.save_every_steps,
+                      async_save=train.async_save, write_gb_per_s=write, stage_gb_per_s=rates["stage_gb_per_s"],
+                      export_s=2 * shape.num_params / (over["disk_write_gb_per_s"] * 1e9), mtbf_s=mtbf)
+
+
 def overhead_seconds(spec: JobSpec, shape: ModelShape, *, method: str, steps: int, trainable: int,
-                     cal: Calibration) -> dict[str, float]:
-    """Return the fixed and per-save seconds outside the training loop and the sampler."""
+                     cal: Calibration, saves: SavePlan) -> dict[str, float]:
+    """Return the fixed and per-save seconds outside the training loop and the sampler (`saves`: `save_plan`)."""
     over, budget, artifacts = cal.section("overheads"), spec.budget, spec.artifacts
     download = budget.download_mb_per_s * 1e6
     upload = budget.upload_mb_per_s * 1e6
     disk = over["disk_write_gb_per_s"] * 1e9
     model_bytes = 2 * shape.num_params  # bf16 safetensors: 15.2 GB for Dream 7B
     ckpt = checkpoint_bytes(shape, method, trainable, cal.section("memory")["adam8bit_bytes_per_param"])
-    saves = math.ceil(steps / spec.train.save_every_steps) if steps else 0
     parts = {
         "provision": float(over["provision_s"]),
         f"image pull at {budget.download_mb_per_s:g} MB/s": over["image_gb"] * 1e9 / download
@@ -209,28 +215,35 @@ def overhead_seconds(spec: JobSpec, shape: ModelShape, *, method: str, steps: in
         f"model download at {budget.download_mb_per_s:g} MB/s": model_bytes / download,
         "data prep": float(over["prep_s"]),
         "training start-up": float(over["train_startup_s"]),
-        "checkpoint writes": saves * ckpt / disk,
+        "checkpoint writes": saves.exposed_s,
         "export write": model_bytes / disk,
         "eval model loads": len(spec.eval.models) * float(over["eval_load_s"]) if spec.eval.suites else 0.0,
     }
     if artifacts.destinations:
-        syncs = math.ceil(steps / artifacts.sync_every_steps) if artifacts.sync_every_steps and steps else 0
+        # A checkpoint is uploaded after a save only: never more uploads than saves; with
+        # `train.save_every_steps: auto`, after every save (`dream_job.train_hooks.sync_checkpoint`).
+        every = artifacts.sync_every_steps
+        syncs = min(math.ceil(steps / every), saves.saves) if every and steps else 0
+        if every and spec.train.save_every_steps == "auto":
+            syncs = saves.saves
         parts[f"upload export at {budget.upload_mb_per_s:g} MB/s"] = len(artifacts.destinations) * model_bytes / upload
         parts[f"upload {syncs} checkpoints at {budget.upload_mb_per_s:g} MB/s"] = syncs * ckpt / upload
     return parts
 
 
 def estimate_time(spec: JobSpec, shape: ModelShape, work: Workload, gpu: GpuSpec, *, method: str, num_gpus: int,
-                  spot: bool, cal: Calibration) -> TimeEstimate:
+                  spot: bool, cloud: str, cal: Calibration) -> TimeEstimate:
     """Return the wall-clock of the whole run on `num_gpus` x `gpu` with `method`."""
     is_lora = method == "lora"
     trainable = shape.lora_params(spec.train.lora.rank, list(spec.train.lora.targets)) if is_lora else shape.num_params
     steps, train_s, mfu, measured = train_seconds(spec, shape, work, gpu, method=method, num_gpus=num_gpus,
                                                   trainable=trainable, cal=cal)
     eval_s = eval_seconds(spec, shape, work, gpu, num_gpus=num_gpus, cal=cal) if spec.eval.suites else 0.0
-    overheads = overhead_seconds(spec, shape, method=method, steps=steps, trainable=trainable, cal=cal)
+    saves = save_plan(spec, shape, method=method, steps=steps, step_s=train_s / max(steps, 1), trainable=trainable,
+                      num_gpus=num_gpus, cloud=cloud, spot=spot, cal=cal)
+    overheads = overhead_seconds(spec, shape, method=method, steps=steps, trainable=trainable, cal=cal, saves=saves)
     base = TimeEstimate(steps=steps, train_s=train_s, eval_s=eval_s, overheads_s=overheads, mfu=mfu,
                         mfu_measured=measured)
     extra = base.total_s * cal.section("spot")["restart_fraction"] if spot else 0.0
     return TimeEstimate(steps=steps, train_s=train_s, eval_s=eval_s, overheads_s=overheads, mfu=mfu,
-                        mfu_measured=measured, spot_extra_s=extra)
+                        mfu_measured=measured, spot_extra_s=extra, saves=saves)

@@ -48,7 +48,7 @@ STAGES = ("prep", "train", "eval", "publish")
 # checkpoints) after they change. Any other train/model setting needs a new run dir.
 TRAIN_CONTINUATION_KEYS = frozenset({
     "epochs", "max_steps", "save_every_steps", "keep_checkpoints", "log_every_steps", "device", "compile",
-    "activation_checkpointing", "on_memory_mismatch", "eval_every_steps", "report_to",
+    "activation_checkpointing", "on_memory_mismatch", "eval_every_steps", "report_to", "async_save",
 })
 
 

@@ -11,6 +11,7 @@ This module imports no torch: the laptop CLI starts fast.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -106,6 +107,11 @@ class LoraSpec(_Section):
     )
 
 
+# Set by `dream-job launch` (and printed on the estimate's `sky` line) when `train.save_every_steps`
+# is `auto`: the interval the estimate resolved for the chosen offer (`budget.checkpoints`).
+SAVE_EVERY_ENV = "DREAM_JOB_SAVE_EVERY_STEPS"
+
+
 class TrainSpec(_Section):
     """Masked-diffusion SFT settings."""
 
@@ -141,7 +147,17 @@ class TrainSpec(_Section):
         "random_with_input_pad", description="Per-batch response cut-off (Dream's) or none."
     )
     time_eps: float = Field(1e-3, gt=0.0, lt=1.0, description="Noise level t is drawn from U(eps, 1).")
-    save_every_steps: int = Field(50, ge=1, description="Write a resumable checkpoint every N optimizer steps.")
+    save_every_steps: int | Literal["auto"] = Field(
+        50, description="Write a resumable checkpoint every N optimizer steps (and at the last one, and when "
+        "stopped); `auto`: the interval that minimises the expected loss to preemptions of the offer "
+        "(Young-Daly, resolved by `dream-job estimate`/`launch` and passed as `DREAM_JOB_SAVE_EVERY_STEPS`; "
+        "without it, on-demand: the last step only).",
+    )
+    async_save: bool = Field(
+        False, description="Write checkpoints in the background (`torch.distributed.checkpoint.async_save`): "
+        "training waits only for a copy to host RAM, which keeps one copy of the checkpoint there for the "
+        "whole run (`dream-job estimate` counts it against the machine's RAM).",
+    )
     keep_checkpoints: int = Field(2, ge=1, description="Complete checkpoints kept on disk.")
     log_every_steps: int = Field(1, ge=1, description="Log a metrics line every N optimizer steps.")
     eval_every_steps: int | None = Field(
@@ -160,6 +176,14 @@ class TrainSpec(_Section):
     )
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings for `method: lora`.")
 
+    @field_validator("save_every_steps", mode="before")
+    @classmethod
+    def _steps_or_auto(cls, value: Any) -> Any:
+        # One message for the union instead of pydantic's one per branch.
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError(f"must be a number of steps (1 or more) or `auto`, got `{value}`")
+
     @field_validator("activation_checkpointing", mode="before")
     @classmethod
     def _layers_or_flag(cls, value: Any) -> Any:
@@ -167,6 +191,26 @@ class TrainSpec(_Section):
         if isinstance(value, bool) or (isinstance(value, int) and value >= 0):
             return value
         raise ValueError(f"must be `true`, `false` or a number of layers (0 or more), got `{value}`")
+
+    def save_interval(self, environ: Mapping[str, str]) -> int | None:
+        """Return the steps between checkpoint saves; None: the last step only (and stops).
+
+        `auto` takes `DREAM_JOB_SAVE_EVERY_STEPS` from `environ` (the launch sets it for the offer it
+        chose); without it the run is taken to be on a machine nobody preempts, where Young-Daly's
+        interval is longer than any job (`budget.checkpoints`).
+
+        Raises:
+            SpecError: `DREAM_JOB_SAVE_EVERY_STEPS` is not a whole number of 1 or more.
+        """
+        if self.save_every_steps != "auto":
+            return self.save_every_steps
+        value = environ.get(SAVE_EVERY_ENV)
+        if value is None:
+            return None
+        if not value.isdigit() or int(value) < 1:
+            raise SpecError(f"`{SAVE_EVERY_ENV}` is `{value}`, not a number of steps (1 or more)",
+                            hint="unset it, or set it to what `dream-job estimate` prints for the offer")
+        return int(value)
 
     def num_checkpointed_layers(self, num_layers: int) -> int:
         """Return how many of the model's `num_layers` decoder layers `activation_checkpointing` recomputes.

@@ -90,11 +90,13 @@ def sync_targets(spec: JobSpec) -> list[tuple[str, Any]]:
 
 
 def sync_checkpoint(spec: JobSpec, run: str, folder: Path, step: int, *, final: bool) -> None:
-    """Upload a just-saved checkpoint every `artifacts.sync_every_steps` (and before an early exit)."""
+    """Upload a just-saved checkpoint every `artifacts.sync_every_steps` (and before an early exit; every one
+    with `train.save_every_steps: auto`)."""
     from dream_job.artifacts import sync_checkpoint as upload
 
     every = spec.artifacts.sync_every_steps
-    if every is None or not (final or step % every == 0):
+    # `train.save_every_steps: auto` already spaces the saves for the offer's preemptions: upload each.
+    if every is None or not (final or step % every == 0 or spec.train.save_every_steps == "auto"):
         return
     for destination, s3 in sync_targets(spec):
         upload(folder, destination, run_id=run, s3=s3)

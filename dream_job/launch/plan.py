@@ -35,7 +35,7 @@ from dream_job.errors import DreamJobError
 from dream_job.launch.image import IMAGE_ENV, describe_image, with_image
 from dream_job.launch.payload import SPEC_DIGEST_ENV, SPEC_ENV, spec_digest, spec_text
 from dream_job.rundir import write_text_atomically
-from dream_job.spec import JobSpec
+from dream_job.spec import SAVE_EVERY_ENV, JobSpec
 
 Mode = Literal["managed", "cluster"]
 
@@ -352,8 +352,10 @@ def plan_launch(spec: JobSpec, spec_path: Path, *, task_yaml: Path, mode: Mode |
     run_id = new_run_id(spec.name, now)
     carried = spec_text(spec)  # the job as priced: in the task file, its digest on the line
     template_envs = {k: str(v) for k, v in (template.get("envs") or {}).items() if v is not None}
+    # `train.save_every_steps: auto`: the Young-Daly interval the estimate resolved for this offer.
+    save_every = {SAVE_EVERY_ENV: str(choice.save_every_steps)} if spec.train.save_every_steps == "auto" else {}
     overrides = {"JOB": job_file, "DREAM_JOB_USD_PER_HOUR": f"{guard_usd:g}", "BUDGET_HOURS": f"{budget_hours:g}",
-                 RUN_ID_ENV: run_id, SPEC_DIGEST_ENV: spec_digest(carried), **extra_envs}
+                 RUN_ID_ENV: run_id, SPEC_DIGEST_ENV: spec_digest(carried), **save_every, **extra_envs}
     task_envs = {**template_envs, **overrides}
     mount = _runs_mount(template, task_envs)
     # The estimate rejects FUSE-less offers for jobs without destinations (`budget.estimate.no_fuse_reason`).

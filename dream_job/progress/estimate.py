@@ -178,6 +178,10 @@ def _choice_table(estimate: Any, rate: str, launch_line: str | None,
                         f"{choice.host_gib:.0f} GiB")
         summary.add_row("time", f"{choice.hours:.2f} h = train {choice.train_hours:.2f} + eval {choice.eval_hours:.2f}"
                         f" + overheads {choice.overhead_hours:.2f} ({estimate.steps} steps, MFU {choice.mfu:.2f})")
+        if choice.saves:
+            summary.add_row("checkpoints", f"{choice.saves} save(s), every {choice.save_every_steps} steps "
+                            f"(`train.save_every_steps`), {choice.overheads_hours.get('checkpoint writes', 0.0):.2f} h "
+                            "not overlapped by training")
         summary.add_row("overheads", ", ".join(f"{name} {hours:.2f} h" for name, hours in
                                                choice.overheads_hours.items() if hours >= 0.005))
         summary.add_row("cost", f"¥{choice.cost_cny:.2f} of ¥{estimate.budget_cny:g} at {rate}"

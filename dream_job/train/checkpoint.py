@@ -10,6 +10,13 @@ that a mount whose directory rename is a copy, like gcsfuse, never shows it befo
 Model and optimizer go through `get_state_dict` / `set_state_dict`: FSDP2 DTensor shards are saved
 sharded, optimizer state is keyed by parameter FQN, and DCP reshards to another rank count on
 load. DCP saves non-tensor values once, as replicated: they must be identical on every rank.
+
+`save_async` (`train.async_save`) copies every rank's state to host RAM (`staging.HostStager`:
+buffers kept for the run, pinned on CUDA), returns, and writes the shards in a background
+thread over a gloo group of its own (the training collectives keep the default group). The
+rename and the marker wait for that write: `wait` (collective) completes the checkpoint; the
+trainer calls it once every rank's write is done, before the next save, on a stop, and at the
+end. Until then the folder is a `.partial` one, which `latest_step` never counts.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +46,7 @@ from dream_job.rundir import (
     COMPLETE_NAME, PARTIAL_STEP_RE, STEP_RE, checkpoint_name, complete_checkpoints, partial_checkpoint_name,
     write_json_atomically,
 )
+from dream_job.train.staging import HostStager
 
 logger = logging.getLogger(__name__)
 
@@ -72,21 +81,35 @@ def _on_rank0(fn: Callable[[], None], what: str) -> None:
         raise CheckpointError(f"cannot {what}", caused_by=[error], hint=_WRITE_HINT)
 
 
-def _run_dcp(fn: Callable[..., Any], states: dict[str, Stateful], folder: Path, message: str, hint: str) -> None:
-    """Call `dcp.save` / `dcp.load`; DCP's errors become one `CheckpointError` (a line per rank)."""
+def _dcp_failure(exc: BaseException, message: str, hint: str) -> CheckpointError:
+    """Return DCP's error as one `CheckpointError` with a line per failed rank."""
+    if isinstance(exc, CheckpointException):  # its str() is every rank's whole traceback
+        lines = [f"rank {rank}: {type(e).__name__}: {e}" for rank, (e, _) in sorted(exc.failures.items())]
+    else:
+        lines = [f"{type(exc).__name__}: {exc}"]
+    return CheckpointError(message, caused_by=lines, hint=hint)
+
+
+def _run_dcp(fn: Callable[..., Any], states: dict[str, Stateful], folder: Path, message: str, hint: str,
+             **kwargs: Any) -> Any:
+    """Call `dcp.save` / `dcp.load` / `dcp.async_save`; DCP's errors become one `CheckpointError` (a line per rank)."""
     try:
         with warnings.catch_warnings():  # DCP warns on every call made without a process group
             warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
-            fn(states, checkpoint_id=folder)
+            return fn(states, checkpoint_id=folder, **kwargs)
     except CheckpointError as exc:  # a state's own check, e.g. a `TrainState` of another run
         exc.caused_by.append(f"while loading `{folder}`")
         raise
     except _DCP_ERRORS as exc:
-        if isinstance(exc, CheckpointException):  # its str() is every rank's whole traceback
-            lines = [f"rank {rank}: {type(e).__name__}: {e}" for rank, (e, _) in sorted(exc.failures.items())]
-        else:
-            lines = [f"{type(exc).__name__}: {exc}"]
-        raise CheckpointError(message, caused_by=lines, hint=hint) from exc
+        raise _dcp_failure(exc, message, hint) from exc
+
+
+@dataclass
+class _InFlight:
+    """An asynchronous save whose shards are still being written."""
+
+    step: int
+    future: Future[Any]
 
 
 class CheckpointManager:
@@ -97,14 +120,19 @@ class CheckpointManager:
     Args:
         root: The checkpoints folder (`<run>/checkpoints`); created by the first save.
         keep: How many complete checkpoints to keep (≥ 1); older ones are deleted after a save.
+        pin_memory: Stage asynchronous saves in pinned host memory (faster GPU->host copies; CUDA only).
     """
 
-    def __init__(self, root: Path, *, keep: int) -> None:
+    def __init__(self, root: Path, *, keep: int, pin_memory: bool = False) -> None:
         if keep < 1:
             raise ValueError(f"`keep` must be ≥ 1, got `{keep}`")
         self.root = Path(root)
         self.keep = keep
+        self.pin_memory = pin_memory
         self._warned: set[Path] = set()
+        self._in_flight: _InFlight | None = None
+        self._stager: HostStager | None = None
+        self._group: Any = None  # the gloo group of the background writes (None: no process group)
 
     def folder(self, step: int) -> Path:
         """Return the folder of checkpoint `step` (`root/step-000120`)."""
@@ -113,9 +141,10 @@ class CheckpointManager:
     def save(self, step: int, states: dict[str, Stateful]) -> Path:
         """Save `states` as checkpoint `step`; collective, every rank calls it.
 
-        Writes DCP shards into `root/.step-NNNNNN.partial/`; rank 0 renames it to `step-NNNNNN/`
-        (replacing an earlier save of that step), writes `COMPLETE`, then deletes all but the newest
-        `keep` complete checkpoints and every torn one. A crash leaves nothing `latest_step` accepts.
+        Completes an asynchronous save still in flight first (`wait`). Writes DCP shards into
+        `root/.step-NNNNNN.partial/`; rank 0 renames it to `step-NNNNNN/` (replacing an earlier save
+        of that step), writes `COMPLETE`, then deletes all but the newest `keep` complete checkpoints
+        and every torn one. A crash leaves nothing `latest_step` accepts.
 
         Args:
             step: Optimizer steps done so far.
@@ -127,12 +156,85 @@ class CheckpointManager:
         Raises:
             CheckpointError: A rank cannot write its shards, or rank 0 cannot rename, mark or prune.
         """
-        final = self.folder(step)
+        self.wait()
+        partial = self._begin(step)
+        # No barrier before `_complete`: DCP's save ends by gathering every rank's write results on
+        # rank 0 (its coordinator), so rank 0 returns only after all shards are written.
+        _run_dcp(dcp.save, states, partial, f"cannot write checkpoint `{partial}`", _WRITE_HINT)
+        return self._complete(step)
+
+    def save_async(self, step: int, states: dict[str, Stateful]) -> None:
+        """Start saving `states` as checkpoint `step` in the background; collective, every rank calls it.
+
+        Completes the previous asynchronous save first (one is in flight at most), copies the state
+        to host RAM (training may change it once this returns) and leaves the write to a background
+        thread. The checkpoint is complete (renamed, marked, older ones pruned) only after `wait`.
+
+        Raises:
+            CheckpointError: The previous save failed, or this one cannot be staged or started.
+        """
+        self.wait()
+        partial = self._begin(step)
+        if self._stager is None:
+            # Host buffers reused by every save of the run: one copy of this rank's state.
+            self._stager = HostStager(pin_memory=self.pin_memory)
+            if dist.is_available() and dist.is_initialized():
+                self._group = dist.new_group(backend="gloo")  # collective: every rank gets here together
+        future = _run_dcp(dcp.async_save, states, partial, f"cannot write checkpoint `{partial}`", _WRITE_HINT,
+                          process_group=self._group, async_stager=self._stager)
+        self._in_flight = _InFlight(step, future)
+
+    @property
+    def in_flight(self) -> int | None:
+        """The step of the asynchronous save not yet completed, or None."""
+        return None if self._in_flight is None else self._in_flight.step
+
+    @property
+    def staging_bytes(self) -> int:
+        """Host RAM held by the staging buffers of asynchronous saves (0 before the first one and after `close`)."""
+        return 0 if self._stager is None else self._stager.host_bytes
+
+    def write_done(self) -> bool:
+        """Whether this rank's part of the asynchronous save has been written (True when none is in flight)."""
+        return self._in_flight is None or self._in_flight.future.done()
+
+    def wait(self) -> Path | None:
+        """Wait for the asynchronous save in flight and complete it; collective. Returns its folder, or None.
+
+        Raises:
+            CheckpointError: A rank could not write its shards (the `.partial` folder stays, ignored), or
+                rank 0 cannot rename, mark or prune.
+        """
+        if self._in_flight is None:
+            return None
+        pending, self._in_flight = self._in_flight, None
+        partial = self.root / partial_checkpoint_name(pending.step)
+        try:
+            pending.future.result()
+        except _DCP_ERRORS as exc:
+            raise _dcp_failure(exc, f"cannot write checkpoint `{partial}`", _WRITE_HINT) from exc
+        return self._complete(pending.step)
+
+    def close(self) -> None:
+        """Release the staging buffers of asynchronous saves (call after the last `wait`)."""
+        if self._stager is not None:
+            self._stager.close()
+            self._stager = None
+
+    def _begin(self, step: int) -> Path:
+        """Make an empty `.step-NNNNNN.partial/` on rank 0 (collective) and return it."""
         partial = self.root / partial_checkpoint_name(step)
 
         def start() -> None:  # shards left by a crashed save must not mix with the new ones
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
+
+        _on_rank0(start, f"create checkpoint folder `{partial}`")
+        return partial
+
+    def _complete(self, step: int) -> Path:
+        """Rename the written `.partial` folder of `step`, mark it `COMPLETE` and prune (rank 0; collective)."""
+        final, partial = self.folder(step), self.root / partial_checkpoint_name(step)
 
         def finish() -> None:
             if final.exists():
@@ -144,10 +246,6 @@ class CheckpointManager:
             write_json_atomically(final / COMPLETE_NAME, marker, indent=None)
             self._prune()
 
-        _on_rank0(start, f"create checkpoint folder `{partial}`")
-        # No barrier before `finish`: DCP's save ends by gathering every rank's write results on
-        # rank 0 (its coordinator), so rank 0 returns only after all shards are written.
-        _run_dcp(dcp.save, states, partial, f"cannot write checkpoint `{partial}`", _WRITE_HINT)
         _on_rank0(finish, f"complete checkpoint `{final}`")
         if _rank() == 0:
             logger.info("saved checkpoint %s", final)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -27,7 +28,7 @@ from dream_job.errors import EXIT_INTERRUPTED, EXIT_TRANSIENT, DataError, SpecEr
 from dream_job.rundir import (
     CHECKPOINTS_DIR, DATA_DIR, EXPORT_DIR, EXPORT_INFO_NAME, LOGS_DIR, METRICS_NAME, TOKENIZER_DIR, read_jsonl,
 )
-from dream_job.spec import JobSpec
+from dream_job.spec import SAVE_EVERY_ENV, JobSpec
 from dream_job.train.batches import BatchPlan, collate, hash_seed
 from dream_job.train.build import Built, build_training
 from dream_job.train.checkpoint import (
@@ -150,7 +151,12 @@ class Trainer:
                                 world_size=dist_info.world_size, data_hash=report["inputs_hash"])
         self.states = {"model": ModelOptimizerState(self.built.model, self.built.optimizer),
                        "scheduler": DictState(self.scheduler), "train": self.state}
-        self.checkpoints = CheckpointManager(self.run_dir / CHECKPOINTS_DIR, keep=self.cfg.keep_checkpoints)
+        self.checkpoints = CheckpointManager(self.run_dir / CHECKPOINTS_DIR, keep=self.cfg.keep_checkpoints,
+                                             pin_memory=dist_info.device.type == "cuda")
+        self.save_every = self.cfg.save_interval(os.environ)
+        if self.cfg.save_every_steps == "auto" and dist_info.is_rank0:
+            logger.info("`train.save_every_steps` auto: %s", f"every {self.save_every} steps (`{SAVE_EVERY_ENV}`)"
+                        if self.save_every else f"the last step only (no `{SAVE_EVERY_ENV}`: not preempted)")
         self.resumed_from = self._resume()
         self.metrics = MetricsLogger(self.run_dir, is_rank0=dist_info.is_rank0, total_steps=self.total_steps,
                                      resume_step=self.state.step, report_to=self.cfg.report_to, run_name=spec.name,
@@ -280,13 +286,41 @@ class Trainer:
         """Save a checkpoint every `train.save_every_steps`, at the last step or when `force`d, then run `after_save`.
 
         Collective: every rank writes its shards (`CheckpointManager.save`: partial folder, then `COMPLETE`).
+        With `train.async_save` the scheduled saves are written in the background: a save is completed
+        (marked, then `after_save`) at the first step boundary after every rank wrote its shards, or
+        before the next save; a forced save (stop, budget) waits for the one in flight and is written
+        before this returns.
         """
         step = self.state.step
-        if not (force or step % self.cfg.save_every_steps == 0 or self.done):
+        self._complete_written_save()
+        due = self.save_every is not None and step % self.save_every == 0
+        if not (force or due or self.done):
+            return
+        if force and self.checkpoints.in_flight == step:  # this very step is being written: finish it
+            self._complete_save(final=True)
+            return
+        self._complete_save(final=False)
+        if self.cfg.async_save and not force:
+            self.checkpoints.save_async(step, self.states)
             return
         self.checkpoints.save(step, self.states)
         if self.dist.is_rank0 and self.hooks.after_save is not None:
             self.hooks.after_save(self.checkpoints.folder(step), step, force)
+
+    def _complete_written_save(self) -> None:
+        """Complete the save in flight once every rank has written its shards (collective while one is in flight)."""
+        if self.checkpoints.in_flight is None:  # the same on every rank: saves are collective
+            return
+        written = all_sum([float(self.checkpoints.write_done())], self.dist.device)[0]
+        if written == self.dist.world_size:
+            self._complete_save(final=False)
+
+    def _complete_save(self, *, final: bool) -> None:
+        """Wait for the save in flight, if any, complete it and run `after_save` (collective)."""
+        step = self.checkpoints.in_flight
+        folder = self.checkpoints.wait()
+        if folder is not None and self.dist.is_rank0 and self.hooks.after_save is not None:
+            self.hooks.after_save(folder, step, final)
 
     def stop_early(self) -> str:
         """Record the budget stop with the guard (rank 0) and return its reason."""
@@ -341,7 +375,11 @@ class Trainer:
             logger.info("already trained and exported: %s", export_dir)
             loss, val_loss = self._last_logged("train/loss"), self._last_logged("val/loss")
             return replace(result, final_loss=self.loss if loss is None else loss, val_loss=val_loss)
-        self._export(export_dir)
+        try:
+            self._export(export_dir)  # while the last step's checkpoint is written (`train.async_save`)
+        finally:
+            self._complete_save(final=False)
+            self.checkpoints.close()
         return result
 
     def _export(self, export_dir: Path) -> None:

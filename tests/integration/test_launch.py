@@ -30,7 +30,10 @@ from tests.conftest import REPO
 runner = CliRunner()
 JOB = "jobs/dream-s1k.yaml"
 SECRET = "hf_do_not_print_me"
-ON_DEMAND = ("budget.use_spot=false", "budget.clouds=[aws]", "budget.max_cost_yuan=400")  # an AWS on-demand offer
+# An AWS on-demand offer: 1x H100 `p5.4xlarge` with the job's former checkpoint cadence (with `auto`,
+# one save, 8x A100 `p4d.24xlarge` is cheaper).
+ON_DEMAND = ("budget.use_spot=false", "budget.clouds=[aws]", "budget.max_cost_yuan=400", "train.save_every_steps=20",
+             "train.async_save=false")
 # The shipped snapshot's prices are dated 2026-11-24: the CLI tests accept them on any day; the plan
 # tests pin the clock instead.
 ANY_DAY = ["--set", "budget.max_catalog_age_days=36500"]
@@ -248,6 +251,9 @@ def test_the_plan_pins_the_priced_machine_and_its_line_says_everything(laptop: l
             "may recover into (the cheapest, $2.47, is what SkyPilot shows)") in spot.lines()
     assert spot.sky_command().startswith(f"sky jobs launch -n {spot.run_id} --infra aws/us-east-1 -t p4d.24xlarge "
                                          "--gpus A100:8 --use-spot --env JOB=jobs/dream-s1k.yaml ")
+    # `train.save_every_steps: auto` travels as the interval resolved for this offer (the whole run: one save).
+    assert spot.envs["DREAM_JOB_SAVE_EVERY_STEPS"] == "177" == str(spot.estimate.choice.save_every_steps)
+    assert f"--env DREAM_JOB_RUN_ID={spot.run_id} --env DREAM_JOB_SAVE_EVERY_STEPS=177 " in spot.sky_command()
 
 
 def test_a_cloud_without_fuse_gets_the_template_without_mounts(laptop: list[Any], tmp_path: Path,

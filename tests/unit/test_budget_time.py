@@ -9,7 +9,7 @@ import pytest
 from budget.flops import forward_flops_per_token, train_flops_per_token
 from budget.gpus import resolve_gpu
 from budget.shape import DREAM_7B
-from budget.timing import Calibration, calibration, eval_seconds, overhead_seconds, train_seconds
+from budget.timing import Calibration, calibration, eval_seconds, overhead_seconds, save_plan, train_seconds
 from budget.tokens import EvalSuite, Workload, length_profile, truncated_moments, workload
 from dream_job.spec import JobSpec, load_spec
 from tests.conftest import REPO
@@ -182,8 +182,11 @@ def test_fast_sampler_costs_less_than_reference() -> None:
 
 
 def test_overheads_download_checkpoints_and_uploads() -> None:
-    spec = load_spec(REPO / "jobs" / "dream-s1k.yaml", ["artifacts.destinations=[s3://b/p]"])
-    parts = overhead_seconds(spec, DREAM_7B, method="full", steps=177, trainable=P, cal=calibration())
+    spec = load_spec(REPO / "jobs" / "dream-s1k.yaml", ["artifacts.destinations=[s3://b/p]",
+                                                         "train.save_every_steps=20", "train.async_save=false"])
+    saves = save_plan(spec, DREAM_7B, method="full", steps=177, step_s=1.0, trainable=P, num_gpus=1, cloud="aws",
+                      spot=False, cal=calibration())
+    parts = overhead_seconds(spec, DREAM_7B, method="full", steps=177, trainable=P, cal=calibration(), saves=saves)
     # 15.2 GB of bf16 weights at 100 MB/s; 9 DCP saves (every 20 steps of 177) of 12 B/param at the calibrated rate.
     assert parts["model download at 100 MB/s"] == pytest.approx(2 * P / 100e6)
     disk = 0.75e9  # calibration.toml [overheads] disk_write_gb_per_s, from the 7B dress rehearsal
