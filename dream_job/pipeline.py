@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -30,9 +29,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from dream_job import rundir
+from dream_job import rundir, stopping
 from dream_job.errors import (
-    EXIT_INTERRUPTED, EXIT_TRANSIENT, CheckpointError, DataError, DreamJobError, InputError, StageError, TransientError,
+    EXIT_INTERRUPTED, EXIT_TRANSIENT, CheckpointError, DataError, DreamJobError, InputError, StageError,
     child_exit_code,
 )
 from dream_job.rundir import (
@@ -76,10 +75,6 @@ def _is_rank0() -> bool:
 
 
 # --- stage records ---------------------------------------------------------------------------
-
-
-class _StageStopped(Exception):
-    """SIGTERM arrived during a stage that stops at once (evaluation)."""
 
 
 @contextmanager
@@ -282,27 +277,19 @@ def _train_under_torchrun(spec: JobSpec, spec_path: Path, overrides: list[str], 
         *(arg for override in overrides for arg in ("--set", override)),
     ]
     logger.info("training on %d node(s) x %d GPU(s): %s", nodes, gpus, " ".join(command))
-    completed = subprocess.run(command, check=False)
-    if completed.returncode != 0:
-        raise StageError(f"training under torchrun exited with code {completed.returncode}",
+    process = subprocess.Popen(command)
+    # A stop goes on to torchrun (which passes it to its workers: they save at the step boundary);
+    # this process waits for them rather than leave them training.
+    with stopping.forwarding(process.send_signal):
+        returncode = process.wait()
+    stopping.check()
+    if returncode != 0:
+        raise StageError(f"training under torchrun exited with code {returncode}",
                          hint="see the log above; run the same command again to resume",
-                         exit_code=child_exit_code(completed.returncode))
+                         exit_code=child_exit_code(returncode))
 
 
 # --- eval ------------------------------------------------------------------------------------
-
-
-@contextmanager
-def _sigterm_stops() -> Iterator[None]:
-    """Turn SIGTERM into an exception at the next Python instruction (items already written stay)."""
-    def handle(signum: int, frame: Any) -> None:
-        raise _StageStopped()
-
-    previous = signal.signal(signal.SIGTERM, handle)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def eval_inputs(spec: JobSpec, run_dir: Path) -> dict[str, Any]:
@@ -321,7 +308,7 @@ def eval_inputs(spec: JobSpec, run_dir: Path) -> dict[str, Any]:
 
 def evaluate_models(spec: JobSpec, labels: list[tuple[str, Path | None]], *,
                     progress: Callable[[str, int, int], None] | None = None) -> Path:
-    """Evaluate each (label, folder), then write the report; SIGTERM stops with the items done saved (exit 3).
+    """Evaluate each (label, folder), then write the report; a stop keeps the items done (SIGTERM: exit 3).
 
     With several GPUs (`eval.processes`) each model's pending batches are decoded by one process
     per GPU (`eval/processes.py`); this process then folds their items together and writes the summary.
@@ -330,7 +317,7 @@ def evaluate_models(spec: JobSpec, labels: list[tuple[str, Path | None]], *,
         The report path.
 
     Raises:
-        TransientError: Stopped by SIGTERM (exit 3); items decoded so far are kept and reused.
+        StopRequested: Stopped by SIGTERM (exit 3) or Ctrl-C (130); items decoded so far are kept and reused.
         StageError: An evaluation process failed.
     """
     from dream_job.eval.processes import eval_processes, evaluate_in_processes
@@ -339,17 +326,18 @@ def evaluate_models(spec: JobSpec, labels: list[tuple[str, Path | None]], *,
 
     count = eval_processes(spec)
     try:
-        with _sigterm_stops():
-            for label, folder in labels:
-                if count > 1:
-                    plan = plan_evaluation(spec, model_label=label, model_dir=folder)
-                    needed = min(count, plan.most_batches(spec.eval.batch_size))
-                    if needed > 1:  # else this process decodes the one batch (or nothing) itself
-                        evaluate_in_processes(spec, model_label=label, model_dir=folder, count=needed)
-                evaluate(spec, model_label=label, model_dir=folder, progress=progress)
-    except _StageStopped:
-        raise TransientError("evaluation stopped by SIGTERM; the items decoded so far are saved",
-                             hint="run the same command again to decode only the rest") from None
+        for label, folder in labels:
+            if count > 1:
+                plan = plan_evaluation(spec, model_label=label, model_dir=folder)
+                needed = min(count, plan.most_batches(spec.eval.batch_size))
+                if needed > 1:  # else this process decodes the one batch (or nothing) itself
+                    evaluate_in_processes(spec, model_label=label, model_dir=folder, count=needed)
+            evaluate(spec, model_label=label, model_dir=folder, progress=progress)
+    except stopping.StopRequested:
+        if stopping.requested() != stopping.SIGTERM:
+            raise
+        raise stopping.stop_error(stopping.SIGTERM, "evaluation stopped by SIGTERM; the items decoded so far are saved",
+                                  hint="run the same command again to decode only the rest") from None
     return write_report(spec.run_dir())
 
 
@@ -455,6 +443,7 @@ def run_pipeline(
 
     checks = preflight(spec)
     note(StageOutcome("preflight", False, checks))
+    stopping.boundary("after:preflight")
     run_dir = spec.run_dir()
     with rundir.locked_run_dir(run_dir, verb="dream-job run"):
         rundir.write_json_atomically(run_dir / rundir.RUN_INFO_NAME, {"run_id": run_id(spec), "job": spec.name},
@@ -464,11 +453,15 @@ def run_pipeline(
             overrides = [*overrides, f"train.method={method}"]
             spec = spec.model_copy(update={"train": spec.train.model_copy(update={"method": method})})
         verb = "dream-job run"
+        # Every boundary reads the stop request: after a stop nothing downstream starts.
         note(prep_stage(spec, verb=verb)[1])
+        stopping.boundary("after:prep")
         note(train_stage(spec, verb=verb, spec_path=spec_path, overrides=overrides)[1])
+        stopping.boundary("after:train")
         if os.environ.get("SKYPILOT_NODE_RANK", "0") != "0":
             return outcomes  # evaluation and publishing run once, on the head node
         note(eval_stage(spec, verb=verb))
+        stopping.boundary("after:eval")
         note(publish_stage(spec, verb=verb, force=force))
     return outcomes
 

@@ -25,6 +25,7 @@ from dream_job.artifacts.folder import (
 )
 from dream_job.artifacts.stores import Store
 from dream_job.errors import EXIT_TRANSIENT, ArtifactError
+from dream_job.stopping import pause_point
 from dream_job.rundir import (
     COMPLETE_NAME, MANIFEST_NAME, RUN_MARKER_NAME, RUN_NAME_RE, STEP_RE, write_text_atomically,
 )
@@ -130,6 +131,7 @@ def _put_files(store: Store, local: Path, digests: list[FileDigest], key_prefix:
             ) from None
         num_uploaded += 1
         bytes_uploaded += digest.size
+        pause_point("publish:file")
         if progress is not None:
             progress(digest.relpath, digest.size, digest.size)
     return num_uploaded, bytes_uploaded
@@ -157,6 +159,7 @@ def _get_files(store: Store, key_prefix: str, manifest: dict[str, str], dest: Pa
         if path.is_file() and sha256_file(path) == sha:
             continue
         store.get_file(key_prefix + rel, path)
+        pause_point("pull:file")
 
 
 def sync_checkpoint_to_store(store: Store, step_dir: Path, *, run_id: str) -> None:

@@ -60,16 +60,21 @@ def known_failure(exc: BaseException) -> errors.DreamJobError | None:
     Ctrl-C counts also when a library raised something else while unwinding from it (`datasets`'
     process pool turns it into a `TimeoutError`).
     """
+    from dream_job import stopping
     from dream_job.rundir import is_disk_full, os_error
 
     current: BaseException | None = exc
     for _ in range(10):
+        if isinstance(current, errors.DreamJobError) and current is not exc:
+            return current  # a stop (or another sentence) a library wrapped while unwinding from it
         if isinstance(current, KeyboardInterrupt):
             return errors.Interrupted("interrupted by Ctrl-C; work finished so far is kept",
                                       hint="run the same command again to continue")
         if current is None:
             break
         current = current.__context__
+    if (signal_name := stopping.requested()) is not None:
+        return stopping.stop_error(signal_name)  # whatever a library made of the stop, it was one
 
     if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in CONTAINER_MODULES:
         return errors.InputError(
@@ -104,6 +109,7 @@ def guarded(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from dream_job import stopping
         from dream_job.progress import setup_logging
 
         setup_logging()
@@ -125,7 +131,7 @@ def guarded(command: F) -> F:
                 f"unexpected {type(exc).__name__} (a bug in dream-job): {exc}",
                 hint="rerun with `DREAM_JOB_DEBUG=1` for the traceback and report it")
             render_error(failure)
-            if isinstance(failure, errors.Interrupted):
+            if isinstance(failure, (errors.Interrupted, stopping.StopRequested)):
                 _forget_unhandled_keyboard_interrupt()
             raise typer.Exit(failure.exit_code) from None
 

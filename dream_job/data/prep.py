@@ -35,6 +35,7 @@ from dream_job.rundir import (
     DATA_DIR, DATA_REPORT_NAME, HOLDOUT_NAME, TOKENIZER_NAME, TRAIN_ROWS_DIR, write_dir_atomically,
 )
 from dream_job.spec import DataSpec, JobSpec
+from dream_job.stopping import pause_point
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +175,7 @@ def prepare_data(spec: JobSpec, *, before_write: Callable[[str], None] | None = 
         tokenizer_name, spec.model.revision, key="model.tokenizer" if spec.model.tokenizer else "model.base"
     )
     dataset, dataset_fp = load_rows(data_spec)
+    pause_point("prep:rows")
     key = inputs_hash(data_spec, tokenizer_fingerprint(tokenizer), dataset_fp)
     existing = read_report(data_dir)
     if existing is not None and existing.get("inputs_hash") == key:
@@ -266,6 +268,7 @@ def _write_atomically(data_dir: Path, kept: Any, holdout_rows: Any, tokenizer: A
     """Write everything to a sibling temp folder, then swap it in for `data_dir` (`rundir.write_dir_atomically`)."""
     def write(folder: Path) -> None:
         kept.save_to_disk(str(folder / TRAIN_ROWS_DIR))
+        pause_point("prep:write")  # a stop here leaves the earlier data as it was (the swap never ran)
         with (folder / HOLDOUT_NAME).open("w", encoding="utf-8") as f:
             for row in holdout_rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
