@@ -116,8 +116,11 @@ def parse_manifest(text: str, where: str) -> dict[str, str]:
     return result
 
 
-def verify_folder(folder: Path, manifest: dict[str, str], where: str) -> None:
+def verify_folder(folder: Path, manifest: dict[str, str], where: str, *, shown: Path | None = None) -> None:
     """Check that every file of `manifest` is in `folder` with the listed sha256.
+
+    Args:
+        shown: The folder to name in messages when `folder` is its staging copy (a pull).
 
     Raises:
         ArtifactError: Files are missing or differ (each named with the expected and actual hash).
@@ -131,6 +134,7 @@ def verify_folder(folder: Path, manifest: dict[str, str], where: str) -> None:
         actual = sha256_file(path)
         if actual != expected:
             problems.append(f"`{rel}` has sha256 `{actual}`, `{MANIFEST_NAME}` lists `{expected}`")
+    folder = shown or folder
     if problems:
         raise ArtifactError(
             f"`{folder}` does not match the `{MANIFEST_NAME}` of `{where}` ({len(problems)} of {len(manifest)} files)",
@@ -168,8 +172,10 @@ def check_marker(existing: str | None, *, run_id: str, force: bool, where: str) 
     )
 
 
-def check_dream_export(folder: Path) -> None:
+def check_dream_export(folder: Path, *, shown: Path | None = None) -> None:
     """Check that `folder` is a Dream HF export: config with `model_type: Dream` and a complete safetensors index.
+
+    `shown` is the folder to name in messages when `folder` is its staging copy (a pull).
 
     Raises:
         ArtifactError: `config.json` or `model.safetensors.index.json` is missing or wrong, or a shard is missing.
@@ -178,6 +184,7 @@ def check_dream_export(folder: Path) -> None:
     hint = "pull a folder written by `dream-job` export (it holds `config.json` and `model.safetensors.index.json`)"
     config = _read_json(config_path, hint)
     model_type = config.get("model_type")
+    staged, folder = folder, shown or folder
     if model_type != "Dream":
         raise ArtifactError(
             f"`{folder}` is not a Dream export: `config.json` has `model_type` `{model_type}`, expected `Dream`",
@@ -186,7 +193,7 @@ def check_dream_export(folder: Path) -> None:
     weight_map = _read_json(index_path, hint).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise ArtifactError(f"`{index_path}` has no `weight_map`", hint=hint)
-    missing = sorted({shard for shard in weight_map.values() if not (folder / shard).is_file()})
+    missing = sorted({shard for shard in weight_map.values() if not (staged / shard).is_file()})
     if missing:
         raise ArtifactError(
             f"`{folder}` is not a complete Dream export: shards named in `model.safetensors.index.json` are missing",
