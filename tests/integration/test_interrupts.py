@@ -298,12 +298,12 @@ def test_a_stop_anywhere_in_run_is_one_sentence_keeps_what_is_done_and_the_next_
 
 
 def test_ctrl_c_while_pulling_keeps_the_destination_out_of_place_and_the_next_pull_finishes(tmp_path: Path) -> None:
-    source = tmp_path / "source"
-    shutil.copytree(REPO / "tests" / "fixtures" / "official-dream-tiny", source)
-    from dream_job.artifacts.folder import render_manifest, sha256_file
+    from dream_job.artifacts import publish_folder
+    from tests.integration.test_artifacts import files_of, make_export
 
-    files = sorted(p.name for p in source.iterdir() if p.is_file())
-    (source / "MANIFEST.sha256").write_text(render_manifest({name: sha256_file(source / name) for name in files}))
+    export = make_export(tmp_path / "export")
+    source = tmp_path / "source"
+    publish_folder(export, f"file://{source}", run_id="r")
     dest, markers = tmp_path / "pulled", tmp_path / "markers"
     process = dream_job("pull", f"file://{source}", str(dest), extra_env={
         "DREAM_JOB_PAUSE_AT": "pull:file", "DREAM_JOB_PAUSE_DIR": str(markers)},
@@ -316,4 +316,5 @@ def test_ctrl_c_while_pulling_keeps_the_destination_out_of_place_and_the_next_pu
     again = subprocess.run([sys.executable, "-m", "dream_job", "pull", f"file://{source}", str(dest)], cwd=REPO,
                            capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
-    assert sorted(p.name for p in dest.iterdir()) == sorted([*files, "MANIFEST.sha256"])
+    pulled = files_of(dest)
+    assert pulled.pop("MANIFEST.sha256") == (source / "MANIFEST.sha256").read_bytes() and pulled == files_of(export)
