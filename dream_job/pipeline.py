@@ -469,15 +469,26 @@ def run_pipeline(
 # --- status ----------------------------------------------------------------------------------
 
 
-def run_status(spec: JobSpec) -> dict[str, Any]:
+def run_status(spec: JobSpec, *, must_exist: bool = True) -> dict[str, Any]:
     """Collect a run's state from its run dir: stage records, last logged step, checkpoints, spend.
 
     Reads only (no lock, no repair): a torn last line of `metrics.jsonl` is skipped.
+
+    Args:
+        must_exist: Refuse a run dir that does not exist (False: a launched run, whose dir is remote).
+
+    Raises:
+        InputError: The run dir is a file, or (with `must_exist`) does not exist.
     """
     run_dir = spec.run_dir()
     if run_dir.exists() and not run_dir.is_dir():
         raise InputError(f"run dir `{run_dir}` is a file, not a folder", key="artifacts.run_dir", path=run_dir,
                          hint="point `artifacts.run_dir` at the run's folder")
+    if must_exist and not run_dir.exists():
+        raise InputError(f"run dir `{run_dir}` does not exist: nothing of job `{spec.name}` has run there",
+                         key="artifacts.run_dir", path=run_dir,
+                         hint="check `artifacts.run_dir` (and the `--set` options the run used), or start the run "
+                              "with `dream-job run`")
     holder = rundir.lock_holder(run_dir) if run_dir.is_dir() else None
     stages: dict[str, dict[str, Any] | None] = {}
     for name in STAGES:

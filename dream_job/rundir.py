@@ -70,6 +70,8 @@ EXPORT_INFO_NAME = "dream_job_export.json"
 MANIFEST_NAME = "MANIFEST.sha256"
 # Which run owns a destination root (`{"run_id": ...}`), so a second run does not overwrite it.
 RUN_MARKER_NAME = "dream_job_run.json"
+# What to do about a damaged export: the checkpoints it came from make it again.
+EXPORT_FIX = "delete `{export}` and run `dream-job train` with the same job file again: it exports from the last checkpoint"
 # A checkpoint counts only when this marker is in its folder; it is written last.
 COMPLETE_NAME = "COMPLETE"
 STEP_RE = re.compile(r"step-(\d+)")  # a checkpoint folder name; `checkpoint_name` writes it
@@ -269,6 +271,37 @@ def is_disk_full(exc: BaseException) -> bool:
     return False
 
 
+# --- reading -------------------------------------------------------------------------------
+
+
+def read_json(path: Path, *, fix: str, kind: type = dict) -> Any:
+    """Read a JSON file of the run dir (or of a model folder it holds), refusing a damaged one in one sentence.
+
+    The one reader of the JSON files dream-job writes (`cost.json`, `run.json`, `data_report.json`,
+    the export's `dream_job_export.json`, `eval/summary.json`): a file cut short, overwritten with
+    garbage or of the wrong shape is named with its fix, never a `JSONDecodeError` (a bug report).
+
+    Args:
+        path: The file (it must exist; callers decide what a missing file means).
+        fix: What the user should do, e.g. "delete it and run `dream-job prep` again".
+        kind: The JSON type the top level must have (`dict` or `list`).
+
+    Raises:
+        InputError: The file cannot be read, is not UTF-8 JSON, or its top level is not `kind` (exit 1).
+    """
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"cannot read `{path}`: {exc.strerror or exc}", path=path, hint=fix) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"`{path}` is damaged: it is not JSON", path=path, caused_by=[str(exc)], hint=fix) from None
+    if not isinstance(value, kind):
+        raise InputError(f"`{path}` is damaged: it holds a JSON {type(value).__name__}, not a "
+                         f"{'mapping' if kind is dict else kind.__name__}", path=path, hint=fix)
+    return value
+
+
 # --- JSONL ---------------------------------------------------------------------------------
 
 
@@ -381,14 +414,16 @@ class StageRecord:
 def read_stage_record(run_dir: Path, stage: str) -> StageRecord | None:
     """Return the record of `stage`, or None when there is none (or it is of an older layout)."""
     path = stage_record_path(run_dir, stage)
+    if not path.exists():
+        return None
     try:
-        body = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        body = read_json(path, fix="")
+    except InputError:
+        # A record is dream-job's own bookkeeping, rewritten whenever the stage runs: a damaged one
+        # only means the stage runs again (its own reuse keeps that cheap).
+        logger.warning("ignoring unreadable stage record `%s`: stage %s runs again", path, stage)
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        logger.warning("ignoring unreadable stage record `%s`", path)
-        return None
-    if not isinstance(body, dict) or body.get("version") != RECORD_VERSION:
+    if body.get("version") != RECORD_VERSION:
         return None  # a record of an older dream-job: the stage runs again (its own reuse keeps it cheap)
     fields = StageRecord.__dataclass_fields__
     return StageRecord(**{k: v for k, v in body.items() if k in fields})
@@ -410,6 +445,7 @@ def export_digest(export_dir: Path) -> str | None:
         return None
     files = sorted((p.relative_to(export_dir).as_posix(), p.stat().st_size)
                    for p in Path(export_dir).rglob("*") if p.is_file())
+    read_json(info, fix=EXPORT_FIX.format(export=export_dir))  # a damaged one is named, not digested
     return digest(info.read_text(encoding="utf-8"), files)
 
 

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import typer
 
 from dream_job import errors
+from dream_job.environment import check_environment
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -114,6 +115,7 @@ def guarded(command: F) -> F:
 
         setup_logging()
         try:
+            check_environment()  # every value the job reads, before any work
             return command(*args, **kwargs)
         except errors.DreamJobError as exc:
             render_error(exc)

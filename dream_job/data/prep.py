@@ -32,7 +32,7 @@ from dream_job.data.source import load_rows
 from dream_job.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from dream_job.errors import DataError
 from dream_job.rundir import (
-    DATA_DIR, DATA_REPORT_NAME, HOLDOUT_NAME, TOKENIZER_NAME, TRAIN_ROWS_DIR, write_dir_atomically,
+    DATA_DIR, DATA_REPORT_NAME, HOLDOUT_NAME, TOKENIZER_NAME, TRAIN_ROWS_DIR, read_json, write_dir_atomically,
 )
 from dream_job.spec import DataSpec, JobSpec
 from dream_job.stopping import pause_point
@@ -71,12 +71,21 @@ def inputs_hash(spec: DataSpec, tokenizer_fp: str, dataset_fp: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+# What to do about damaged prepared data: prep writes the same bytes again from the same inputs
+# (its digest is unchanged, so checkpoints trained on it still resume).
+PREP_AGAIN_FIX = "delete `{data_dir}` and run `dream-job prep` with the same job file and `--set` options again"
+
+
 def read_report(data_dir: Path) -> dict[str, Any] | None:
     """Return the report of prepared data in `data_dir`, or None when there is none."""
     path = data_dir / DATA_REPORT_NAME
     if not path.is_file() or not (data_dir / TRAIN_ROWS_DIR).is_dir():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    report = read_json(path, fix=PREP_AGAIN_FIX.format(data_dir=data_dir))
+    if not isinstance(report.get("inputs_hash"), str):
+        raise DataError(f"`{path}` is damaged: it has no `inputs_hash`", path=path,
+                        hint=PREP_AGAIN_FIX.format(data_dir=data_dir))
+    return report
 
 
 def _read_batch(batch: dict[str, list[Any]], trace_source: str) -> dict[str, list[Any]]:

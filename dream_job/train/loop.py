@@ -22,7 +22,7 @@ import torch
 
 from budget import fallback_methods
 from dream_job import stopping
-from dream_job.data.prep import read_report
+from dream_job.data.prep import PREP_AGAIN_FIX, read_report
 from dream_job.errors import CheckpointError, DataError, DiskFullError, SpecError
 from dream_job.rundir import CHECKPOINTS_DIR, DATA_DIR, TRAIN_ROWS_DIR, is_disk_full
 from dream_job.spec import JobSpec
@@ -68,7 +68,13 @@ def load_prepared(spec: JobSpec) -> tuple[Any, dict[str, Any]]:
             f"but this job uses `{tokenizer}`",
             hint="re-run `dream-job prep` with this job file, or use another `artifacts.run_dir`",
         )
-    return datasets.load_from_disk(str(data_dir / TRAIN_ROWS_DIR)), report
+    rows = data_dir / TRAIN_ROWS_DIR
+    try:
+        return datasets.load_from_disk(str(rows)), report
+    except (OSError, ValueError) as exc:  # a truncated `.arrow` (pyarrow's ArrowInvalid is a ValueError), a lost file
+        raise DataError(f"the prepared training rows in `{rows}` are damaged", path=rows,
+                        caused_by=[f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"],
+                        hint=PREP_AGAIN_FIX.format(data_dir=data_dir)) from None
 
 
 def oom_hint(spec: JobSpec) -> str:

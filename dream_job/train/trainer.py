@@ -169,7 +169,7 @@ class Trainer:
             if self.dist.is_rank0:
                 self.hooks.fetch_checkpoint(self.checkpoints.root)
             dist.barrier()
-        resumed_from = self.checkpoints.latest_step()
+        resumed_from = self.checkpoints.newest_intact_step()  # a damaged newer one is named and skipped
         if resumed_from is not None:
             self.checkpoints.load(resumed_from, self.states)
             logger.info("resumed from %s", self.checkpoints.folder(resumed_from))
