@@ -18,7 +18,6 @@ across recoveries of a managed job), else the job name; it is recorded in `<run_
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -506,10 +505,9 @@ def run_status(spec: JobSpec, *, must_exist: bool = True) -> dict[str, Any]:
     metrics = rundir.read_jsonl(run_dir / rundir.LOGS_DIR / rundir.METRICS_NAME)
     last = metrics[-1] if metrics else {}
     checkpoints = [path.name for _, path in rundir.complete_checkpoints(run_dir / rundir.CHECKPOINTS_DIR)]
-    try:
-        run_info = json.loads((run_dir / rundir.RUN_INFO_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        run_info = {}
+    info_path = run_dir / rundir.RUN_INFO_NAME
+    run_info = rundir.read_json(info_path, fix=f"delete `{info_path}`: `dream-job run` writes it again"
+                                ) if info_path.is_file() else {}
     return {
         "run_dir": str(run_dir),
         "run_id": run_info.get("run_id") or run_id(spec),

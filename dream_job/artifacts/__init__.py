@@ -230,8 +230,8 @@ def check_destination(destination: str, *, s3_endpoint_url: str | None = None) -
 
     `file://` and `s3://`: the scheme and path parse, the folder or bucket is reachable with the
     credentials in the environment, and a tiny probe object is written, read back and deleted
-    (`.dream-job-probe-<pid>`). `hf://`: the repo id parses and `HF_TOKEN` is set (the Hub has no
-    write probe short of creating the repo, which the publish does).
+    (`.dream-job-probe-<pid>`). `hf://`: the token is accepted (whoami), the repo is created (private)
+    or found, and a probe file is committed and deleted (`hub.check_hub_destination`).
 
     Raises:
         ArtifactError: Unknown scheme, missing credentials, missing bucket, a read-only or
@@ -241,9 +241,9 @@ def check_destination(destination: str, *, s3_endpoint_url: str | None = None) -
 
     kind, target = _parse(destination)
     if kind == "hf":
-        if not os.environ.get("HF_TOKEN"):
-            raise ArtifactError(f"`HF_TOKEN` is not set, so `{destination}` cannot be written",
-                                hint="export a write token: `export HF_TOKEN=hf_...`")
+        from dream_job.artifacts.hub import check_hub_destination
+
+        check_hub_destination(target)
         return
     s3 = None
     if kind == "s3":
