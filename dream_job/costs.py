@@ -44,9 +44,15 @@ class CostTracker:
         """Return what the run has cost so far."""
         return spent_yuan(self.started_at, self.usd_per_hour, self.cny_per_usd, until=now)
 
-    def must_stop(self, now: float | None = None) -> bool:
-        """True when what is left no longer covers evaluation, publishing and the margin."""
-        return self.usd_per_hour > 0 and self.spent_yuan(now) + self.reserve_yuan >= self.budget_yuan
+    def must_stop(self, now: float | None = None, *, next_step_s: float = 0.0) -> bool:
+        """True when what is left would not cover the next step plus evaluation, publishing and the margin.
+
+        Asked before each step with the last step's duration as `next_step_s`, so the guard stops
+        before the step it cannot afford rather than report a spend past the budget after it.
+        """
+        next_step_yuan = max(next_step_s, 0.0) / 3600 * self.usd_per_hour * self.cny_per_usd
+        return self.usd_per_hour > 0 and (
+            self.spent_yuan(now) + next_step_yuan + self.reserve_yuan >= self.budget_yuan)
 
     def record_stop(self, step: int, total_steps: int) -> str:
         """Write why training stopped early into `cost.json` and return that sentence."""

@@ -331,7 +331,8 @@ def evaluate_models(spec: JobSpec, labels: list[tuple[str, Path | None]], *,
                 needed = min(count, plan.most_batches(spec.eval.batch_size))
                 if needed > 1:  # else this process decodes the one batch (or nothing) itself
                     evaluate_in_processes(spec, model_label=label, model_dir=folder, count=needed)
-            evaluate(spec, model_label=label, model_dir=folder, progress=progress)
+            with rundir.writing_to(spec.run_dir() / rundir.EVAL_DIR):  # a full disk names the eval folder
+                evaluate(spec, model_label=label, model_dir=folder, progress=progress)
     except stopping.StopRequested:
         if stopping.requested() != stopping.SIGTERM:
             raise

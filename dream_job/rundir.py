@@ -256,6 +256,32 @@ def os_error(exc: OSError, path: Path) -> InputError:
                       hint="check the folder exists and is writable, then run the same command again")
 
 
+_outputs: list[Path] = []  # innermost last: what this process is writing now (`writing_to`)
+
+
+@contextmanager
+def writing_to(path: Path) -> Iterator[Path]:
+    """Note that the body writes under `path`, so a full disk reported by a library without a file name
+    (safetensors, torch, pyarrow) is still named (`disk_full_path`)."""
+    _outputs.append(Path(path))
+    try:
+        yield Path(path)
+    finally:
+        _outputs.pop()
+
+
+def disk_full_path(exc: BaseException) -> Path | None:
+    """Return the file a disk-full error was about: the one it names, else what the process was writing."""
+    current: BaseException | None = exc
+    for _ in range(10):
+        if current is None:
+            break
+        if isinstance(current, OSError) and current.filename:
+            return Path(current.filename)
+        current = current.__cause__ or current.__context__
+    return _outputs[-1] if _outputs else None
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """Return True when `exc` (or an exception it wraps) is, or reads like, ENOSPC."""
     seen = 0
@@ -535,7 +561,8 @@ def locked_run_dir(run_dir: Path, *, verb: str) -> Iterator[Path]:
     previous_env = os.environ.get(LOCK_ENV)
     os.environ[LOCK_ENV] = os.pathsep.join(p for p in (previous_env, str(lock_path)) if p)
     try:
-        yield run_dir
+        with writing_to(run_dir):
+            yield run_dir
     finally:
         _held.pop(lock_path, None)
         if previous_env is None:

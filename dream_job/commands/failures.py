@@ -62,7 +62,7 @@ def known_failure(exc: BaseException) -> errors.DreamJobError | None:
     process pool turns it into a `TimeoutError`).
     """
     from dream_job import stopping
-    from dream_job.rundir import is_disk_full, os_error
+    from dream_job.rundir import disk_full_path, is_disk_full, os_error
 
     current: BaseException | None = exc
     for _ in range(10):
@@ -85,8 +85,8 @@ def known_failure(exc: BaseException) -> errors.DreamJobError | None:
                  "launches and pulls",
         )
     if is_disk_full(exc):
-        where = getattr(exc, "filename", None) or "the run dir"
-        return os_error(OSError(28, "No space left on device"), Path(where))
+        where = disk_full_path(exc)  # the file it names, else what was being written (`rundir.writing_to`)
+        return os_error(OSError(28, "No space left on device"), where or Path.cwd())
     return None
 
 

@@ -161,6 +161,36 @@ def _check_bad_rows(skipped: Counter[str], rows_read: int, spec: DataSpec) -> No
     )
 
 
+def _check_duplicates(questions: list[Any], valid: list[int], holdout: list[int], spec: DataSpec) -> int:
+    """Count the usable rows whose question repeats an earlier one; refuse a hold-out that training would see.
+
+    Returns:
+        How many usable rows repeat an earlier row's question (reported, and warned about once).
+
+    Raises:
+        DataError: A held-out question is also a training row's (the hold-out would measure memory).
+    """
+    def key(index: int) -> str:
+        return " ".join(str(questions[index]).split())
+
+    counts = Counter(key(i) for i in valid)
+    num_duplicates = sum(count - 1 for count in counts.values())
+    if not num_duplicates:
+        return 0
+    logger.warning("%d of the %d usable rows of `%s` repeat an earlier row's question", num_duplicates, len(valid),
+                   spec.dataset)
+    held = Counter(key(i) for i in holdout)
+    leaked = sum(1 for question, count in held.items() if counts[question] > count)  # some copy is trained on
+    if leaked:
+        raise DataError(
+            f"{leaked} of the {len(holdout)} held-out questions of `{spec.dataset}` are also training rows: "
+            f"{num_duplicates} of its {len(valid)} usable rows repeat an earlier row's question",
+            key="data.dataset", value=spec.dataset,
+            hint="remove the repeated rows from the dataset, or train without a hold-out (`--set data.holdout_size=0`)",
+        )
+    return num_duplicates
+
+
 def prepare_data(spec: JobSpec, *, before_write: Callable[[str], None] | None = None) -> PrepResult:
     """Prepare the training data of a job, or reuse it when the inputs have not changed.
 
@@ -217,6 +247,7 @@ def prepare_data(spec: JobSpec, *, before_write: Callable[[str], None] | None = 
         )
     holdout = sorted(random.Random(data_spec.seed).sample(valid, min(data_spec.holdout_size, len(valid))))
     holdout_set = set(holdout)
+    num_duplicates = _check_duplicates(read_column(texts, "question"), valid, holdout, data_spec)
     train_rows = texts.select([i for i in valid if i not in holdout_set], keep_in_memory=True)
     encoded = train_rows.map(
         _encode_batch,
@@ -251,6 +282,7 @@ def prepare_data(spec: JobSpec, *, before_write: Callable[[str], None] | None = 
         kept_lengths=read_column(kept, "num_tokens"),
         extra={
             "inputs_hash": key,
+            "rows_duplicate": num_duplicates,
             "dataset": data_spec.dataset,
             "split": data_spec.split,
             "trace_source": data_spec.trace_source,

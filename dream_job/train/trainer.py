@@ -26,6 +26,7 @@ from dream_job.data.prep import read_column
 from dream_job.errors import EXIT_INTERRUPTED, EXIT_TRANSIENT, DataError, SpecError, TransientError
 from dream_job.rundir import (
     CHECKPOINTS_DIR, DATA_DIR, EXPORT_DIR, EXPORT_INFO_NAME, LOGS_DIR, METRICS_NAME, TOKENIZER_DIR, read_jsonl,
+    writing_to,
 )
 from dream_job.spec import JobSpec
 from dream_job.stopping import deferred, pause_point
@@ -161,6 +162,7 @@ class Trainer:
                            if dist_info.device.type == "cuda" else None)
         self.start_step, self.started, self.loss = self.state.step, time.perf_counter(), float("nan")
         self.val_loss: float | None = None
+        self.last_step_s = 0.0  # the duration of the last step, the guard's estimate of the next one
         if dist_info.is_rank0 and self.hooks.display is not None:
             self.hooks.display.start(self.total_steps, self.state.step)
 
@@ -200,7 +202,7 @@ class Trainer:
         self.state.step += 1
         self.state.tokens_seen += tokens
         self.loss = loss
-        seconds = time.perf_counter() - step_start
+        seconds = self.last_step_s = time.perf_counter() - step_start
         values = {"train/loss": loss, "train/grad_norm": grad_norm, "train/lr": lr,
                   "train/epoch": self.state.step / self.plan.steps_per_epoch, "perf/tokens_per_s": tokens / seconds,
                   "time/eta_s": (time.perf_counter() - self.started) / (self.state.step - self.start_step)
@@ -274,7 +276,8 @@ class Trainer:
     def over_budget(self) -> bool:
         """Ask the budget guard (rank 0) whether to stop; the answer is agreed on by all ranks (collective)."""
         guard = self.hooks.cost_guard
-        over = self.dist.is_rank0 and guard is not None and guard.must_stop()
+        # The next step will take about as long as the last one: stop before a step the budget cannot pay.
+        over = self.dist.is_rank0 and guard is not None and guard.must_stop(self.last_step_s)
         return bool(all_sum([float(over)], self.dist.device)[0])
 
     def maybe_save(self, *, force: bool = False) -> None:
@@ -368,10 +371,11 @@ class Trainer:
         if self.dist.is_rank0:
             shutil.rmtree(staged, ignore_errors=True)  # left by an export that failed
         dist.barrier()
-        export_hf(self.built.model, self.built.config, out_dir=staged,
-                  tokenizer_dir=self.run_dir / TOKENIZER_DIR, base_dir=self.built.base_dir,
-                  is_lora=self.cfg.method == "lora",
-                  base_tokenizer=self.spec.model.tokenizer in (None, self.spec.model.base))
+        with writing_to(export_dir):  # a full disk during the export names it
+            export_hf(self.built.model, self.built.config, out_dir=staged,
+                      tokenizer_dir=self.run_dir / TOKENIZER_DIR, base_dir=self.built.base_dir,
+                      is_lora=self.cfg.method == "lora",
+                      base_tokenizer=self.spec.model.tokenizer in (None, self.spec.model.base))
         if self.dist.is_rank0:
             stale = export_dir.with_name(f".{export_dir.name}.stale")
             shutil.rmtree(stale, ignore_errors=True)

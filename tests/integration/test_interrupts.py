@@ -318,3 +318,18 @@ def test_ctrl_c_while_pulling_keeps_the_destination_out_of_place_and_the_next_pu
     assert again.returncode == 0, again.stderr
     pulled = files_of(dest)
     assert pulled.pop("MANIFEST.sha256") == (source / "MANIFEST.sha256").read_bytes() and pulled == files_of(export)
+
+
+def test_a_full_disk_reported_without_a_file_name_names_what_was_being_written(tmp_path: Path) -> None:
+    """Issue 25: safetensors and torch report ENOSPC as text; the message names the export (or eval) folder."""
+    from dream_job.commands.failures import known_failure
+    from dream_job.rundir import locked_run_dir, writing_to
+
+    with locked_run_dir(tmp_path / "run", verb="test"):
+        with writing_to(tmp_path / "run" / "export"):
+            failure = known_failure(RuntimeError("Error while serializing: IoError(No space left on device)"))
+            assert failure is not None and failure.message == f"disk full at `{tmp_path / 'run' / 'export'}`"
+        failure = known_failure(RuntimeError("No space left on device"))
+        assert failure is not None and failure.message == f"disk full at `{tmp_path / 'run'}`"
+    failure = known_failure(OSError(28, "No space left on device", str(tmp_path / "f.bin")))
+    assert failure is not None and failure.message == f"disk full at `{tmp_path / 'f.bin'}`"
