@@ -371,3 +371,30 @@ def test_prep_of_a_hub_dataset_without_network_fails_fast_with_exit_3(offline: b
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "`data.dataset`" in errors[0], result.stderr
     assert "HF_HUB_OFFLINE" in result.stderr and "local path" in result.stderr
+
+
+def test_eval_results_are_keyed_on_the_weights_bytes_not_the_folder(tmp_path: Path, in_repo: Path,
+                                                                    made_run_dirs: dict[str, Path]) -> None:
+    """Issue 25: other weights in the same export folder are decoded again; missing weights are no cached answer."""
+    run = tmp_path / "run"
+    shutil.copytree(made_run_dirs["trained"], run)
+    args = ["eval", SMOKE, "--model", "final", "--set", f"artifacts.run_dir={run}", "--set", "eval.limit=4"]
+    items = run / "eval" / "items-final-s1k_holdout.jsonl"
+
+    def keys() -> set[str]:
+        return {json.loads(line)["key"] for line in items.read_text().splitlines()}
+
+    assert runner.invoke(app, args).exit_code == 0
+    first = keys()
+    assert runner.invoke(app, args).exit_code == 0 and keys() == first  # same weights: reused
+    shard = next((run / "export").glob("*.safetensors"))
+    data = bytearray(shard.read_bytes())
+    data[-4:] = bytes(b ^ 0xFF for b in data[-4:])  # the last weight's bytes change, its size does not
+    shard.write_bytes(bytes(data))
+    assert runner.invoke(app, args).exit_code == 0
+    assert keys().isdisjoint(first)  # decoded again with the new weights
+    shard.unlink()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: the weights of `{run / 'export'}` are incomplete: `{shard.name}` is missing"]
