@@ -249,6 +249,11 @@ def lacks(run_dir: Path, *rel: str) -> bool:
     return not any((run_dir / r).exists() for r in rel)
 
 
+def empty(folder: Path) -> bool:
+    """Nothing published (the preflight creates a `file://` destination's folder, and leaves it empty)."""
+    return not folder.exists() or not any(folder.iterdir())
+
+
 TERM, INT = signal.SIGTERM, signal.SIGINT
 BY_TERM, BY_CTRL_C = "error: stopped by SIGTERM; ", "error: interrupted by Ctrl-C; "
 STOP_CASES = [
@@ -269,9 +274,8 @@ STOP_CASES = [
              and lacks(r, "export", ".export.next", "eval")),
     StopCase("after:train", INT, BY_CTRL_C, lambda r, d: has(r, "export/dream_job_export.json") and lacks(r, "eval")),
     StopCase("eval:batch", TERM, "error: evaluation stopped by SIGTERM; the items decoded so far are saved",
-             lambda r, d: has(r, "eval/items-base-s1k_holdout.jsonl") and lacks(r, "eval/summary.json")
-             and not d.exists()),
-    StopCase("after:eval", INT, BY_CTRL_C, lambda r, d: has(r, "eval/summary.json") and not d.exists(),
+             lambda r, d: has(r, "eval/items-base-s1k_holdout.jsonl") and lacks(r, "eval/summary.json") and empty(d)),
+    StopCase("after:eval", INT, BY_CTRL_C, lambda r, d: has(r, "eval/summary.json") and empty(d),
              slow=False),
     StopCase("publish:file", TERM, BY_TERM, lambda r, d: d.is_dir() and lacks(d, "MANIFEST.sha256")),
 ]
