@@ -11,6 +11,7 @@ from dream_job.commands.failures import guarded, require_container
 from dream_job.commands.options import JsonOpt, SetOpt, SpecArg
 from dream_job.errors import UsageError
 from dream_job.spec import load_spec
+from dream_job.stopping import StopRequested
 
 ModelOpt = Annotated[str, typer.Option("--model", help="`base`, `final` (the run's export) or a model folder.")]
 
@@ -44,8 +45,11 @@ def eval_(spec: SpecArg, model: ModelOpt = "final", set_: SetOpt = None,
             share = Shard.parse(shard)
         except ValueError as exc:
             raise UsageError(f"--shard {exc}", hint="pass `--shard 0/2` for the first of two processes") from None
-        with locked_run_dir(job.run_dir(), verb=f"dream-job eval --shard {share}"):
-            evaluate(job, model_label=label, model_dir=folder, shard=share)
+        try:
+            with locked_run_dir(job.run_dir(), verb=f"dream-job eval --shard {share}"):
+                evaluate(job, model_label=label, model_dir=folder, shard=share)
+        except StopRequested as exc:  # its parent stopped it and says so, once for all processes
+            raise SystemExit(exc.exit_code) from None
         return
     with locked_run_dir(job.run_dir(), verb="dream-job eval"), eval_progress() as progress:
         report = evaluate_models(job, [(label, folder)], progress=progress)

@@ -66,8 +66,8 @@ def known_failure(exc: BaseException) -> errors.DreamJobError | None:
 
     current: BaseException | None = exc
     for _ in range(10):
-        if isinstance(current, errors.DreamJobError) and current is not exc:
-            return current  # a stop (or another sentence) a library wrapped while unwinding from it
+        if isinstance(current, stopping.StopRequested) and current is not exc:
+            return current  # a stop a library wrapped while unwinding from it
         if isinstance(current, KeyboardInterrupt):
             return errors.Interrupted("interrupted by Ctrl-C; work finished so far is kept",
                                       hint="run the same command again to continue")
