@@ -11,7 +11,6 @@ from dream_job.commands.failures import guarded, require_container
 from dream_job.commands.options import JsonOpt, SetOpt, SpecArg
 from dream_job.errors import UsageError
 from dream_job.spec import load_spec
-from dream_job.stopping import StopRequested
 
 ModelOpt = Annotated[str, typer.Option("--model", help="`base`, `final` (the run's export) or a model folder.")]
 
@@ -28,6 +27,7 @@ def eval_(spec: SpecArg, model: ModelOpt = "final", set_: SetOpt = None,
     Example: `dream-job eval jobs/smoke.yaml --model base`, then `--model final` for the side-by-side report
     """
     import json
+    import signal
 
     from dream_job.eval.run import evaluate
     from dream_job.eval.shards import Shard
@@ -45,11 +45,11 @@ def eval_(spec: SpecArg, model: ModelOpt = "final", set_: SetOpt = None,
             share = Shard.parse(shard)
         except ValueError as exc:
             raise UsageError(f"--shard {exc}", hint="pass `--shard 0/2` for the first of two processes") from None
-        try:
-            with locked_run_dir(job.run_dir(), verb=f"dream-job eval --shard {share}"):
-                evaluate(job, model_label=label, model_dir=folder, shard=share)
-        except StopRequested as exc:  # its parent stopped it and says so, once for all processes
-            raise SystemExit(exc.exit_code) from None
+        # A shard ends at once on its parent's SIGTERM (the parent reports the stop, once for all
+        # processes, and keeps the parts written; a torn last line is cut off when they are merged).
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with locked_run_dir(job.run_dir(), verb=f"dream-job eval --shard {share}"):
+            evaluate(job, model_label=label, model_dir=folder, shard=share)
         return
     with locked_run_dir(job.run_dir(), verb="dream-job eval"), eval_progress() as progress:
         report = evaluate_models(job, [(label, folder)], progress=progress)
