@@ -58,7 +58,10 @@ def _options(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: one signal policy for the whole process (`stopping`), then the verb."""
+    from dream_job import stopping
+
+    stopping.install()  # before any verb runs: SIGTERM and Ctrl-C stop every stage at a safe point
     try:
         app()
     finally:

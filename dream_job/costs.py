@@ -8,13 +8,13 @@ price, so time lost to preemptions and re-provisioning counts too (conservative)
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dream_job.rundir import COST_NAME, write_json_atomically
+from dream_job.environment import read as read_env
+from dream_job.errors import InputError
+from dream_job.rundir import COST_NAME, read_json, write_json_atomically
 from dream_job.spec import JobSpec
 
 PRICE_ENV = "DREAM_JOB_USD_PER_HOUR"
@@ -44,15 +44,21 @@ class CostTracker:
         """Return what the run has cost so far."""
         return spent_yuan(self.started_at, self.usd_per_hour, self.cny_per_usd, until=now)
 
-    def must_stop(self, now: float | None = None) -> bool:
-        """True when what is left no longer covers evaluation, publishing and the margin."""
-        return self.usd_per_hour > 0 and self.spent_yuan(now) + self.reserve_yuan >= self.budget_yuan
+    def must_stop(self, now: float | None = None, *, next_step_s: float = 0.0) -> bool:
+        """True when what is left would not cover the next step plus evaluation, publishing and the margin.
+
+        Asked before each step with the last step's duration as `next_step_s`, so the guard stops
+        before the step it cannot afford rather than report a spend past the budget after it.
+        """
+        next_step_yuan = max(next_step_s, 0.0) / 3600 * self.usd_per_hour * self.cny_per_usd
+        return self.usd_per_hour > 0 and (
+            self.spent_yuan(now) + next_step_yuan + self.reserve_yuan >= self.budget_yuan)
 
     def record_stop(self, step: int, total_steps: int) -> str:
         """Write why training stopped early into `cost.json` and return that sentence."""
         reason = (f"training stopped early at step {step} of {total_steps}: spent ¥{self.spent_yuan():.2f} of "
                   f"¥{self.budget_yuan:.2f}, keeping ¥{self.reserve_yuan:.2f} for evaluation and publishing")
-        body = json.loads(self.path.read_text(encoding="utf-8"))
+        body = _read(self.path)
         body["stopped_early"] = reason
         _write(self.path, body)
         return reason
@@ -60,9 +66,19 @@ class CostTracker:
 
     def clear_stop(self) -> None:
         """Forget an earlier early stop (training has since run to its end, e.g. with a larger budget)."""
-        body = json.loads(self.path.read_text(encoding="utf-8"))
+        body = _read(self.path)
         if body.pop("stopped_early", None) is not None:
             _write(self.path, body)
+
+
+def _read(path: Path) -> dict:
+    """Read `cost.json` through the run dir's validated reader (a damaged one is named with its fix)."""
+    body = read_json(path, fix=f"delete `{path}` to start the budget clock again from now (spend before it is "
+                               "then not counted), or restore it from a copy")
+    if not isinstance(body.get("started_at"), (int, float)) or isinstance(body.get("started_at"), bool):
+        raise InputError(f"`{path}` is damaged: `started_at` is not a time", path=path,
+                         hint=f"delete `{path}` to start the budget clock again from now")
+    return body
 
 
 def _write(path: Path, body: dict) -> None:
@@ -72,9 +88,9 @@ def _write(path: Path, body: dict) -> None:
 def open_costs(spec: JobSpec) -> CostTracker:
     """Read (or start) the run's `cost.json`; the first start time survives restarts and recoveries."""
     path = spec.run_dir() / COST_NAME
-    body = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"started_at": time.time()}
-    env_price = os.environ.get(PRICE_ENV)
-    usd_per_hour = float(env_price) if env_price else (spec.budget.usd_per_hour or 0.0)
+    body = _read(path) if path.is_file() else {"started_at": time.time()}
+    env_price = read_env(PRICE_ENV)  # validated at start-up (`dream_job.environment`)
+    usd_per_hour = env_price if env_price is not None else (spec.budget.usd_per_hour or 0.0)
     body.update(usd_per_hour=usd_per_hour, budget_yuan=spec.budget.max_cost_yuan, cny_per_usd=spec.budget.cny_per_usd)
     _write(path, body)
     return CostTracker(path=path, started_at=body["started_at"], usd_per_hour=usd_per_hour,
@@ -85,4 +101,4 @@ def open_costs(spec: JobSpec) -> CostTracker:
 def stopped_early(run_dir: Path) -> str | None:
     """Return why the guard stopped training early, or None."""
     path = run_dir / COST_NAME
-    return json.loads(path.read_text(encoding="utf-8")).get("stopped_early") if path.is_file() else None
+    return _read(path).get("stopped_early") if path.is_file() else None

@@ -18,6 +18,7 @@ from dream_job.credentials import AWS_KEYS, required_secrets
 from dream_job.errors import InputError, SpecError, TransientError
 from dream_job.rundir import CHECKPOINTS_DIR, EXPORT_DIR
 from dream_job.spec import JobSpec
+from dream_job.stopping import pause_point
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ def preflight(spec: JobSpec) -> dict[str, Any]:
         InputError, SpecError, TransientError: What is missing, in one sentence, with the fix (exit 3 for an
             unreachable network).
     """
+    pause_point("preflight")
     gpus = _num_gpus()
     if spec.train.device == "cuda" and gpus == 0:
         raise SpecError("`train.device` is `cuda` but this machine has no visible GPU",

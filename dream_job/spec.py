@@ -25,7 +25,7 @@ DTYPES = ("bfloat16", "float32", "float16")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class ModelSpec(_Section):
@@ -422,7 +422,7 @@ class ArtifactsSpec(_Section):
 class JobSpec(BaseModel):
     """A whole job: model, data, training, evaluation, budget and artifacts."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     name: str = Field(description="Job name; names the run directory `runs/<name>`.")
     model: ModelSpec = Field(default_factory=ModelSpec, description="Base model.")

@@ -84,10 +84,22 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def _apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+def _apply_override(data: dict[str, Any], path: list[str], value: Any, text: str) -> None:
+    """Set `value` at `path` in `data`, creating sections on the way.
+
+    Raises:
+        SpecError: A part of the path holds a value, not a section (`--set train.epochs.x=1`).
+    """
     node = data
-    for part in path[:-1]:
+    for depth, part in enumerate(path[:-1], start=1):
         child = node.get(part)
+        if child is not None and not isinstance(child, dict):
+            key = ".".join(path[:depth])
+            shown = yaml.safe_dump(child, default_flow_style=True).strip().removesuffix("...").strip()
+            raise SpecError(
+                f"`--set {text}` goes below `{key}`, which holds the value `{shown}`, not a section of keys",
+                key=".".join(path), value=text, hint=f"set the value itself, for example `--set {key}=...`",
+            )
         if not isinstance(child, dict):
             child = {}
             node[part] = child
@@ -197,7 +209,7 @@ def load_yaml_model(model: type[M], path: str | Path, overrides: list[str] | Non
     overridden: dict[tuple[str, ...], str] = {}
     for text_override in overrides or []:
         key_path, value = parse_override(text_override)
-        _apply_override(data, key_path, value)
+        _apply_override(data, key_path, value, text_override)
         overridden[tuple(key_path)] = text_override
     try:
         return model.model_validate(data)
@@ -206,6 +218,8 @@ def load_yaml_model(model: type[M], path: str | Path, overrides: list[str] | Non
         for error in exc.errors():
             loc = tuple(str(p) for p in error["loc"])
             source = next((overridden[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in overridden), None)
+            if source is None and loc:  # an override below the key that failed made it (`--set train.foo.x=1`)
+                source = next((text for path, text in overridden.items() if path[:len(loc)] == loc), None)
             line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
             file_at = None if source is not None else f"{path}:{line}" if line else str(path)
             where = f"`--set {source}`" if source is not None else f"`{file_at}`"

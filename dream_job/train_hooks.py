@@ -68,9 +68,9 @@ class CostGuardOnFirstUse:
         """Return the spend so far in yuan."""
         return self._costs().spent_yuan()
 
-    def must_stop(self) -> bool:
-        """Return True when the next step would overrun the budget."""
-        return self._costs().must_stop()
+    def must_stop(self, next_step_s: float = 0.0) -> bool:
+        """Return True when the next step (about `next_step_s` long) would overrun the budget."""
+        return self._costs().must_stop(next_step_s=next_step_s)
 
     def record_stop(self, step: int, total_steps: int) -> str:
         """Record the early stop in `cost.json` and return its reason."""

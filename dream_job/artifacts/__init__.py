@@ -90,41 +90,96 @@ def publish_folder(local: Path, destination: str, *, run_id: str, force: bool = 
                             progress=progress)
 
 
-def pull(source: str, dest: Path, *, s3: S3Settings | None = None) -> Path:
+def pull(source: str, dest: Path, *, s3: S3Settings | None = None, force: bool = False) -> Path:
     """Download a published model folder into `dest`, verify it and check it is a Dream export.
 
-    `hf://` uses `snapshot_download(local_dir=dest)`; `s3://` and `file://` fetch the files listed
-    in the source's `MANIFEST.sha256`. Local files that already match are not fetched again, so an
-    interrupted pull resumes. Files are written through temporary names.
+    Nothing in `dest` is touched until the whole model is verified: files land in a staging
+    folder beside it (`.<name>.partial-pull`, kept on failure so a re-run fetches only what is
+    missing or differs), every sha256 is checked against the source's `MANIFEST.sha256`, and only
+    then does the staging folder replace `dest`. A non-empty `dest` is refused unless it holds an
+    earlier `dream-job pull` of the same model (its files are reused, not fetched again) or
+    `force` is given. `hf://` uses `snapshot_download(local_dir=<staging>)`; `s3://` and `file://`
+    fetch the files listed in the source's manifest.
 
     Args:
         source: `s3://bucket/prefix`, `hf://user/repo` or `file:///path`.
         dest: The folder to fill (created if missing).
         s3: Settings for `s3://` sources.
+        force: Replace a `dest` holding other files (they are deleted).
 
     Returns:
         `dest`.
 
     Raises:
-        ArtifactError: The source has no manifest, a file is missing or its sha256 differs, or
-            the folder is not a Dream export (`config.json` `model_type: Dream` + safetensors index).
+        ArtifactError: `dest` is a file or holds files of something else; the source has no
+            manifest, a file is missing or its sha256 differs, or the folder is not a Dream export
+            (`config.json` `model_type: Dream` + safetensors index). `dest` is then unchanged.
     """
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
     kind, target = _parse(source)
+    earlier = _check_pull_destination(dest, source, force=force)
+    staging = dest.with_name(f".{dest.name}.partial-pull")
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ArtifactError(f"cannot create `{staging}` to pull `{source}` into: {exc.strerror or exc}",
+                            hint="pull into a folder you may write to") from None
     if kind != "hf":
-        pull_from_store(_store(kind, target, source, s3), dest)
-        return dest
-    from dream_job.artifacts.hub import pull_from_hub
+        text = pull_from_store(_store(kind, target, source, s3), staging, reuse=dest if earlier else None,
+                               shown=dest)
+    else:
+        from dream_job.artifacts.hub import pull_from_hub
 
-    pull_from_hub(target, dest)
-    manifest_path = dest / MANIFEST_NAME
-    if not manifest_path.is_file():
-        raise ArtifactError(f"`{source}` has no `{MANIFEST_NAME}`, so its files cannot be verified",
-                            hint="publish it with `dream-job` (which writes the manifest), or check the repo id")
-    verify_folder(dest, parse_manifest(manifest_path.read_text(encoding="utf-8"), f"{source}/{MANIFEST_NAME}"), source)
-    check_dream_export(dest)
+        pull_from_hub(target, staging)
+        manifest_path = staging / MANIFEST_NAME
+        if not manifest_path.is_file():
+            raise ArtifactError(f"`{source}` has no `{MANIFEST_NAME}`, so its files cannot be verified",
+                                hint="publish it with `dream-job` (which writes the manifest), or check the repo id")
+        text = manifest_path.read_text(encoding="utf-8")
+        verify_folder(staging, parse_manifest(text, f"{source}/{MANIFEST_NAME}"), source, shown=dest)
+        check_dream_export(staging, shown=dest)
+    if earlier is not None and earlier != text and not force:
+        raise ArtifactError(
+            f"`{dest}` holds another model pulled earlier (its `{MANIFEST_NAME}` differs from `{source}`'s)",
+            hint=f"pull into a new folder, or pass `--force` to replace it (the verified copy waits in `{staging}`)")
+    _swap_into_place(staging, dest)
     return dest
+
+
+def _check_pull_destination(dest: Path, source: str, *, force: bool) -> str | None:
+    """Refuse a `dest` that is a file, or that holds files `dream-job pull` did not write (unless `force`).
+
+    Returns:
+        The `MANIFEST.sha256` text of an earlier pull in `dest`, or None (empty, missing or forced).
+    """
+    if dest.exists() and not dest.is_dir():
+        raise ArtifactError(f"`{dest}` is a file, not a folder to pull `{source}` into",
+                            hint="pass a new or empty folder as the destination")
+    if not dest.is_dir() or not any(dest.iterdir()):
+        return None
+    manifest = dest / MANIFEST_NAME
+    if manifest.is_file():
+        return manifest.read_text(encoding="utf-8")
+    if force:
+        return None
+    count = sum(1 for p in dest.rglob("*") if p.is_file())
+    raise ArtifactError(f"`{dest}` is not empty ({count} files) and holds no earlier `dream-job pull`",
+                        hint="pull into a new or empty folder, or pass `--force` to replace what is there")
+
+
+def _swap_into_place(staging: Path, dest: Path) -> None:
+    """Replace `dest` by the verified `staging` folder (two renames that a stop never splits)."""
+    import shutil
+
+    from dream_job.stopping import deferred
+
+    old = dest.with_name(f".{dest.name}.replaced")
+    shutil.rmtree(old, ignore_errors=True)
+    with deferred():
+        if dest.exists():
+            dest.rename(old)
+        staging.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def sync_checkpoint(local_step_dir: Path, destination: str, *, run_id: str, s3: S3Settings | None = None) -> None:
@@ -176,8 +231,8 @@ def check_destination(destination: str, *, s3_endpoint_url: str | None = None) -
 
     `file://` and `s3://`: the scheme and path parse, the folder or bucket is reachable with the
     credentials in the environment, and a tiny probe object is written, read back and deleted
-    (`.dream-job-probe-<pid>`). `hf://`: the repo id parses and `HF_TOKEN` is set (the Hub has no
-    write probe short of creating the repo, which the publish does).
+    (`.dream-job-probe-<pid>`). `hf://`: the token is accepted (whoami), the repo is created (private)
+    or found, and a probe file is committed and deleted (`hub.check_hub_destination`).
 
     Raises:
         ArtifactError: Unknown scheme, missing credentials, missing bucket, a read-only or
@@ -187,9 +242,9 @@ def check_destination(destination: str, *, s3_endpoint_url: str | None = None) -
 
     kind, target = _parse(destination)
     if kind == "hf":
-        if not os.environ.get("HF_TOKEN"):
-            raise ArtifactError(f"`HF_TOKEN` is not set, so `{destination}` cannot be written",
-                                hint="export a write token: `export HF_TOKEN=hf_...`")
+        from dream_job.artifacts.hub import check_hub_destination
+
+        check_hub_destination(target)
         return
     s3 = None
     if kind == "s3":

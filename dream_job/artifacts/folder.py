@@ -116,8 +116,11 @@ def parse_manifest(text: str, where: str) -> dict[str, str]:
     return result
 
 
-def verify_folder(folder: Path, manifest: dict[str, str], where: str) -> None:
+def verify_folder(folder: Path, manifest: dict[str, str], where: str, *, shown: Path | None = None) -> None:
     """Check that every file of `manifest` is in `folder` with the listed sha256.
+
+    Args:
+        shown: The folder to name in messages when `folder` is its staging copy (a pull).
 
     Raises:
         ArtifactError: Files are missing or differ (each named with the expected and actual hash).
@@ -131,6 +134,7 @@ def verify_folder(folder: Path, manifest: dict[str, str], where: str) -> None:
         actual = sha256_file(path)
         if actual != expected:
             problems.append(f"`{rel}` has sha256 `{actual}`, `{MANIFEST_NAME}` lists `{expected}`")
+    folder = shown or folder
     if problems:
         raise ArtifactError(
             f"`{folder}` does not match the `{MANIFEST_NAME}` of `{where}` ({len(problems)} of {len(manifest)} files)",
@@ -168,25 +172,28 @@ def check_marker(existing: str | None, *, run_id: str, force: bool, where: str) 
     )
 
 
-def check_dream_export(folder: Path) -> None:
+def check_dream_export(folder: Path, *, shown: Path | None = None) -> None:
     """Check that `folder` is a Dream HF export: config with `model_type: Dream` and a complete safetensors index.
+
+    `shown` is the folder to name in messages when `folder` is its staging copy (a pull).
 
     Raises:
         ArtifactError: `config.json` or `model.safetensors.index.json` is missing or wrong, or a shard is missing.
     """
-    config_path, index_path = folder / "config.json", folder / "model.safetensors.index.json"
     hint = "pull a folder written by `dream-job` export (it holds `config.json` and `model.safetensors.index.json`)"
-    config = _read_json(config_path, hint)
+    staged, folder = folder, shown or folder
+    config = _read_json(staged / "config.json", hint, folder / "config.json")
     model_type = config.get("model_type")
     if model_type != "Dream":
         raise ArtifactError(
             f"`{folder}` is not a Dream export: `config.json` has `model_type` `{model_type}`, expected `Dream`",
             hint=hint,
         )
-    weight_map = _read_json(index_path, hint).get("weight_map")
+    index_path = folder / "model.safetensors.index.json"
+    weight_map = _read_json(staged / index_path.name, hint, index_path).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise ArtifactError(f"`{index_path}` has no `weight_map`", hint=hint)
-    missing = sorted({shard for shard in weight_map.values() if not (folder / shard).is_file()})
+    missing = sorted({shard for shard in weight_map.values() if not (staged / shard).is_file()})
     if missing:
         raise ArtifactError(
             f"`{folder}` is not a complete Dream export: shards named in `model.safetensors.index.json` are missing",
@@ -195,13 +202,13 @@ def check_dream_export(folder: Path) -> None:
         )
 
 
-def _read_json(path: Path, hint: str) -> dict[str, Any]:
+def _read_json(path: Path, hint: str, shown: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise ArtifactError(f"`{path}` is missing, so this is not a Dream export", hint=hint)
+        raise ArtifactError(f"`{shown}` is missing, so this is not a Dream export", hint=hint)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
-        raise ArtifactError(f"`{path}` is not valid JSON", caused_by=[str(exc)], hint=hint) from None
+        raise ArtifactError(f"`{shown}` is not valid JSON", caused_by=[str(exc)], hint=hint) from None
     if not isinstance(data, dict):
-        raise ArtifactError(f"`{path}` must hold a JSON object", hint=hint)
+        raise ArtifactError(f"`{shown}` must hold a JSON object", hint=hint)
     return data

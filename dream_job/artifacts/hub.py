@@ -93,6 +93,38 @@ def publish_to_hub(local: Path, repo_id: str, *, run_id: str, force: bool, card:
                          sum(d.size for d in digests if d.relpath in stale), sha256)
 
 
+PROBE_NAME = ".dream-job-probe"  # written and deleted again by the preflight
+
+
+def check_hub_destination(repo_id: str) -> None:
+    """Prove before any work that `HF_TOKEN` may publish to `repo_id`: whoami, create-or-check, a tiny write and delete.
+
+    The repo is created private (as the publish would); the probe file is committed, then deleted
+    in a second commit, so the repo ends as it was. Each call is one request of huggingface_hub
+    (with its own retries on 429/5xx), a few seconds in all.
+
+    Raises:
+        ArtifactError: No token, a token the Hub refuses, no write access to the repo (exit 1), or
+            the Hub did not answer (exit 3).
+    """
+    from huggingface_hub import HfApi
+
+    where = f"hf://{repo_id}"
+    token = os.environ.get("HF_TOKEN")
+    if not token:
+        raise ArtifactError(f"`HF_TOKEN` is not set, so `{where}` cannot be written",
+                            hint="export a write token: `export HF_TOKEN=hf_...`")
+    api = HfApi(endpoint=_endpoint(), token=token)
+    _call(where, "checking the token (whoami)", lambda: api.whoami())
+    _call(where, "creating the repository", lambda: api.create_repo(
+        repo_id, private=True, exist_ok=True, repo_type="model"))
+    _call(where, "writing a probe file", lambda: api.upload_file(
+        path_or_fileobj=b"dream-job write probe\n", path_in_repo=PROBE_NAME, repo_id=repo_id, repo_type="model",
+        commit_message="dream-job: preflight write probe"))
+    _call(where, "deleting the probe file", lambda: api.delete_file(
+        PROBE_NAME, repo_id=repo_id, repo_type="model", commit_message="dream-job: remove the preflight probe"))
+
+
 def pull_from_hub(repo_id: str, dest: Path) -> None:
     """Download the repo into `dest` with `snapshot_download` (resumable; `HF_TOKEN` if set)."""
     from huggingface_hub import snapshot_download

@@ -25,6 +25,7 @@ from dream_job.artifacts.folder import (
 )
 from dream_job.artifacts.stores import Store
 from dream_job.errors import EXIT_TRANSIENT, ArtifactError
+from dream_job.stopping import pause_point
 from dream_job.rundir import (
     COMPLETE_NAME, MANIFEST_NAME, RUN_MARKER_NAME, RUN_NAME_RE, STEP_RE, write_text_atomically,
 )
@@ -130,13 +131,19 @@ def _put_files(store: Store, local: Path, digests: list[FileDigest], key_prefix:
             ) from None
         num_uploaded += 1
         bytes_uploaded += digest.size
+        pause_point("publish:file")
         if progress is not None:
             progress(digest.relpath, digest.size, digest.size)
     return num_uploaded, bytes_uploaded
 
 
-def pull_from_store(store: Store, dest: Path) -> None:
-    """Download the files listed in the root's manifest (skipping identical local files), then verify."""
+def pull_from_store(store: Store, dest: Path, *, reuse: Path | None = None, shown: Path | None = None) -> str:
+    """Download the files listed in the root's manifest into `dest` (a staging folder), then verify; return the manifest.
+
+    Files already in `dest` with the listed sha256 are kept; a file of `reuse` (an earlier pull of
+    the same model) with the listed sha256 is linked (or copied) instead of downloaded. Messages
+    name `shown` (the folder the staging one will become) when given.
+    """
     store.check_access()
     text = store.read_text(MANIFEST_NAME)
     if text is None:
@@ -145,18 +152,30 @@ def pull_from_store(store: Store, dest: Path) -> None:
             hint="re-run the publish (it resumes), or check the destination URL",
         )
     manifest = parse_manifest(text, f"{store.url}/{MANIFEST_NAME}")
-    _get_files(store, "", manifest, dest)
+    _get_files(store, "", manifest, dest, reuse=reuse)
     write_text_atomically(dest / MANIFEST_NAME, text)
-    verify_folder(dest, manifest, store.url)
-    check_dream_export(dest)
+    verify_folder(dest, manifest, store.url, shown=shown)
+    check_dream_export(dest, shown=shown)
+    return text
 
 
-def _get_files(store: Store, key_prefix: str, manifest: dict[str, str], dest: Path) -> None:
+def _get_files(store: Store, key_prefix: str, manifest: dict[str, str], dest: Path, *,
+               reuse: Path | None = None) -> None:
     for rel, sha in sorted(manifest.items()):
         path = dest / rel
         if path.is_file() and sha256_file(path) == sha:
             continue
+        earlier = reuse / rel if reuse is not None else None
+        if earlier is not None and earlier.is_file() and sha256_file(earlier) == sha:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.unlink(missing_ok=True)
+            try:
+                os.link(earlier, path)
+            except OSError:
+                shutil.copy2(earlier, path)
+            continue
         store.get_file(key_prefix + rel, path)
+        pause_point("pull:file")
 
 
 def sync_checkpoint_to_store(store: Store, step_dir: Path, *, run_id: str) -> None:

@@ -27,6 +27,7 @@ def eval_(spec: SpecArg, model: ModelOpt = "final", set_: SetOpt = None,
     Example: `dream-job eval jobs/smoke.yaml --model base`, then `--model final` for the side-by-side report
     """
     import json
+    import signal
 
     from dream_job.eval.run import evaluate
     from dream_job.eval.shards import Shard
@@ -44,6 +45,9 @@ def eval_(spec: SpecArg, model: ModelOpt = "final", set_: SetOpt = None,
             share = Shard.parse(shard)
         except ValueError as exc:
             raise UsageError(f"--shard {exc}", hint="pass `--shard 0/2` for the first of two processes") from None
+        # A shard ends at once on its parent's SIGTERM (the parent reports the stop, once for all
+        # processes, and keeps the parts written; a torn last line is cut off when they are merged).
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         with locked_run_dir(job.run_dir(), verb=f"dream-job eval --shard {share}"):
             evaluate(job, model_label=label, model_dir=folder, shard=share)
         return

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import typer
 
 from dream_job import errors
+from dream_job.environment import check_environment
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,16 +61,21 @@ def known_failure(exc: BaseException) -> errors.DreamJobError | None:
     Ctrl-C counts also when a library raised something else while unwinding from it (`datasets`'
     process pool turns it into a `TimeoutError`).
     """
-    from dream_job.rundir import is_disk_full, os_error
+    from dream_job import stopping
+    from dream_job.rundir import disk_full_path, is_disk_full, os_error
 
     current: BaseException | None = exc
     for _ in range(10):
+        if isinstance(current, stopping.StopRequested) and current is not exc:
+            return current  # a stop a library wrapped while unwinding from it
         if isinstance(current, KeyboardInterrupt):
             return errors.Interrupted("interrupted by Ctrl-C; work finished so far is kept",
                                       hint="run the same command again to continue")
         if current is None:
             break
         current = current.__context__
+    if (signal_name := stopping.requested()) is not None:
+        return stopping.stop_error(signal_name)  # whatever a library made of the stop, it was one
 
     if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in CONTAINER_MODULES:
         return errors.InputError(
@@ -79,8 +85,8 @@ def known_failure(exc: BaseException) -> errors.DreamJobError | None:
                  "launches and pulls",
         )
     if is_disk_full(exc):
-        where = getattr(exc, "filename", None) or "the run dir"
-        return os_error(OSError(28, "No space left on device"), Path(where))
+        where = disk_full_path(exc)  # the file it names, else what was being written (`rundir.writing_to`)
+        return os_error(OSError(28, "No space left on device"), where or Path.cwd())
     return None
 
 
@@ -104,10 +110,12 @@ def guarded(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from dream_job import stopping
         from dream_job.progress import setup_logging
 
         setup_logging()
         try:
+            check_environment()  # every value the job reads, before any work
             return command(*args, **kwargs)
         except errors.DreamJobError as exc:
             render_error(exc)
@@ -125,7 +133,7 @@ def guarded(command: F) -> F:
                 f"unexpected {type(exc).__name__} (a bug in dream-job): {exc}",
                 hint="rerun with `DREAM_JOB_DEBUG=1` for the traceback and report it")
             render_error(failure)
-            if isinstance(failure, errors.Interrupted):
+            if isinstance(failure, (errors.Interrupted, stopping.StopRequested)):
                 _forget_unhandled_keyboard_interrupt()
             raise typer.Exit(failure.exit_code) from None
 

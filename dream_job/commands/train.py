@@ -77,8 +77,10 @@ def status(
     from dream_job.progress import status_table, stdout
 
     is_job = target.endswith((".yaml", ".yml"))
-    result = run_status(job := load_spec(target, set_)) if is_job else {}
-    record = (None if set_ else latest_for_job(job.name)) if is_job else find_record(target)
+    job = load_spec(target, set_) if is_job else None
+    record = (None if set_ else latest_for_job(job.name)) if job is not None else find_record(target)
+    # A launched run's dir lives on its machine (or bucket): only a local run must have one here.
+    result = run_status(job, must_exist=record is None) if job is not None else {}
     if record is not None:
         try:
             result["launch"] = launch_status(record, run_dir=run_dir)

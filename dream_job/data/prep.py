@@ -32,9 +32,10 @@ from dream_job.data.source import load_rows
 from dream_job.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from dream_job.errors import DataError
 from dream_job.rundir import (
-    DATA_DIR, DATA_REPORT_NAME, HOLDOUT_NAME, TOKENIZER_NAME, TRAIN_ROWS_DIR, write_dir_atomically,
+    DATA_DIR, DATA_REPORT_NAME, HOLDOUT_NAME, TOKENIZER_NAME, TRAIN_ROWS_DIR, read_json, write_dir_atomically,
 )
 from dream_job.spec import DataSpec, JobSpec
+from dream_job.stopping import pause_point
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +71,21 @@ def inputs_hash(spec: DataSpec, tokenizer_fp: str, dataset_fp: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+# What to do about damaged prepared data: prep writes the same bytes again from the same inputs
+# (its digest is unchanged, so checkpoints trained on it still resume).
+PREP_AGAIN_FIX = "delete `{data_dir}` and run `dream-job prep` with the same job file and `--set` options again"
+
+
 def read_report(data_dir: Path) -> dict[str, Any] | None:
     """Return the report of prepared data in `data_dir`, or None when there is none."""
     path = data_dir / DATA_REPORT_NAME
     if not path.is_file() or not (data_dir / TRAIN_ROWS_DIR).is_dir():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    report = read_json(path, fix=PREP_AGAIN_FIX.format(data_dir=data_dir))
+    if not isinstance(report.get("inputs_hash"), str):
+        raise DataError(f"`{path}` is damaged: it has no `inputs_hash`", path=path,
+                        hint=PREP_AGAIN_FIX.format(data_dir=data_dir))
+    return report
 
 
 def _read_batch(batch: dict[str, list[Any]], trace_source: str) -> dict[str, list[Any]]:
@@ -151,6 +161,36 @@ def _check_bad_rows(skipped: Counter[str], rows_read: int, spec: DataSpec) -> No
     )
 
 
+def _check_duplicates(questions: list[Any], valid: list[int], holdout: list[int], spec: DataSpec) -> int:
+    """Count the usable rows whose question repeats an earlier one; refuse a hold-out that training would see.
+
+    Returns:
+        How many usable rows repeat an earlier row's question (reported, and warned about once).
+
+    Raises:
+        DataError: A held-out question is also a training row's (the hold-out would measure memory).
+    """
+    def key(index: int) -> str:
+        return " ".join(str(questions[index]).split())
+
+    counts = Counter(key(i) for i in valid)
+    num_duplicates = sum(count - 1 for count in counts.values())
+    if not num_duplicates:
+        return 0
+    logger.warning("%d of the %d usable rows of `%s` repeat an earlier row's question", num_duplicates, len(valid),
+                   spec.dataset)
+    held = Counter(key(i) for i in holdout)
+    leaked = sum(1 for question, count in held.items() if counts[question] > count)  # some copy is trained on
+    if leaked:
+        raise DataError(
+            f"{leaked} of the {len(holdout)} held-out questions of `{spec.dataset}` are also training rows: "
+            f"{num_duplicates} of its {len(valid)} usable rows repeat an earlier row's question",
+            key="data.dataset", value=spec.dataset,
+            hint="remove the repeated rows from the dataset, or train without a hold-out (`--set data.holdout_size=0`)",
+        )
+    return num_duplicates
+
+
 def prepare_data(spec: JobSpec, *, before_write: Callable[[str], None] | None = None) -> PrepResult:
     """Prepare the training data of a job, or reuse it when the inputs have not changed.
 
@@ -174,6 +214,7 @@ def prepare_data(spec: JobSpec, *, before_write: Callable[[str], None] | None = 
         tokenizer_name, spec.model.revision, key="model.tokenizer" if spec.model.tokenizer else "model.base"
     )
     dataset, dataset_fp = load_rows(data_spec)
+    pause_point("prep:rows")
     key = inputs_hash(data_spec, tokenizer_fingerprint(tokenizer), dataset_fp)
     existing = read_report(data_dir)
     if existing is not None and existing.get("inputs_hash") == key:
@@ -206,6 +247,7 @@ def prepare_data(spec: JobSpec, *, before_write: Callable[[str], None] | None = 
         )
     holdout = sorted(random.Random(data_spec.seed).sample(valid, min(data_spec.holdout_size, len(valid))))
     holdout_set = set(holdout)
+    num_duplicates = _check_duplicates(read_column(texts, "question"), valid, holdout, data_spec)
     train_rows = texts.select([i for i in valid if i not in holdout_set], keep_in_memory=True)
     encoded = train_rows.map(
         _encode_batch,
@@ -240,6 +282,7 @@ def prepare_data(spec: JobSpec, *, before_write: Callable[[str], None] | None = 
         kept_lengths=read_column(kept, "num_tokens"),
         extra={
             "inputs_hash": key,
+            "rows_duplicate": num_duplicates,
             "dataset": data_spec.dataset,
             "split": data_spec.split,
             "trace_source": data_spec.trace_source,
@@ -266,6 +309,7 @@ def _write_atomically(data_dir: Path, kept: Any, holdout_rows: Any, tokenizer: A
     """Write everything to a sibling temp folder, then swap it in for `data_dir` (`rundir.write_dir_atomically`)."""
     def write(folder: Path) -> None:
         kept.save_to_disk(str(folder / TRAIN_ROWS_DIR))
+        pause_point("prep:write")  # a stop here leaves the earlier data as it was (the swap never ran)
         with (folder / HOLDOUT_NAME).open("w", encoding="utf-8") as f:
             for row in holdout_rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -27,8 +27,8 @@ from dream_job.data.tokenizer import MASK_TOKEN, load_tokenizer
 from dream_job.errors import CheckpointError, DataError
 from dream_job.model.dream import DreamConfig, DreamModel
 from dream_job.model.init import TORCH_DTYPES, random_init_model
-from dream_job.model.weights import INDEX_NAME, SINGLE_FILE_NAME, load_safetensors_weights
-from dream_job.rundir import EXPORT_DIR, EXPORT_INFO_NAME, TOKENIZER_DIR
+from dream_job.model.weights import INDEX_NAME, SINGLE_FILE_NAME, load_safetensors_weights, weights_digest
+from dream_job.rundir import EXPORT_DIR, TOKENIZER_DIR
 from dream_job.spec import JobSpec
 
 logger = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def describe_eval_model(spec: JobSpec, *, label: str, model_dir: Path | None, to
             return _checked(ModelSource(config, source, json.dumps([source, config.to_hf_dict()], sort_keys=True),
                                         None), tokenizer)
         folder = base_dir
-        source = fingerprint = f"{spec.model.base}@{spec.model.revision or 'default'}"
+        source = f"{spec.model.base}@{spec.model.revision or 'default'}"
     elif model_dir is None and label == "final":
         folder = spec.run_dir() / EXPORT_DIR
         if not folder.is_dir():
@@ -92,7 +92,7 @@ def describe_eval_model(spec: JobSpec, *, label: str, model_dir: Path | None, to
                 f"the run has no exported model at `{folder}` to evaluate as `final`",
                 hint="train first (`dream-job train`), or pass the folder of a Dream checkpoint",
             )
-        source, fingerprint = str(folder.resolve()), _folder_fingerprint(folder)
+        source = str(folder.resolve())
     elif model_dir is None:
         raise CheckpointError(
             f"model label `{label}` is neither `base` nor `final` and no model folder was given",
@@ -100,14 +100,15 @@ def describe_eval_model(spec: JobSpec, *, label: str, model_dir: Path | None, to
         )
     else:
         folder = Path(model_dir)
-        source, fingerprint = str(folder.resolve()), _folder_fingerprint(folder)
+        source = str(folder.resolve())
     config = _read_config(folder)
     if not ((folder / INDEX_NAME).is_file() or (folder / SINGLE_FILE_NAME).is_file()):
         raise CheckpointError(
             f"`{folder}` is not a Dream checkpoint: it has no `{INDEX_NAME}` or `{SINGLE_FILE_NAME}`",
             hint="pass a folder written by `dream-job train` (`<run_dir>/export/`) or a Dream hub snapshot",
         )
-    return _checked(ModelSource(config, source, fingerprint, folder), tokenizer)
+    # The weights' bytes, not the folder's name: no item decoded by other (or missing) weights is reused.
+    return _checked(ModelSource(config, source, _folder_fingerprint(folder), folder), tokenizer)
 
 
 def load_described_model(spec: JobSpec, described: ModelSource) -> EvalModel:
@@ -173,20 +174,20 @@ def _read_config(folder: Path) -> DreamConfig:
 
 
 def _folder_fingerprint(folder: Path) -> str:
-    """Hash a checkpoint folder's config, weight index (or single file's size) and export time.
+    """Hash a checkpoint folder's config, weight index and the bytes of every weight file (`weights_digest`).
 
-    Not its path: a run directory mounted elsewhere after a restart keeps its finished items.
-    A re-export (new `exported_at` in `dream_job_export.json`) changes it.
+    Not its path: a run directory mounted elsewhere after a restart keeps its finished items. Other
+    weights (a re-export that trained further, a shard replaced) change it; missing weights are
+    refused rather than answered from the cache.
+
+    Raises:
+        CheckpointError: A weight file is missing.
     """
     digest = hashlib.sha256()
     for name in ("config.json", INDEX_NAME):
         if (folder / name).is_file():
             digest.update((folder / name).read_bytes())
-    if (folder / SINGLE_FILE_NAME).is_file():
-        digest.update(str((folder / SINGLE_FILE_NAME).stat().st_size).encode())
-    if (folder / EXPORT_INFO_NAME).is_file():
-        info = json.loads((folder / EXPORT_INFO_NAME).read_text(encoding="utf-8"))
-        digest.update(str(info.get("exported_at")).encode())
+    digest.update(weights_digest(folder).encode())
     return digest.hexdigest()
 
 

@@ -45,6 +45,7 @@ from dream_job.eval.shards import Shard, merge_parts, part_path, shard_batches
 from dream_job.eval.suites import EvalItem, load_suite
 from dream_job.rundir import EVAL_DIR
 from dream_job.spec import JobSpec
+from dream_job.stopping import pause_point
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +174,7 @@ def evaluate(
                                     forwards=forwards)
             append_items(path if shard is None else part_path(path, shard.index), records)
             done.update((r["id"], r) for r in records)
+            pause_point("eval:batch")
             if progress:
                 progress(f"{model_label} {suite}", len(done), len(items))
         if shard is not None:

@@ -265,6 +265,63 @@ class CheckpointManager:
         steps = self.complete_steps()
         return steps[-1] if steps else None
 
+    def newest_intact_step(self) -> int | None:
+        """Return the newest complete checkpoint that is intact on disk, warning about each newer damaged one.
+
+        Raises:
+            CheckpointError: Complete checkpoints exist but every one is damaged (exit 1, names the fix).
+        """
+        steps = self.complete_steps()
+        skipped: list[tuple[Path, str]] = []
+        for step in reversed(steps):
+            problem = self.damage(step)
+            if problem is None:
+                for folder, why in skipped if _rank() == 0 else ():
+                    logger.warning("skipping damaged checkpoint `%s` (%s): resuming from `%s`", folder, why,
+                                   self.folder(step))
+                return step
+            skipped.append((self.folder(step), problem))
+        if skipped:
+            folder, why = skipped[0]
+            raise CheckpointError(
+                f"every checkpoint in `{self.root}` is damaged: the newest, `{folder.name}`, because {why}",
+                path=folder, caused_by=[f"`{f.name}`: {w}" for f, w in skipped[1:]],
+                hint=f"restore them from a synced copy (`artifacts.sync_every_steps`), or delete `{self.root}` to "
+                     "train from the start",
+            )
+        return None
+
+    def damage(self, step: int) -> str | None:
+        """Return what is wrong with complete checkpoint `step` on disk (None: intact), without loading it.
+
+        Reads its `.metadata` (the DCP index) and checks that every shard file it names is there and
+        long enough for the bytes it lists, so a damaged checkpoint is found before `dcp.load`
+        (whose failures print tracebacks of their own) and the resume can fall back to an older one.
+        """
+        from torch.distributed.checkpoint import FileSystemReader
+
+        folder = self.folder(step)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                metadata = FileSystemReader(str(folder)).read_metadata()
+            storage = dict(metadata.storage_data or {})
+        except Exception as exc:  # garbage, a truncated pickle, a missing file: any of them means damaged
+            return f"its `.metadata` cannot be read ({type(exc).__name__})"
+        needed: dict[str, int] = {}
+        for info in storage.values():
+            path, end = getattr(info, "relative_path", None), getattr(info, "offset", 0) + getattr(info, "length", 0)
+            if not isinstance(path, str):
+                return "its `.metadata` does not list its shard files"
+            needed[path] = max(needed.get(path, 0), end)
+        for name, size in sorted(needed.items()):
+            shard = folder / name
+            if not shard.is_file():
+                return f"its shard `{name}` is missing"
+            if shard.stat().st_size < size:
+                return f"its shard `{name}` is cut short ({shard.stat().st_size} of {size} bytes)"
+        return None
+
     def load(self, step: int, states: dict[str, Stateful]) -> None:
         """Load checkpoint `step` into `states` in place; collective, every rank calls it.
 

@@ -35,8 +35,8 @@ class CostGuard(Protocol):
     def spent_yuan(self) -> float:
         """Return the spend so far in yuan."""
 
-    def must_stop(self) -> bool:
-        """Return True when the next step would overrun the budget."""
+    def must_stop(self, next_step_s: float = 0.0) -> bool:
+        """Return True when the next step (about `next_step_s` seconds, the last one's duration) would overrun the budget."""
 
     def record_stop(self, step: int, total_steps: int) -> str:
         """Record that training stops early at `step` and return the reason, one sentence."""

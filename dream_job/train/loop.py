@@ -6,7 +6,8 @@ shards, `COMPLETE` last), logs to `<run_dir>/logs/`, and exports the final model
 `<run_dir>/export/`. A re-run resumes from the newest complete checkpoint; every random draw
 is a function of (seed, step, micro-batch), so a resumed run repeats the uninterrupted one.
 SIGTERM (spot preemption) saves at the next step boundary and exits with code 3; Ctrl-C
-(SIGINT) saves the same way and exits with code 130. A full disk while checkpointing is reported
+(SIGINT) saves the same way and exits with code 130 (`dream_job.stopping`: a stop while the
+model is built or exported ends at once; one during the last step still stops before the export). A full disk while checkpointing is reported
 as such, with the half-written checkpoint removed; CUDA running out of memory names the next
 smaller setting to try.
 """
@@ -15,13 +16,13 @@ from __future__ import annotations
 
 import logging
 import shutil
-import signal
 from typing import Any
 
 import torch
 
 from budget import fallback_methods
-from dream_job.data.prep import read_report
+from dream_job import stopping
+from dream_job.data.prep import PREP_AGAIN_FIX, read_report
 from dream_job.errors import CheckpointError, DataError, DiskFullError, SpecError
 from dream_job.rundir import CHECKPOINTS_DIR, DATA_DIR, TRAIN_ROWS_DIR, is_disk_full
 from dream_job.spec import JobSpec
@@ -33,29 +34,16 @@ __all__ = ["Preempted", "TrainResult", "load_prepared", "lr_factor", "oom_hint",
 
 logger = logging.getLogger(__name__)
 
-class StopFlag:
-    """Set by SIGTERM or SIGINT (Ctrl-C); checked (and agreed on by all ranks) at each step boundary.
+class ProcessStop:
+    """The process's stop request (`dream_job.stopping`), as the trainer reads it at each step boundary."""
 
-    A second Ctrl-C while waiting for the step to end stops at once (the last checkpoint stays).
-    """
+    @property
+    def requested(self) -> bool:
+        return stopping.requested() is not None
 
-    def __init__(self) -> None:
-        self.requested = False
-        self.signal_name = ""
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.signal_name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-        if signum == signal.SIGINT:
-            logger.warning("Ctrl-C: saving a checkpoint at the end of this step (press again to stop at once)")
-
-    def restore(self) -> None:
-        """Put back the signal handlers that were there before."""
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
+    @property
+    def signal_name(self) -> str:
+        return stopping.requested() or ""
 
 
 def load_prepared(spec: JobSpec) -> tuple[Any, dict[str, Any]]:
@@ -80,7 +68,13 @@ def load_prepared(spec: JobSpec) -> tuple[Any, dict[str, Any]]:
             f"but this job uses `{tokenizer}`",
             hint="re-run `dream-job prep` with this job file, or use another `artifacts.run_dir`",
         )
-    return datasets.load_from_disk(str(data_dir / TRAIN_ROWS_DIR)), report
+    rows = data_dir / TRAIN_ROWS_DIR
+    try:
+        return datasets.load_from_disk(str(rows)), report
+    except (OSError, ValueError) as exc:  # a truncated `.arrow` (pyarrow's ArrowInvalid is a ValueError), a lost file
+        raise DataError(f"the prepared training rows in `{rows}` are damaged", path=rows,
+                        caused_by=[f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"],
+                        hint=PREP_AGAIN_FIX.format(data_dir=data_dir)) from None
 
 
 def oom_hint(spec: JobSpec) -> str:
@@ -112,11 +106,15 @@ def train(spec: JobSpec, hooks: TrainHooks | None = None) -> TrainResult:
     """
     dataset, report = load_prepared(spec)
     dist_info = init_distributed(spec.train.device)
-    stop = StopFlag()
+    stop = ProcessStop()
     succeeded, trainer = False, None
     try:
+        stopping.pause_point("train:build")
+        # Building is not deferred: a stop during it (a 7B load takes minutes) ends it at once.
         trainer = Trainer(spec, dataset, report, dist_info, hooks)
-        result = trainer.finish(trainer.fit(stop))
+        with stopping.deferred():  # a step and its checkpoint finish; `fit` polls the request
+            stopped_early = trainer.fit(stop)
+        result = trainer.finish(stopped_early)
         succeeded = True
         return result
     except CheckpointError as exc:
@@ -133,7 +131,6 @@ def train(spec: JobSpec, hooks: TrainHooks | None = None) -> TrainResult:
     finally:
         if trainer is not None:
             trainer.close()  # on any failure too: the terminal gets its cursor back, the logs are flushed
-        stop.restore()
         close_distributed(succeeded=succeeded)
 
 

@@ -27,8 +27,10 @@ from dream_job.data.prep import read_column
 from dream_job.errors import EXIT_INTERRUPTED, EXIT_TRANSIENT, DataError, SpecError, TransientError
 from dream_job.rundir import (
     CHECKPOINTS_DIR, DATA_DIR, EXPORT_DIR, EXPORT_INFO_NAME, LOGS_DIR, METRICS_NAME, TOKENIZER_DIR, read_jsonl,
+    writing_to,
 )
 from dream_job.spec import SAVE_EVERY_ENV, JobSpec
+from dream_job.stopping import deferred, pause_point
 from dream_job.train.batches import BatchPlan, collate, hash_seed
 from dream_job.train.build import Built, build_training
 from dream_job.train.checkpoint import (
@@ -166,6 +168,7 @@ class Trainer:
                            if dist_info.device.type == "cuda" else None)
         self.start_step, self.started, self.loss = self.state.step, time.perf_counter(), float("nan")
         self.val_loss: float | None = None
+        self.last_step_s = 0.0  # the duration of the last step, the guard's estimate of the next one
         if dist_info.is_rank0 and self.hooks.display is not None:
             self.hooks.display.start(self.total_steps, self.state.step)
 
@@ -174,7 +177,7 @@ class Trainer:
             if self.dist.is_rank0:
                 self.hooks.fetch_checkpoint(self.checkpoints.root)
             dist.barrier()
-        resumed_from = self.checkpoints.latest_step()
+        resumed_from = self.checkpoints.newest_intact_step()  # a damaged newer one is named and skipped
         if resumed_from is not None:
             self.checkpoints.load(resumed_from, self.states)
             logger.info("resumed from %s", self.checkpoints.folder(resumed_from))
@@ -205,7 +208,7 @@ class Trainer:
         self.state.step += 1
         self.state.tokens_seen += tokens
         self.loss = loss
-        seconds = time.perf_counter() - step_start
+        seconds = self.last_step_s = time.perf_counter() - step_start
         values = {"train/loss": loss, "train/grad_norm": grad_norm, "train/lr": lr,
                   "train/epoch": self.state.step / self.plan.steps_per_epoch, "perf/tokens_per_s": tokens / seconds,
                   "time/eta_s": (time.perf_counter() - self.started) / (self.state.step - self.start_step)
@@ -279,7 +282,8 @@ class Trainer:
     def over_budget(self) -> bool:
         """Ask the budget guard (rank 0) whether to stop; the answer is agreed on by all ranks (collective)."""
         guard = self.hooks.cost_guard
-        over = self.dist.is_rank0 and guard is not None and guard.must_stop()
+        # The next step will take about as long as the last one: stop before a step the budget cannot pay.
+        over = self.dist.is_rank0 and guard is not None and guard.must_stop(self.last_step_s)
         return bool(all_sum([float(over)], self.dist.device)[0])
 
     def maybe_save(self, *, force: bool = False) -> None:
@@ -332,25 +336,42 @@ class Trainer:
     def fit(self, stop: StopRequest) -> str | None:
         """Train until the planned step; return why the budget guard stopped early (None when it did not).
 
+        The stop request is read (and agreed on by all ranks) before the first step, after every
+        step and after the last one, so a stop that arrives during the last step still ends here
+        and nothing downstream (export, evaluation, publishing) starts.
+
         Raises:
             Preempted: `stop` was requested (SIGTERM: exit 3; Ctrl-C: exit 130) after the checkpoint was saved.
         """
+        if self._stop_agreed(stop):  # asked for while the model was built
+            raise self._preempted(stop, f"before step {self.state.step + 1} of {self.total_steps}")
         # The guard also runs before the first step: a run re-entered with the budget spent trains nothing.
         if not self.done and self.over_budget():
             return self.stop_early()
         while not self.done:
+            pause_point("train:step")
             self.log(self.step())
-            stopping = bool(all_sum([float(stop.requested)], self.dist.device)[0])
+            stopping = self._stop_agreed(stop)
             over_budget = self.over_budget()
+            pause_point("train:save")
             self.maybe_save(force=stopping or over_budget)
             if stopping:  # the caller closes the trainer (`loop.train`'s `finally`)
-                raise Preempted(
-                    f"training stopped by {stop.signal_name or 'SIGTERM'} after saving step {self.state.step} of "
-                    f"{self.total_steps}", hint="run the same command again to resume from that checkpoint",
-                    exit_code=EXIT_INTERRUPTED if stop.signal_name == "Ctrl-C" else EXIT_TRANSIENT)
+                raise self._preempted(stop, f"after saving step {self.state.step} of {self.total_steps}")
             if over_budget:
                 return self.stop_early()
+        if self._stop_agreed(stop):  # arrived during the last step: its checkpoint is saved, export waits
+            raise self._preempted(stop, f"after saving step {self.state.step} of {self.total_steps}")
         return None
+
+    def _stop_agreed(self, stop: StopRequest) -> bool:
+        """Whether any rank was asked to stop (collective)."""
+        return bool(all_sum([float(stop.requested)], self.dist.device)[0])
+
+    @staticmethod
+    def _preempted(stop: StopRequest, when: str) -> Preempted:
+        return Preempted(f"training stopped by {stop.signal_name or 'SIGTERM'} {when}",
+                         hint="run the same command again to resume from the last checkpoint",
+                         exit_code=EXIT_INTERRUPTED if stop.signal_name == "Ctrl-C" else EXIT_TRANSIENT)
 
     def close(self) -> None:
         """Close the display and the metrics sinks (writes `loss.png`); idempotent."""
@@ -384,19 +405,22 @@ class Trainer:
 
     def _export(self, export_dir: Path) -> None:
         staged = export_dir.with_name(f".{export_dir.name}.next")
+        pause_point("train:export")  # a stop during the export ends it at once; the staged copy is redone
         if self.dist.is_rank0:
             shutil.rmtree(staged, ignore_errors=True)  # left by an export that failed
         dist.barrier()
-        export_hf(self.built.model, self.built.config, out_dir=staged,
-                  tokenizer_dir=self.run_dir / TOKENIZER_DIR, base_dir=self.built.base_dir,
-                  is_lora=self.cfg.method == "lora",
-                  base_tokenizer=self.spec.model.tokenizer in (None, self.spec.model.base))
+        with writing_to(export_dir):  # a full disk during the export names it
+            export_hf(self.built.model, self.built.config, out_dir=staged,
+                      tokenizer_dir=self.run_dir / TOKENIZER_DIR, base_dir=self.built.base_dir,
+                      is_lora=self.cfg.method == "lora",
+                      base_tokenizer=self.spec.model.tokenizer in (None, self.spec.model.base))
         if self.dist.is_rank0:
             stale = export_dir.with_name(f".{export_dir.name}.stale")
             shutil.rmtree(stale, ignore_errors=True)
-            if export_dir.exists():
-                export_dir.rename(stale)
-            staged.rename(export_dir)
+            with deferred():  # the two renames never stop halfway
+                if export_dir.exists():
+                    export_dir.rename(stale)
+                staged.rename(export_dir)
             shutil.rmtree(stale, ignore_errors=True)
             logger.info("export in place: %s", export_dir)
         dist.barrier()

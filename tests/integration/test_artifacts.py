@@ -365,3 +365,46 @@ def test_no_secret_reaches_files_or_logs(
         assert secret.encode() not in remote and secret.encode() not in local and secret not in logs
     assert s3_server.access_key not in "".join(r.getMessage() for r in caplog.records if r.name.startswith("dream_job"))
     assert os.environ["AWS_SECRET_ACCESS_KEY"] == s3_server.secret_key  # the secret was really in use
+
+
+def test_pull_never_replaces_files_it_did_not_write(tmp_path: Path) -> None:
+    """Issue 25: a folder of the user's own files, or another model pulled earlier, is refused unless `force`."""
+    publish_folder(make_export(tmp_path / "a", seed=1), f"file://{tmp_path / 'pub-a'}", run_id="a")
+    publish_folder(make_export(tmp_path / "b", seed=2), f"file://{tmp_path / 'pub-b'}", run_id="b")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text("my own config")
+    with pytest.raises(ArtifactError) as caught:
+        pull(f"file://{tmp_path / 'pub-a'}", mine)
+    assert caught.value.message == f"`{mine}` is not empty (1 files) and holds no earlier `dream-job pull`"
+    assert files_of(mine) == {"config.json": b"my own config"}
+
+    pulled = pull(f"file://{tmp_path / 'pub-a'}", tmp_path / "pulled")
+    with pytest.raises(ArtifactError) as caught:
+        pull(f"file://{tmp_path / 'pub-b'}", pulled)
+    assert caught.value.message == (f"`{pulled}` holds another model pulled earlier (its `MANIFEST.sha256` differs "
+                                    f"from `file://{tmp_path / 'pub-b'}`'s)")
+    assert files_of(pulled)[BIG] == (tmp_path / "a" / BIG).read_bytes()
+    pull(f"file://{tmp_path / 'pub-b'}", pulled, force=True)
+    assert files_of(pulled)[BIG] == (tmp_path / "b" / BIG).read_bytes()
+    pull(f"file://{tmp_path / 'pub-a'}", mine, force=True)
+    assert "config.json" in files_of(mine) and files_of(mine)["config.json"] != b"my own config"
+
+
+def test_a_pull_that_fails_its_checksums_leaves_the_destination_as_it_was(tmp_path: Path) -> None:
+    publish_folder(make_export(tmp_path / "a", seed=1), f"file://{tmp_path / 'pub'}", run_id="a")
+    pulled = pull(f"file://{tmp_path / 'pub'}", tmp_path / "pulled")
+    before = files_of(pulled)
+    (tmp_path / "pub" / BIG).write_bytes(b"tampered")  # the source changes after it was published
+    fresh = tmp_path / "fresh"
+    with pytest.raises(ArtifactError) as caught:
+        pull(f"file://{tmp_path / 'pub'}", fresh)
+    assert caught.value.message == (f"`{fresh}` does not match the `MANIFEST.sha256` of `file://{tmp_path / 'pub'}` "
+                                    "(1 of 7 files)")
+    assert not fresh.exists()  # nothing there looks complete
+    # The earlier pull already holds the listed bytes: it is verified and kept, not replaced by the bad copy.
+    assert pull(f"file://{tmp_path / 'pub'}", pulled) == pulled and files_of(pulled) == before
+    # Once the source is right again, the next pull fetches only what failed and moves it into place.
+    (tmp_path / "pub" / BIG).write_bytes((tmp_path / "a" / BIG).read_bytes())
+    assert files_of(pull(f"file://{tmp_path / 'pub'}", fresh)) == before
+    assert not (tmp_path / ".fresh.partial-pull").exists()

@@ -4,7 +4,7 @@ No Hugging Face Hub server installs on this machine, so these tests run the unmo
 `huggingface_hub` client against `HubStandIn`, a small local HTTP server implementing the Hub
 endpoints the client calls: create repo, validate-yaml, preupload, the git-LFS batch API with
 basic PUT uploads (sha256-checked), commit (ndjson), model info / revision (with blob metadata),
-the tree listing and `resolve` downloads (HEAD + GET). The one change to the client's behaviour is
+the tree listing, `resolve` downloads (HEAD + GET), whoami and file deletion (the preflight's probe). The one change to the client's behaviour is
 that `hf_xet` is reported unavailable (patched `is_xet_available`), because the stand-in does not
 speak the Xet storage protocol: uploads take the client's HTTP/LFS path, which is the path
 huggingface_hub uses wherever `hf_xet` is not installed.
@@ -27,7 +27,9 @@ from urllib.parse import parse_qs, unquote, urlparse
 import pytest
 import yaml
 
-from dream_job.artifacts import MANIFEST_NAME, RUN_MARKER_NAME, ModelCardInputs, publish_folder, pull, write_model_card
+from dream_job.artifacts import (
+    MANIFEST_NAME, RUN_MARKER_NAME, ModelCardInputs, check_destination, publish_folder, pull, write_model_card,
+)
 from dream_job.data.report import build_report
 from dream_job.errors import EXIT_USER, ArtifactError
 from tests.integration.test_artifacts import files_of, make_export
@@ -96,6 +98,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not path.startswith("/lfs-upload/") and not self._authorized():
             return self._send(401, {"error": "Invalid credentials in Authorization header"})
         repos = self.server.repos
+        if method == "GET" and path == "/api/whoami-v2":
+            return self._send(200, {"type": "user", "name": "alice", "orgs": [],
+                                    "auth": {"type": "access_token", "accessToken": {"role": "write"}}})
         if method == "POST" and path == "/api/repos/create":
             payload = json.loads(body)
             self.server.created.append(payload)
@@ -141,6 +146,12 @@ class _Handler(BaseHTTPRequestHandler):
                     elif item["key"] == "lfsFile":
                         repo["files"][value["path"]] = self.server.lfs_objects[value["oid"]]
                         repo["lfs"].add(value["path"])
+                    elif item["key"] == "deletedFile":
+                        if value["path"] not in repo["files"]:
+                            return self._send(404, {"error": f"{value['path']} does not exist"},
+                                              {"X-Error-Code": "EntryNotFound"})
+                        repo["files"].pop(value["path"])
+                        repo["lfs"].discard(value["path"])
                 repo["sha"] = secrets.token_hex(20)
                 return self._send(200, {"commitUrl": f"{self.server.url}/{repo_id}/commit/{repo['sha']}",
                                         "commitOid": repo["sha"], "pullRequestUrl": None})
@@ -357,3 +368,31 @@ def test_an_unreachable_hub_is_transient_after_huggingface_hubs_own_retries(
     assert caught.value.exit_code == 3
     assert caught.value.message == "downloading at `hf://alice/dream-s1k` failed: the Hub did not answer or is overloaded"
     assert caught.value.hint == "re-run the same command later; files already transferred are kept"
+
+
+def test_preflight_proves_an_hf_destination_with_whoami_create_and_a_write_and_delete(hub: HubStandIn) -> None:
+    """Issue 25: the token is tried before any work, and the probe leaves the repo as it was."""
+    check_destination("hf://alice/fresh")
+    assert ("GET", "/api/whoami-v2") in hub.requests
+    assert hub.created == [{"name": "fresh", "organization": "alice", "visibility": "private", "type": "model"}]
+    assert [p for m, p in hub.requests if p.endswith("/commit/main")] == ["/api/models/alice/fresh/commit/main"] * 2
+    assert hub.repos["alice/fresh"]["files"] == {}  # written, then deleted again
+    check_destination("hf://alice/fresh")  # an existing repo is fine
+
+
+def test_a_refused_hub_token_stops_the_run_in_preflight_before_any_work(
+        hub: HubStandIn, tmp_path: Path, in_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from dream_job.cli import app
+
+    monkeypatch.setenv("HF_TOKEN", "hf_garbage")
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", "jobs/smoke.yaml", "--set", f"artifacts.run_dir={run_dir}",
+                                      "--set", "artifacts.destinations=[hf://alice/dream-s1k]"])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: the Hugging Face Hub `{hub.url}` refused checking the token (whoami) at "
+                      "`hf://alice/dream-s1k` with the token in `HF_TOKEN` (HTTP 401)"]
+    assert "Traceback" not in result.output and "hf_garbage" not in result.output
+    assert not run_dir.exists() and hub.repos == {}  # nothing prepared, trained or created

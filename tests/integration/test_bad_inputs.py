@@ -39,6 +39,36 @@ class Case:
     files: dict[str, bytes | Callable[[Path], None]] = field(default_factory=dict)  # relative to {tmp}
     run_dir: str = "none"  # "none", "prepared" or "trained": the run dir the command finds
     env: dict[str, str] = field(default_factory=dict)
+    damage: Callable[[Path], None] | None = None  # done to the copied run dir before the command (and the snapshot)
+
+
+def garbage(rel: str) -> Callable[[Path], None]:
+    """Overwrite a run-dir file (every match of a glob; a plain name is created) with bytes it should not hold."""
+    def damage(run_dir: Path) -> None:
+        paths = sorted(run_dir.glob(rel)) if "*" in rel else [run_dir / rel]
+        assert paths, rel
+        for path in paths:
+            path.write_bytes(b"\x00garbage{not json")
+    return damage
+
+
+def cut_short(rel: str) -> Callable[[Path], None]:
+    """Truncate a run-dir file (every match of a glob) to a third of its size."""
+    def damage(run_dir: Path) -> None:
+        paths = sorted(run_dir.glob(rel))
+        assert paths, rel
+        for path in paths:
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    return damage
+
+
+def delete(rel: str) -> Callable[[Path], None]:
+    def damage(run_dir: Path) -> None:
+        paths = sorted(run_dir.glob(rel))
+        assert paths, rel
+        for path in paths:
+            path.unlink()
+    return damage
 
 
 def jsonl(*rows: dict) -> bytes:
@@ -79,9 +109,11 @@ def spec_case(name: str, sets: list[str], names: str, files: dict | None = None,
     return Case(name, ["spec", job, *(a for s in sets for a in ("--set", s))], code, names, files or {})
 
 
-def prep_case(name: str, sets: list[str], names: str, files: dict | None = None, code: int = 1,
+def prep_case(name: str, sets: list[str], names: str, files: dict | None = None, code: int = 1, *,
+              damage: Callable[[Path], None] | None = None,
               run_dir: str = "none") -> Case:
-    return Case(name, ["prep", SMOKE, *(a for s in sets for a in ("--set", s))], code, names, files or {}, run_dir)
+    return Case(name, ["prep", SMOKE, *(a for s in sets for a in ("--set", s))], code, names, files or {}, run_dir,
+                damage=damage)
 
 
 CASES = [
@@ -117,6 +149,20 @@ CASES = [
     spec_case("negative budget", ["budget.max_cost_yuan=-1"], "budget.max_cost_yuan"),
     spec_case("one adam beta", ["train.adam_betas=[0.9]"], "train.adam_betas"),
     spec_case("negative temperature", ["eval.sampler.temperature=-1"], "eval.sampler.temperature"),
+    spec_case("infinite budget", ["budget.max_cost_yuan=.inf"], "budget.max_cost_yuan"),
+    spec_case("infinite exchange rate", ["budget.cny_per_usd=.inf"], "budget.cny_per_usd"),
+    spec_case("NaN learning rate", ["train.learning_rate=.nan"], "train.learning_rate"),
+    spec_case("--set below a value", ["train.epochs.x=1"], "`--set train.epochs.x=1`"),
+    spec_case("--set below a missing key", ["train.foo.x=1"], "`--set train.foo.x=1`"),
+    # --- the environment: validated before any work, in the spec's error form -------------------------
+    Case("price not a number", ["train", SMOKE], 1, "`DREAM_JOB_USD_PER_HOUR`", run_dir="prepared",
+         env={"DREAM_JOB_USD_PER_HOUR": "cheap"}),
+    Case("negative price", ["train", SMOKE], 1, "`DREAM_JOB_USD_PER_HOUR`", run_dir="prepared",
+         env={"DREAM_JOB_USD_PER_HOUR": "-5"}),
+    Case("infinite price", ["run", SMOKE], 1, "`DREAM_JOB_USD_PER_HOUR`", env={"DREAM_JOB_USD_PER_HOUR": "inf"}),
+    Case("run id with a slash", ["run", SMOKE], 1, "`DREAM_JOB_RUN_ID`", env={"DREAM_JOB_RUN_ID": "a/b"}),
+    Case("node count not a number", ["run", SMOKE], 1, "`SKYPILOT_NUM_NODES`", env={"SKYPILOT_NUM_NODES": "two"}),
+    Case("hub endpoint not a URL", ["prep", SMOKE], 1, "`HF_ENDPOINT`", env={"HF_ENDPOINT": "huggingface.co"}),
     # --- the dataset ---------------------------------------------------------------------------------
     prep_case("dataset missing", ["data.dataset={tmp}/none.jsonl"], "data.dataset"),
     prep_case("empty jsonl", ["data.dataset={tmp}/empty.jsonl"], "empty.jsonl", {"empty.jsonl": b""}),
@@ -149,6 +195,9 @@ CASES = [
          "data.dataset", env=UNREACHABLE_HUB),
     prep_case("run dir is a file", ["artifacts.run_dir={tmp}/afile"], "is a file", {"afile": b"x"}),
     prep_case("run dir under a file", ["artifacts.run_dir={tmp}/afile/run"], "afile/run", {"afile": b"x"}),
+    prep_case("every row the same question", ["data.dataset={tmp}/same.jsonl"], "same.jsonl",
+              {"same.jsonl": jsonl(*[s1k_row() for _ in range(180)])}),
+    prep_case("damaged data report", [], "data_report.json", run_dir="prepared", damage=garbage("data/data_report.json")),
     prep_case("data edited after training", ["data.dataset={tmp}/fewer.jsonl"], "changed since",
               {"fewer.jsonl": b"".join(SMOKE_LINES[:150])}, run_dir="trained"),
     # --- training --------------------------------------------------------------------------------
@@ -164,6 +213,20 @@ CASES = [
     Case("base config the model cannot take", ["train", SMOKE, "--set", "model.base={tmp}/odd-model", "--set",
                                                "model.tokenizer=jobs/assets/smoke-base"], 1, "model.base",
          {"odd-model": bad_head_dim_model}, run_dir="prepared"),
+    # --- damaged run-dir files: each named with its fix, never a bug report ----------------------------
+    Case("damaged cost.json", ["train", SMOKE, *TRAIN_ARGS], 1, "cost.json", run_dir="trained",
+         damage=garbage("cost.json")),
+    Case("truncated training rows", ["train", SMOKE, *TRAIN_ARGS], 1, "data/train", run_dir="trained",
+         damage=cut_short("data/train/*.arrow")),
+    Case("every checkpoint's metadata garbage", ["train", SMOKE, *TRAIN_ARGS], 1, "is damaged", run_dir="trained",
+         damage=garbage("checkpoints/step-*/.metadata")),
+    Case("every checkpoint's shard missing", ["train", SMOKE, *TRAIN_ARGS], 1, "is missing", run_dir="trained",
+         damage=delete("checkpoints/step-*/*.distcp")),
+    Case("damaged export description", ["run", SMOKE, *TRAIN_ARGS], 1, "dream_job_export.json",
+         run_dir="trained", damage=garbage("export/dream_job_export.json")),
+    Case("export weights deleted", ["eval", SMOKE, "--model", "final"], 1, ".safetensors` is missing",
+         run_dir="trained", damage=delete("export/*.safetensors")),
+    Case("damaged run.json", ["status", SMOKE], 1, "run.json", run_dir="trained", damage=garbage("run.json")),
     Case("settings changed under checkpoints", ["train", SMOKE, *TRAIN_ARGS, "--set", "train.learning_rate=0.5"], 1,
          "train.learning_rate", run_dir="trained"),
     # --- evaluation ------------------------------------------------------------------------------
@@ -197,10 +260,15 @@ CASES = [
     Case("run with cuda on a CPU machine", ["run", SMOKE, "--set", "train.device=cuda"], 1, "train.device"),
     Case("run dir is a file (run)", ["run", SMOKE, "--set", "artifacts.run_dir={tmp}/afile"], 1, "is a file",
          {"afile": b"x"}),
+    Case("status of a run dir that does not exist", ["status", SMOKE], 1, "does not exist"),
     Case("status of a run dir that is a file", ["status", SMOKE, "--set", "artifacts.run_dir={tmp}/afile"], 1,
          "is a file", {"afile": b"x"}),
     # --- pulling ---------------------------------------------------------------------------------
     Case("pull unknown scheme", ["pull", "gs://b/x", "{tmp}/out"], 1, "gs://b/x"),
+    Case("pull into a file", ["pull", "file://{tmp}/nothing", "{tmp}/afile"], 1, "afile", {"afile": b"x"}),
+    Case("pull under a file", ["pull", "file://{tmp}/nothing", "{tmp}/afile/x"], 1, "afile", {"afile": b"x"}),
+    Case("pull into a folder of other files", ["pull", "file://{tmp}/nothing", "{tmp}/mine"], 1, "is not empty",
+         {"mine/config.json": b"{}", "nothing/.keep": b""}),
     Case("pull from an empty folder", ["pull", "file://{tmp}/nothing", "{tmp}/out"], 1, "MANIFEST.sha256",
          {"nothing/.keep": b""}),
 ]
@@ -235,7 +303,7 @@ def made_run_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_the_table_has_at_least_60_cases() -> None:
-    assert len(CASES) >= 60
+    assert len(CASES) >= 90
     assert len({c.name for c in CASES}) == len(CASES)
 
 
@@ -258,6 +326,8 @@ def test_a_bad_input_is_one_sentence_with_a_user_exit_code(case: Case, tmp_path:
     run = tmp_path / "run"
     if case.run_dir != "none":
         shutil.copytree(made_run_dirs[case.run_dir], run)
+    if case.damage is not None:
+        case.damage(run)
     fill = {"tmp": str(tmp_path), "run": str(run)}
     args = [a.format(**fill) for a in case.args]
     if case.args[0] in ("prep", "train", "eval", "run", "status") and not any("artifacts.run_dir" in a for a in args):
@@ -301,3 +371,30 @@ def test_prep_of_a_hub_dataset_without_network_fails_fast_with_exit_3(offline: b
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "`data.dataset`" in errors[0], result.stderr
     assert "HF_HUB_OFFLINE" in result.stderr and "local path" in result.stderr
+
+
+def test_eval_results_are_keyed_on_the_weights_bytes_not_the_folder(tmp_path: Path, in_repo: Path,
+                                                                    made_run_dirs: dict[str, Path]) -> None:
+    """Issue 25: other weights in the same export folder are decoded again; missing weights are no cached answer."""
+    run = tmp_path / "run"
+    shutil.copytree(made_run_dirs["trained"], run)
+    args = ["eval", SMOKE, "--model", "final", "--set", f"artifacts.run_dir={run}", "--set", "eval.limit=4"]
+    items = run / "eval" / "items-final-s1k_holdout.jsonl"
+
+    def keys() -> set[str]:
+        return {json.loads(line)["key"] for line in items.read_text().splitlines()}
+
+    assert runner.invoke(app, args).exit_code == 0
+    first = keys()
+    assert runner.invoke(app, args).exit_code == 0 and keys() == first  # same weights: reused
+    shard = next((run / "export").glob("*.safetensors"))
+    data = bytearray(shard.read_bytes())
+    data[-4:] = bytes(b ^ 0xFF for b in data[-4:])  # the last weight's bytes change, its size does not
+    shard.write_bytes(bytes(data))
+    assert runner.invoke(app, args).exit_code == 0
+    assert keys().isdisjoint(first)  # decoded again with the new weights
+    shard.unlink()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: the weights of `{run / 'export'}` are incomplete: `{shard.name}` is missing"]

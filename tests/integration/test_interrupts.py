@@ -14,6 +14,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,7 @@ runner = CliRunner()
 
 def one_error(output: str) -> str:
     assert "Traceback" not in output and "a bug in dream-job" not in output, output
+    assert "Exception ignored" not in output, output  # a stop that landed in a `__del__` is not an error
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, output
     return errors[0]
@@ -218,3 +221,120 @@ def test_a_full_disk_while_checkpointing_is_named_and_leaves_no_temp_files(small
                                                    "checkpoint")
         assert not [p for p in run_dir.rglob("*") if ".tmp" in p.name or p.name.endswith(".partial")]
     assert (run_dir / "checkpoints" / "step-000004" / "COMPLETE").is_file()
+
+
+# --- one signal policy: a stop at every stage boundary and inside every stage (issue 25) ---------
+# `DREAM_JOB_PAUSE_AT` makes the process wait at a named point (after writing a marker named like
+# it) until a signal lands, so each case signals at exactly that point, with no sleeps.
+
+QUICK_RUN = ["--set", "train.max_steps=3", "--set", "train.save_every_steps=2", "--set", "eval.limit=4",
+             "--set", "eval.batch_size=2"]
+
+
+@dataclass(frozen=True)
+class StopCase:
+    point: str
+    sig: int
+    error: str  # the start of the one error line
+    after: Callable[[Path, Path], bool]  # (run dir, destination) -> what is on disk is as expected
+    sets: tuple[str, ...] = ()
+    slow: bool = True
+
+
+def has(run_dir: Path, *rel: str) -> bool:
+    return all((run_dir / r).exists() for r in rel)
+
+
+def lacks(run_dir: Path, *rel: str) -> bool:
+    return not any((run_dir / r).exists() for r in rel)
+
+
+def empty(folder: Path) -> bool:
+    """Nothing published (the preflight creates a `file://` destination's folder, and leaves it empty)."""
+    return not folder.exists() or not any(folder.iterdir())
+
+
+TERM, INT = signal.SIGTERM, signal.SIGINT
+BY_TERM, BY_CTRL_C = "error: stopped by SIGTERM; ", "error: interrupted by Ctrl-C; "
+STOP_CASES = [
+    StopCase("preflight", TERM, BY_TERM, lambda r, d: not r.exists()),
+    StopCase("after:preflight", INT, BY_CTRL_C, lambda r, d: not r.exists()),
+    StopCase("prep:rows", TERM, BY_TERM, lambda r, d: lacks(r, "data")),
+    StopCase("prep:write", INT, BY_CTRL_C, lambda r, d: lacks(r, "data"), slow=False),
+    StopCase("after:prep", TERM, BY_TERM, lambda r, d: has(r, "data/data_report.json") and lacks(r, "checkpoints")),
+    StopCase("train:build", INT, BY_CTRL_C, lambda r, d: lacks(r, "checkpoints")),
+    StopCase("train:step", TERM, "error: training stopped by SIGTERM after saving step 1 of 3",
+             lambda r, d: has(r, "checkpoints/step-000001/COMPLETE") and lacks(r, "export")),
+    # The stop lands during the last step, after the step's own stop check: the checkpoint is saved,
+    # and the export (and so evaluation and publishing) never starts.
+    StopCase("train:save", INT, "error: training stopped by Ctrl-C after saving step 1 of 1",
+             lambda r, d: has(r, "checkpoints/step-000001/COMPLETE") and lacks(r, "export", "eval"),
+             sets=("train.max_steps=1",), slow=False),
+    StopCase("train:export", TERM, BY_TERM, lambda r, d: has(r, "checkpoints/step-000003/COMPLETE")
+             and lacks(r, "export", ".export.next", "eval")),
+    StopCase("after:train", INT, BY_CTRL_C, lambda r, d: has(r, "export/dream_job_export.json") and lacks(r, "eval")),
+    StopCase("eval:batch", TERM, "error: evaluation stopped by SIGTERM; the items decoded so far are saved",
+             lambda r, d: has(r, "eval/items-base-s1k_holdout.jsonl") and lacks(r, "eval/summary.json") and empty(d)),
+    StopCase("after:eval", INT, BY_CTRL_C, lambda r, d: has(r, "eval/summary.json") and empty(d),
+             slow=False),
+    StopCase("publish:file", TERM, BY_TERM, lambda r, d: d.is_dir() and lacks(d, "MANIFEST.sha256")),
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=[pytest.mark.slow] if c.slow else [],
+                                               id=f"{c.point}-{signal.Signals(c.sig).name}") for c in STOP_CASES])
+def test_a_stop_anywhere_in_run_is_one_sentence_keeps_what_is_done_and_the_next_run_continues(
+        case: StopCase, tmp_path: Path) -> None:
+    run_dir, published, markers = tmp_path / "run", tmp_path / "published", tmp_path / "markers"
+    args = ["run", str(SMOKE), "--set", f"artifacts.run_dir={run_dir}", "--set",
+            f"artifacts.destinations=[file://{published}]", *QUICK_RUN,
+            *(a for s in case.sets for a in ("--set", s))]
+    process = dream_job(*args, extra_env={"DREAM_JOB_PAUSE_AT": case.point, "DREAM_JOB_PAUSE_DIR": str(markers)},
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(markers / case.point, process)
+    code, output = interrupt(process, case.sig)
+    assert code == (130 if case.sig == signal.SIGINT else 3), output
+    assert one_error(output).startswith(case.error), output
+    assert case.after(run_dir, published), sorted(p.name for p in run_dir.iterdir()) if run_dir.exists() else output
+    resumed = dream_job(*args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output
+    assert (published / "MANIFEST.sha256").is_file()
+
+
+def test_ctrl_c_while_pulling_keeps_the_destination_out_of_place_and_the_next_pull_finishes(tmp_path: Path) -> None:
+    from dream_job.artifacts import publish_folder
+    from tests.integration.test_artifacts import files_of, make_export
+
+    export = make_export(tmp_path / "export")
+    source = tmp_path / "source"
+    publish_folder(export, f"file://{source}", run_id="r")
+    dest, markers = tmp_path / "pulled", tmp_path / "markers"
+    process = dream_job("pull", f"file://{source}", str(dest), extra_env={
+        "DREAM_JOB_PAUSE_AT": "pull:file", "DREAM_JOB_PAUSE_DIR": str(markers)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(markers / "pull:file", process)
+    code, output = interrupt(process, signal.SIGINT)
+    assert code == 130, output
+    assert one_error(output) == "error: interrupted by Ctrl-C; work finished so far is kept"
+    assert not (dest / "MANIFEST.sha256").exists()  # nothing there looks complete
+    again = subprocess.run([sys.executable, "-m", "dream_job", "pull", f"file://{source}", str(dest)], cwd=REPO,
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    pulled = files_of(dest)
+    assert pulled.pop("MANIFEST.sha256") == (source / "MANIFEST.sha256").read_bytes() and pulled == files_of(export)
+
+
+def test_a_full_disk_reported_without_a_file_name_names_what_was_being_written(tmp_path: Path) -> None:
+    """Issue 25: safetensors and torch report ENOSPC as text; the message names the export (or eval) folder."""
+    from dream_job.commands.failures import known_failure
+    from dream_job.rundir import locked_run_dir, writing_to
+
+    with locked_run_dir(tmp_path / "run", verb="test"):
+        with writing_to(tmp_path / "run" / "export"):
+            failure = known_failure(RuntimeError("Error while serializing: IoError(No space left on device)"))
+            assert failure is not None and failure.message == f"disk full at `{tmp_path / 'run' / 'export'}`"
+        failure = known_failure(RuntimeError("No space left on device"))
+        assert failure is not None and failure.message == f"disk full at `{tmp_path / 'run'}`"
+    failure = known_failure(OSError(28, "No space left on device", str(tmp_path / "f.bin")))
+    assert failure is not None and failure.message == f"disk full at `{tmp_path / 'f.bin'}`"

@@ -156,3 +156,21 @@ def test_real_vocabulary_prep_on_generated_rows(tmp_path: Path, qwen_dream_token
     assert result.report["rows_kept"] == 36 == len(train)
     assert all(ids[-1] == 151643 for ids in train["input_ids"])  # keep_answer: every row ends with EOS
     assert all(len(ids) <= 160 for ids in train["input_ids"])
+
+
+def test_repeated_questions_are_counted_and_a_leaking_hold_out_is_refused(
+        tmp_path: Path, in_repo: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 25: 5 repeated rows are reported; 180 copies of one row cannot be split into train and hold-out."""
+    lines = SMOKE_DATA.read_text().splitlines(keepends=True)
+    repeated = tmp_path / "repeated.jsonl"
+    repeated.write_text("".join(lines + lines[:5]))  # the first five rows twice
+    result = prepare_data(smoke_spec(tmp_path, f"data.dataset={repeated}", "data.holdout_size=0"))
+    assert result.report["rows_duplicate"] == 5 and result.report["rows_read"] == 305
+    assert f"5 of the 305 usable rows of `{repeated}` repeat an earlier row's question" in caplog.text
+
+    same = write_jsonl([s1k_row() for _ in range(180)], tmp_path / "same.jsonl")
+    with pytest.raises(DataError) as caught:
+        prepare_data(smoke_spec(tmp_path, f"data.dataset={same}", "artifacts.run_dir=" + str(tmp_path / "run2")))
+    assert caught.value.message == (f"1 of the 20 held-out questions of `{same}` are also training rows: 179 of its "
+                                    "180 usable rows repeat an earlier row's question")
+    assert not (tmp_path / "run2").exists()

@@ -82,7 +82,7 @@ def test_base_folder_without_config_or_weights_is_named(tmp_path: Path) -> None:
 def test_data_prepared_for_another_tokenizer_is_refused(tmp_path: Path, in_repo: Path) -> None:
     data = tmp_path / "data"
     (data / "train").mkdir(parents=True)
-    (data / "data_report.json").write_text(json.dumps({"tokenizer": "Dream-org/Dream-v0-Base-7B"}))
+    (data / "data_report.json").write_text(json.dumps({"tokenizer": "Dream-org/Dream-v0-Base-7B", "inputs_hash": "x"}))
     with pytest.raises(DreamJobError) as info:
         load_prepared(load_spec(SMOKE, [f"artifacts.run_dir={tmp_path}"]))
     assert info.value.message == (
