@@ -131,17 +131,20 @@ def load_safetensors_weights(
     model.init_buffers(device)
 
 
-def read_state_dict(
-    folder: str | Path, expected: Mapping[str, tuple[int, ...]], *, dtype: torch.dtype | None = None
-) -> dict[str, torch.Tensor]:
-    """Read a whole HF safetensors folder into a CPU state dict, after checking keys and shapes.
+def stream_weights(
+    folder: str | Path, expected: Mapping[str, tuple[int, ...]], *, device: torch.device | str = "cpu"
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield the tensors of an HF safetensors folder one at a time, after checking every key and shape.
 
-    For FSDP loading: rank 0 reads the full state dict and broadcasts it into the sharded model.
+    The check reads headers only, so a mismatch fails before any tensor is read. Tensors come in
+    their stored dtype, read straight to `device`, one file open at a time: a consumer that drops
+    each tensor after use (`model.init.fill_parameters`) holds one tensor, not the state dict.
+    The open file's pages are file-backed (page cache), not heap.
 
     Args:
         folder: Folder with `model.safetensors.index.json` + shards, or `model.safetensors`.
         expected: Key -> shape the model needs (plain Dream keys).
-        dtype: Cast every tensor to this dtype; None keeps the stored dtype.
+        device: Where each tensor is read to.
 
     Raises:
         FileNotFoundError: No index or `model.safetensors`.
@@ -150,13 +153,10 @@ def read_state_dict(
     folder = Path(folder)
     stored = _read_stored_shapes(folder)
     _check_keys_and_shapes(folder, stored, expected)
-    state: dict[str, torch.Tensor] = {}
     for file in sorted({file for file, _ in stored.values()}):
-        with _open_weights(folder / file) as f:
+        with _open_weights(folder / file, str(device)) as f:
             for key in f.keys():
-                tensor = f.get_tensor(key)
-                state[key] = tensor.to(dtype) if dtype is not None else tensor
-    return state
+                yield key, f.get_tensor(key)
 
 
 def plan_shards(sizes: Mapping[str, int], max_shard_bytes: int) -> list[list[str]]:
