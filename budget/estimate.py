@@ -53,7 +53,7 @@ def _memory(spec: JobSpec, shape: ModelShape, method: str, count: int, work: Wor
         eval_batch_size=spec.eval.batch_size,
         eval_context=sampler.padded_prompt_length(round(prompt)) + sampler.gen_length if work.suites else 0,
         eval_logit_rows=sampler.logit_rows(spec.eval.batch_size),
-        constants=cal.memory_constants(),
+        constants=cal.memory_constants(), init=spec.model.init,
     )
 
 
@@ -107,9 +107,10 @@ def _candidate(spec: JobSpec, offer: Offer, method: str, mem: MemoryEstimate, ti
         reason = _memory_reason(spec, mem, gpu)
     elif not fits_host:
         has = f"has {host_ram:.0f} GiB" if host_known else f"does not list its RAM (assumed {host_ram:.0f} GiB)"
-        reason = (f"needs {mem.host_gib:.0f} GiB of host RAM (rank 0's bf16 base at load, the export's one shard at "
-                  "a time"
-                  f"{', the offloaded optimizer' if method == 'full_offload' else ''}), `{offer.instance_type}` {has}")
+        reason = (f"needs {mem.host_gib:.1f} GiB of host RAM at its {mem.host_peak_stage} peak "
+                  f"({offer.count} process(es) and what the stage holds"
+                  f"{', the offloaded optimizer' if method == 'full_offload' else ''}), "
+                  f"`{offer.instance_type}` {has}")
     elif cost > budget.max_cost_yuan:
         reason = f"costs ¥{cost:.2f}, over the ¥{budget.max_cost_yuan:g} budget"
     elif offer.cloud in NO_FUSE_CLOUDS and not spec.artifacts.destinations:
