@@ -107,10 +107,9 @@ def _candidate(spec: JobSpec, offer: Offer, method: str, mem: MemoryEstimate, ti
         reason = _memory_reason(spec, mem, gpu)
     elif not fits_host:
         has = f"has {host_ram:.0f} GiB" if host_known else f"does not list its RAM (assumed {host_ram:.0f} GiB)"
-        reason = (f"needs {mem.host_gib:.1f} GiB of host RAM at its {mem.host_peak_stage} peak "
-                  f"({offer.count} process(es) and what the stage holds"
-                  f"{', the offloaded optimizer' if method == 'full_offload' else ''}), "
-                  f"`{offer.instance_type}` {has}")
+        offloaded = ", the offloaded fp32 weights and AdamW states" if method == "full_offload" else ""
+        reason = (f"needs {mem.host_gib:.1f} GiB of host RAM at its peak, the {mem.host_peak_stage} "
+                  f"({offer.count} training process(es){offloaded}), `{offer.instance_type}` {has}")
     elif cost > budget.max_cost_yuan:
         reason = f"costs ¥{cost:.2f}, over the ¥{budget.max_cost_yuan:g} budget"
     elif offer.cloud in NO_FUSE_CLOUDS and not spec.artifacts.destinations:
