@@ -27,7 +27,7 @@ from dream_job.rundir import write_dir_atomically
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_FILE_NAME = "model.safetensors"
-MAX_SHARD_BYTES = 5 * 2**30  # HF's default shard limit; budget/memory.py mirrors it (EXPORT_SHARD_BYTES)
+MAX_SHARD_BYTES = 5 * 2**30  # HF's default shard limit
 # The safetensors format's dtype names (https://github.com/huggingface/safetensors, "Format").
 SAFETENSORS_DTYPES: dict[torch.dtype, str] = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
