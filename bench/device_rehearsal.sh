@@ -5,7 +5,7 @@
 # every stage at 7B, random init -> export -> pretrained LoRA and full_8bit from it, and the LoRA job
 # inside a cgroup limit). Build `.carry/` here with bench/carry_build.sh.
 set -uo pipefail
-mode=${1:?usage: bench/device_rehearsal.sh tests|rehearsal|host_memory}
+mode=${1:?usage: bench/device_rehearsal.sh tests|rehearsal|host_memory [bench/host_memory.py options]}
 out=${OUT:-/tmp/out}; mkdir -p "$out" /tmp/site /tmp/weedbin
 python3 - <<'PY'
 import lzma, shutil, tarfile
@@ -28,7 +28,8 @@ if [ "$mode" = host_memory ]; then
   mkdir -p /mnt/hm && (mount -t tmpfs -o size=100g tmpfs /mnt/hm || echo "no tmpfs: run dirs on the disk")
   mkdir -p /root/hm-cg
   timeout "${HOST_MEMORY_TIMEOUT:-520}" python3 bench/host_memory.py --scale 7b --work /mnt/hm --cgroup \
-    --cgroup-work /root/hm-cg --tokenizer-files /tmp/site/_qwen_tokenizer_files --out-dir "$out" 2>&1 | tee "$out/host_memory.out"
+    --cgroup-work /root/hm-cg --tokenizer-files /tmp/site/_qwen_tokenizer_files --out-dir "$out" "${@:2}" 2>&1 \
+    | tee "$out/host_memory.out"
   rc=${PIPESTATUS[0]}
   cp /mnt/hm/host_memory.log "$out/host_memory.log" 2>/dev/null
   df -h / /mnt/hm | tail -n +2
