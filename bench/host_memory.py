@@ -18,12 +18,14 @@ Dream-7B `config.json` with the real tokenizer, synthetic s1K-1.1 rows, tiny GSM
 4. `full_8bit`: `jobs/dream-s1k-full-length.yaml` from the export: weight load and 2 steps, then
    killed (its checkpoint and export hold what the `random` run's did).
 
-A thread samples `/proc/<pid>/status` of each command's process tree every 50 ms: `RssAnon`
-(heap, not reclaimable) and `RssFile` (mapped files: libraries, the dataset; reclaimable) apart.
+A thread samples each command's process tree every 50 ms: anonymous memory (heap, not
+reclaimable) and file-backed memory (mapped libraries, the dataset; reclaimable) apart, as
+proportional set sizes (`smaps_rollup` Pss_Anon / Pss_File: shared pages counted once over the
+tree) and as `status` RssAnon / RssFile sums.
 Each training process is cut into stages by its own log lines and files: weight load (start to
 `weights ready`), first step, steady step (step 2), checkpoint save (a step's metrics line to
 `saved checkpoint`), export (last save to `exported`); the eval process is the eval model load.
-Each stage's peak of RssAnon + RssFile over the tree is written next to
+Each stage's peak of anonymous + file-backed over the tree (`measured_gib`) is written next to
 `budget.estimate.plan_memory(...).host_stages_gib` for that spec, one row per stage and run, to
 `--json` (with the command, torch version, GPU and date), after every command so that a run cut
 short keeps what it measured.
@@ -62,26 +64,34 @@ STAGES_IN_ORDER = ("weight load", "first step", "steady step", "checkpoint save"
 # ------------------------------------------------------------------------------------ sampling
 
 def _status(pid: int) -> dict[str, int]:
-    """RssAnon / RssFile / RssShmem of one process in bytes (zeros once it is gone)."""
-    values = {"RssAnon": 0, "RssFile": 0, "RssShmem": 0}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key = line.split(":", 1)[0]
-            if key in values:
-                values[key] = int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
+    """One process's resident memory in bytes (zeros once it is gone).
+
+    RssAnon / RssFile from `status`; Pss_Anon / Pss_File from `smaps_rollup`: a page shared by n
+    processes (the libraries in every inductor worker, pages inherited by `fork`) counts 1/n in
+    each, so the tree's sum is what the node holds, as a cgroup charges it.
+    """
+    values = {"RssAnon": 0, "RssFile": 0, "Pss_Anon": 0, "Pss_File": 0}
+    for name in ("status", "smaps_rollup"):
+        try:
+            for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
+                key = line.split(":", 1)[0]
+                if key in values:
+                    values[key] = int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
     return values
 
 
 @dataclass
 class Sample:
     t: float
-    anon: int
-    file: int
+    anon: int  # Pss_Anon of the tree (RssAnon where smaps_rollup is missing)
+    file: int  # Pss_File of the tree (RssFile where smaps_rollup is missing)
     main_anon: int
     main_file: int
     processes: int
+    rss_anon: int = 0  # RssAnon and RssFile summed over the tree (shared pages counted in each process)
+    rss_file: int = 0
 
 
 @dataclass
@@ -117,6 +127,7 @@ class Command:
                 "file_at_peak_gib": top.file / GIB, "peak_anon_gib": max(s.anon for s in inside) / GIB,
                 "peak_file_gib": max(s.file for s in inside) / GIB,
                 "main_process_peak_gib": max(s.main_anon + s.main_file for s in inside) / GIB,
+                "peak_rss_sum_gib": max(s.rss_anon + s.rss_file for s in inside) / GIB,
                 "processes": max(s.processes for s in inside), "seconds": end - start}
 
 
@@ -149,9 +160,12 @@ def run_command(command: Command, env: dict[str, str], log: Path, metrics: Path 
         now = time.monotonic()
         pids = rehearsal._tree(process.pid)
         stats = [_status(pid) for pid in pids]
+        pss = all(s["Pss_Anon"] or s["Pss_File"] for s in stats[:1])
+        anon, file = ("Pss_Anon", "Pss_File") if pss else ("RssAnon", "RssFile")
         main = stats[0]
-        command.samples.append(Sample(now, sum(s["RssAnon"] for s in stats), sum(s["RssFile"] for s in stats),
-                                      main["RssAnon"], main["RssFile"], len(pids)))
+        command.samples.append(Sample(now, sum(s[anon] for s in stats), sum(s[file] for s in stats),
+                                      main[anon], main[file], len(pids), sum(s["RssAnon"] for s in stats),
+                                      sum(s["RssFile"] for s in stats)))
         if metrics is not None and metrics.is_file():
             lines = metrics.read_text().splitlines()
             for line in lines[seen:]:
