@@ -225,3 +225,27 @@ def test_lora_4090_job_fits_one_rtx4090_box_and_is_picked_where_cheapest(tmp_pat
     assert all(c.host_gib == pytest.approx(3 + 2 * P / GIB, abs=0.05) for c in one_gpu)  # 17.2 GiB
     choice = result.choice
     assert (choice.method, choice.gpu, choice.count, choice.cloud) == ("lora", "RTX4090", 1, "runpod")
+
+
+def test_estimate_rejects_a_box_whose_ram_is_below_the_host_figure_and_says_why(tmp_path) -> None:
+    from datetime import date
+
+    from budget import estimate
+    from budget.timing import calibration
+
+    # full_offload keeps fp32 weights, grads and AdamW m, v on the host (16 B/param) and adds the CPU
+    # step's fp32 temporary (4 B/param) in the steps: 20 x 7,615,616,512 B = 141.85 GiB, plus the
+    # one process and, in the first step, its compile workers (the LoRA job compiles).
+    spec = load_spec(REPO / "jobs" / "dream-s1k-lora-4090.yaml",
+                     ["budget.clouds=[runpod]", "train.method=full_offload", "budget.max_cost_yuan=1000"])
+    result = estimate(spec, data_report=None, catalog_dir=tmp_path / "no-catalog", now=date(2026, 11, 24))
+    constants = calibration().memory_constants()
+    need = 20 * P / GIB + constants.host_per_rank_gib + constants.host_compile_gib
+    one = [c for c in result.candidates if (c.method, c.count, c.cloud) == ("full_offload", 1, "runpod")]
+    assert one and all(not c.fits and c.host_mem_gib == 29 for c in one)
+    assert one[0].host_gib == pytest.approx(need)
+    assert one[0].reason == (
+        f"needs {need:.1f} GiB of host RAM at its peak, the first step (1 training process(es), the offloaded "
+        "fp32 weights and AdamW states), `1x_RTX4090_SECURE` has 29 GiB")
+    eight = [c for c in result.candidates if (c.method, c.count) == ("full_offload", 8)]
+    assert eight and all(c.fits and c.host_mem_gib == 232 for c in eight)  # 8 x 29 GiB holds it
