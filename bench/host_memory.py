@@ -58,7 +58,7 @@ GIB = 2**30
 FULL_JOB = REPO / "jobs" / "dream-s1k-full-length.yaml"
 LORA_JOB = REPO / "jobs" / "dream-s1k-lora-4090.yaml"
 MAX_LENGTH = 2048
-STAGES_IN_ORDER = ("weight load", "first step", "steady step", "checkpoint save", "export", "eval model load")
+STAGES_IN_ORDER = ("prep", "weight load", "first step", "steady step", "checkpoint save", "export", "eval model load")
 
 
 # ------------------------------------------------------------------------------------ sampling
@@ -330,12 +330,17 @@ def main() -> None:
     parser.add_argument("--cgroup-gib", type=float, default=None, help="The limit (default: the model's figure).")
     parser.add_argument("--cgroup-work", type=Path, default=None, help="Run dir of the cgroup run (a disk).")
     parser.add_argument("--skip", action="append", default=[], help="Skip a run: lora, eval, cgroup, full_8bit.")
+    parser.add_argument("--prep-rows", type=int, default=None,
+                        help="Only measure the LoRA job's prep on this many s1K-sized synthetic rows (no GPU).")
     ns = parser.parse_args()
     ns.work = ns.work.resolve()
     ns.work.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))  # `timeout`: unwind, the result file is kept
     bench = Bench(ns)
     (ns.work / "host_memory.log").write_text("")
+    if ns.prep_rows:
+        prep_only(bench, ns)
+        return
     assets = ns.work / "assets"
     rehearsal.write_assets(ns.scale, assets, rehearsal.qwen_files(ns.tokenizer_files),
                            MAX_LENGTH if ns.scale == "7b" else 256)
@@ -378,6 +383,29 @@ def main() -> None:
         bench.training("full_8bit", FULL_JOB, "full_8bit", sets, "pretrained", kill_after_step=2)
         shutil.rmtree(full_dir / "checkpoints", ignore_errors=True)
     print(json.dumps(bench.result["rows"], indent=1))
+
+
+def prep_only(bench: Bench, ns: argparse.Namespace) -> None:
+    """The LoRA job's prep (`data.num_proc` workers, the real tokenizer) on `--prep-rows` rows of s1K-1.1's lengths.
+
+    Prep runs on the CPU only, so its host memory here is what it takes on the GPU box.
+    """
+    from dream_job.data.tokenizer import load_tokenizer
+
+    assets = ns.work / "assets"
+    rehearsal.write_base(assets / "base", "7b", rehearsal.qwen_files(ns.tokenizer_files))
+    rows = assets / f"s1k-like-{ns.prep_rows}.jsonl"
+    if not rows.is_file():
+        lengths = rehearsal.profile_lengths(ns.prep_rows, 16384, seed=17)  # full-length rows, as s1K-1.1 ships them
+        rehearsal.write_rows(rows, load_tokenizer(str(assets / "base")), lengths, seed=17)
+    run_dir = ns.work / "prep"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    sets = job_sets("7b", assets, run_dir, assets / "base", "pretrained", steps=2, save_every=1, compile_=True)
+    sets = [s for s in sets if not s.startswith("data.num_proc=")]  # the job's own (4)
+    sets.append(f"data.dataset={rows}")
+    command = bench.run("prep", cli(LORA_JOB, "prep", sets))
+    bench.record("prep", "lora", "pretrained", {"prep": command.peak(command.started, command.ended)},
+                 estimated_stages(LORA_JOB, sets, "lora"))
 
 
 def cgroup_run(bench: Bench, ns: argparse.Namespace, assets: Path, export: Path, tiny: bool) -> None:

@@ -53,7 +53,7 @@ def _memory(spec: JobSpec, shape: ModelShape, method: str, count: int, work: Wor
         eval_batch_size=spec.eval.batch_size,
         eval_context=sampler.padded_prompt_length(round(prompt)) + sampler.gen_length if work.suites else 0,
         eval_logit_rows=sampler.logit_rows(spec.eval.batch_size),
-        constants=cal.memory_constants(), init=spec.model.init,
+        constants=cal.memory_constants(), init=spec.model.init, prep_processes=spec.data.num_proc,
     )
 
 

@@ -39,7 +39,7 @@ GIB = 2**30
 LOSS_CHUNK_ROWS = 1024  # DreamForMaskedDiffusion.loss_chunk_size
 TRAINABLE_FULL = ("full", "full_8bit", "full_offload")
 # The stages whose host RAM the model gives (`host_stage_bytes`) and bench/host_memory.py measures.
-HOST_STAGES = ("weight load", "first step", "steady step", "checkpoint save", "export", "eval model load")
+HOST_STAGES = ("prep", "weight load", "first step", "steady step", "checkpoint save", "export", "eval model load")
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,8 @@ class MemoryConstants:
     compiled_activation_factor: float
     host_compile_gib: float = 0.0
     host_eval_process_gib: float = 0.0
+    host_prep_gib: float = 0.0
+    host_prep_worker_gib: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,7 @@ def estimate_memory(
     constants: MemoryConstants,
     eval_logit_rows: int,
     init: str = "pretrained",
+    prep_processes: int = 1,
 ) -> MemoryEstimate:
     """Return the per-GPU peak and host RAM of one training run (see the module docstring).
 
@@ -150,6 +153,7 @@ def estimate_memory(
         eval_logit_rows: Masked positions whose logits the sampler holds at once
             (`SamplerSpec.logit_rows`).
         init: `model.init`: `pretrained` reads the base weights, `random` draws them on the GPU.
+        prep_processes: `data.num_proc`: tokenizing processes of the prep stage.
     """
     n, p, d, vocab = num_gpus, shape.num_params, shape.hidden, shape.vocab
     is_lora = method == "lora"
@@ -221,7 +225,7 @@ def estimate_memory(
     overhead = constants.cuda_context_gib + (constants.nccl_gib if n > 1 else 0.0)
     peak = max(phases.values()) / GIB * (1 + constants.allocator_headroom) + overhead
     stages = host_stage_bytes(shape, method=method, num_gpus=n, trainable=trainable, lora_targets=lora_targets,
-                              init=init, compiled=compiled, constants=constants)
+                              init=init, compiled=compiled, constants=constants, prep_processes=prep_processes)
     return MemoryEstimate(
         phases_gib={k: v / GIB for k, v in phases.items()},
         breakdown_gib={k: v / GIB for k, v in terms.items()},
@@ -232,10 +236,12 @@ def estimate_memory(
 
 
 def host_stage_bytes(shape: ModelShape, *, method: str, num_gpus: int, trainable: int, lora_targets: list[str],
-                     init: str, compiled: bool, constants: MemoryConstants) -> dict[str, float]:
+                     init: str, compiled: bool, constants: MemoryConstants, prep_processes: int = 1) -> dict[str, float]:
     """Return the node's host RAM (resident: anonymous + file-backed, all processes) in each of `HOST_STAGES`.
 
-    Every stage holds one process per GPU (`host_per_rank_gib`: Python, torch, the CUDA
+    Prep (CPU only, before training) is one process (`host_prep_gib`: datasets, the tokenizer)
+    plus `host_prep_worker_gib` for each of `data.num_proc` tokenizing workers (none for 1).
+    Every later stage holds one process per GPU (`host_per_rank_gib`: Python, torch, the CUDA
     libraries and context, the tokenizer, the memory-mapped dataset) plus what the stage adds; no
     stage holds a copy of the model (dream_job/model/init.py, train/export.py):
 
@@ -260,7 +266,9 @@ def host_stage_bytes(shape: ModelShape, *, method: str, num_gpus: int, trainable
     master_bytes = 4 if method in ("full", "full_offload") else 2
     offloaded = 16 * p if method == "full_offload" else 0
     cpu_step = 4 * p if method == "full_offload" else 0
+    workers = prep_processes if prep_processes > 1 else 0
     return {
+        "prep": (constants.host_prep_gib + workers * constants.host_prep_worker_gib) * GIB,
         "weight load": processes + offloaded + (n * largest_bf16 if init == "pretrained" else 0),
         "first step": processes + offloaded + cpu_step + (n * constants.host_compile_gib * GIB if compiled else 0),
         "steady step": processes + offloaded + cpu_step,

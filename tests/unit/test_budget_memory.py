@@ -175,6 +175,7 @@ def test_host_ram_of_lora_on_one_gpu_is_one_process_and_one_tensor_per_stage() -
     assert export == 4 * adapters + embed_bf16 == 1_251_475_456
     stages = {k: round(v * GIB) for k, v in mem.host_stages_gib.items()}
     assert stages == {
+        "prep": 0,  # no prep constants here (test_prep_holds_one_process_and_its_workers)
         "weight load": 3 * GIB + 1_089_994_752,  # the pretrained base, read one tensor at a time
         "first step": 3 * GIB,
         "steady step": 3 * GIB,
@@ -256,3 +257,12 @@ def test_estimate_rejects_a_box_whose_ram_is_below_the_host_figure_and_says_why(
         "fp32 weights and AdamW states), `1x_RTX4090_SECURE` has 29 GiB")
     eight = [c for c in result.candidates if (c.method, c.count) == ("full_offload", 8)]
     assert eight and all(c.fits and c.host_mem_gib == 232 for c in eight)  # 8 x 29 GiB holds it
+
+
+def test_prep_holds_one_process_and_its_workers() -> None:
+    constants = dataclasses.replace(ZERO, host_prep_gib=0.75, host_prep_worker_gib=0.5)
+    common = dict(method="lora", num_gpus=1, micro_batch_size=1, max_length=2048, checkpointed_layers=28,
+                  fsdp=True, compiled=False, accumulation_steps=1, lora_rank=16, lora_targets=["q_proj"],
+                  lora_dropout=0.0, eval_batch_size=1, eval_context=0, eval_logit_rows=0, constants=constants)
+    assert estimate_memory(DREAM_7B, prep_processes=4, **common).host_stages_gib["prep"] == 0.75 + 4 * 0.5
+    assert estimate_memory(DREAM_7B, prep_processes=1, **common).host_stages_gib["prep"] == 0.75  # no workers
