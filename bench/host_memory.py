@@ -322,7 +322,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=["7b", "tiny"], default="7b")
     parser.add_argument("--work", type=Path, required=True, help="Run dirs and assets (a tmpfs is fastest).")
-    parser.add_argument("--tokenizer-files", type=Path, default=None, help="Folder with Qwen2.5 vocab.json, merges.txt.")
+    parser.add_argument("--tokenizer-files", type=Path, default=None,
+                        help="Folder with Qwen2.5 vocab.json, merges.txt.")
     parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     parser.add_argument("--out-dir", type=Path, default=None,
                         help="Also write them here as host_memory-<gpu>-<date>.json (bench/results/ naming).")

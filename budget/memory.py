@@ -236,7 +236,8 @@ def estimate_memory(
 
 
 def host_stage_bytes(shape: ModelShape, *, method: str, num_gpus: int, trainable: int, lora_targets: list[str],
-                     init: str, compiled: bool, constants: MemoryConstants, prep_processes: int = 1) -> dict[str, float]:
+                     init: str, compiled: bool, constants: MemoryConstants,
+                     prep_processes: int = 1) -> dict[str, float]:
     """Return the node's host RAM (resident: anonymous + file-backed, all processes) in each of `HOST_STAGES`.
 
     Prep (CPU only, before training) is one process (`host_prep_gib`: datasets, the tokenizer)

@@ -222,7 +222,8 @@ class ShardWriter:
         """Finish the file: every key of the layout must have been written; flush and fsync."""
         if self.pending:
             self.file.close()
-            raise ValueError(f"`{self.path.name}`: {len(self.pending)} tensor(s) not written, first `{self.pending[-1]}`")
+            raise ValueError(f"`{self.path.name}`: {len(self.pending)} tensor(s) not written, "
+                             f"first `{self.pending[-1]}`")
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
