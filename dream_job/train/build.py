@@ -13,9 +13,9 @@ Methods (`train.method`):
 
 The model is built on the meta device, sharded (`fully_shard` per decoder layer, then the
 root), allocated on the device, and filled one tensor at a time (`model.init`): each rank reads
-every base tensor straight to its GPU and keeps its own shard, or draws the random start on the
-GPU. No process holds a whole copy of the weights in host RAM: start-up at Dream 7B needs the
-process itself plus one tensor (bench/RESULTS.md, "Host memory").
+every base tensor (through one host buffer) onto its GPU and keeps its own shard, or draws the
+random start on the GPU. No process holds a whole copy of the weights in host RAM: start-up at
+Dream 7B needs the process itself plus one tensor (bench/RESULTS.md, "Host memory per stage").
 
 One process with one dtype (`full_8bit`, or `full` computing in fp32) trains the plain module:
 FSDP2 would still copy every weight in and out of its all-gather buffers at each forward and
