@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (issue 17): unpack what `.carry/` brings (python packages the image lacks,
 # Qwen's tokenizer files, SeaweedFS's `weed`), then run `tests` (every test in tests/gpu) or
-# `rehearsal` (bench/rehearsal.py at Dream-7B shape). Build `.carry/` here with bench/carry_build.sh.
+# `rehearsal` (bench/rehearsal.py at Dream-7B shape) or `host_memory` (bench/host_memory.py: host RAM of
+# every stage at 7B, random init -> export -> pretrained LoRA and full_8bit from it, and the LoRA job
+# inside a cgroup limit). Build `.carry/` here with bench/carry_build.sh.
 set -uo pipefail
-mode=${1:?usage: bench/device_rehearsal.sh tests|rehearsal}
+mode=${1:?usage: bench/device_rehearsal.sh tests|rehearsal|host_memory [bench/host_memory.py options]}
 out=${OUT:-/tmp/out}; mkdir -p "$out" /tmp/site /tmp/weedbin
 python3 - <<'PY'
 import lzma, shutil, tarfile
@@ -19,6 +21,19 @@ df -h / /dev/shm | tail -n +2; free -g | head -2
 if [ "$mode" = tests ]; then
   timeout 560 python3 -m pytest tests/gpu -v -p no:cacheprovider -o addopts='' --durations=0 2>&1 | tee "$out/gpu_tests.log"
   exit $?
+fi
+if [ "$mode" = host_memory ]; then
+  # Run dirs on a tmpfs (fast; its pages are no process's RSS); the cgroup run on the disk, since
+  # tmpfs pages written from inside the cgroup would count against its limit.
+  mkdir -p /mnt/hm && (mount -t tmpfs -o size=100g tmpfs /mnt/hm || echo "no tmpfs: run dirs on the disk")
+  mkdir -p /root/hm-cg
+  timeout "${HOST_MEMORY_TIMEOUT:-520}" python3 bench/host_memory.py --scale 7b --work /mnt/hm --cgroup \
+    --cgroup-work /root/hm-cg --tokenizer-files /tmp/site/_qwen_tokenizer_files --out-dir "$out" "${@:2}" 2>&1 \
+    | tee "$out/host_memory.out"
+  rc=${PIPESTATUS[0]}
+  cp /mnt/hm/host_memory.log "$out/host_memory.log" 2>/dev/null
+  df -h / /mnt/hm | tail -n +2
+  exit $rc
 fi
 # A full_8bit checkpoint of Dream 7B is ~31 GB and one is kept (two while the next is written), so the
 # run dir goes on a RAM-backed tmpfs; the S3 server's data (15 GB) and the pulled copy go on the disk

@@ -1,8 +1,8 @@
 """Peak host RSS of the LoRA export at Dream-7B shape (issue 14, deliverable 6), on the CPU.
 
 The export (`dream_job.train.export.export_hf`) streams: rank 0 gathers one tensor at a time,
-folds its LoRA delta in and fills one <= 5 GiB bf16 shard, which it writes and drops. This script
-measures how much host memory that takes at the real 7B shape (Dream's published `config.json`,
+folds its LoRA delta in and appends it to the shard file being written (until 2026-12-07 it
+filled whole <= 5 GiB shards). This script measures how much host memory that takes at the real 7B shape (Dream's published `config.json`,
 random weights), with the job's adapters (`jobs/dream-s1k-lora-4090.yaml`: rank 16, alpha 32, all
 seven linears), as on a one-GPU box where the model lives on the GPU:
 

@@ -14,7 +14,7 @@ Steps (both scales run the same code; `tiny` only overrides sizes with `--set`):
    again at the next step boundary and exits 3); `run` again (resumes, evaluates, exports,
    publishes); `python -m dream_job pull` into a fresh folder (it verifies every sha256).
 4. Per stage: wall time, peak GPU memory (NVML, whole device), peak host RSS (the process
-   tree), bytes written (`wchar` of the process tree) and bytes uploaded/pulled, next to what
+   tree; also RssAnon and RssFile apart, bench/host_memory.py cuts training into finer stages), bytes written (`wchar` of the process tree) and bytes uploaded/pulled, next to what
    `budget.timing`/`budget.memory` predict for that stage on the GPU found, written to
    `<work>/rehearsal.json` and printed as a table.
 
@@ -210,6 +210,8 @@ class Span:
     end: float | None = None
     peak_gpu_gib: float | None = None
     peak_rss_gib: float = 0.0
+    peak_anon_gib: float = 0.0  # RssAnon (heap; not reclaimable) and RssFile (mapped files) apart
+    peak_file_gib: float = 0.0
     wchar_start: int = 0
     wchar_end: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -278,11 +280,14 @@ class Monitor:
             now = time.monotonic()
             pids = _tree(self.process.pid)
             rss = sum(_proc_value(f"/proc/{pid}/status", "VmRSS:") for pid in pids) * 1024 / GIB
+            anon = sum(_proc_value(f"/proc/{pid}/status", "RssAnon:") for pid in pids) * 1024 / GIB
+            file = sum(_proc_value(f"/proc/{pid}/status", "RssFile:") for pid in pids) * 1024 / GIB
             gpu = self.gpu.used_gib()
             with self.lock:
                 self.wchar()
                 span = self.spans[-1]
                 span.peak_rss_gib = max(span.peak_rss_gib, rss)
+                span.peak_anon_gib, span.peak_file_gib = max(span.peak_anon_gib, anon), max(span.peak_file_gib, file)
                 if gpu is not None:
                     span.peak_gpu_gib = max(span.peak_gpu_gib or 0.0, gpu)
             if metrics.is_file():
@@ -389,6 +394,7 @@ def start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
 
 def spans_json(spans: list[Span]) -> list[dict[str, Any]]:
     return [{"name": s.name, "seconds": s.seconds, "peak_gpu_gib": s.peak_gpu_gib, "peak_rss_gib": s.peak_rss_gib,
+             "peak_anon_gib": s.peak_anon_gib, "peak_file_gib": s.peak_file_gib,
              "bytes_written": s.wchar_end - s.wchar_start} for s in spans]
 
 

@@ -55,14 +55,16 @@ def _memory(spec: JobSpec, shape: ModelShape, method: str, count: int, work: Wor
         eval_batch_size=spec.eval.batch_size,
         eval_context=sampler.padded_prompt_length(round(prompt)) + sampler.gen_length if work.suites else 0,
         eval_logit_rows=sampler.logit_rows(spec.eval.batch_size),
-        constants=cal.memory_constants(),
+        constants=cal.memory_constants(), init=spec.model.init, prep_processes=spec.data.num_proc,
     )
-    # `train.async_save` keeps a staged copy of the checkpoint in host RAM for the whole run: on top of
-    # `budget.memory`'s host figure (an upper bound: the load at start-up and the export at the end
-    # happen while no staged copy is held).
+    # `train.async_save` keeps a staged copy of the checkpoint in host RAM from the first save on (its
+    # buffers are reused): on top of `budget.memory`'s figure for every stage after the weights load.
     trainable = shape.lora_params(train.lora.rank, list(train.lora.targets)) if method == "lora" else shape.num_params
     ckpt = checkpoint_bytes(shape, method, trainable, cal.section("memory")["adam8bit_bytes_per_param"])
-    return replace(mem, host_gib=mem.host_gib + staging_host_bytes(ckpt, async_save=train.async_save) / 2**30)
+    staged_gib = staging_host_bytes(ckpt, async_save=train.async_save) / 2**30
+    stages = {stage: gib + (staged_gib if stage not in ("prep", "weight load") else 0.0)
+              for stage, gib in mem.host_stages_gib.items()}
+    return replace(mem, host_stages_gib=stages, host_gib=max(stages.values()))
 
 
 def plan_memory(spec: JobSpec, method: str, num_gpus: int,
@@ -115,11 +117,10 @@ def _candidate(spec: JobSpec, offer: Offer, method: str, mem: MemoryEstimate, ti
         reason = _memory_reason(spec, mem, gpu)
     elif not fits_host:
         has = f"has {host_ram:.0f} GiB" if host_known else f"does not list its RAM (assumed {host_ram:.0f} GiB)"
-        reason = (f"needs {mem.host_gib:.0f} GiB of host RAM (rank 0's bf16 base at load, the export's one shard at "
-                  "a time"
-                  f"{', the offloaded optimizer' if method == 'full_offload' else ''}"
-                  f"{', the staged checkpoint of `train.async_save`' if train.async_save else ''}), "
-                  f"`{offer.instance_type}` {has}"
+        offloaded = ", the offloaded fp32 weights and AdamW states" if method == "full_offload" else ""
+        staged = ", the staged checkpoint of `train.async_save`" if train.async_save else ""
+        reason = (f"needs {mem.host_gib:.1f} GiB of host RAM at its peak, the {mem.host_peak_stage} "
+                  f"({offer.count} training process(es){offloaded}{staged}), `{offer.instance_type}` {has}"
                   f"{'; `--set train.async_save=false` needs no staged copy' if train.async_save else ''}")
     elif cost > budget.max_cost_yuan:
         reason = f"costs ¥{cost:.2f}, over the ¥{budget.max_cost_yuan:g} budget"

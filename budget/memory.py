@@ -31,14 +31,15 @@ bytes; results in GiB.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from budget.shape import ModelShape
 
 GIB = 2**30
 LOSS_CHUNK_ROWS = 1024  # DreamForMaskedDiffusion.loss_chunk_size
-EXPORT_SHARD_BYTES = 5 * GIB  # dream_job.model.weights.MAX_SHARD_BYTES: the export fills one <= 5 GiB shard at a time
 TRAINABLE_FULL = ("full", "full_8bit", "full_offload")
+# The stages whose host RAM the model gives (`host_stage_bytes`) and bench/host_memory.py measures.
+HOST_STAGES = ("prep", "weight load", "first step", "steady step", "checkpoint save", "export", "eval model load")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,10 @@ class MemoryConstants:
     adam8bit_bytes_per_param: float
     loss_bytes_per_logit: float
     compiled_activation_factor: float
+    host_compile_gib: float = 0.0
+    host_eval_process_gib: float = 0.0
+    host_prep_gib: float = 0.0
+    host_prep_worker_gib: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -64,13 +69,19 @@ class MemoryEstimate:
             `save` (checkpoint and export) and `eval` (the sampler), before context and headroom.
         breakdown_gib: The terms of the `train` phase.
         peak_gib: max(phases) x (1 + allocator headroom) + CUDA context (+ NCCL): what must fit.
-        host_gib: Peak host RAM of the node (all ranks), GiB.
+        host_gib: Peak host RAM of the node (all ranks), GiB: the largest of `host_stages_gib`.
+        host_stages_gib: Host RAM of the node in each of `HOST_STAGES`, GiB.
     """
 
     phases_gib: dict[str, float]
     breakdown_gib: dict[str, float]
     peak_gib: float
     host_gib: float
+    host_stages_gib: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def host_peak_stage(self) -> str:
+        return max(self.host_stages_gib, key=self.host_stages_gib.__getitem__)
 
     @property
     def peak_phase(self) -> str:
@@ -124,6 +135,8 @@ def estimate_memory(
     eval_context: int,
     constants: MemoryConstants,
     eval_logit_rows: int,
+    init: str = "pretrained",
+    prep_processes: int = 1,
 ) -> MemoryEstimate:
     """Return the per-GPU peak and host RAM of one training run (see the module docstring).
 
@@ -139,6 +152,8 @@ def estimate_memory(
         eval_context: Prompt + generated tokens per sequence of the sampler (0: no evaluation).
         eval_logit_rows: Masked positions whose logits the sampler holds at once
             (`SamplerSpec.logit_rows`).
+        init: `model.init`: `pretrained` reads the base weights, `random` draws them on the GPU.
+        prep_processes: `data.num_proc`: tokenizing processes of the prep stage.
     """
     n, p, d, vocab = num_gpus, shape.num_params, shape.hidden, shape.vocab
     is_lora = method == "lora"
@@ -209,43 +224,73 @@ def estimate_memory(
 
     overhead = constants.cuda_context_gib + (constants.nccl_gib if n > 1 else 0.0)
     peak = max(phases.values()) / GIB * (1 + constants.allocator_headroom) + overhead
+    stages = host_stage_bytes(shape, method=method, num_gpus=n, trainable=trainable, lora_targets=lora_targets,
+                              init=init, compiled=compiled, constants=constants, prep_processes=prep_processes)
     return MemoryEstimate(
         phases_gib={k: v / GIB for k, v in phases.items()},
         breakdown_gib={k: v / GIB for k, v in terms.items()},
         peak_gib=peak,
-        host_gib=host_bytes(shape, method=method, num_gpus=n, trainable=trainable, lora_targets=lora_targets,
-                            per_rank_gib=constants.host_per_rank_gib) / GIB,
+        host_gib=max(stages.values()) / GIB,
+        host_stages_gib={k: v / GIB for k, v in stages.items()},
     )
 
 
-def host_bytes(shape: ModelShape, *, method: str, num_gpus: int, trainable: int, lora_targets: list[str],
-               per_rank_gib: float) -> float:
-    """Return the node's peak host RAM: processes, offloaded state, and rank 0's load or export.
+def host_stage_bytes(shape: ModelShape, *, method: str, num_gpus: int, trainable: int, lora_targets: list[str],
+                     init: str, compiled: bool, constants: MemoryConstants,
+                     prep_processes: int = 1) -> dict[str, float]:
+    """Return the node's host RAM (resident: anonymous + file-backed, all processes) in each of `HOST_STAGES`.
 
-    Rank 0 holds the whole base state dict in the master dtype when it loads the weights
-    (`dream_job/train/build.py: _full_state_dict`); the export streams (`export_host_bytes`), so
-    at 7B the load is the larger of the two.
+    Prep (CPU only, before training) is one process (`host_prep_gib`: datasets, the tokenizer)
+    plus `host_prep_worker_gib` for each of `data.num_proc` tokenizing workers (none for 1).
+    Every later stage holds one process per GPU (`host_per_rank_gib`: Python, torch, the CUDA
+    libraries and context, the tokenizer, the memory-mapped dataset) plus what the stage adds; no
+    stage holds a copy of the model (dream_job/model/init.py, train/export.py):
+
+    - weight load: `pretrained`: each rank reads every base tensor into host memory on its way to
+      the GPU, one at a time: the largest, in its stored bf16 (the embedding, 2 B x vocab x hidden).
+      `random`: drawn on the GPU, nothing;
+    - first step: `train.compile`'s inductor workers (`host_compile_gib` per process);
+    - steady step: nothing;
+    - checkpoint save: DCP copies each tensor to the host before writing it: each rank its shard of
+      the largest one, in the master dtype (the whole tensor over the node);
+    - export: rank 0 holds one bf16 tensor, or for LoRA the fp32 adapters plus the merge of one
+      targeted weight (`export_host_bytes`);
+    - eval model load: one evaluation process per GPU (`host_eval_process_gib`: the sampler and
+      answer checking instead of the trainer) reading one bf16 tensor at a time.
+
+    `full_offload` adds the offloaded fp32 params and AdamW states (16 B/param) to every training
+    stage, and the CPU step's `foreach` temporary (4 B/param) to the steps.
     """
-    p = shape.num_params
-    load = (4 if method in ("full", "full_offload") else 2) * p
-    export = export_host_bytes(shape, method=method, trainable=trainable, lora_targets=lora_targets)
+    p, n = shape.num_params, num_gpus
+    processes = n * constants.host_per_rank_gib * GIB
+    largest_bf16 = 2 * max(shape.embed_params, max(i * o for i, o in shape.linear_shapes().values()))
+    master_bytes = 4 if method in ("full", "full_offload") else 2
     offloaded = 16 * p if method == "full_offload" else 0
-    cpu_step_temp = 4 * p if method == "full_offload" else 0
-    return num_gpus * per_rank_gib * GIB + offloaded + max(cpu_step_temp, load, export)
+    cpu_step = 4 * p if method == "full_offload" else 0
+    workers = prep_processes if prep_processes > 1 else 0
+    return {
+        "prep": (constants.host_prep_gib + workers * constants.host_prep_worker_gib) * GIB,
+        "weight load": processes + offloaded + (n * largest_bf16 if init == "pretrained" else 0),
+        "first step": processes + offloaded + cpu_step + (n * constants.host_compile_gib * GIB if compiled else 0),
+        "steady step": processes + offloaded + cpu_step,
+        "checkpoint save": processes + offloaded + largest_bf16 // 2 * master_bytes,
+        "export": processes + offloaded + export_host_bytes(shape, method=method, trainable=trainable,
+                                                            lora_targets=lora_targets),
+        "eval model load": n * (constants.host_per_rank_gib + constants.host_eval_process_gib) * GIB + n * largest_bf16,
+    }
 
 
 def export_host_bytes(shape: ModelShape, *, method: str, trainable: int, lora_targets: list[str]) -> float:
-    """Return rank 0's peak host RAM while exporting (`dream_job/train/export.py` streams the weights).
+    """Return rank 0's host RAM while exporting (`dream_job/train/export.py` streams the weights tensor by tensor).
 
-    One bf16 shard being filled: at most `EXPORT_SHARD_BYTES`, or one tensor bigger than that
-    (the embedding of a huge vocabulary). Other tensors are cast to bf16 where they live and go
-    straight into the shard. LoRA adds the fp32 adapters kept for the merges and `adapter/`
-    (4 B x trainable) and, while the largest targeted weight is merged, its bf16 CPU copy and
-    peft's `get_delta_weight` (B @ A, then that times the scaling: two fp32 tensors of its size
-    for a moment), 2 + 4 + 4 B per element on a bf16 base.
+    One bf16 tensor on its way to the file: the largest one (the embedding or lm_head). Other
+    tensors are cast to bf16 where they live and go straight into the file. LoRA adds the fp32
+    adapters kept for the merges and `adapter/` (4 B x trainable) and, while the largest targeted
+    weight is merged, its bf16 CPU copy and peft's `get_delta_weight` (B @ A, then that times the
+    scaling: two fp32 tensors of its size for a moment), 2 + 4 + 4 B per element on a bf16 base.
     """
-    shard = max(EXPORT_SHARD_BYTES, 2 * shape.embed_params)
+    largest = 2 * max(shape.embed_params, max(i * o for i, o in shape.linear_shapes().values()))
     if method != "lora":
-        return shard
-    largest = max((i * o for name, (i, o) in shape.linear_shapes().items() if name in lora_targets), default=0)
-    return shard + 4 * trainable + 10 * largest
+        return largest
+    targeted = max((i * o for name, (i, o) in shape.linear_shapes().items() if name in lora_targets), default=0)
+    return 4 * trainable + max(largest, 10 * targeted)

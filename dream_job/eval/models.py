@@ -4,7 +4,7 @@ A model is named by a label and an optional folder:
 
 - `base` (no folder): the job's base model, `model.base` (a local folder or a hub snapshot). For
   `model.init: random` (tiny smoke models) it is the random start of training, built exactly as
-  the trainer builds it (`torch.manual_seed(train.seed)`, `DreamModel(config)`, `init_weights()`);
+  the trainer builds it, on the same device (`model/init.py: random_tensors`);
 - `final` (no folder): the run's export, `<run_dir>/export/`;
 - any label with a folder: that HF folder (`config.json` + safetensors).
 
@@ -26,9 +26,9 @@ import torch
 from dream_job.data.tokenizer import MASK_TOKEN, load_tokenizer
 from dream_job.errors import CheckpointError, DataError
 from dream_job.model.dream import DreamConfig, DreamModel
-from dream_job.model.init import TORCH_DTYPES, random_init_model
+from dream_job.model.init import TORCH_DTYPES, fill_parameters, random_tensors
 from dream_job.model.weights import INDEX_NAME, SINGLE_FILE_NAME, load_safetensors_weights, weights_digest
-from dream_job.rundir import EXPORT_DIR, TOKENIZER_DIR
+from dream_job.rundir import EXPORT_DIR, EXPORT_INFO_NAME, TOKENIZER_DIR
 from dream_job.spec import JobSpec
 
 logger = logging.getLogger(__name__)
@@ -119,9 +119,12 @@ def load_described_model(spec: JobSpec, described: ModelSource) -> EvalModel:
     """
     dtype, device, config = TORCH_DTYPES[spec.model.dtype], eval_device(spec), described.config
     if described.folder is None:
+        with torch.device("meta"):
+            model = DreamModel(config)
+        model.to(dtype).to_empty(device=device)
+        model.init_buffers(device)
         with torch.random.fork_rng(devices=[]):  # leave the caller's CPU random stream alone
-            model = random_init_model(config, seed=spec.train.seed)  # the trainer's start (model/init.py)
-        model.to(device=device, dtype=dtype)
+            fill_parameters(model, random_tensors(config, seed=spec.train.seed, device=device))  # the trainer's start
     else:
         with torch.device("meta"):
             model = DreamModel(config)

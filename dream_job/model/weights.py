@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -26,7 +27,13 @@ from dream_job.rundir import write_dir_atomically
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_FILE_NAME = "model.safetensors"
-MAX_SHARD_BYTES = 5 * 2**30  # HF's default shard limit; budget/memory.py mirrors it (EXPORT_SHARD_BYTES)
+MAX_SHARD_BYTES = 5 * 2**30  # HF's default shard limit
+# The safetensors format's dtype names (https://github.com/huggingface/safetensors, "Format").
+SAFETENSORS_DTYPES: dict[torch.dtype, str] = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
+    torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}
+_TORCH_DTYPES = {name: dtype for dtype, name in SAFETENSORS_DTYPES.items()}
 
 
 class WeightsMismatchError(CheckpointError):
@@ -140,64 +147,134 @@ def load_safetensors_weights(
     """Load an HF safetensors folder into `model`, replacing its parameters.
 
     Every key and shape is checked against the model (headers only) before any tensor is read.
-    Then shards are read one at a time and their tensors become the model's parameters, so peak
-    memory is the model plus one shard. Afterwards the RoPE buffer is recomputed on `device`.
+    Then the tensors are read one at a time (`stream_weights`) and become the model's parameters,
+    so peak memory is the model plus one tensor. Afterwards the RoPE buffer is recomputed on `device`.
     Parameters are new objects: build optimizers after loading. Not for FSDP-sharded models.
 
     Args:
         model: A `DreamModel`, normally built under `torch.device("meta")`.
         folder: Folder with `model.safetensors.index.json` + shards, or `model.safetensors`.
         dtype: Cast every tensor to this dtype; None keeps the stored dtype (bf16 for the hub).
-        device: Where the tensors are loaded (safetensors reads straight to it).
+        device: Where the tensors are loaded (each is read on the CPU, then moved there).
 
     Raises:
         FileNotFoundError: The folder has neither an index nor `model.safetensors`.
         WeightsMismatchError: Keys missing or unexpected, or shapes differ;
             names every one.
     """
-    folder = Path(folder)
-    stored = _read_stored_shapes(folder)
-    _check_keys_and_shapes(folder, stored, {k: tuple(v.shape) for k, v in model.state_dict().items()})
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     # assign=True rather than copying into a `to_empty` model: on meta there is no storage to
-    # copy into, and materialising first would hold the whole model *and* the shard being read
+    # copy into, and materialising first would hold the whole model *and* the tensor being read
     # (plus a pointless pass over uninitialised memory). Assigning makes each loaded tensor the
     # parameter itself; `requires_grad` is kept from the module's parameter.
-    for file in sorted({file for file, _ in stored.values()}):
-        with _open_weights(folder / file, str(device)) as f:
-            shard = {key: f.get_tensor(key) for key in f.keys()}
-        if dtype is not None:
-            shard = {key: tensor.to(dtype) for key, tensor in shard.items()}
-        model.load_state_dict(shard, strict=False, assign=True)  # keys were checked above
-        del shard
+    for key, tensor in stream_weights(folder, expected, device=device):
+        model.load_state_dict({key: tensor if dtype is None else tensor.to(dtype)}, strict=False, assign=True)
     model.init_buffers(device)
 
 
-def read_state_dict(
-    folder: str | Path, expected: Mapping[str, tuple[int, ...]], *, dtype: torch.dtype | None = None
-) -> dict[str, torch.Tensor]:
-    """Read a whole HF safetensors folder into a CPU state dict, after checking keys and shapes.
+def stream_weights(
+    folder: str | Path, expected: Mapping[str, tuple[int, ...]], *, device: torch.device | str = "cpu"
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield the tensors of an HF safetensors folder one at a time, after checking every key and shape.
 
-    For FSDP loading: rank 0 reads the full state dict and broadcasts it into the sharded model.
+    The check reads headers only, so a mismatch fails before any tensor is read. Each tensor is
+    read with plain file reads (no memory map) into a new CPU tensor of its stored dtype, then
+    moved to `device`: a consumer that drops each tensor after use (`model.init.fill_parameters`)
+    holds one tensor in host RAM, not the state dict and not a mapped shard file (the kernel's
+    page cache keeps what was read; it is reclaimable and no process's RSS).
 
     Args:
         folder: Folder with `model.safetensors.index.json` + shards, or `model.safetensors`.
         expected: Key -> shape the model needs (plain Dream keys).
-        dtype: Cast every tensor to this dtype; None keeps the stored dtype.
+        device: Where each tensor goes.
 
     Raises:
         FileNotFoundError: No index or `model.safetensors`.
         WeightsMismatchError: Keys or shapes differ; names every one.
+        CheckpointError: A shard is truncated, or stores a dtype this reader does not know.
     """
     folder = Path(folder)
     stored = _read_stored_shapes(folder)
     _check_keys_and_shapes(folder, stored, expected)
-    state: dict[str, torch.Tensor] = {}
     for file in sorted({file for file, _ in stored.values()}):
-        with _open_weights(folder / file) as f:
-            for key in f.keys():
-                tensor = f.get_tensor(key)
-                state[key] = tensor.to(dtype) if dtype is not None else tensor
-    return state
+        path = folder / file
+        with path.open("rb") as f:
+            (header_size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(header_size))
+            header.pop("__metadata__", None)
+            start = 8 + header_size
+            for key, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+                yield key, _read_tensor(f, path, key, info, start).to(device)
+
+
+def _read_tensor(f: BinaryIO, path: Path, key: str, info: dict[str, Any], start: int) -> torch.Tensor:
+    """Read one tensor described by its safetensors header entry into a new CPU tensor."""
+    begin, end = info["data_offsets"]
+    if info["dtype"] not in _TORCH_DTYPES:
+        raise CheckpointError(f"`{path}`: tensor `{key}` has dtype `{info['dtype']}`, which dream-job cannot read",
+                              hint="store the weights as bf16, fp16 or fp32 safetensors")
+    data = torch.empty(end - begin, dtype=torch.uint8)
+    f.seek(start + begin)
+    if f.readinto(memoryview(data.numpy())) != end - begin:
+        raise CheckpointError(f"`{path}` is truncated (tensor `{key}`)",
+                              hint="the weights folder is incomplete or damaged: copy, download or export it again")
+    return data.view(_TORCH_DTYPES[info["dtype"]]).reshape(info["shape"])
+
+
+class ShardWriter:
+    """Write one safetensors file tensor by tensor, holding only the tensor being written.
+
+    The header (every key's dtype, shape and byte range) is written first, from `layout`; then
+    each `write` appends one tensor's bytes, in `layout`'s order. `close` checks that every tensor
+    came, flushes and fsyncs. The file is what `safetensors.torch.save_file` writes for the same
+    tensors apart from the order of the data (readers locate tensors by the header's offsets).
+
+    Args:
+        path: The file to create.
+        layout: Key -> (dtype, shape), in the order the tensors will be written.
+        metadata: The header's `__metadata__` (`{"format": "pt"}` is what transformers checks for).
+    """
+
+    def __init__(self, path: Path, layout: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],
+                 metadata: Mapping[str, str]) -> None:
+        header: dict[str, Any] = {"__metadata__": dict(metadata)}
+        offset = 0
+        for key, (dtype, shape) in layout.items():
+            size = dtype.itemsize * _numel(shape)
+            header[key] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape),
+                           "data_offsets": [offset, offset + size]}
+            offset += size
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # the format pads the header with spaces to 8 bytes
+        self.path, self.layout, self.pending = Path(path), dict(layout), list(layout)[::-1]
+        self.file = self.path.open("wb")
+        self.file.write(struct.pack("<Q", len(raw)) + raw)
+
+    def write(self, key: str, tensor: torch.Tensor) -> None:
+        """Append `tensor` (a CPU tensor) as `key`, the next key of the layout, with its dtype and shape."""
+        expected = self.pending.pop() if self.pending else None
+        dtype, shape = self.layout.get(key, (None, None))
+        if key != expected or tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape or ()):
+            raise ValueError(f"`{self.path.name}`: got `{key}` {tensor.dtype} {list(tensor.shape)}, expected "
+                             f"`{expected}` {dtype} {shape}")
+        self.file.write(memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
+
+    def close(self) -> None:
+        """Finish the file: every key of the layout must have been written; flush and fsync."""
+        if self.pending:
+            self.file.close()
+            raise ValueError(f"`{self.path.name}`: {len(self.pending)} tensor(s) not written, "
+                             f"first `{self.pending[-1]}`")
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
 
 
 def plan_shards(sizes: Mapping[str, int], max_shard_bytes: int) -> list[list[str]]:

@@ -12,8 +12,10 @@ Methods (`train.method`):
 - `lora`: peft LoRA adapters (fp32) injected into the frozen base (compute dtype).
 
 The model is built on the meta device, sharded (`fully_shard` per decoder layer, then the
-root), materialised, and filled by broadcasting rank 0's full state dict, so no rank but 0
-ever holds a whole copy of the weights.
+root), allocated on the device, and filled one tensor at a time (`model.init`): each rank reads
+every base tensor (through one host buffer) onto its GPU and keeps its own shard, or draws the
+random start on the GPU. No process holds a whole copy of the weights in host RAM: start-up at
+Dream 7B needs the process itself plus one tensor (bench/RESULTS.md, "Host memory per stage").
 
 One process with one dtype (`full_8bit`, or `full` computing in fp32) trains the plain module:
 FSDP2 would still copy every weight in and out of its all-gather buffers at each forward and
@@ -28,12 +30,12 @@ and activation checkpointing stay outside the compiled code, and parameter names
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
@@ -41,7 +43,7 @@ from dream_job.data.tokenizer import is_local
 from dream_job.diffusion.lm import DreamForMaskedDiffusion
 from dream_job.errors import InputError, SpecError
 from dream_job.model.dream import DreamConfig
-from dream_job.model.init import TORCH_DTYPES, initial_state_dict
+from dream_job.model.init import TORCH_DTYPES, fill_parameters, initial_tensors
 from dream_job.spec import JobSpec
 from dream_job.train.distributed import Dist
 
@@ -115,14 +117,6 @@ def _check_method(spec: JobSpec, device: torch.device) -> None:
             ) from None
 
 
-def _lora_key(plain_key: str, model_keys: set[str]) -> str:
-    """Map a plain Dream key to the key peft gave it (`...q_proj.base_layer.weight`)."""
-    if plain_key in model_keys:
-        return plain_key
-    module, _, leaf = plain_key.rpartition(".")
-    return f"{module}.base_layer.{leaf}"
-
-
 def shard_model(spec: JobSpec, config: DreamConfig, dist_info: Dist) -> DreamForMaskedDiffusion:
     """Build the training model on meta, add LoRA adapters, shard it with FSDP2 and allocate it (uninitialised).
 
@@ -193,7 +187,7 @@ def make_optimizer(spec: JobSpec, model: torch.nn.Module) -> torch.optim.Optimiz
 
 
 def build_training(spec: JobSpec, dist_info: Dist) -> Built:
-    """Build the sharded training model, fill it from rank 0's weights, and make its optimizer.
+    """Build the sharded training model, fill it one tensor at a time (`model.init`), and make its optimizer.
 
     Raises:
         InputError, SpecError: The base model is missing or the method cannot run on this hardware.
@@ -203,16 +197,13 @@ def build_training(spec: JobSpec, dist_info: Dist) -> Built:
     base_dir = resolve_base_dir(spec)
     config = DreamConfig.from_pretrained_dir(base_dir)
     model = shard_model(spec, config, dist_info)
-    master_dtype = next(p for p in model.parameters() if not p.requires_grad or train.method != "lora").dtype
-    full = initial_state_dict(spec, base_dir, config, master_dtype) if dist_info.is_rank0 else {}
-    if train.method == "lora":
-        model_keys = set(model.state_dict())
-        full = {_lora_key(k, model_keys): v for k, v in full.items()}
-    set_model_state_dict(
-        model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True,
-                                              strict=train.method != "lora")
-    )
-    del full
+    started = time.perf_counter()
+    # LoRA adapters are not Dream weights: `reset_lora` initialises them below.
+    fill_parameters(model, initial_tensors(spec, base_dir, config, dist_info.device),
+                    skip=lambda name: "lora_" in name)
+    if dist_info.device.type == "cuda":
+        torch.cuda.synchronize(dist_info.device)
+    logger.info("weights ready (%s) in %.1f s", spec.model.init, time.perf_counter() - started)
     if train.method == "lora":
         reset_lora(model, train.seed)
     optimizer = make_optimizer(spec, model)

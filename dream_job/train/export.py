@@ -7,12 +7,13 @@ tokenizer the job trained with, Dream's remote-code `.py` files (copied from the
 they are never in this repo), `adapter/` for LoRA runs and `dream_job_export.json` describing the
 export. `load_export` reads an export back with dream-job's own loader.
 
-The weights stream out one safetensors shard at a time. Every rank gathers the tensors one by one
+The weights stream out one tensor at a time. Every rank gathers the tensors one by one
 (collective under FSDP2); rank 0 copies each to the CPU, folds its LoRA delta in (fp32), casts it
-to bf16 and writes the shard as soon as it holds all its keys. Rank 0's host memory is one bf16
-shard (<= 5 GiB) + the fp32 adapters + one merge's working copies, never the whole model: at
-Dream 7B the whole-model fp32 merge this replaces needed ~47 GiB of host RAM
-(`budget/memory.py: export_host_bytes`; measured by `bench/export_rss.py`).
+to bf16 and appends it to the safetensors shard being written (`weights.ShardWriter` writes the
+header first). Rank 0's host memory is one bf16 tensor + the fp32 adapters + one merge's working
+copies, never a whole shard or the whole model: at Dream 7B the whole-model fp32 merge this
+replaces needed ~47 GiB of host RAM, filling whole 5 GiB shards ~5.6 GiB
+(`budget/memory.py: export_host_bytes`; measured by `bench/export_rss.py` and `bench/host_memory.py`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from dream_job.rundir import EXPORT_INFO_NAME, write_json_atomically
 from dream_job.model.dream import DreamConfig, DreamModel
 from dream_job.model.weights import (
     MAX_SHARD_BYTES,
+    ShardWriter,
     fsync_path,
     load_safetensors_weights,
     plan_shards,
@@ -131,8 +133,8 @@ def export_hf(
       modified;
     - `dream_job_export.json`: dtype, parameter count, LoRA flag, file list.
 
-    Host memory on rank 0: one bf16 shard being filled (<= 5 GiB), the adapters in fp32, and
-    while a LoRA weight is merged its CPU copy plus an fp32 buffer of its size. Device memory:
+    Host memory on rank 0: one bf16 tensor being written, the adapters in fp32, and while a LoRA
+    weight is merged its CPU copy plus fp32 buffers of its size. Device memory:
     one gathered tensor at a time.
 
     Args:
@@ -367,11 +369,12 @@ def _write_weights(
     state: dict[str, Tensor], plan: _WeightPlan, adapters: dict[str, Tensor], config: DreamConfig,
     folder: Path, is_rank0: bool,
 ) -> BaseException | None:
-    """Every rank: stream the weights into `folder` (made afresh by rank 0), one shard at a time.
+    """Every rank: stream the weights into `folder` (made afresh by rank 0), one tensor at a time.
 
-    All ranks gather the tensors in the plan's order; rank 0 keeps each as a bf16 CPU tensor and
-    writes (and fsyncs) a shard as soon as it holds all its keys, then drops it. After each shard
-    every rank learns whether rank 0 is still fine, so a failure stops all ranks at the same shard.
+    All ranks gather the tensors in the plan's order; rank 0 appends each, as a bf16 CPU tensor,
+    to the shard file being written (`ShardWriter`: header first, then each tensor's bytes) and
+    drops it, and fsyncs each shard when it is complete. After each shard every rank learns
+    whether rank 0 is still fine, so a failure stops all ranks at the same shard.
 
     Returns:
         Rank 0's exception, or None (always None on the other ranks).
@@ -386,23 +389,28 @@ def _write_weights(
             error = exc
     for number, keys in enumerate(plan.shards, start=1):
         name = shard_name(number, len(plan.shards))
-        tensors: dict[str, Tensor] = {}
+        writer: ShardWriter | None = None
+        if is_rank0 and error is None:
+            layout = {key: (_export_dtype(state[plan.sources[key]]), tuple(state[plan.sources[key]].shape))
+                      for key in keys}
+            try:
+                writer = ShardWriter(folder / name, layout, metadata={"format": "pt"})  # transformers checks `pt`
+            except BaseException as exc:
+                error = exc
         for key in keys:
             full = _full_value(state[plan.sources[key]])  # collective under FSDP2: every rank, same order
-            if is_rank0 and error is None:
+            if writer is not None and error is None:
                 try:
-                    tensors[key] = _export_tensor(full, plan.merges.get(key), adapters)
+                    writer.write(key, _export_tensor(full, plan.merges.get(key), adapters))
                 except BaseException as exc:  # keep gathering with the others until the shard ends
                     error = exc
             del full
-        if is_rank0 and error is None:
+        if writer is not None:
             try:
-                save_file(tensors, folder / name, metadata={"format": "pt"})  # `format: pt`: transformers checks it
-                fsync_path(folder / name)
+                writer.close()  # fsyncs; raises when a tensor is missing (after an error above)
                 weight_map.update(dict.fromkeys(keys, name))
             except BaseException as exc:
-                error = exc
-        del tensors
+                error = error or exc
         if not _rank0_succeeded(error):
             return error
     if is_rank0:

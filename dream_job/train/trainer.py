@@ -389,7 +389,10 @@ class Trainer:
         if stopped_early is None and self.dist.is_rank0 and self.hooks.cost_guard is not None:
             self.hooks.cost_guard.clear_stop()
         export_dir = self.run_dir / EXPORT_DIR
-        result = TrainResult(steps=self.state.step, final_loss=self.loss, export_dir=export_dir,
+        # A process that resumed at the last step trained nothing itself: report the run's last logged loss.
+        loss = self.loss if self.state.step > self.start_step else self._last_logged("train/loss")
+        result = TrainResult(steps=self.state.step, final_loss=float("nan") if loss is None else loss,
+                             export_dir=export_dir,
                              resumed_from=self.resumed_from, total_steps=self.total_steps, stopped_early=stopped_early,
                              val_loss=self.val_loss)
         if self.resumed_from == self.state.step and (export_dir / EXPORT_INFO_NAME).exists():

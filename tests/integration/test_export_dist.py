@@ -3,7 +3,7 @@
 Two spawned ranks shard the same LoRA model (bf16 frozen base, fp32 adapters, as the trainer holds
 it) and export it with small shards; the test process exports the unsharded model alone and
 compares: the folders' weights are bit-equal, and both equal peft's own merge rounded to bf16.
-Then rank 0's third shard write fails: rank 0 re-raises its error, rank 1 gets a
+Then rank 0's third shard fails while it is written: rank 0 re-raises its error, rank 1 gets a
 `CheckpointError`, neither hangs, and no folder is left behind.
 """
 
@@ -63,21 +63,22 @@ def worker(rank: int, tmp: Path, port: int) -> None:
         assert all(isinstance(p, DTensor) for p in model.parameters())
         export_hf(model, TINY, out_dir=tmp / "dist", tokenizer_dir=TINY_DREAM, base_dir=None, is_lora=True)
 
-        # Rank 0's third shard write fails (say, the disk filled up).
-        calls = []
-        real_save_file = export.save_file
+        # Rank 0's third shard fails as its tensors are written (say, the disk filled up).
+        real_writer = export.ShardWriter
 
-        def failing_save_file(tensors, filename, metadata=None):
-            calls.append(filename)
-            if len(calls) == 3:
-                raise OSError(28, "No space left on device")
-            real_save_file(tensors, filename, metadata=metadata)
+        class FailingWriter(real_writer):
+            def write(self, key, tensor):
+                if self.path.name.startswith("model-00003-"):
+                    raise OSError(28, "No space left on device")
+                super().write(key, tensor)
 
-        export.save_file = failing_save_file
+        export.ShardWriter = FailingWriter
         expected = (OSError, "No space left") if rank == 0 else (CheckpointError, "rank 0 failed to write")
         with pytest.raises(expected[0], match=expected[1]):
             export_hf(model, TINY, out_dir=tmp / "failed", tokenizer_dir=TINY_DREAM, base_dir=None, is_lora=True)
-        export.save_file = real_save_file
+        export.ShardWriter = real_writer
+        if rank == 0:
+            assert not (tmp / "failed").exists() and not (tmp / ".failed.partial").exists()
         dist.barrier()  # both ranks are still in step after the failure
     finally:
         dist.destroy_process_group()

@@ -236,6 +236,21 @@ def test_a_longer_run_replaces_the_export_and_leaves_no_staging_folder(tmp_path:
             f"{logged[8]['val/loss']:.4g}; model: {run_dir / 'export'}") in " ".join(output.split()), output
 
 
+def test_a_run_resumed_with_no_steps_left_reports_the_last_logged_loss(tmp_path: Path, prepared: Path) -> None:
+    # Killed after its last checkpoint but before the export: the next process trains no step of
+    # its own, exports, and reports the run's last logged loss (it printed `nan` before).
+    import shutil
+
+    run_dir = new_run(tmp_path, prepared, "no-steps-left")
+    args = run_args(run_dir, "--set", "train.max_steps=2", "--set", "train.save_every_steps=1")
+    run_ok("train", str(SMOKE), *args)
+    last = losses(run_dir)[2]
+    shutil.rmtree(run_dir / "export")
+    output = run_ok("train", str(SMOKE), *args)
+    assert "resumed from" in output and (run_dir / "export" / "model.safetensors.index.json").is_file()
+    assert f"trained 2 of 2 steps, final loss {last:.4g}" in " ".join(output.split()), output
+
+
 def test_offload_on_cpu_fails_at_start_with_the_fix(tmp_path: Path, prepared: Path) -> None:
     run_dir = new_run(tmp_path, prepared, "offload")
     process = dream_job("train", str(SMOKE), *run_args(run_dir, "--set", "train.method=full_offload"),

@@ -107,10 +107,10 @@ def test_full_8bit_and_offload_states() -> None:
     assert terms["params bf16"] + terms["grads bf16"] + terms["AdamW8bit states"] == pytest.approx(6 * P)
     offload = memory("full_offload", 1)
     assert not any(k.startswith(("params", "grads", "AdamW")) for k in offload.breakdown_gib)
-    # Host: pinned fp32 params + grads + m + v (16 B/param) + the larger of the CPU step's fp32
-    # temporary, rank 0's fp32 state dict at load (both 4 B/param) and the export (one 5 GiB shard);
-    # per-rank baseline 0 here.
+    # Host: pinned fp32 params + grads + m + v (16 B/param) in every training stage, and the CPU
+    # step's fp32 temporary (4 B/param) in the steps; per-rank baseline 0 here.
     assert offload.host_gib * GIB == pytest.approx(16 * P + 4 * P)
+    assert offload.host_peak_stage == "first step"
 
 
 def test_lora_loss_chunk_and_checkpointing() -> None:
@@ -143,7 +143,9 @@ def test_context_headroom_and_nccl_are_added_to_the_largest_phase() -> None:
                                 loss_bytes_per_logit=12.0, compiled_activation_factor=0.7)
     mem = memory("full", 4, accumulation=4, constants=constants)
     assert mem.peak_gib == pytest.approx(max(mem.phases_gib.values()) * 1.07 + 0.6 + 0.5)
-    assert mem.host_gib == pytest.approx(4 * 3.0 + 4 * P / GIB)  # 4 processes + rank 0's fp32 base at load
+    # 4 processes, each reading every base tensor on its way to its GPU: the bf16 embedding
+    # (2 x 544,997,376 B) four times at once.
+    assert mem.host_gib * GIB == pytest.approx(4 * 3 * GIB + 4 * 1_089_994_752)
 
 
 def test_eval_phase_holds_bf16_weights_kv_and_the_proposal_logits() -> None:
@@ -159,31 +161,51 @@ def test_eval_phase_holds_bf16_weights_kv_and_the_proposal_logits() -> None:
     assert at_once - chunked == pytest.approx((8 * 512 - 256) * 152_064 * 12)
 
 
-def test_host_ram_of_lora_on_one_gpu_is_the_bf16_base_at_load_not_a_whole_model_merge() -> None:
+def test_host_ram_of_lora_on_one_gpu_is_one_process_and_one_tensor_per_stage() -> None:
     # jobs/dream-s1k-lora-4090.yaml: rank 16 on all seven linears, one process (3 GiB baseline).
     constants = dataclasses.replace(ZERO, host_per_rank_gib=3.0)
     mem = memory("lora", 1, rank=16, constants=constants)
     adapters = 16 * 2_523_136  # 40,370,176 fp32 adapter params
     gate = 3584 * 18944  # 67,895,296: the largest targeted weight (gate/up/down)
-    # The export: one 5 GiB bf16 shard (> the 1,089,994,752-byte bf16 embedding) + fp32 adapters
-    # + the bf16 copy and peft's two fp32 delta tensors (B @ A, times the scaling) of the weight
-    # being merged: 5,368,709,120 + 161,480,704 + 10 x 67,895,296 = 6,209,142,784 B = 5.78 GiB.
+    embed_bf16 = 2 * 152_064 * 3584  # 1,089,994,752 B: the largest tensor, stored in bf16
+    # The export: one bf16 tensor on its way to the file (the embedding; the merge of a gate weight,
+    # its bf16 copy + two fp32 tensors = 10 x 67,895,296 = 678,952,960 B, is smaller) + the fp32
+    # adapters (161,480,704 B) = 1,251,475,456 B.
     export = export_host_bytes(DREAM_7B, method="lora", trainable=adapters, lora_targets=list(DREAM_7B.linear_shapes()))
-    assert export == 5 * GIB + 4 * adapters + 10 * gate == 6_209_142_784
-    # The load (rank 0 reads the bf16 base, 2 B/param = 15,231,233,024 B) is the larger, so the node
-    # needs 3 GiB + 14.19 GiB = 17.19 GiB: below RunPod's 29 GiB 1x RTX 4090 box and ~20 GiB.
-    assert mem.host_gib * GIB == pytest.approx(3 * GIB + 2 * P)
-    assert mem.host_gib == pytest.approx(17.185, abs=1e-3)
-    # The whole-model fp32 merge this replaced held the base (2P), the adapters and every targeted
-    # weight in fp32 at once, plus a shard: 3 + 46.9e9 B = 46.6 GiB.
-    targeted = 28 * (2 * 3584 * 3584 + 2 * 3584 * 512 + 3 * gate)
-    assert (3 * GIB + 2 * P + 4 * adapters + 4 * targeted + 5 * GIB) / GIB == pytest.approx(46.64, abs=0.01)
+    assert export == 4 * adapters + embed_bf16 == 1_251_475_456
+    stages = {k: round(v * GIB) for k, v in mem.host_stages_gib.items()}
+    assert stages == {
+        "prep": 0,  # no prep constants here (test_prep_holds_one_process_and_its_workers)
+        "weight load": 3 * GIB + 1_089_994_752,  # the pretrained base, read one tensor at a time
+        "first step": 3 * GIB,
+        "steady step": 3 * GIB,
+        "checkpoint save": 3 * GIB + 1_089_994_752,  # DCP's host copy of the bf16 embedding
+        "export": 3 * GIB + 1_251_475_456,
+        "eval model load": 3 * GIB + 1_089_994_752,
+    }
+    assert mem.host_peak_stage == "export"
+    assert mem.host_gib == pytest.approx(4.1655, abs=1e-4)
+    # The rank-0 state dict this replaced held the whole bf16 base at load: 3 GiB + 15,231,233,024 B = 17.19 GiB.
+    assert (3 * GIB + 2 * P) / GIB == pytest.approx(17.185, abs=1e-3)
 
 
-def test_export_of_other_methods_holds_one_shard() -> None:
+def test_random_init_reads_nothing_and_compile_workers_count_in_the_first_step() -> None:
+    constants = dataclasses.replace(ZERO, host_per_rank_gib=2.5, host_compile_gib=1.25)
+    common = dict(method="full_8bit", num_gpus=2, micro_batch_size=1, max_length=2048, checkpointed_layers=28,
+                  fsdp=True, accumulation_steps=1, lora_rank=16, lora_targets=["q_proj"], lora_dropout=0.0,
+                  eval_batch_size=1, eval_context=0, eval_logit_rows=0, constants=constants)
+    random = estimate_memory(DREAM_7B, compiled=True, init="random", **common)
+    assert random.host_stages_gib["weight load"] == 2 * 2.5  # drawn on the GPUs: the two processes only
+    assert random.host_stages_gib["first step"] == 2 * 2.5 + 2 * 1.25
+    pretrained = estimate_memory(DREAM_7B, compiled=False, init="pretrained", **common)
+    assert pretrained.host_stages_gib["first step"] == 2 * 2.5
+    assert pretrained.host_stages_gib["weight load"] * GIB == pytest.approx(5 * GIB + 2 * 1_089_994_752)
+
+
+def test_export_of_other_methods_holds_one_tensor() -> None:
     for method in ("full", "full_8bit", "full_offload"):
-        assert export_host_bytes(DREAM_7B, method=method, trainable=P, lora_targets=[]) == 5 * GIB
-    # A vocabulary whose bf16 embedding (one tensor, its own shard) is bigger than 5 GiB.
+        assert export_host_bytes(DREAM_7B, method=method, trainable=P, lora_targets=[]) == 1_089_994_752
+    # A vocabulary 10x larger: its bf16 embedding is still the one tensor held.
     wide = dataclasses.replace(DREAM_7B, vocab=1_520_640)
     assert export_host_bytes(wide, method="full", trainable=P, lora_targets=[]) == 2 * 1_520_640 * 3584
 
@@ -201,6 +223,46 @@ def test_lora_4090_job_fits_one_rtx4090_box_and_is_picked_where_cheapest(tmp_pat
     result = estimate(spec, data_report=None, catalog_dir=tmp_path / "no-catalog", now=date(2026, 11, 24))
     one_gpu = [c for c in result.candidates if (c.method, c.count) == ("lora", 1)]
     assert one_gpu and all(c.fits and c.host_mem_gib == 29 for c in one_gpu)
-    assert all(c.host_gib == pytest.approx(3 + 2 * P / GIB, abs=0.05) for c in one_gpu)  # 17.2 GiB
+    # One process (+ its compile workers in the first step) and, at the export, the bf16 embedding
+    # on its way to the file + the fp32 adapters: 1,089,994,752 + 161,480,704 B = 1.17 GiB (was 17.2 in all).
+    from budget.timing import calibration
+
+    constants = calibration().memory_constants()
+    export = constants.host_per_rank_gib + (1_089_994_752 + 4 * 40_370_176) / GIB
+    first_step = constants.host_per_rank_gib + constants.host_compile_gib
+    assert all(c.host_gib == pytest.approx(max(export, first_step)) for c in one_gpu)
     choice = result.choice
     assert (choice.method, choice.gpu, choice.count, choice.cloud) == ("lora", "RTX4090", 1, "runpod")
+
+
+def test_estimate_rejects_a_box_whose_ram_is_below_the_host_figure_and_says_why(tmp_path) -> None:
+    from datetime import date
+
+    from budget import estimate
+    from budget.timing import calibration
+
+    # full_offload keeps fp32 weights, grads and AdamW m, v on the host (16 B/param) and adds the CPU
+    # step's fp32 temporary (4 B/param) in the steps: 20 x 7,615,616,512 B = 141.85 GiB, plus the
+    # one process and, in the first step, its compile workers (the LoRA job compiles).
+    spec = load_spec(REPO / "jobs" / "dream-s1k-lora-4090.yaml",
+                     ["budget.clouds=[runpod]", "train.method=full_offload", "budget.max_cost_yuan=1000"])
+    result = estimate(spec, data_report=None, catalog_dir=tmp_path / "no-catalog", now=date(2026, 11, 24))
+    constants = calibration().memory_constants()
+    need = 20 * P / GIB + constants.host_per_rank_gib + constants.host_compile_gib
+    one = [c for c in result.candidates if (c.method, c.count, c.cloud) == ("full_offload", 1, "runpod")]
+    assert one and all(not c.fits and c.host_mem_gib == 29 for c in one)
+    assert one[0].host_gib == pytest.approx(need)
+    assert one[0].reason == (
+        f"needs {need:.1f} GiB of host RAM at its peak, the first step (1 training process(es), the offloaded "
+        "fp32 weights and AdamW states), `1x_RTX4090_SECURE` has 29 GiB")
+    eight = [c for c in result.candidates if (c.method, c.count) == ("full_offload", 8)]
+    assert eight and all(c.fits and c.host_mem_gib == 232 for c in eight)  # 8 x 29 GiB holds it
+
+
+def test_prep_holds_one_process_and_its_workers() -> None:
+    constants = dataclasses.replace(ZERO, host_prep_gib=0.75, host_prep_worker_gib=0.5)
+    common = dict(method="lora", num_gpus=1, micro_batch_size=1, max_length=2048, checkpointed_layers=28,
+                  fsdp=True, compiled=False, accumulation_steps=1, lora_rank=16, lora_targets=["q_proj"],
+                  lora_dropout=0.0, eval_batch_size=1, eval_context=0, eval_logit_rows=0, constants=constants)
+    assert estimate_memory(DREAM_7B, prep_processes=4, **common).host_stages_gib["prep"] == 0.75 + 4 * 0.5
+    assert estimate_memory(DREAM_7B, prep_processes=1, **common).host_stages_gib["prep"] == 0.75  # no workers

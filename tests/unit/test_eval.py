@@ -331,12 +331,12 @@ def test_evaluate_end_to_end_and_resume(run: tuple[JobSpec, Any]) -> None:
 
 
 def test_base_random_model_is_the_trainers_start(run: tuple[JobSpec, Any]) -> None:
-    from dream_job.model.init import initial_state_dict
+    from dream_job.model.init import random_init_model
 
     spec, tokenizer = run
     loaded = load_eval_model(spec, label="base", model_dir=None, tokenizer=tokenizer)
     config = DreamConfig.from_pretrained_dir(TINY_DREAM)
-    expected = initial_state_dict(spec, TINY_DREAM, config, torch.float32)
+    expected = random_init_model(config, seed=spec.train.seed).state_dict()
     state = loaded.model.state_dict()
     assert state.keys() == expected.keys()
     assert all(torch.equal(state[k], expected[k]) for k in expected)

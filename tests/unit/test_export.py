@@ -292,32 +292,32 @@ def test_lora_export_streams_shard_by_shard_and_equals_peft_merge_of_a_bf16_base
             p.data = p.data.float()
     before = {k: v.clone() for k, v in model.state_dict().items()}
 
-    # Small shards so the tiny model spans several; record what each write received and whether
-    # the previous shard's tensors were already freed.
+    # Small shards so the tiny model spans several; record every tensor each shard writer received
+    # and whether the previous tensor was already freed when the next one came.
     limit = 6_000  # the whole tiny model is 53,824 bytes in bf16
     monkeypatch.setattr(export, "MAX_SHARD_BYTES", limit)
-    written: list[tuple[str, int, bool]] = []
+    written: dict[str, list[int]] = {}
+    previous_alive: list[bool] = []
     alive: list[weakref.ref] = []
-    real_save_file = export.save_file
 
-    def recording_save_file(tensors, filename, metadata=None):
-        written.append((Path(filename).name, sum(t.numel() * t.element_size() for t in tensors.values()),
-                        any(ref() is not None for ref in alive)))
-        alive[:] = [weakref.ref(t) for t in tensors.values()]
-        real_save_file(tensors, filename, metadata=metadata)
+    class RecordingWriter(export.ShardWriter):
+        def write(self, key: str, tensor: torch.Tensor) -> None:
+            written.setdefault(self.path.name, []).append(tensor.numel() * tensor.element_size())
+            previous_alive.append(any(ref() is not None for ref in alive))
+            alive[:] = [weakref.ref(tensor)]
+            super().write(key, tensor)
 
-    monkeypatch.setattr(export, "save_file", recording_save_file)
+    monkeypatch.setattr(export, "ShardWriter", RecordingWriter)
     out = export_hf(model, TINY, out_dir=tmp_path / "export", tokenizer_dir=tokenizer_dir, base_dir=None, is_lora=True)
 
-    assert written[-1][0] == "adapter_model.safetensors"  # the adapter goes last, through the same writer
-    written = written[:-1]
     num_shards = len(written)
     assert num_shards >= 9
-    assert [name for name, _, _ in written] == [f"model-{i:05d}-of-{num_shards:05d}.safetensors"
-                                                for i in range(1, num_shards + 1)]
+    assert list(written) == [f"model-{i:05d}-of-{num_shards:05d}.safetensors" for i in range(1, num_shards + 1)]
     # Every shard but one holding a single oversized tensor (the embedding, the lm_head) stays under the limit.
-    assert all(size <= limit or size == TINY.vocab_size * TINY.hidden_size * 2 for _, size, _ in written)
-    assert not any(previous_alive for _, _, previous_alive in written), "a written shard must be dropped"
+    assert all(sum(sizes) <= limit or sizes == [TINY.vocab_size * TINY.hidden_size * 2]
+               for sizes in written.values())
+    assert sum(map(sum, written.values())) == 53_824
+    assert not any(previous_alive), "each written tensor must be dropped before the next is made"
 
     exported, weight_map = _read_shards(out)
     reference = _peft_merged_bf16(model)
