@@ -19,7 +19,8 @@ JOB_RECOVERY = {"strategy": "EAGER_NEXT_REGION", "max_restarts_on_errors": 2, "r
 
 
 def _launch(python: Path, env: dict[str, str], *args: str, ok: bool = True) -> tuple[dict, str]:
-    completed = run_probe(python, env, "launch_probe.py", JOB, "--clouds", "lambda,runpod",
+    # AWS enabled for the jobs controller (`budget.controller_infra: aws/us-east-1`); the offers come from `--set`.
+    completed = run_probe(python, env, "launch_probe.py", JOB, "--clouds", "aws,lambda,runpod",
                           "--env", "RUNS_BUCKET=my-runs", *args)
     return probe_result(completed, ok=ok), completed.stderr
 
@@ -78,9 +79,16 @@ def test_on_demand_cluster_launch_gets_the_budget_as_hard_autostop_limit(
 def test_dryrun_goes_through_skypilots_dry_run_in_managed_mode_too(sky_python: Path, sky_env: dict[str, str]) -> None:
     result, _ = _launch(sky_python, sky_env, "--mode", "managed", "--set", "budget.clouds=[lambda]",
                         "--set", "budget.max_cost_yuan=400", "--dryrun")
-    (call,) = result["calls"]
+    call, controller = result["calls"]
     assert call["function"] == "sky.launch" and call["dryrun"] is True
     assert call["task"]["resources"][0]["job_recovery"] == JOB_RECOVERY
+    # Then the jobs controller, placed as `sky jobs launch` places it, through the same dry run.
+    assert controller["function"] == "sky.launch" and controller["dryrun"] is True
+    assert controller["name"] == "dream-job-controller-dryrun"
+    (placed,) = controller["task"]["resources"]
+    assert (placed["infra"], placed["instance_type"], placed["disk_size"]) == ("aws/us-east-1", "m6i.xlarge", 50)
+    assert controller["dry_run_choice"] == {"cloud": "AWS", "instance_type": "m6i.xlarge", "accelerators": None,
+                                            "use_spot": False, "usd_per_hour": 0.192}
     assert result["record"] == {"run_id": result["plan"]["run_id"], "job_id": None, "dryrun": True}
 
 

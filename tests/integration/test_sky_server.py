@@ -178,8 +178,13 @@ def test_dream_job_launch_dryrun_gets_the_priced_machine_from_skypilots_server(
     assert f"Running on cluster: {run_id}" in output and "Dryrun finished." in output
     assert completed.stdout.strip().splitlines()[-1] == run_id  # stdout ends with the run id alone
     # The offer is pinned (cloud, place, instance): SkyPilot considers that one machine only and takes it.
-    assert table_sizes(output) == [1]
-    (choice,) = chosen_rows(output)
+    # A managed job's dry run then places its jobs controller (`budget.controller_infra`): one machine again.
+    managed = " as managed job (`sky jobs launch`" in output
+    assert table_sizes(output) == ([1, 1] if managed else [1])
+    choice, *controller = chosen_rows(output)
+    if managed:
+        assert [(c["infra"].split(" ")[0], c["instance"], c["usd"]) for c in controller] == [
+            ("AWS", "m6i.xlarge", "0.19")]
     spot = offer["market"] == "spot"
     assert choice["instance"] == offer["instance"] + ("[Spot]" if spot else "")
     assert choice["gpus"] == offer["gpus"] and float(choice["usd"]) == float(offer["usd"])
@@ -197,7 +202,7 @@ def test_a_task_the_server_rejects_is_one_sentence_naming_the_file_and_the_job(
         sky_server: SkyServer, tmp_path: Path) -> None:
     # The RunPod user as SkyPilot documents it: `sky.Task.from_yaml` takes it, the 0.14.1 server does not.
     text = (REPO / SKY_YAML).read_text(encoding="utf-8")
-    anchor = "  RUNS_BUCKET: dream-job-runs\n"
+    anchor = "  RUNS_BUCKET: null\n"
     assert anchor in text
     copy = tmp_path / "sky-runpod-user.yaml"
     copy.write_text(text.replace(anchor, anchor + "  SKYPILOT_RUNPOD_DOCKER_USERNAME: dreamjob\n"), encoding="utf-8")
