@@ -68,7 +68,7 @@ def test_vast_80gb_a100_is_pinned_past_the_cheaper_40gb_decoys(sky_python: Path,
     assert result["cli"]["storage_mounts"] == []  # Vast has no FUSE: the derived template has no bucket mount
     # What the old line (GPU name and cloud only) got from the same optimizer: the 40 GB card.
     unpinned = probe_result(run_probe(sky_python, sky_env, "sky_probe.py", "optimize", "sky.yaml", "--clouds", "vast",
-                                      "--gpus", "A100:1", "--no-mounts"))
+                                      "--gpus", "A100:1", "--no-mounts", "--env", "RUNS_BUCKET=unused"))
     assert (unpinned["instance_type"], unpinned["usd_per_hour"]) == ("1x-A100_SXM4-32-65536", 0.76)
 
 

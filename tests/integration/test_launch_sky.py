@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.tools.ec2_server import Ec2Server
 from tests.tools.sky_env import probe_result, run_probe, sky_env, sky_python  # noqa: F401  (fixtures)
 
 JOB = "jobs/dream-s1k.yaml"
@@ -77,8 +78,13 @@ def test_on_demand_cluster_launch_gets_the_budget_as_hard_autostop_limit(
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_dryrun_goes_through_skypilots_dry_run_in_managed_mode_too(sky_python: Path, sky_env: dict[str, str]) -> None:
-    result, _ = _launch(sky_python, sky_env, "--mode", "managed", "--set", "budget.clouds=[lambda]",
-                        "--set", "budget.max_cost_yuan=400", "--dryrun")
+    # The controller's AWS dry run looks its machine image up: a loopback EC2 answers (`ec2_server.py`).
+    with Ec2Server() as ec2:
+        env = {**sky_env, "AWS_ENDPOINT_URL_EC2": ec2.endpoint_url, "AWS_ACCESS_KEY_ID": "test",
+               "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+        result, _ = _launch(sky_python, env, "--mode", "managed", "--set", "budget.clouds=[lambda]",
+                            "--set", "budget.max_cost_yuan=400", "--dryrun")
+        assert "DescribeImages" in ec2.requests
     call, controller = result["calls"]
     assert call["function"] == "sky.launch" and call["dryrun"] is True
     assert call["task"]["resources"][0]["job_recovery"] == JOB_RECOVERY

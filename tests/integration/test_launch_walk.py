@@ -169,3 +169,20 @@ def _vram(estimate: dict) -> float:
     return next(c["vram_gib"] for c in estimate["candidates"]
                 if (c["cloud"], c["instance_type"], c["spot"], c["method"]) == (
                     choice["cloud"], choice["instance_type"], choice["spot"], choice["method"]))
+
+
+def test_a_task_yamls_own_config_section_cannot_place_the_controller(sky_server_on_moto: SkyServer,
+                                                                     tmp_path: Path) -> None:
+    # Why the line names a project config file: SkyPilot's client lets a task's `config:` through, its
+    # server enforces the keys a task may override (`OVERRIDEABLE_CONFIG_KEYS_IN_TASK`), and
+    # `jobs.controller.resources` is not one of them.
+    text = (REPO / "sky.yaml").read_text(encoding="utf-8")
+    copy = tmp_path / "sky-with-config.yaml"
+    copy.write_text(text + "config:\n  jobs:\n    controller:\n      resources:\n        infra: aws/us-east-1\n",
+                    encoding="utf-8")
+    completed = sky_server_on_moto.sky("jobs", "launch", "--env", "RUNS_BUCKET=dream-job-walk-config", str(copy),
+                                       stdin="n\n")
+    output = _text(completed)
+    assert completed.returncode != 0 and "Aborted!" not in output, output[-3000:]
+    assert "jobs" in output and "controller" not in chosen_rows(output), output[-3000:]
+    print(output[-3000:])

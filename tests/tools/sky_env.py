@@ -91,6 +91,19 @@ m6i.xlarge,,,4.0,16.0,,0.192,0.0699,us-east-1,use1-az2,x86_64
 }
 SEEDED_CLOUDS = "aws,lambda,runpod,vast"
 
+# Catalog files SkyPilot's dry run reads besides `vms.csv` (it fetches them when missing): the AWS
+# machine image for the pinned region (fake AMI ids; the dry run only looks them up) and the quota
+# codes (none listed: SkyPilot then skips its quota check, as for any unlisted instance type).
+AUX_CATALOGS = {
+    "aws/images.csv": """\
+Tag,Region,OS,OSVersion,ImageId,CreationDate
+skypilot:custom-cpu-ubuntu,us-east-1,ubuntu,22.04,ami-00000000000000c01,2026-11-24T00:00:00.000Z
+skypilot:custom-gpu-ubuntu,us-east-1,ubuntu,22.04,ami-00000000000000g01,2026-11-24T00:00:00.000Z
+skypilot:custom-gpu-ubuntu-cuda13,us-east-1,ubuntu,22.04,ami-00000000000000g13,2026-11-24T00:00:00.000Z
+""",
+    "aws/instance_quota_mapping.csv": "InstanceType,OnDemandInstanceCode,SpotInstanceCode\n",
+}
+
 
 @pytest.fixture(scope="module")
 def sky_python() -> Path:
@@ -121,7 +134,7 @@ def sky_env(tmp_path: Path) -> dict[str, str]:
     where the machine has none.
     """
     home = tmp_path / "sky-home"
-    for name, text in CATALOGS.items():
+    for name, text in {**CATALOGS, **AUX_CATALOGS}.items():
         path = home / ".sky" / "catalogs" / "v8" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)

@@ -41,25 +41,13 @@ from tests.conftest import REPO
 from tests.s3server import S3Server
 from tests.tools.ec2_server import Ec2Server
 from tests.tools.moto_aws import MotoAws, moto_image_id
-from tests.tools.sky_env import CACHE, CATALOGS, SEEDED_CLOUDS, SKY_VENV, SKY_VERSION, TOOLS
+from tests.tools.sky_env import AUX_CATALOGS, CACHE, CATALOGS, SEEDED_CLOUDS, SKY_VENV, SKY_VERSION, TOOLS
 
 SITE_DIR = TOOLS / "sky_site"
 CLOUDS_ENV = "DREAM_JOB_TEST_SKY_CLOUDS"  # read by sky_site/sitecustomize.py
 SERVER_MODULE = "sky.server.server"  # SkyPilot's API_SERVER_CMD: `python -m sky.server.server --port=N`
 LAUNCHER_MARK = "dream-job-launcher-requirements.txt"
 
-# Catalog files SkyPilot's dry run reads besides `vms.csv` (it fetches them when missing): the AWS
-# machine image for the pinned region (fake AMI ids; the dry run only looks them up) and the quota
-# codes (none listed: SkyPilot then skips its quota check, as for any unlisted instance type).
-AUX_CATALOGS = {
-    "aws/images.csv": """\
-Tag,Region,OS,OSVersion,ImageId,CreationDate
-skypilot:custom-cpu-ubuntu,us-east-1,ubuntu,22.04,ami-00000000000000c01,2026-11-24T00:00:00.000Z
-skypilot:custom-gpu-ubuntu,us-east-1,ubuntu,22.04,ami-00000000000000g01,2026-11-24T00:00:00.000Z
-skypilot:custom-gpu-ubuntu-cuda13,us-east-1,ubuntu,22.04,ami-00000000000000g13,2026-11-24T00:00:00.000Z
-""",
-    "aws/instance_quota_mapping.csv": "InstanceType,OnDemandInstanceCode,SpotInstanceCode\n",
-}
 
 
 def launcher_requirements() -> list[str]:
@@ -225,6 +213,21 @@ def sky_server(launcher_python: Path, tmp_path_factory: pytest.TempPathFactory) 
     assert tree_state(real_sky) == before, "the real ~/.sky changed while the test server ran"
 
 
+def start_on_moto(python: Path, folder: Path) -> tuple[SkyServer, MotoAws]:
+    """Start `moto_server` and a SkyPilot API server whose AWS it is (see `sky_server_on_moto`); the caller stops both."""
+    aws = MotoAws(folder).start()
+    image = moto_image_id(aws.python)
+    aux = {**AUX_CATALOGS, "aws/images.csv": "\n".join(
+        line if not line.startswith("skypilot:") else ",".join(line.split(",")[:4] + [image] + line.split(",")[5:])
+        for line in AUX_CATALOGS["aws/images.csv"].splitlines()) + "\n"}
+    server = SkyServer(python, folder / "sky", aws, aws.endpoint_url, aws_url=aws.endpoint_url, aux_catalogs=aux)
+    try:
+        return server.start(), aws
+    except BaseException:
+        aws.stop()
+        raise
+
+
 @pytest.fixture(scope="module")
 def sky_server_on_moto(launcher_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SkyServer]:
     """A started SkyPilot API server whose AWS is `moto_server` (`tests/tools/moto_aws.py`): AWS passes the real
@@ -232,15 +235,9 @@ def sky_server_on_moto(launcher_python: Path, tmp_path_factory: pytest.TempPathF
     other seeded clouds as in `sky_server`. Stopped after the module, nothing left in the real `~/.sky`."""
     real_sky = Path.home() / ".sky"
     before = tree_state(real_sky)
-    aws = MotoAws(tmp_path_factory.mktemp("moto")).start()
-    image = moto_image_id(aws.python)
-    aux = {**AUX_CATALOGS, "aws/images.csv": "\n".join(
-        line if not line.startswith("skypilot:") else ",".join(line.split(",")[:4] + [image] + line.split(",")[5:])
-        for line in AUX_CATALOGS["aws/images.csv"].splitlines()) + "\n"}
-    server = SkyServer(launcher_python, tmp_path_factory.mktemp("sky-server-moto"), aws, aws.endpoint_url,
-                       aws_url=aws.endpoint_url, aux_catalogs=aux)
+    server, aws = start_on_moto(launcher_python, tmp_path_factory.mktemp("sky-moto"))
     try:
-        yield server.start()
+        yield server
     finally:
         server.stop()
         aws.stop()
