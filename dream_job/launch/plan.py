@@ -46,7 +46,8 @@ GRACE_MIN = 15
 DERIVED_DIR = Path(".dream-job")
 # SkyPilot reads the jobs controller's place from this project config file, named on the line
 # (`SKYPILOT_PROJECT_CONFIG=... sky jobs launch`): a task YAML's own `config:` section cannot set
-# `jobs.controller.resources` (not among SkyPilot 0.14.1's `OVERRIDEABLE_CONFIG_KEYS_IN_TASK`).
+# `jobs.controller.resources` (not among SkyPilot 0.14.1's `OVERRIDEABLE_CONFIG_KEYS_IN_TASK`; its API
+# server answers "Invalid resources.config override: Found unsupported field 'jobs'").
 PROJECT_CONFIG_ENV = "SKYPILOT_PROJECT_CONFIG"
 # The task env naming the run bucket (`sky.yaml`'s `/runs` mount), and the user's own setting for it.
 RUNS_BUCKET_ENV = "RUNS_BUCKET"
