@@ -52,6 +52,9 @@ PROJECT_CONFIG_ENV = "SKYPILOT_PROJECT_CONFIG"
 # The task env naming the run bucket (`sky.yaml`'s `/runs` mount), and the user's own setting for it.
 RUNS_BUCKET_ENV = "RUNS_BUCKET"
 RUNS_BUCKET_SETTING = "DREAM_JOB_RUNS_BUCKET"
+# What the estimate's line says while no bucket is set: not a valid bucket name, so SkyPilot refuses
+# the pasted line at once (StorageNameError) instead of creating a bucket nobody chose.
+BUCKET_PLACEHOLDER = "<your-new-bucket>"
 # What a cloud cannot take from the template, and why (SkyPilot 0.14.1).
 DROPPED_FOR_CLOUD = {
     "file_mounts": ("no FUSE, so no bucket mount: the run dir stays on the machine's disk and "
@@ -286,13 +289,6 @@ def template_has(template: dict[str, Any], key: str) -> bool:
     return (isinstance(value, dict) and rest in value) if rest else head in template
 
 
-def template_value(template: dict[str, Any], key: str) -> Any:
-    """Return the template's value at `key` (`a.b` names a key inside `a`), None when absent."""
-    head, _, rest = key.partition(".")
-    value = template.get(head)
-    return (value.get(rest) if isinstance(value, dict) else None) if rest else value
-
-
 def derived_template(template: dict[str, Any], dropped: tuple[str, ...]) -> dict[str, Any]:
     """Return a copy of `template` without the `dropped` keys (`a.b` names a key inside `a`)."""
     body = {k: (dict(v) if isinstance(v, dict) else v) for k, v in template.items()}
@@ -457,7 +453,7 @@ def plan_launch(spec: JobSpec, spec_path: Path, *, task_yaml: Path, mode: Mode |
             raise LaunchError(f"not launched: {no_bucket_sentence(choice.cloud)}", exit_code=EXIT_USAGE)
         if bucket is None:
             notes.append(no_bucket_sentence(choice.cloud))
-        overrides[RUNS_BUCKET_ENV] = bucket or "<your-new-bucket>"
+        overrides[RUNS_BUCKET_ENV] = bucket or BUCKET_PLACEHOLDER
     task_envs = {**template_envs, **overrides}
     mount = _runs_mount(template, task_envs)
     notes += [f"`{choice.cloud}`: the task leaves out `{key}` of `{task_yaml}`: {DROPPED_FOR_CLOUD[key]}"
