@@ -38,8 +38,9 @@ CASES = [
 
 def _rows(text: str) -> list[str]:
     """SkyPilot's chosen (✔) rows and the plan's own rows worth keeping."""
-    keep = ("offer:", "controller:", "run dir:", "Dryrun finished", "dry run:", "Aborted!", "error:", "hint:")
-    return [line.rstrip() for line in text.splitlines() if line.rstrip().endswith("✔") or line.startswith(keep)]
+    keep = ("offer:", "controller:", "run dir:", "Dryrun finished", "dry run:", "error:", "hint:")
+    return [line.rstrip() for line in text.splitlines()
+            if line.rstrip().endswith("✔") or line.startswith(keep) or "Proceed?" in line or "Error" in line]
 
 
 def main() -> None:
@@ -55,8 +56,11 @@ def main() -> None:
                 line = shown.stdout.strip().splitlines()[-1]
                 print(line)
                 words = shlex.split(line)
-                line_env = dict(w.split("=", 1) for w in words if re.fullmatch(r"[A-Z_]+=.*", w))
-                argv = words[len(line_env):]
+                line_env = {}
+                while re.fullmatch(r"[A-Z_]+=.*", words[0]):  # the line's leading environment
+                    key, _, value = words.pop(0).partition("=")
+                    line_env[key] = value
+                argv = words
                 print(f"$ {line}   # answered n")
                 pasted = server.sky(*argv[1:], stdin="n\n", env={**env, **line_env})
                 print("\n".join(_rows(ANSI.sub("", pasted.stdout + pasted.stderr))))
