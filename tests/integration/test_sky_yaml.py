@@ -159,9 +159,20 @@ def test_skypilot_rejects_a_broken_copy(sky_python: Path, sky_env: dict[str, str
     assert old in text
     broken = tmp_path / "sky.yaml"
     broken.write_text(text.replace(old, new))
-    completed = _probe(sky_python, sky_env, "load", str(broken))
+    completed = _probe(sky_python, sky_env, "load", str(broken), "--env", "RUNS_BUCKET=my-runs")
     assert completed.returncode == 1
     assert message in completed.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_skypilot_refuses_sky_yaml_until_the_user_names_a_run_bucket(sky_python: Path,
+                                                                    sky_env: dict[str, str]) -> None:
+    # No global default bucket: a bare `sky launch sky.yaml` stops at parse time, before anything is provisioned.
+    completed = _probe(sky_python, sky_env, "load", str(SKY_YAML))
+    assert completed.returncode == 1
+    assert ("ValueError: Environment variable 'RUNS_BUCKET' is None. Please set a value for it in task YAML or "
+            "with --env flag.") in completed.stderr
 
 
 @pytest.mark.slow
@@ -178,6 +189,7 @@ def test_skypilot_rejects_a_broken_copy(sky_python: Path, sky_env: dict[str, str
 ])
 def test_skypilot_optimizer_picks_the_cheapest_candidate(sky_python: Path, sky_env: dict[str, str], clouds: str,
                                                          extra: list[str], expected: tuple) -> None:
-    choice = _result(_probe(sky_python, sky_env, "optimize", str(SKY_YAML), "--clouds", clouds, *extra))
+    choice = _result(_probe(sky_python, sky_env, "optimize", str(SKY_YAML), "--clouds", clouds,
+                            "--env", "RUNS_BUCKET=my-runs", *extra))
     assert (choice["cloud"], choice["instance_type"], choice["accelerators"], choice["usd_per_hour"]) == expected
     assert choice["use_spot"] is False
