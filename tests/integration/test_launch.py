@@ -266,8 +266,8 @@ def test_the_plan_pins_the_priced_machine_and_its_line_says_everything(laptop: l
     assert ("guard", "`DREAM_JOB_USD_PER_HOUR=8.19`: the highest price among the zones of `us-east-1` a managed job "
             "may recover into (the cheapest, $2.47, is what SkyPilot shows)") in spot.lines()
     assert spot.sky_command().startswith(f"SKYPILOT_PROJECT_CONFIG={CONTROLLER_CONFIG} sky jobs launch -n "
-                                         f"{spot.run_id} --infra aws/us-east-1 -t p4d.24xlarge --gpus A100:8 --use-spot "
-                                         "--env JOB=jobs/dream-s1k.yaml ")
+                                         f"{spot.run_id} --infra aws/us-east-1 -t p4d.24xlarge --gpus A100:8 "
+                                         "--use-spot --env JOB=jobs/dream-s1k.yaml ")
     # The jobs controller: placed by the project config the line names, priced from the shipped row (no catalog).
     assert yaml.safe_load(Path(CONTROLLER_CONFIG).read_text()) == {
         "jobs": {"controller": {"resources": {"infra": "aws/us-east-1", "instance_type": "m6i.xlarge",

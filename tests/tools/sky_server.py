@@ -214,7 +214,7 @@ def sky_server(launcher_python: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def start_on_moto(python: Path, folder: Path) -> tuple[SkyServer, MotoAws]:
-    """Start `moto_server` and a SkyPilot API server whose AWS it is (see `sky_server_on_moto`); the caller stops both."""
+    """Start `moto_server` and a SkyPilot API server whose AWS it is (`sky_server_on_moto`); the caller stops both."""
     aws = MotoAws(folder).start()
     image = moto_image_id(aws.python)
     aux = {**AUX_CATALOGS, "aws/images.csv": "\n".join(

@@ -45,10 +45,9 @@ use1-az1,us-east-1b
 use1-az2,us-east-1c
 usw1-az1,us-west-1b
 """
-VAST = """\
-InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,GpuInfo,Price,SpotPrice,Region
-1x-A100_PCIE-32-65536,A100,1,32,64.0,"{'Gpus': [{'Name': 'A100', 'Count': 1, 'MemoryInfo': {'SizeInMiB': 81920}}], 'TotalGpuMemoryInMiB': 81920}",0.87,0.00,"Oklahoma, US, NA"
-"""
+A100_INFO = "{'Gpus': [{'Name': 'A100', 'Count': 1, 'MemoryInfo': {'SizeInMiB': 81920}}], 'TotalGpuMemoryInMiB': 81920}"
+VAST = ("InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,GpuInfo,Price,SpotPrice,Region\n"
+        f'1x-A100_PCIE-32-65536,A100,1,32,64.0,"{A100_INFO}",0.87,0.00,"Oklahoma, US, NA"\n')
 
 
 def _write(folder: Path, name: str, text: str) -> Path:
