@@ -155,7 +155,9 @@ def submit(task: Any, plan: LaunchPlan, *, dryrun: bool = False) -> int | None:
     (failing over as a launch would), creates a missing bucket of the task's `file_mounts` (as
     SkyPilot's own `sky launch --dryrun` does) and provisions nothing. A managed job's dry run
     then places its jobs controller the way `sky jobs launch` does (`controller_task`) and dry-runs
-    that machine too, so a controller SkyPilot cannot place fails here, not after the launch.
+    that machine too, so a controller SkyPilot cannot place fails here, not after the launch. A real
+    managed launch dry-runs the controller first as well: `sky jobs launch` would upload the workdir
+    to a bucket before finding out.
 
     Raises:
         LaunchError: SkyPilot is missing, rejects the task (exit 1), or cannot be reached (exit 3).
@@ -169,6 +171,8 @@ def submit(task: Any, plan: LaunchPlan, *, dryrun: bool = False) -> int | None:
                     dry_run_controller(task, plan)
                 return None
             if plan.mode == "managed":
+                # `sky jobs launch` uploads the workdir before it places the controller: place it first.
+                dry_run_controller(task, plan)
                 job_ids, _ = sky.stream_and_get(sky.jobs.launch(task, name=plan.sky_name))
                 return job_ids[0] if isinstance(job_ids, list) else job_ids
             job_id, _ = sky.stream_and_get(sky.launch(task, cluster_name=plan.sky_name, **autostop_kwargs(plan)))
