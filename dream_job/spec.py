@@ -377,11 +377,18 @@ class BudgetSpec(_Section):
         description="Launch with `sky jobs launch` (recovers from spot preemption); the estimate then counts "
         "the SkyPilot jobs-controller VM.",
     )
-    controller_usd_per_hour: float = Field(
-        0.25,
-        ge=0.0,
-        description="Price of the SkyPilot jobs-controller VM while the job runs, USD/hour (SkyPilot docs, "
-        "read 2026-11-24).",
+    controller_infra: str | None = Field(
+        "aws/us-east-1",
+        pattern=r"^[a-z0-9-]+(/[A-Za-z0-9 ,._-]+)?$",
+        description="Where SkyPilot's jobs controller of a managed job runs, `cloud/region` (a cloud you enabled "
+        "with `sky check`); its price comes from that cloud's catalog. null: no managed jobs (the estimate "
+        "then rejects them; launch as a cluster with `budget.managed_job=false`).",
+    )
+    controller_instance_type: str = Field(
+        "m6i.xlarge",
+        min_length=1,
+        description="The jobs controller's machine on `controller_infra` (SkyPilot's own default family: 4 vCPU, "
+        "16 GiB on AWS).",
     )
     download_mb_per_s: float = Field(
         100.0,
