@@ -34,15 +34,16 @@ from budget.controller import ControllerOffer, controller_config, placement_reas
 from dream_job.credentials import required_secrets
 from dream_job.errors import EXIT_USAGE, DreamJobError
 from dream_job.launch.image import IMAGE_ENV, describe_image, with_image
-from dream_job.launch.payload import SPEC_DIGEST_ENV, SPEC_ENV, spec_digest, spec_text
+from dream_job.launch.payload import SPEC_DIGEST_ENV, SPEC_ENV, priced_spec, spec_digest, spec_text
+from dream_job.launch.task import SHUTDOWN_GRACE_S
 from dream_job.rundir import write_text_atomically
-from dream_job.spec import SAVE_EVERY_ENV, JobSpec
+from dream_job.spec import JobSpec
 
 Mode = Literal["managed", "cluster"]
 
-# `dream-job task`'s SIGTERM -> SIGKILL grace (`launch.task.KILL_AFTER_S`, 10 min) plus 5 minutes
-# for the last checkpoint upload: `BUDGET_HOURS` ends this long before the hard limit.
-GRACE_MIN = 15
+# `dream-job task`'s shutdown grace (SIGTERM -> SIGKILL, then the last upload) in whole minutes:
+# `BUDGET_HOURS` ends this long before the hard limit.
+GRACE_MIN = math.ceil(SHUTDOWN_GRACE_S / 60)
 # Where the template adapted to one cloud goes: derived from `sky.yaml` on every estimate and
 # launch (never edited by hand), so the printed `sky` line can name it.
 DERIVED_DIR = Path(".dream-job")
@@ -454,12 +455,11 @@ def plan_launch(spec: JobSpec, spec_path: Path, *, task_yaml: Path, mode: Mode |
         notes.append(stale)
 
     run_id = new_run_id(spec.name, now)
-    carried = spec_text(spec)  # the job as priced: in the task file, its digest on the line
+    # The job as priced on this offer (`auto` save interval resolved): in the task file, its digest on the line.
+    carried = spec_text(priced_spec(spec, choice.save_every_steps))
     template_envs = {k: str(v) for k, v in (template.get("envs") or {}).items() if v is not None}
-    # `train.save_every_steps: auto`: the Young-Daly interval the estimate resolved for this offer.
-    save_every = {SAVE_EVERY_ENV: str(choice.save_every_steps)} if spec.train.save_every_steps == "auto" else {}
     overrides = {"JOB": job_file, "DREAM_JOB_USD_PER_HOUR": f"{guard_usd:g}", "BUDGET_HOURS": f"{budget_hours:g}",
-                 RUN_ID_ENV: run_id, SPEC_DIGEST_ENV: spec_digest(carried), **save_every, **extra_envs}
+                 RUN_ID_ENV: run_id, SPEC_DIGEST_ENV: spec_digest(carried), **extra_envs}
     # The estimate rejects FUSE-less offers for jobs without destinations (`budget.estimate.no_fuse_reason`).
     dropped = tuple(key for key in dropped_for(choice.cloud) if template_has(template, key))
     bucket = None

@@ -280,10 +280,13 @@ def test_the_plan_pins_the_priced_machine_and_its_line_says_everything(laptop: l
     assert spot.sky_command().startswith(f"SKYPILOT_PROJECT_CONFIG={CONTROLLER_CONFIG} sky jobs launch -n "
                                          f"{spot.run_id} --infra aws/us-east-1 -t p4d.24xlarge --gpus A100:8 "
                                          "--use-spot --env JOB=jobs/dream-s1k.yaml ")
-    # `train.save_every_steps: auto` travels as the interval resolved for this offer (the whole run: one save).
-    assert spot.envs["DREAM_JOB_SAVE_EVERY_STEPS"] == "177" == str(spot.estimate.choice.save_every_steps)
+    # `train.save_every_steps: auto` reaches the machine resolved for this offer (the whole run: one save), in the
+    # carried job the digest covers; the upload cadence follows (`auto` uploads every save).
+    carried = yaml.safe_load(spot.spec_yaml)
+    assert (carried["train"]["save_every_steps"], carried["artifacts"]["sync_every_steps"]) == (177, 177)
+    assert spot.estimate.choice.save_every_steps == 177 and "SAVE_EVERY" not in spot.sky_command()
     assert (f"--env DREAM_JOB_RUN_ID={spot.run_id} --env DREAM_JOB_SPEC_SHA256={_sha256(spot.spec_yaml)} "
-            "--env DREAM_JOB_SAVE_EVERY_STEPS=177 ") in spot.sky_command()
+            "--env RUNS_BUCKET=my-runs .dream-job/") in spot.sky_command()
     # The jobs controller: placed by the project config the line names, priced from the shipped row (no catalog).
     assert yaml.safe_load(Path(CONTROLLER_CONFIG).read_text()) == {
         "jobs": {"controller": {"resources": {"infra": "aws/us-east-1", "instance_type": "m6i.xlarge",
