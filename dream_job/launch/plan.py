@@ -6,8 +6,9 @@ secrets but never holds their values (those are read from the environment at sub
 
 Caps, in the order they bite: the in-job budget guard (`dream_job.costs`, from
 `DREAM_JOB_USD_PER_HOUR`) stops training early with a checkpoint; `BUDGET_HOURS` (`dream-job task`,
-counted from the first start across recoveries) sends SIGTERM, then SIGKILL 10 minutes later; in cluster
-mode the autostop hard limit (`wait_for: none`) tears the machine down when the budget is spent,
+counted from the first start across recoveries) sends SIGTERM, then SIGKILL 10 minutes later, and
+ends 15 minutes before the budget is spent (`task.SHUTDOWN_GRACE_S`: 5 more for the last upload); in
+cluster mode the autostop hard limit (`wait_for: none`) tears the machine down when the budget is spent,
 whatever runs on it. Managed jobs get no `wait_for: none`: SkyPilot's jobs controller launches
 the job's cluster with its own 10-minute autodown and keeps the task's `wait_for`, which would
 then tear the job down 10 minutes after every start; the controller downs the cluster when the
@@ -47,6 +48,10 @@ GRACE_MIN = math.ceil(SHUTDOWN_GRACE_S / 60)
 # Where the template adapted to one cloud goes: derived from `sky.yaml` on every estimate and
 # launch (never edited by hand), so the printed `sky` line can name it.
 DERIVED_DIR = Path(".dream-job")
+# Every estimate writes a task file for its run id; the newest this many stay, so the lines of the
+# last estimates still paste (SkyPilot reads the file only at launch) and older ones do not pile up.
+KEEP_TASK_FILES = 20
+TASK_FILE_HEADER = "# Derived from `"
 # SkyPilot reads the jobs controller's place from this project config file, named on the line
 # (`SKYPILOT_PROJECT_CONFIG=... sky jobs launch`): a task YAML's own `config:` section cannot set
 # `jobs.controller.resources` (not among SkyPilot 0.14.1's `OVERRIDEABLE_CONFIG_KEYS_IN_TASK`; its API
@@ -363,10 +368,25 @@ def write_derived_template(template: dict[str, Any], plan: LaunchPlan) -> None:
     """Write the template adapted to the plan's cloud, carrying the resolved job, to `plan.task_file()` (atomically)."""
     body = derived_template(template, plan.dropped)
     body["envs"] = {**(body.get("envs") or {}), SPEC_ENV: plan.spec_yaml}  # checked against the line's digest
-    write_text_atomically(plan.task_file(), f"# Derived from `{plan.task_yaml}` by dream-job for `{plan.cloud}` "
+    write_text_atomically(plan.task_file(), f"{TASK_FILE_HEADER}{plan.task_yaml}` by dream-job for `{plan.cloud}` "
                           f"(left out: {', '.join(plan.dropped) or 'nothing'}) for run `{plan.run_id}`; written by "
                           "every estimate and launch: edit the source instead.\n"
                           + yaml.safe_dump(body, sort_keys=False, allow_unicode=True, width=1000))
+    prune_task_files(plan.task_file().parent, keep=KEEP_TASK_FILES)
+
+
+def prune_task_files(folder: Path, *, keep: int) -> list[Path]:
+    """Delete all but the `keep` newest task files dream-job wrote in `folder`; return those deleted.
+
+    Only files named like a run id (`<job>-<yyyymmdd-HHMMSS>.yaml`) that start with dream-job's header
+    are touched; the controller's project config and anything else in the folder stay.
+    """
+    ours = [path for path in folder.glob("*.yaml") if re.fullmatch(r"[a-z][a-z0-9-]*-\d{8}-\d{6}", path.stem)
+            and path.read_text(encoding="utf-8").startswith(TASK_FILE_HEADER)]
+    ours.sort(key=lambda path: (path.stat().st_mtime, path.name), reverse=True)
+    for path in ours[keep:]:
+        path.unlink(missing_ok=True)
+    return ours[keep:]
 
 
 def check_price_age(estimate: Any, catalog_dir: Path | None) -> None:

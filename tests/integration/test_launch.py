@@ -346,3 +346,28 @@ def test_the_task_file_carries_the_priced_job_and_the_line_its_digest(laptop: li
     assert load_spec(tmp_path / "carried.yaml") == load_spec(JOB, [*ON_DEMAND, "train.epochs=2"])
     # The printed line holds the digest, never the spec itself: it stays short enough to read.
     assert "DREAM_JOB_SPEC=" not in plan.sky_command() and len(plan.sky_command()) < 600
+
+
+def test_estimates_keep_only_the_newest_task_files(laptop: list[Any], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / JOB).write_text((REPO / JOB).read_text())
+    (tmp_path / "sky.yaml").write_text((REPO / "sky.yaml").read_text())
+    folder = tmp_path / ".dream-job"
+    folder.mkdir()
+    earlier = []  # 25 task files of earlier estimates, oldest first
+    for i in range(25):
+        path = folder / f"dream-s1k-20261101-0000{i:02d}.yaml"
+        path.write_text("# Derived from `sky.yaml` by dream-job for `aws` (left out: nothing) for run ...\nname: x\n")
+        os.utime(path, (1_000_000 + i, 1_000_000 + i))
+        earlier.append(path)
+    users = folder / "notes-20261101-000000.yaml"  # named like a run, not written by dream-job: kept
+    users.write_text("# mine\n")
+    os.utime(users, (0, 0))
+    plan = plan_launch(load_spec(JOB), Path(JOB), task_yaml=Path("sky.yaml"), environ=BUCKET, now=NOW,
+                       for_launch=False)
+    # The new line's file and the 19 newest earlier ones: the last 20 estimates' lines still paste.
+    assert sorted(folder.glob("dream-s1k-*.yaml")) == sorted([plan.task_file().resolve(), *earlier[6:]])
+    assert users.exists() and Path(CONTROLLER_CONFIG).exists()
+    assert plan.sky_command().endswith(f" {plan.task_file()}") and plan.task_file().is_file()
