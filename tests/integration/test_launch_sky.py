@@ -68,8 +68,11 @@ def test_spot_offer_launches_a_managed_job_with_recovery_and_the_secrets_it_need
 @pytest.mark.timeout(1200)
 def test_on_demand_cluster_launch_gets_the_budget_as_hard_autostop_limit(
         sky_python: Path, sky_env: dict[str, str]) -> None:
+    # The job's former checkpoint cadence (every 20 steps, synchronous) makes Lambda's 1x H100 the pick; with
+    # `auto` and async saves its 8x A100-80GB is.
     result, _ = _launch(sky_python, sky_env, "--set", "budget.clouds=[lambda]", "--set", "budget.managed_job=false",
-                        "--set", "budget.max_cost_yuan=400")
+                        "--set", "budget.max_cost_yuan=400", "--set", "train.save_every_steps=20",
+                        "--set", "train.async_save=false")
     (call,) = result["calls"]
     assert call["function"] == "sky.launch" and call["dryrun"] is False and result["plan"]["mode"] == "cluster"
     (resources,) = call["task"]["resources"]
