@@ -38,7 +38,8 @@ CASES = [
 
 def _rows(text: str) -> list[str]:
     """SkyPilot's chosen (✔) rows and the plan's own rows worth keeping."""
-    keep = ("offer:", "image:", "controller:", "run dir:", "Dryrun finished", "dry run:", "error:", "hint:")
+    keep = ("offer:", "caps:", "image:", "controller:", "run dir:", "note:", "Dryrun finished", "dry run:", "error:",
+            "hint:")
     return [line.rstrip() for line in text.splitlines()
             if line.rstrip().endswith("✔") or line.startswith(keep) or "Proceed?" in line or "Error" in line]
 

@@ -341,9 +341,10 @@ def test_sky_yaml_setup_and_run_in_the_image_run_the_carried_job_from_the_workdi
     # Each script in its own shell, as SkyPilot runs them (`setup` exits early on the image).
     script = (f"bash -c {shlex.quote(task['setup'])} && python -c 'import dream_job; print(dream_job.__file__)' "
               f"&& bash -c {shlex.quote(task['run'])}")
+    env_args = [arg for key, value in envs.items() for arg in ("-e", f"{key}={value}")]
     result = engine.docker("run", "--rm", "--pull=never", "--network=none", "-v", f"{REPO}:{workdir}:ro",
-                           "-v", f"{runs}:/runs", "-w", workdir, *(a for k, v in envs.items() for a in ("-e", f"{k}={v}")),
-                           image, "bash", "-c", script, check=False, timeout=1500)
+                           "-v", f"{runs}:/runs", "-w", workdir, *env_args, image, "bash", "-c", script,
+                           check=False, timeout=1500)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "dream-job image: nothing to install" in result.stdout
