@@ -10,6 +10,8 @@ Public API:
 - `plan_memory(spec, method, num_gpus) -> MemoryEstimate`: the container preflight's check;
   `fallback_methods(method)`: what to train with instead when it does not fit (preflight, OOM hint);
   `disk_need_bytes(spec, ...)`: the run's disk need (preflight).
+- The jobs controller of a managed job: `budget.controller.controller_offer` (its place, machine and catalog
+  price; `Estimate.controller`).
 - Models: `budget.memory.estimate_memory`, `budget.timing.estimate_time`, `budget.catalog.load_prices`,
   `budget.gpus.resolve_gpu`; FLOPs in `budget.flops`; checkpoint cadence and cost in `budget.checkpoints`. Data and its sources: `budget/data/`.
 """

@@ -11,6 +11,12 @@ GPU counts (g6f slices), ARM hosts (GH200) and GCP, whose GPU is priced in a row
 host VM. Vast's `GpuInfo` memory is the machine's total (SkyPilot's fetcher stores
 `gpu_total_ram`), so it is divided by the GPU count.
 
+AWS zones: the catalog's `AvailabilityZone` holds zone *ids* (`use1-az1`), which SkyPilot rejects
+in `--infra` (`Invalid zone`); the id-to-name mapping is per AWS account, and SkyPilot caches it
+as `aws/az_mappings-<account hash>.csv` next to the catalog (`sky/catalog/aws_catalog.py`). Ids are
+turned into names with the newest such file, rows of zones it does not list are dropped (as
+SkyPilot drops them); without one an AWS offer names no zone, so a launch pins its region only.
+
 Dates: a file SkyPilot fetched has a `.meta/<cloud>/vms.csv.md5`, written only when a fetch
 succeeds; its mtime is the prices' date. The CSV's own mtime is not: a failed refresh touches it
 (`os.utime`) and keeps the old prices. A CSV without a matching md5 was placed by hand and is never
@@ -150,11 +156,46 @@ def catalog_file_date(folder: Path, cloud: str) -> date:
     return _file_date(csv_path)
 
 
-def parse_vms_csv(path: Path, cloud: str, *, priced_on: date) -> tuple[list[Offer], int]:
+def aws_zone_names(folder: Path) -> dict[str, str] | None:
+    """Return SkyPilot's AWS zone id -> zone name mapping (its newest `aws/az_mappings-*.csv`), None when absent."""
+    files = sorted((folder / "aws").glob("az_mappings-*.csv"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        return None
+    with open(files[-1], newline="", encoding="utf-8") as f:
+        return {row["AvailabilityZone"]: row["AvailabilityZoneName"] for row in csv.DictReader(f)
+                if row.get("AvailabilityZone") and row.get("AvailabilityZoneName")}
+
+
+def zone_name(zone: str | None, region: str, names: dict[str, str] | None) -> tuple[bool, str | None]:
+    """Return (usable, zone name) for a catalog zone: a zone name as is; an AWS zone id through `names`.
+
+    An id that `names` does not list is not usable (SkyPilot drops its rows: the account has no
+    such zone); without `names` an id gives no zone at all (the offer is pinned to its region).
+    """
+    if not zone or zone.startswith(region):
+        return True, zone or None
+    if names is None:
+        return True, None
+    return (zone in names), names.get(zone)
+
+
+def listed_in_catalog(folder: Path, cloud: str, instance_type: str, region: str) -> bool | None:
+    """Return whether SkyPilot's catalog for `cloud` lists `instance_type` (in `region` when given); None: no file."""
+    path = folder / cloud / "vms.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="", encoding="utf-8") as f:
+        return any(row.get("InstanceType") == instance_type and (not region or row.get("Region") == region)
+                   for row in csv.DictReader(f))
+
+
+def parse_vms_csv(path: Path, cloud: str, *, priced_on: date,
+                  zone_names: dict[str, str] | None = None) -> tuple[list[Offer], int]:
     """Return every usable (row, kind) of one SkyPilot `vms.csv` and how many GPU rows were not usable.
 
     Rows are skipped when the GPU is not in our table, the count is fractional or not 1/2/4/8,
-    the host is ARM, or the price is missing; Vast spot prices are always dropped.
+    the host is ARM, or the price is missing; Vast spot prices are always dropped. Zones go
+    through `zone_name` (AWS zone ids become this account's zone names, `zone_names`).
     """
     offers, skipped = [], 0
     with open(path, newline="", encoding="utf-8") as f:
@@ -170,6 +211,10 @@ def parse_vms_csv(path: Path, cloud: str, *, priced_on: date) -> tuple[list[Offe
                 skipped += 1
                 continue
             host = None if cloud == "vast" else _number(row.get("MemoryGiB"))  # Vast: fixed placeholders
+            region = row.get("Region", "") or ""
+            usable, zone = zone_name((row.get("AvailabilityZone") or "").strip(), region, zone_names)
+            if not usable:
+                continue
             prices = [(False, _number(row.get("Price")))]
             if cloud != "vast":
                 prices.append((True, _number(row.get("SpotPrice"))))
@@ -179,7 +224,7 @@ def parse_vms_csv(path: Path, cloud: str, *, priced_on: date) -> tuple[list[Offe
                 offers.append(Offer(
                     cloud=cloud, instance_type=row.get("InstanceType", ""), accelerator=accelerator, gpu=gpu,
                     count=int(count), gpu_mem_gib=gpu_table()[gpu].vram_gib, spot=spot, usd_per_hour=price,
-                    region=row.get("Region", "") or "", zone=(row.get("AvailabilityZone") or "").strip() or None,
+                    region=region, zone=zone,
                     max_usd_per_hour_in_region=price, host_mem_gib=host, priced_on=priced_on,
                 ))
     return offers, skipped
@@ -238,6 +283,7 @@ def load_prices(catalog_dir: Path | None, *, clouds: list[str]) -> Prices:
     snapshot = _snapshot_offers()
     snapshot_clouds = sorted({o.cloud for o in snapshot})
     files = {p.parent.name: p for p in sorted(folder.glob("*/vms.csv")) if p.parent.name != "common"}
+    zone_names = aws_zone_names(folder)
     wanted = clouds or sorted(set(files) | set(snapshot_clouds))
     offers, notes, from_catalog, from_snapshot, skipped = [], [], [], [], 0
     for cloud in wanted:
@@ -248,7 +294,8 @@ def load_prices(catalog_dir: Path | None, *, clouds: list[str]) -> Prices:
         if cloud in files:
             try:
                 cloud_offers, cloud_skipped = parse_vms_csv(files[cloud], cloud,
-                                                            priced_on=catalog_file_date(folder, cloud))
+                                                            priced_on=catalog_file_date(folder, cloud),
+                                                            zone_names=zone_names)
             except (OSError, UnicodeDecodeError, csv.Error) as exc:
                 cloud_offers, cloud_skipped, why = [], 0, f"is unreadable ({type(exc).__name__})"
             if cloud_offers:
@@ -277,6 +324,10 @@ def load_prices(catalog_dir: Path | None, *, clouds: list[str]) -> Prices:
                           hint="leave `budget.clouds` empty to consider every cloud")
     if skipped:
         notes.append(f"{skipped} catalog rows skipped (GPU not in budget/data/gpus.csv, fractional or odd count, ARM)")
+    if "aws" in from_catalog and zone_names is None:
+        notes.append("AWS zones: SkyPilot has not mapped this account's zone ids to zone names yet (no "
+                     f"`{folder / 'aws'}/az_mappings-*.csv`; `sky check aws` then `sky gpus list --infra aws` writes "
+                     "it): AWS offers are pinned to their region only")
     if "vast" in from_catalog:
         notes.append("Vast spot prices ignored (the catalog lists 0.00); Vast host RAM unknown")
     sources = []

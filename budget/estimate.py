@@ -18,6 +18,7 @@ from typing import Any
 
 from budget.catalog import NO_FUSE_CLOUDS, Offer, guard_usd_per_hour, load_prices
 from budget.checkpoints import checkpoint_bytes, mtbf_hours, staging_host_bytes
+from budget.controller import IDLE_HOURS, ControllerOffer, controller_offer
 from budget.gpus import GpuSpec, gpu_table, resolve_gpu
 from budget.memory import MemoryEstimate, estimate_memory
 from budget.result import Candidate, Estimate, NoOfferError
@@ -93,7 +94,7 @@ def _memory_reason(spec: JobSpec, mem: MemoryEstimate, gpu: GpuSpec) -> str:
 
 
 def _candidate(spec: JobSpec, offer: Offer, method: str, mem: MemoryEstimate, time: TimeEstimate,
-               cal: Calibration) -> Candidate:
+               cal: Calibration, controller: ControllerOffer | None) -> Candidate:
     budget, train = spec.budget, spec.train
     gpu = gpu_table()[offer.gpu]
     host_ram, host_known = offer.host_mem_gib, offer.host_mem_gib is not None
@@ -101,10 +102,10 @@ def _candidate(spec: JobSpec, offer: Offer, method: str, mem: MemoryEstimate, ti
         host_ram = offer.count * gpu.vram_gib * cal.memory_constants().unknown_host_ram_per_vram
     hours = time.total_s / 3600
     # The jobs controller runs as long as the job, then idles 10 minutes before it autostops.
-    controller = (hours + 10 / 60) * budget.controller_usd_per_hour if budget.managed_job else 0.0
+    controller_usd = (hours + IDLE_HOURS) * controller.usd_per_hour if controller is not None else 0.0
     guard_usd = guard_usd_per_hour(offer, managed=budget.managed_job)
-    usd = hours * guard_usd + controller
-    controller_cny = controller * budget.cny_per_usd
+    usd = hours * guard_usd + controller_usd
+    controller_cny = controller_usd * budget.cny_per_usd
     cost = usd * budget.cny_per_usd
     fits_gpu = mem.peak_gib <= gpu.vram_gib
     fits_host = mem.host_gib <= host_ram
@@ -126,6 +127,8 @@ def _candidate(spec: JobSpec, offer: Offer, method: str, mem: MemoryEstimate, ti
         reason = f"costs ¥{cost:.2f}, over the ¥{budget.max_cost_yuan:g} budget"
     elif offer.cloud in NO_FUSE_CLOUDS and not spec.artifacts.destinations:
         reason = no_fuse_reason(spec, offer.cloud)
+    elif budget.managed_job and controller is None:
+        reason = NO_CONTROLLER_REASON
     recipe_change = RECIPE[method] != RECIPE[train.method]
     if not reason and recipe_change and not budget.allow_recipe_change:
         reason = (f"changes the recipe to {RECIPE[method]} (allow with `--set budget.allow_recipe_change=true` "
@@ -144,6 +147,11 @@ def _candidate(spec: JobSpec, offer: Offer, method: str, mem: MemoryEstimate, ti
         within_budget=cost <= budget.max_cost_yuan, recipe_change=recipe_change, reason=reason,
         save_every_steps=time.saves.every_steps if time.saves else 0, saves=time.saves.saves if time.saves else 0,
     )
+
+
+NO_CONTROLLER_REASON = ("a managed job needs a place for SkyPilot's jobs controller and `budget.controller_infra` is "
+                        "null: set it (e.g. `--set budget.controller_infra=aws/us-east-1`) or launch as a cluster "
+                        "(`--set budget.managed_job=false`)")
 
 
 def no_fuse_reason(spec: JobSpec, cloud: str) -> str:
@@ -215,6 +223,8 @@ def estimate(spec: JobSpec, *, data_report: dict[str, Any] | None, catalog_dir: 
     gpus = {resolve_gpu(name).name for name in budget.gpus}
     clouds = [c.lower() for c in budget.clouds]
     prices = load_prices(catalog_dir, clouds=clouds)
+    controller = (controller_offer(budget.controller_infra, budget.controller_instance_type, catalog_dir)
+                  if budget.managed_job and budget.controller_infra else None)
     offers = [o for o in prices.offers if (not gpus or o.gpu in gpus) and (budget.use_spot or not o.spot)]
     if not offers:
         raise BudgetError(
@@ -235,7 +245,7 @@ def estimate(spec: JobSpec, *, data_report: dict[str, Any] | None, catalog_dir: 
             if time_key not in times:
                 times[time_key] = estimate_time(spec, shape, work, gpu_table()[offer.gpu], method=method,
                                                 num_gpus=offer.count, spot=offer.spot, cloud=offer.cloud, cal=cal)
-            candidates.append(_candidate(spec, offer, method, memory[mem_key], times[time_key], cal))
+            candidates.append(_candidate(spec, offer, method, memory[mem_key], times[time_key], cal, controller))
     candidates.sort(key=lambda c: (not c.accepted, not c.fits, round(c.cost_cny, 2), c.hours))
     accepted = [c for c in candidates if c.accepted]
     choice = accepted[0] if accepted else None
@@ -262,7 +272,7 @@ def estimate(spec: JobSpec, *, data_report: dict[str, Any] | None, catalog_dir: 
         tokens_are_estimate=work.is_estimate, rows=work.rows, tokens_per_epoch=work.tokens_per_epoch, steps=steps,
         managed_job=budget.managed_job, today=today, max_price_age_days=budget.max_catalog_age_days,
         cny_per_usd_source=budget.cny_per_usd_source, candidates=candidates,
-        choice=choice, rejected=_rejected_families(spec, candidates), notes=notes,
+        choice=choice, rejected=_rejected_families(spec, candidates), notes=notes, controller=controller,
     )
     if choice is None:
         _raise_no_offer(spec, result)

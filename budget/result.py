@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import date
 from typing import Any
 
+from budget.controller import ControllerOffer
 from dream_job.errors import BudgetError
 
 CHOICE_KEYS = ("gpu", "count", "method", "cloud", "spot", "peak_gib", "hours", "cost_cny", "usd_per_hour",
@@ -95,6 +96,7 @@ class Estimate:
     choice: Candidate | None
     rejected: list[str]
     notes: list[str] = field(default_factory=list)
+    controller: ControllerOffer | None = None  # the jobs controller a managed launch places (None: cluster)
 
     def price_age_days(self, candidate: Candidate) -> int:
         """Return how many days old `candidate`'s price is."""
@@ -121,6 +123,10 @@ class Estimate:
             "tokens_are_estimate": self.tokens_are_estimate, "rows": self.rows,
             "tokens_per_epoch": round(self.tokens_per_epoch), "steps": self.steps, "managed_job": self.managed_job,
             "stale_price_warning": self.stale_price_warning(), "rejected": self.rejected, "notes": self.notes,
+            "controller": None if self.controller is None else {
+                "infra": self.controller.infra, "instance_type": self.controller.instance_type,
+                "usd_per_hour": self.controller.usd_per_hour, "priced_on": self.controller.priced_on.isoformat(),
+                "source": self.controller.source},
         }
 
 

@@ -88,12 +88,10 @@ VARIABLES = {v.name: v for v in (
     Variable("LOCAL_RANK", _int_at_least(0), "an integer ≥ 0 (set by torchrun)", "0"),
     Variable("WORLD_SIZE", _int_at_least(1), "an integer ≥ 1 (set by torchrun)", "1"),
     Variable("HF_ENDPOINT", _url, "an `http://` or `https://` URL", "https://huggingface.co"),
-    # Set by the launch line (sky.yaml, `dream_job.launch`): the task's caps, its torchrun port and the
-    # resolved `train.save_every_steps: auto` interval.
+    # Set by the launch line (sky.yaml, `dream_job.launch`): the task's caps and its torchrun port.
     Variable("BUDGET_HOURS", _number_at_least_zero, "a number of hours ≥ 0 (the wall-clock cap)", "6"),
     Variable("DREAM_JOB_MAX_STARTS", _int_at_least(1), "an integer ≥ 1 (first start plus recoveries)", "10"),
     Variable("DREAM_JOB_MASTER_PORT", _port, "a TCP port, 1 to 65535", "8008"),
-    Variable("DREAM_JOB_SAVE_EVERY_STEPS", _int_at_least(1), "an integer ≥ 1 (optimizer steps between saves)", "50"),
 )}
 
 

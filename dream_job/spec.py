@@ -11,7 +11,6 @@ This module imports no torch: the laptop CLI starts fast.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -107,11 +106,6 @@ class LoraSpec(_Section):
     )
 
 
-# Set by `dream-job launch` (and printed on the estimate's `sky` line) when `train.save_every_steps`
-# is `auto`: the interval the estimate resolved for the chosen offer (`budget.checkpoints`).
-SAVE_EVERY_ENV = "DREAM_JOB_SAVE_EVERY_STEPS"
-
-
 class TrainSpec(_Section):
     """Masked-diffusion SFT settings."""
 
@@ -150,8 +144,8 @@ class TrainSpec(_Section):
     save_every_steps: int | Literal["auto"] = Field(
         50, description="Write a resumable checkpoint every N optimizer steps (and at the last one, and when "
         "stopped); `auto`: the interval that minimises the expected loss to preemptions of the offer "
-        "(Young-Daly, resolved by `dream-job estimate`/`launch` and passed as `DREAM_JOB_SAVE_EVERY_STEPS`; "
-        "without it, on-demand: the last step only).",
+        "(Young-Daly: `dream-job estimate`/`launch` resolve it for the offer and the job the task carries has the "
+        "number; a run not launched for an offer saves at the last step only).",
     )
     async_save: bool = Field(
         False, description="Write checkpoints in the background (`torch.distributed.checkpoint.async_save`): "
@@ -192,25 +186,15 @@ class TrainSpec(_Section):
             return value
         raise ValueError(f"must be `true`, `false` or a number of layers (0 or more), got `{value}`")
 
-    def save_interval(self, environ: Mapping[str, str]) -> int | None:
+    def save_interval(self) -> int | None:
         """Return the steps between checkpoint saves; None: the last step only (and stops).
 
-        `auto` takes `DREAM_JOB_SAVE_EVERY_STEPS` from `environ` (the launch sets it for the offer it
-        chose); without it the run is taken to be on a machine nobody preempts, where Young-Daly's
-        interval is longer than any job (`budget.checkpoints`).
-
-        Raises:
-            SpecError: `DREAM_JOB_SAVE_EVERY_STEPS` is not a whole number of 1 or more.
+        A launched job never reaches the machine with `auto`: the launch resolves it for the offer
+        (`launch.payload.priced_spec`). A run still holding `auto` was not launched for an offer and is
+        taken to be on a machine nobody preempts, where Young-Daly's interval is longer than any job
+        (`budget.checkpoints`).
         """
-        if self.save_every_steps != "auto":
-            return self.save_every_steps
-        value = environ.get(SAVE_EVERY_ENV)
-        if value is None:
-            return None
-        if not value.isdigit() or int(value) < 1:
-            raise SpecError(f"`{SAVE_EVERY_ENV}` is `{value}`, not a number of steps (1 or more)",
-                            hint="unset it, or set it to what `dream-job estimate` prints for the offer")
-        return int(value)
+        return None if self.save_every_steps == "auto" else self.save_every_steps
 
     def num_checkpointed_layers(self, num_layers: int) -> int:
         """Return how many of the model's `num_layers` decoder layers `activation_checkpointing` recomputes.
@@ -377,11 +361,18 @@ class BudgetSpec(_Section):
         description="Launch with `sky jobs launch` (recovers from spot preemption); the estimate then counts "
         "the SkyPilot jobs-controller VM.",
     )
-    controller_usd_per_hour: float = Field(
-        0.25,
-        ge=0.0,
-        description="Price of the SkyPilot jobs-controller VM while the job runs, USD/hour (SkyPilot docs, "
-        "read 2026-11-24).",
+    controller_infra: str | None = Field(
+        "aws/us-east-1",
+        pattern=r"^[a-z0-9-]+(/[A-Za-z0-9 ,._-]+)?$",
+        description="Where SkyPilot's jobs controller of a managed job runs, `cloud/region` (a cloud you enabled "
+        "with `sky check`); its price comes from that cloud's catalog. null: no managed jobs (the estimate "
+        "then rejects them; launch as a cluster with `budget.managed_job=false`).",
+    )
+    controller_instance_type: str = Field(
+        "m6i.xlarge",
+        min_length=1,
+        description="The jobs controller's machine on `controller_infra` (SkyPilot's own default family: 4 vCPU, "
+        "16 GiB on AWS).",
     )
     download_mb_per_s: float = Field(
         100.0,

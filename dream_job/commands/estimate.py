@@ -41,7 +41,8 @@ def estimate(spec: SpecArg, set_: SetOpt = None, data_report: ReportOpt = None,
     if as_json:
         print(json.dumps(result.to_json() | {"launch_command": line}, indent=2))
         return
-    plan_rows = [row for row in plan.lines() if row[0] in ("guard", "caps", "secrets", "image", "note")] if plan else [
+    shown = ("guard", "caps", "secrets", "image", "controller", "note")
+    plan_rows = [row for row in plan.lines() if row[0] in shown] if plan else [
         ("launch", f"no `{sky_yaml}` here: run from the repo root for the launch line")]
     for table in estimate_tables(result, full=all_, launch_line=line, plan_lines=plan_rows):
         stdout.print(table)

@@ -1,7 +1,8 @@
 """The resolved job as it travels with a task: canonical YAML text, its sha256, and the check on arrival.
 
-The estimate prices one `JobSpec` (the job file plus every `--set`). The launcher puts that spec's
-YAML text into the task's envs (`DREAM_JOB_SPEC`, in the derived task file) and its digest on the
+The estimate prices one `JobSpec` (the job file plus every `--set`) on one offer; `priced_spec`
+resolves what the estimate resolved for that offer (`train.save_every_steps: auto`). The launcher
+puts that spec's YAML text into the task's envs (`DREAM_JOB_SPEC`, in the derived task file) and its digest on the
 printed line (`--env DREAM_JOB_SPEC_SHA256=...`, short enough to read). On the machine,
 `read_payload` refuses text whose digest differs, so the run is exactly the priced job, whatever
 job files the image or the workdir hold. No torch, no SkyPilot.
@@ -23,6 +24,22 @@ SPEC_DIGEST_ENV = "DREAM_JOB_SPEC_SHA256"
 
 class PayloadError(InputError):
     """The spec that reached the machine is missing or differs from the digest the launch printed (exit 1)."""
+
+
+def priced_spec(spec: JobSpec, save_every_steps: int) -> JobSpec:
+    """Return the job as priced on an offer: `train.save_every_steps: auto` replaced by the offer's interval.
+
+    `auto` uploads every checkpoint it saves (`train_hooks.sync_checkpoint`), so where the job syncs
+    checkpoints at all, it syncs at the resolved interval too: the machine saves and uploads what the
+    estimate counted. A fixed interval, or none resolved (0), leaves the job as it is.
+    """
+    if spec.train.save_every_steps != "auto" or save_every_steps < 1:
+        return spec
+    artifacts = spec.artifacts
+    if artifacts.sync_every_steps is not None:
+        artifacts = artifacts.model_copy(update={"sync_every_steps": save_every_steps})
+    train = spec.train.model_copy(update={"save_every_steps": save_every_steps})
+    return spec.model_copy(update={"train": train, "artifacts": artifacts})
 
 
 def spec_text(spec: JobSpec) -> str:

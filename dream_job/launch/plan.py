@@ -6,8 +6,9 @@ secrets but never holds their values (those are read from the environment at sub
 
 Caps, in the order they bite: the in-job budget guard (`dream_job.costs`, from
 `DREAM_JOB_USD_PER_HOUR`) stops training early with a checkpoint; `BUDGET_HOURS` (`dream-job task`,
-counted from the first start across recoveries) sends SIGTERM, then SIGKILL 10 minutes later; in cluster
-mode the autostop hard limit (`wait_for: none`) tears the machine down when the budget is spent,
+counted from the first start across recoveries) sends SIGTERM, then SIGKILL 10 minutes later, and
+ends 15 minutes before the budget is spent (`task.SHUTDOWN_GRACE_S`: 5 more for the last upload); in
+cluster mode the autostop hard limit (`wait_for: none`) tears the machine down when the budget is spent,
 whatever runs on it. Managed jobs get no `wait_for: none`: SkyPilot's jobs controller launches
 the job's cluster with its own 10-minute autodown and keeps the task's `wait_for`, which would
 then tear the job down 10 minutes after every start; the controller downs the cluster when the
@@ -29,26 +30,44 @@ from typing import Any, Literal
 
 import yaml
 
-from budget.catalog import NO_FUSE_CLOUDS, default_catalog_dir, pins_zone, refresh_hint
+from budget.catalog import NO_FUSE_CLOUDS, default_catalog_dir, listed_in_catalog, pins_zone, refresh_hint
+from budget.controller import ControllerOffer, controller_config, placement_reason
 from dream_job.credentials import required_secrets
-from dream_job.errors import DreamJobError
+from dream_job.errors import EXIT_USAGE, DreamJobError
 from dream_job.launch.image import IMAGE_ENV, describe_image, with_image
-from dream_job.launch.payload import SPEC_DIGEST_ENV, SPEC_ENV, spec_digest, spec_text
+from dream_job.launch.payload import SPEC_DIGEST_ENV, SPEC_ENV, priced_spec, spec_digest, spec_text
+from dream_job.launch.task import SHUTDOWN_GRACE_S
 from dream_job.rundir import write_text_atomically
-from dream_job.spec import SAVE_EVERY_ENV, JobSpec
+from dream_job.spec import JobSpec
 
 Mode = Literal["managed", "cluster"]
 
-# `dream-job task`'s SIGTERM -> SIGKILL grace (`launch.task.KILL_AFTER_S`, 10 min) plus 5 minutes
-# for the last checkpoint upload: `BUDGET_HOURS` ends this long before the hard limit.
-GRACE_MIN = 15
+# `dream-job task`'s shutdown grace (SIGTERM -> SIGKILL, then the last upload) in whole minutes:
+# `BUDGET_HOURS` ends this long before the hard limit.
+GRACE_MIN = math.ceil(SHUTDOWN_GRACE_S / 60)
 # Where the template adapted to one cloud goes: derived from `sky.yaml` on every estimate and
 # launch (never edited by hand), so the printed `sky` line can name it.
 DERIVED_DIR = Path(".dream-job")
+# Every estimate writes a task file for its run id; the newest this many stay, so the lines of the
+# last estimates still paste (SkyPilot reads the file only at launch) and older ones do not pile up.
+KEEP_TASK_FILES = 20
+TASK_FILE_HEADER = "# Derived from `"
+# SkyPilot reads the jobs controller's place from this project config file, named on the line
+# (`SKYPILOT_PROJECT_CONFIG=... sky jobs launch`): a task YAML's own `config:` section cannot set
+# `jobs.controller.resources` (not among SkyPilot 0.14.1's `OVERRIDEABLE_CONFIG_KEYS_IN_TASK`; its API
+# server answers "Invalid resources.config override: Found unsupported field 'jobs'").
+PROJECT_CONFIG_ENV = "SKYPILOT_PROJECT_CONFIG"
+# The task env naming the run bucket (`sky.yaml`'s `/runs` mount), and the user's own setting for it.
+RUNS_BUCKET_ENV = "RUNS_BUCKET"
+RUNS_BUCKET_SETTING = "DREAM_JOB_RUNS_BUCKET"
+# What the estimate's line says while no bucket is set: not a valid bucket name, so SkyPilot refuses
+# the pasted line at once (StorageNameError) instead of creating a bucket nobody chose.
+BUCKET_PLACEHOLDER = "<your-new-bucket>"
 # What a cloud cannot take from the template, and why (SkyPilot 0.14.1).
 DROPPED_FOR_CLOUD = {
     "file_mounts": ("no FUSE, so no bucket mount: the run dir stays on the machine's disk and "
                     "`artifacts.destinations` carry the results"),
+    f"envs.{RUNS_BUCKET_ENV}": "no bucket mount, so no run bucket to name",
     "resources.image_id": ("SkyPilot logs in to a RunPod pod as root, which a non-root image refuses (its RunPod "
                            "user setting is rejected by the API server): RunPod's own image runs and `setup` installs "
                            "the project"),
@@ -57,10 +76,23 @@ DROPPED_FOR_CLOUD = {
 
 def dropped_for(cloud: str) -> tuple[str, ...]:
     """Return the template keys a launch on `cloud` must leave out (see `DROPPED_FOR_CLOUD`)."""
-    keys = ("file_mounts",) if cloud in NO_FUSE_CLOUDS else ()
+    keys = ("file_mounts", f"envs.{RUNS_BUCKET_ENV}") if cloud in NO_FUSE_CLOUDS else ()
     return keys + (("resources.image_id",) if cloud == "runpod" else ())
+
+
 RUN_ID_ENV = "DREAM_JOB_RUN_ID"
-INSTALL_HINT = "install the launcher extra in its own environment: `pip install 'dream-job[launcher]'`"
+# dream-job is not on PyPI: the launcher installs from the clone, in a venv of its own (SkyPilot's
+# `click<8.2` pin clashes with the container's huggingface_hub).
+INSTALL_HINT = ("from the repo root, install the launcher extra into a venv of its own: `python3 -m venv "
+                ".venv-launcher && .venv-launcher/bin/pip install -e '.[launcher]'`, then run "
+                "`.venv-launcher/bin/dream-job`")
+
+
+def no_bucket_sentence(cloud: str) -> str:
+    """Tell a user without a run bucket what to set (one sentence, before anything is provisioned)."""
+    return (f"no run bucket is set: on `{cloud}` the run dir lives on an S3 bucket of your own, named before "
+            f"launching (bucket names are global, so none is shipped); SkyPilot creates it: `export "
+            f"{RUNS_BUCKET_SETTING}=dream-job-runs-<your name>`, or pass `--env {RUNS_BUCKET_ENV}=<name>`")
 
 
 class LaunchError(DreamJobError):
@@ -98,6 +130,9 @@ class LaunchPlan:
     run_dir: str | None
     destinations: tuple[str, ...]
     notes: tuple[str, ...] = field(default=())
+    controller: ControllerOffer | None = None
+    controller_reason: str = ""
+    runs_bucket: str | None = None
     estimate: Any = field(default=None, compare=False, repr=False)
     # The resolved job the task carries (`payload.spec_text`), and the image it runs (None: the cloud's + `setup`).
     spec_yaml: str = field(default="", repr=False)
@@ -121,8 +156,26 @@ class LaunchPlan:
             ("secrets", ", ".join(f"`{name}`" for name in self.secrets) or "none"),
             ("run dir", self.run_dir or "the machine's disk (results leave through `artifacts.destinations`)"),
             ("image", describe_image(self.image)),
+            ("controller", self.controller_line()),
         ]
         return rows + [("note", note) for note in self.notes]
+
+    def controller_line(self) -> str:
+        """Say where SkyPilot's jobs controller runs, its price and why (or why there is none)."""
+        if self.controller is None:
+            return ("none: a cluster (`sky launch`) runs the job and tears itself down; no recovery from preemption "
+                    "(`budget.managed_job: false` or `--cluster`)")
+        c, cny = self.controller, getattr(self.estimate.choice, "controller_cny", None) if self.estimate else None
+        part = f", ¥{cny:.2f} of the estimate" if cny is not None else ""
+        return (f"`{c.instance_type}` on `{c.infra}` at ${c.usd_per_hour:g}/h (price of {c.priced_on}, {c.source})"
+                f"{part}; {self.controller_reason}; SkyPilot reads it from `{self.project_config()}`")
+
+    def project_config(self) -> Path | None:
+        """Return the SkyPilot project config that places the jobs controller (managed jobs only)."""
+        if self.controller is None:
+            return None
+        c = self.controller
+        return DERIVED_DIR / f"sky-controller-{sky_name(c.infra)}-{sky_name(c.instance_type)}.yaml"
 
     def task_file(self) -> Path:
         """Return the task YAML the launch uses: the template adapted to the chosen cloud, carrying the job."""
@@ -134,8 +187,10 @@ class LaunchPlan:
         Everything the launch sets is on the line: name, pinned place and instance type, GPUs,
         spot, the caps, every task env and secret names (values come from the shell, `--secret NAME`).
         """
-        parts = (["sky", "jobs", "launch", "-n", self.sky_name] if self.mode == "managed"
-                 else ["sky", "launch", "-c", self.sky_name])
+        config = self.project_config()
+        parts = [f"{PROJECT_CONFIG_ENV}={config.as_posix()}"] if config else []
+        parts += (["sky", "jobs", "launch", "-n", self.sky_name] if self.mode == "managed"
+                  else ["sky", "launch", "-c", self.sky_name])
         parts += ["--infra", self.infra, "-t", self.instance_type, "--gpus", self.accelerators,
                   "--use-spot" if self.spot else "--no-use-spot"]
         if self.autostop:
@@ -237,6 +292,13 @@ def guard_basis(choice: Any, *, zone_pinned: bool, mode: Mode) -> str:
             f"${choice.usd_per_hour:g}, is what SkyPilot shows)")
 
 
+def template_has(template: dict[str, Any], key: str) -> bool:
+    """Return whether the template sets `key` (`a.b` names a key inside `a`), even to null."""
+    head, _, rest = key.partition(".")
+    value = template.get(head)
+    return (isinstance(value, dict) and rest in value) if rest else head in template
+
+
 def template_value(template: dict[str, Any], key: str) -> Any:
     """Return the template's value at `key` (`a.b` names a key inside `a`), None when absent."""
     head, _, rest = key.partition(".")
@@ -256,14 +318,75 @@ def derived_template(template: dict[str, Any], dropped: tuple[str, ...]) -> dict
     return body
 
 
+def write_project_config(plan: LaunchPlan) -> None:
+    """Write the SkyPilot project config that places the plan's jobs controller (atomically)."""
+    path = plan.project_config()
+    if path is None or plan.controller is None:
+        return
+    write_text_atomically(path, "# Written by dream-job: where SkyPilot places the jobs controller of a managed job "
+                          "(`budget.controller_infra`, `budget.controller_instance_type`); regenerated on every "
+                          "estimate and launch.\n" + yaml.safe_dump(controller_config(plan.controller),
+                                                                    sort_keys=False))
+
+
+def check_catalog_name(choice: Any, catalog_dir: Path | None, *, for_launch: bool) -> str | None:
+    """Check the chosen instance type against the catalog SkyPilot will read; return a note for the estimate.
+
+    When SkyPilot has no catalog file for the cloud yet, the name comes from the shipped snapshot:
+    the estimate says so, and the launch checks it with SkyPilot itself (`sky_api.check_instance_type`,
+    which fetches the catalog as SkyPilot's launch would).
+
+    Raises:
+        LaunchError: (launch only) SkyPilot's catalog does not list the name: it is stale.
+    """
+    folder = catalog_dir if catalog_dir is not None else default_catalog_dir()
+    listed = listed_in_catalog(folder, choice.cloud, choice.instance_type, choice.region)
+    if listed:
+        return None
+    if listed is None:
+        return (f"SkyPilot has no `{choice.cloud}` catalog in `{folder}` yet: `{choice.instance_type}` is the shipped "
+                f"snapshot's name, checked against SkyPilot's own catalog at launch (fetch it now with `sky gpus "
+                f"list --infra {choice.cloud}`)")
+    where = f" in `{choice.region}`" if choice.region else ""
+    message = (f"`{choice.instance_type}`{where} is not in SkyPilot's `{choice.cloud}` catalog "
+               f"`{folder / choice.cloud / 'vms.csv'}`: the name the estimate priced is stale")
+    hint = f"refresh the catalog and estimate again: {refresh_hint(folder, choice.cloud)}"
+    if for_launch:
+        raise LaunchError(f"not launched: {message}", hint=hint)
+    return f"{message}; {hint}"
+
+
+def stale_name_error(cloud: str, instance_type: str, catalog_dir: Path | None = None) -> LaunchError:
+    """Return the error for an instance type SkyPilot's own catalog does not list (with the refresh command)."""
+    folder = catalog_dir if catalog_dir is not None else default_catalog_dir()
+    return LaunchError(f"not launched: SkyPilot's `{cloud}` catalog has no instance type `{instance_type}`: the name "
+                       "the estimate priced is stale",
+                       hint=f"refresh the catalog and estimate again: {refresh_hint(folder, cloud)}")
+
+
 def write_derived_template(template: dict[str, Any], plan: LaunchPlan) -> None:
     """Write the template adapted to the plan's cloud, carrying the resolved job, to `plan.task_file()` (atomically)."""
     body = derived_template(template, plan.dropped)
     body["envs"] = {**(body.get("envs") or {}), SPEC_ENV: plan.spec_yaml}  # checked against the line's digest
-    write_text_atomically(plan.task_file(), f"# Derived from `{plan.task_yaml}` by dream-job for `{plan.cloud}` "
+    write_text_atomically(plan.task_file(), f"{TASK_FILE_HEADER}{plan.task_yaml}` by dream-job for `{plan.cloud}` "
                           f"(left out: {', '.join(plan.dropped) or 'nothing'}) for run `{plan.run_id}`; written by "
                           "every estimate and launch: edit the source instead.\n"
                           + yaml.safe_dump(body, sort_keys=False, allow_unicode=True, width=1000))
+    prune_task_files(plan.task_file().parent, keep=KEEP_TASK_FILES)
+
+
+def prune_task_files(folder: Path, *, keep: int) -> list[Path]:
+    """Delete all but the `keep` newest task files dream-job wrote in `folder`; return those deleted.
+
+    Only files named like a run id (`<job>-<yyyymmdd-HHMMSS>.yaml`) that start with dream-job's header
+    are touched; the controller's project config and anything else in the folder stay.
+    """
+    ours = [path for path in folder.glob("*.yaml") if re.fullmatch(r"[a-z][a-z0-9-]*-\d{8}-\d{6}", path.stem)
+            and path.read_text(encoding="utf-8").startswith(TASK_FILE_HEADER)]
+    ours.sort(key=lambda path: (path.stat().st_mtime, path.name), reverse=True)
+    for path in ours[keep:]:
+        path.unlink(missing_ok=True)
+    return ours[keep:]
 
 
 def check_price_age(estimate: Any, catalog_dir: Path | None) -> None:
@@ -338,9 +461,9 @@ def plan_launch(spec: JobSpec, spec_path: Path, *, task_yaml: Path, mode: Mode |
     zone_pinned = pins_zone(choice.region, choice.zone, managed=managed)
     infra = pinned_place(choice.cloud, choice.region, choice.zone, pin_zone=zone_pinned)
     guard_usd, why_guard = choice.guard_usd_per_hour, guard_basis(choice, zone_pinned=zone_pinned, mode=run_mode)
-    controller = spec.budget.controller_usd_per_hour if managed else 0.0
+    controller = result.controller if managed else None
     hard_limit_min = math.floor(spec.budget.max_cost_yuan / spec.budget.cny_per_usd
-                                / (guard_usd + controller) * 60)
+                                / (guard_usd + (controller.usd_per_hour if controller else 0.0)) * 60)
     if hard_limit_min <= GRACE_MIN:
         raise LaunchError(f"`budget.max_cost_yuan` ¥{spec.budget.max_cost_yuan:g} buys {hard_limit_min} min of "
                           f"{choice.count}x {choice.gpu}, less than the {GRACE_MIN} min shutdown grace",
@@ -348,18 +471,27 @@ def plan_launch(spec: JobSpec, spec_path: Path, *, task_yaml: Path, mode: Mode |
     budget_hours = math.floor((hard_limit_min - GRACE_MIN) / 60 * 100) / 100
     notes = [f"the estimate ({choice.hours:.2f} h) is longer than `BUDGET_HOURS` {budget_hours:g}: the job may be "
              "stopped before it ends"] if choice.hours > budget_hours else []
+    if (stale := check_catalog_name(choice, estimate_kwargs.get("catalog_dir"), for_launch=for_launch)) is not None:
+        notes.append(stale)
 
     run_id = new_run_id(spec.name, now)
-    carried = spec_text(spec)  # the job as priced: in the task file, its digest on the line
+    # The job as priced on this offer (`auto` save interval resolved): in the task file, its digest on the line.
+    carried = spec_text(priced_spec(spec, choice.save_every_steps))
     template_envs = {k: str(v) for k, v in (template.get("envs") or {}).items() if v is not None}
-    # `train.save_every_steps: auto`: the Young-Daly interval the estimate resolved for this offer.
-    save_every = {SAVE_EVERY_ENV: str(choice.save_every_steps)} if spec.train.save_every_steps == "auto" else {}
     overrides = {"JOB": job_file, "DREAM_JOB_USD_PER_HOUR": f"{guard_usd:g}", "BUDGET_HOURS": f"{budget_hours:g}",
-                 RUN_ID_ENV: run_id, SPEC_DIGEST_ENV: spec_digest(carried), **save_every, **extra_envs}
+                 RUN_ID_ENV: run_id, SPEC_DIGEST_ENV: spec_digest(carried), **extra_envs}
+    # The estimate rejects FUSE-less offers for jobs without destinations (`budget.estimate.no_fuse_reason`).
+    dropped = tuple(key for key in dropped_for(choice.cloud) if template_has(template, key))
+    bucket = None
+    if "file_mounts" not in dropped and _runs_mount(template, {RUNS_BUCKET_ENV: "x"}):
+        bucket = overrides.get(RUNS_BUCKET_ENV) or environ.get(RUNS_BUCKET_SETTING) or None
+        if bucket is None and for_launch:
+            raise LaunchError(f"not launched: {no_bucket_sentence(choice.cloud)}", exit_code=EXIT_USAGE)
+        if bucket is None:
+            notes.append(no_bucket_sentence(choice.cloud))
+        overrides[RUNS_BUCKET_ENV] = bucket or BUCKET_PLACEHOLDER
     task_envs = {**template_envs, **overrides}
     mount = _runs_mount(template, task_envs)
-    # The estimate rejects FUSE-less offers for jobs without destinations (`budget.estimate.no_fuse_reason`).
-    dropped = tuple(key for key in dropped_for(choice.cloud) if template_value(template, key))
     notes += [f"`{choice.cloud}`: the task leaves out `{key}` of `{task_yaml}`: {DROPPED_FOR_CLOUD[key]}"
               for key in dropped]
     declared = template.get("secrets") or {}
@@ -379,6 +511,9 @@ def plan_launch(spec: JobSpec, spec_path: Path, *, task_yaml: Path, mode: Mode |
         destinations=tuple(spec.artifacts.destinations), notes=tuple(notes), estimate=result,
         spec_yaml=carried,
         image=None if "resources.image_id" in dropped else template_value(template, "resources.image_id"),
+        controller=controller, controller_reason=placement_reason(choice.cloud, controller) if controller else "",
+        runs_bucket=bucket,
     )
-    write_derived_template(template, plan)
+    write_derived_template(template, plan)  # always: the per-run task file carries the job
+    write_project_config(plan)
     return plan

@@ -5,19 +5,23 @@ with huggingface_hub 2.x), so nothing here is imported at module load. `build_ta
 `LaunchPlan` into a `sky.Task` from the template, the same way `sky launch --gpus ... --env ...
 --secret ... sky.yaml` does (`Task.from_yaml_config` with env and secret overrides, then a
 resources override); `submit` hands it to SkyPilot's client SDK (`sky.jobs.launch` or
-`sky.launch`, through the local API server SkyPilot starts itself).
+`sky.launch`, through the local API server SkyPilot starts itself), with the plan's SkyPilot project
+config (the jobs controller's place) in effect, as `SKYPILOT_PROJECT_CONFIG=... sky jobs launch`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from dream_job.errors import EXIT_TRANSIENT
-from dream_job.launch.plan import INSTALL_HINT, LaunchError, LaunchPlan, read_template
+from dream_job.launch.plan import (INSTALL_HINT, PROJECT_CONFIG_ENV, LaunchError, LaunchPlan, read_template,
+                                   stale_name_error)
 
 # Terminal states of managed jobs and cluster jobs (SkyPilot's ManagedJobStatus / JobStatus names).
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_PRECHECKS", "FAILED_NO_RESOURCE",
@@ -49,6 +53,23 @@ def import_sky() -> Any:
     return sky
 
 
+def check_instance_type(plan: LaunchPlan) -> None:
+    """Raise `LaunchError` (stale name, with the refresh command) when SkyPilot's catalog lacks the plan's machine.
+
+    Asks SkyPilot's own catalog (`sky.catalog.instance_type_exists`), which reads the file the
+    launch will read and fetches it first where it is missing, as the launch would.
+    """
+    import_sky()
+    from sky import catalog
+
+    try:
+        exists = catalog.instance_type_exists(plan.instance_type, clouds=plan.cloud)
+    except Exception as exc:  # a fetch that fails offline: SkyPilot's own launch fails the same way
+        raise skypilot_failure(exc, plan) from None
+    if not exists:
+        raise stale_name_error(plan.cloud, plan.instance_type)
+
+
 def build_task(plan: LaunchPlan, environ: Mapping[str, str]) -> Any:
     """Return the `sky.Task` for `plan`: the template with the plan's resources, envs, secrets and caps.
 
@@ -60,6 +81,7 @@ def build_task(plan: LaunchPlan, environ: Mapping[str, str]) -> Any:
         LaunchError: SkyPilot is missing, or rejects the template (its message as the cause).
     """
     sky = import_sky()
+    check_instance_type(plan)
     config = copy.deepcopy(read_template(plan.task_file()))  # from_yaml_config mutates its argument
     try:
         task = sky.Task.from_yaml_config(config, env_overrides=list(plan.env_overrides.items()),
@@ -81,29 +103,108 @@ def build_task(plan: LaunchPlan, environ: Mapping[str, str]) -> Any:
     return task
 
 
+@contextlib.contextmanager
+def project_config(plan: LaunchPlan) -> Iterator[None]:
+    """Put the plan's SkyPilot project config in effect for this process (as the printed line's
+    `SKYPILOT_PROJECT_CONFIG=...` does for SkyPilot's CLI); the client SDK sends it with each request."""
+    path = plan.project_config()
+    if path is None:
+        yield
+        return
+    from sky import skypilot_config
+
+    before = os.environ.get(PROJECT_CONFIG_ENV)
+    os.environ[PROJECT_CONFIG_ENV] = str(path)
+    skypilot_config.reload_config()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(PROJECT_CONFIG_ENV, None)
+        else:
+            os.environ[PROJECT_CONFIG_ENV] = before
+        skypilot_config.reload_config()
+
+
+# The name of the controller's dry run (a launch may not use the real controller's name).
+CONTROLLER_DRYRUN_NAME = "dream-job-controller-dryrun"
+
+
+def controller_task(task: Any) -> Any:
+    """Return a task on the machine SkyPilot places the jobs controller of `task` on.
+
+    The resources come from SkyPilot's own `controller_utils.get_controller_resources`, which
+    `sky jobs launch` calls on the API server with the client's config (the plan's project
+    config in effect): the same place, machine and disk.
+    """
+    sky = import_sky()
+    from sky.utils import controller_utils
+
+    resources = controller_utils.get_controller_resources(controller_utils.Controllers.JOBS_CONTROLLER,
+                                                          list(task.resources))
+    placed = sky.Task(name=CONTROLLER_DRYRUN_NAME, run="true")
+    placed.set_resources(resources)
+    return placed
+
+
 def submit(task: Any, plan: LaunchPlan, *, dryrun: bool = False) -> int | None:
     """Launch `task` as the plan says; return SkyPilot's job id (None for a dry run).
 
-    A dry run goes through `sky.launch(..., dryrun=True)` in both modes (`sky jobs launch` has
-    none): SkyPilot's API server validates and optimizes the task, checks the chosen cloud's
-    features (failing over as a launch would) and provisions nothing. It does create a missing
-    bucket of the task's `file_mounts`, as SkyPilot's own `sky launch --dryrun` does.
+    A dry run goes through `sky.launch(..., dryrun=True)` (`sky jobs launch` has none):
+    SkyPilot's API server validates and optimizes the task, checks the chosen cloud's features
+    (failing over as a launch would), creates a missing bucket of the task's `file_mounts` (as
+    SkyPilot's own `sky launch --dryrun` does) and provisions nothing. A managed job's dry run
+    then places its jobs controller the way `sky jobs launch` does (`controller_task`) and dry-runs
+    that machine too, so a controller SkyPilot cannot place fails here, not after the launch. A real
+    managed launch dry-runs the controller first as well: `sky jobs launch` would upload the workdir
+    to a bucket before finding out.
 
     Raises:
         LaunchError: SkyPilot is missing, rejects the task (exit 1), or cannot be reached (exit 3).
     """
     sky = import_sky()
     try:
-        if dryrun:
-            sky.stream_and_get(sky.launch(task, cluster_name=plan.sky_name, dryrun=True))
-            return None
-        if plan.mode == "managed":
-            job_ids, _ = sky.stream_and_get(sky.jobs.launch(task, name=plan.sky_name))
-            return job_ids[0] if isinstance(job_ids, list) else job_ids
-        job_id, _ = sky.stream_and_get(sky.launch(task, cluster_name=plan.sky_name, **autostop_kwargs(plan)))
-        return job_id
+        with project_config(plan):
+            if dryrun:
+                sky.stream_and_get(sky.launch(task, cluster_name=plan.sky_name, dryrun=True))
+                if plan.mode == "managed":
+                    dry_run_controller(task, plan)
+                return None
+            if plan.mode == "managed":
+                # `sky jobs launch` uploads the workdir before it places the controller: place it first.
+                dry_run_controller(task, plan)
+                job_ids, _ = sky.stream_and_get(sky.jobs.launch(task, name=plan.sky_name))
+                return job_ids[0] if isinstance(job_ids, list) else job_ids
+            job_id, _ = sky.stream_and_get(sky.launch(task, cluster_name=plan.sky_name, **autostop_kwargs(plan)))
+            return job_id
+    except LaunchError:
+        raise
     except Exception as exc:  # the API server sends back whatever the task raised there
         raise skypilot_failure(exc, plan) from None
+
+
+def dry_run_controller(task: Any, plan: LaunchPlan) -> None:
+    """Dry-run the jobs controller's machine for `task` (see `controller_task`) through the API server.
+
+    Raises:
+        LaunchError: SkyPilot cannot place the controller there (exit 1), or cannot be reached (exit 3).
+    """
+    sky = import_sky()
+    try:
+        sky.stream_and_get(sky.launch(controller_task(task), cluster_name=CONTROLLER_DRYRUN_NAME, dryrun=True))
+    except Exception as exc:
+        if is_transient(exc):
+            raise skypilot_failure(exc, plan) from None
+        lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+        where = plan.controller.infra if plan.controller else "?"
+        cloud = where.split("/")[0]
+        raise LaunchError(
+            f"SkyPilot cannot place the jobs controller of run `{plan.run_id}` on `{where}`, so the managed job "
+            "would fail after launching",
+            caused_by=[f"{type(exc).__name__}: {lines[0] if lines else '(no message)'}", *lines[1:]],
+            hint=f"enable that cloud (`sky check {cloud}`), or place the controller on one you enabled "
+                 "(`--set budget.controller_infra=<cloud/region>` with `budget.controller_instance_type`), or launch "
+                 "as a cluster (`--cluster`)") from None
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -131,9 +232,9 @@ def skypilot_failure(exc: Exception, plan: LaunchPlan) -> LaunchError:
         return LaunchError(f"a network failure stopped SkyPilot while launching {run}", caused_by=caused_by,
                            exit_code=EXIT_TRANSIENT, hint="check the connection, then run the same command again")
     kinds = {cls.__name__ for cls in type(exc).__mro__}
-    if kinds & {"StorageError", "StorageSpecError"}:
+    if kinds & {"StorageError", "StorageSpecError", "StorageNameError"}:
         hint = ("the run bucket is `RUNS_BUCKET`: pass a bucket name SkyPilot may create, "
-                "`--env RUNS_BUCKET=<new name>`")
+                "`--env RUNS_BUCKET=<new name>` (or `export DREAM_JOB_RUNS_BUCKET=<new name>`)")
     elif "NoCloudAccessError" in kinds or "CloudUserIdentityError" in kinds:
         hint = f"set up access to `{plan.cloud}` and check it: `sky check {plan.cloud}`"
     elif "ResourcesUnavailableError" in kinds:

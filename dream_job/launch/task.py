@@ -50,8 +50,12 @@ TASK_ID_ENV = "SKYPILOT_TASK_ID"
 NODE_RANK_ENV = "SKYPILOT_NODE_RANK"
 
 DEFAULT_MAX_STARTS = 10
-# SIGTERM -> SIGKILL: time for the last checkpoint save after the cap (plan.GRACE_MIN adds the upload).
+# The shutdown grace, in one place: at the cap SIGTERM, then SIGKILL `KILL_AFTER_S` later (time for the
+# last checkpoint save), then `UPLOAD_GRACE_S` for its upload before the budget is spent. A launch ends
+# `BUDGET_HOURS` this long before its hard limit (`plan.GRACE_MIN`); a cap from the job's budget does too.
 KILL_AFTER_S = 600.0
+UPLOAD_GRACE_S = 300.0
+SHUTDOWN_GRACE_S = KILL_AFTER_S + UPLOAD_GRACE_S
 RUNS_MOUNT = Path("/runs")  # sky.yaml's `file_mounts` target
 STATE_NAME = "task.json"
 EXIT_CAP = 1
@@ -116,7 +120,7 @@ def cap_seconds(spec: JobSpec, environ: Mapping[str, str]) -> tuple[float, str]:
     """Return the wall-clock cap in seconds and where it came from.
 
     `BUDGET_HOURS` when set above 0; else what `budget.max_cost_yuan` buys at `DREAM_JOB_USD_PER_HOUR`
-    less the `KILL_AFTER_S` grace.
+    less the `SHUTDOWN_GRACE_S` grace (as the launch computes `BUDGET_HOURS`).
 
     Raises:
         TaskError: Neither a cap nor a price: nothing would stop the machine.
@@ -129,7 +133,7 @@ def cap_seconds(spec: JobSpec, environ: Mapping[str, str]) -> tuple[float, str]:
         return hours * 3600, f"`{BUDGET_HOURS_ENV}={environ[BUDGET_HOURS_ENV]}`"
     usd = _number(environ, USD_PER_HOUR_ENV)
     if usd > 0:
-        seconds = spec.budget.max_cost_yuan / spec.budget.cny_per_usd / usd * 3600 - KILL_AFTER_S
+        seconds = spec.budget.max_cost_yuan / spec.budget.cny_per_usd / usd * 3600 - SHUTDOWN_GRACE_S
         if seconds > 0:
             return seconds, (f"`budget.max_cost_yuan` ¥{spec.budget.max_cost_yuan:g} at "
                              f"`{USD_PER_HOUR_ENV}={environ[USD_PER_HOUR_ENV]}`")

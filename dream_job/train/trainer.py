@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -29,7 +28,7 @@ from dream_job.rundir import (
     CHECKPOINTS_DIR, DATA_DIR, EXPORT_DIR, EXPORT_INFO_NAME, LOGS_DIR, METRICS_NAME, TOKENIZER_DIR, read_jsonl,
     writing_to,
 )
-from dream_job.spec import SAVE_EVERY_ENV, JobSpec
+from dream_job.spec import JobSpec
 from dream_job.stopping import deferred, pause_point
 from dream_job.train.batches import BatchPlan, collate, hash_seed
 from dream_job.train.build import Built, build_training
@@ -155,10 +154,9 @@ class Trainer:
                        "scheduler": DictState(self.scheduler), "train": self.state}
         self.checkpoints = CheckpointManager(self.run_dir / CHECKPOINTS_DIR, keep=self.cfg.keep_checkpoints,
                                              pin_memory=dist_info.device.type == "cuda")
-        self.save_every = self.cfg.save_interval(os.environ)
+        self.save_every = self.cfg.save_interval()
         if self.cfg.save_every_steps == "auto" and dist_info.is_rank0:
-            logger.info("`train.save_every_steps` auto: %s", f"every {self.save_every} steps (`{SAVE_EVERY_ENV}`)"
-                        if self.save_every else f"the last step only (no `{SAVE_EVERY_ENV}`: not preempted)")
+            logger.info("`train.save_every_steps` auto, not resolved by a launch: the last step only")
         self.resumed_from = self._resume()
         self.metrics = MetricsLogger(self.run_dir, is_rank0=dist_info.is_rank0, total_steps=self.total_steps,
                                      resume_step=self.state.step, report_to=self.cfg.report_to, run_name=spec.name,

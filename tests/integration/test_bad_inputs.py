@@ -163,8 +163,6 @@ CASES = [
     Case("run id with a slash", ["run", SMOKE], 1, "`DREAM_JOB_RUN_ID`", env={"DREAM_JOB_RUN_ID": "a/b"}),
     Case("node count not a number", ["run", SMOKE], 1, "`SKYPILOT_NUM_NODES`", env={"SKYPILOT_NUM_NODES": "two"}),
     Case("hub endpoint not a URL", ["prep", SMOKE], 1, "`HF_ENDPOINT`", env={"HF_ENDPOINT": "huggingface.co"}),
-    Case("save interval not a number", ["run", SMOKE], 1, "`DREAM_JOB_SAVE_EVERY_STEPS`",
-         env={"DREAM_JOB_SAVE_EVERY_STEPS": "often"}),
     Case("torchrun port out of range", ["run", SMOKE], 1, "`DREAM_JOB_MASTER_PORT`", env={"DREAM_JOB_MASTER_PORT": "70000"}),
     Case("negative wall-clock cap", ["run", SMOKE], 1, "`BUDGET_HOURS`", env={"BUDGET_HOURS": "-1"}),
     Case("zero starts allowed", ["run", SMOKE], 1, "`DREAM_JOB_MAX_STARTS`", env={"DREAM_JOB_MAX_STARTS": "0"}),

@@ -13,9 +13,11 @@ the host network with the machine's CA bundle as a build secret. The smoke job t
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -30,7 +32,11 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+import yaml
+
+from dream_job.launch.payload import spec_text
 from dream_job.pipeline import STAGES
+from dream_job.spec import load_spec
 from tests.conftest import REPO
 
 CACHE = Path(os.environ.get("DREAM_JOB_TEST_CACHE", "~/.cache/dream-job-test")).expanduser()
@@ -311,3 +317,40 @@ def test_image_runs_as_non_root_without_secrets(engine: Engine, image: str) -> N
 
     verbs = engine.docker("run", "--rm", "--pull=never", "--network=none", image, "--help").stdout
     assert "run" in verbs and "train" in verbs
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_sky_yaml_setup_and_run_in_the_image_run_the_carried_job_from_the_workdir(engine: Engine, image: str,
+                                                                                 tmp_path: Path) -> None:
+    # The image path of sky.yaml as SkyPilot runs it on a VM cloud: the image's user, `bash -c` of `setup`
+    # then `run` in ~/sky_workdir (the synced repo, read-only here), the run bucket mounted at /runs.
+    task = yaml.safe_load((REPO / "sky.yaml").read_text(encoding="utf-8"))
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    runs.chmod(0o777)
+    text = spec_text(load_spec(REPO / "jobs" / "smoke.yaml", [
+        "name=carried", "train.epochs=2", "eval.limit=4", "eval.batch_size=4",
+        "artifacts.destinations=[file:///runs/published]"]))
+    envs = {"DREAM_JOB_SPEC": text, "DREAM_JOB_SPEC_SHA256": hashlib.sha256(text.encode()).hexdigest(),
+            "JOB": "jobs/dream-s1k.yaml", "DREAM_JOB_RUN_ID": "img-1", "BUDGET_HOURS": "1",
+            "DREAM_JOB_USD_PER_HOUR": "1", "SKYPILOT_NODE_RANK": "0", "SKYPILOT_NUM_NODES": "1",
+            "SKYPILOT_NODE_IPS": "127.0.0.1", "SKYPILOT_NUM_GPUS_PER_NODE": "0",
+            "SKYPILOT_TASK_ID": "sky-managed-2026-12-07-18-00-00-000000_carried_1-0"}
+    workdir = "/home/dreamjob/sky_workdir"
+    # Each script in its own shell, as SkyPilot runs them (`setup` exits early on the image).
+    script = (f"bash -c {shlex.quote(task['setup'])} && python -c 'import dream_job; print(dream_job.__file__)' "
+              f"&& bash -c {shlex.quote(task['run'])}")
+    env_args = [arg for key, value in envs.items() for arg in ("-e", f"{key}={value}")]
+    result = engine.docker("run", "--rm", "--pull=never", "--network=none", "-v", f"{REPO}:{workdir}:ro",
+                           "-v", f"{runs}:/runs", "-w", workdir, *env_args, image, "bash", "-c", script,
+                           check=False, timeout=1500)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "dream-job image: nothing to install" in result.stdout
+    assert f"{workdir}/dream_job/__init__.py" in result.stdout  # the workdir's code on the image's packages
+    assert "dream-job task: run `img-1` of `carried` (sha256 " in result.stderr
+    run_dir = runs / "img-1"  # on the bucket mount: the run's state lives with it
+    assert {p.stem for p in (run_dir / "stages").glob("*.done")} == set(STAGES)
+    assert json.loads((runs / "img-1" / "task.json").read_text())["starts"] == 1
+    assert (runs / "published" / "config.json").is_file()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -38,12 +39,16 @@ ON_DEMAND = ("budget.use_spot=false", "budget.clouds=[aws]", "budget.max_cost_yu
 # tests pin the clock instead.
 ANY_DAY = ["--set", "budget.max_catalog_age_days=36500"]
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+BUCKET = {"DREAM_JOB_RUNS_BUCKET": "my-runs"}  # the user's own run bucket setting
+CONTROLLER_CONFIG = ".dream-job/sky-controller-aws-us-east-1-m6i-xlarge.yaml"
 
 
 @pytest.fixture
 def laptop(tmp_path: Path, in_repo: Path, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """A laptop with SkyPilot 'installed', no price catalog (the shipped snapshot), no secrets; launches recorded."""
+    """A laptop with SkyPilot 'installed', no price catalog (the shipped snapshot), no secrets, its own run
+    bucket set (`DREAM_JOB_RUNS_BUCKET`); launches recorded."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DREAM_JOB_RUNS_BUCKET", BUCKET["DREAM_JOB_RUNS_BUCKET"])
     monkeypatch.delenv("SKY_RUNTIME_DIR", raising=False)
     monkeypatch.setenv("DREAM_JOB_HOME", str(tmp_path / "dream-job-home"))
     for name in ("HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
@@ -111,8 +116,29 @@ def test_launch_without_skypilot_says_how_to_install_it(in_repo: Path, monkeypat
     result = runner.invoke(app, ["launch", JOB, *ANY_DAY, "--yes"])
     assert result.exit_code == 1
     assert result.stderr == ("error: SkyPilot is not installed in this environment (it stays out of the container's)"
-                             "\n\nhint: install the launcher extra in its own environment: "
-                             "`pip install 'dream-job[launcher]'`\n")
+                             "\n\nhint: from the repo root, install the launcher extra into a venv of its own: "
+                             "`python3 -m venv .venv-launcher && .venv-launcher/bin/pip install -e '.[launcher]'`, "
+                             "then run `.venv-launcher/bin/dream-job`\n")
+
+
+def test_a_new_user_without_a_run_bucket_is_told_what_to_set_before_anything_launches(
+        laptop: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DREAM_JOB_RUNS_BUCKET")
+    result = runner.invoke(app, ["launch", JOB, *ANY_DAY, "--yes", *(f"--set={s}" for s in ON_DEMAND)])
+    assert result.exit_code == 2 and laptop == []
+    assert result.stderr == (
+        "error: not launched: no run bucket is set: on `aws` the run dir lives on an S3 bucket of your own, named "
+        "before launching (bucket names are global, so none is shipped); SkyPilot creates it: `export "
+        "DREAM_JOB_RUNS_BUCKET=dream-job-runs-<your name>`, or pass `--env RUNS_BUCKET=<name>`\n")
+    # The estimate says the same sentence and prints the line with a placeholder no shell runs as a name.
+    estimate = runner.invoke(app, ["estimate", JOB, *ANY_DAY, *(f"--set={s}" for s in ON_DEMAND)])
+    assert estimate.exit_code == 0, estimate.output
+    assert "no run bucket is set" in estimate.stdout
+    assert re.search(r"--env 'RUNS_BUCKET=<your-new-bucket>' \.dream-job/dream-s1k-\d{8}-\d{6}\.yaml$",
+                     estimate.stdout.splitlines()[-1])
+    # `--env RUNS_BUCKET=...` names it too, and goes onto the line.
+    named = _plan(*ON_DEMAND, mode="cluster", envs=["RUNS_BUCKET=their-runs"], environ={})
+    assert named.runs_bucket == "their-runs" and named.run_dir == f"s3://their-runs/{named.run_id}"
 
 
 def _sha256(text: str) -> str:
@@ -121,7 +147,8 @@ def _sha256(text: str) -> str:
 
 def _plan(*overrides: str, **kwargs: Any) -> Any:
     kwargs.setdefault("now", NOW)
-    return plan_launch(load_spec(JOB, list(overrides)), Path(JOB), task_yaml=Path("sky.yaml"), environ={}, **kwargs)
+    kwargs.setdefault("environ", BUCKET)
+    return plan_launch(load_spec(JOB, list(overrides)), Path(JOB), task_yaml=Path("sky.yaml"), **kwargs)
 
 
 def test_spot_offers_launch_as_managed_jobs_on_demand_ones_as_the_job_says(laptop: list[Any]) -> None:
@@ -231,7 +258,8 @@ def test_launch_refuses_prices_older_than_the_limit_and_says_how_to_refresh(lapt
                                              "--json"]).stdout)
     assert as_json["stale_price_warning"].endswith("older than `budget.max_catalog_age_days` (1): refresh them before "
                                                    "launching")
-    assert as_json["launch_command"].startswith("sky jobs launch -n dream-s1k-")
+    assert as_json["launch_command"].startswith(f"SKYPILOT_PROJECT_CONFIG={CONTROLLER_CONFIG} sky jobs launch -n "
+                                                "dream-s1k-")
 
 
 def test_the_plan_pins_the_priced_machine_and_its_line_says_everything(laptop: list[Any]) -> None:
@@ -249,11 +277,27 @@ def test_the_plan_pins_the_priced_machine_and_its_line_says_everything(laptop: l
     assert spot.guard_usd_per_hour == 8.19 and spot.envs["DREAM_JOB_USD_PER_HOUR"] == "8.19"
     assert ("guard", "`DREAM_JOB_USD_PER_HOUR=8.19`: the highest price among the zones of `us-east-1` a managed job "
             "may recover into (the cheapest, $2.47, is what SkyPilot shows)") in spot.lines()
-    assert spot.sky_command().startswith(f"sky jobs launch -n {spot.run_id} --infra aws/us-east-1 -t p4d.24xlarge "
-                                         "--gpus A100:8 --use-spot --env JOB=jobs/dream-s1k.yaml ")
-    # `train.save_every_steps: auto` travels as the interval resolved for this offer (the whole run: one save).
-    assert spot.envs["DREAM_JOB_SAVE_EVERY_STEPS"] == "177" == str(spot.estimate.choice.save_every_steps)
-    assert f"--env DREAM_JOB_RUN_ID={spot.run_id} --env DREAM_JOB_SAVE_EVERY_STEPS=177 " in spot.sky_command()
+    assert spot.sky_command().startswith(f"SKYPILOT_PROJECT_CONFIG={CONTROLLER_CONFIG} sky jobs launch -n "
+                                         f"{spot.run_id} --infra aws/us-east-1 -t p4d.24xlarge --gpus A100:8 "
+                                         "--use-spot --env JOB=jobs/dream-s1k.yaml ")
+    # `train.save_every_steps: auto` reaches the machine resolved for this offer (the whole run: one save), in the
+    # carried job the digest covers; the upload cadence follows (`auto` uploads every save).
+    carried = yaml.safe_load(spot.spec_yaml)
+    assert (carried["train"]["save_every_steps"], carried["artifacts"]["sync_every_steps"]) == (177, 177)
+    assert spot.estimate.choice.save_every_steps == 177 and "SAVE_EVERY" not in spot.sky_command()
+    assert (f"--env DREAM_JOB_RUN_ID={spot.run_id} --env DREAM_JOB_SPEC_SHA256={_sha256(spot.spec_yaml)} "
+            "--env RUNS_BUCKET=my-runs .dream-job/") in spot.sky_command()
+    # The jobs controller: placed by the project config the line names, priced from the shipped row (no catalog).
+    assert yaml.safe_load(Path(CONTROLLER_CONFIG).read_text()) == {
+        "jobs": {"controller": {"resources": {"infra": "aws/us-east-1", "instance_type": "m6i.xlarge",
+                                              "disk_size": 50}}}}
+    controller = dict(spot.lines())["controller"]
+    assert controller.startswith("`m6i.xlarge` on `aws/us-east-1` at $0.192/h (price of 2026-12-07, snapshot "
+                                 "controller_prices.csv")
+    assert f"¥{spot.estimate.choice.controller_cny:.2f} of the estimate" in controller
+    assert spot.estimate.choice.controller_cny == pytest.approx((spot.hours + 10 / 60) * 0.192 * 7.10)
+    assert spot.hard_limit_min == int(400 / 7.10 / (8.19 + 0.192) * 60)
+    assert dict(cluster.lines())["controller"].startswith("none: a cluster (`sky launch`)")
 
 
 def test_a_cloud_without_fuse_gets_the_template_without_mounts(laptop: list[Any], tmp_path: Path,
@@ -265,11 +309,14 @@ def test_a_cloud_without_fuse_gets_the_template_without_mounts(laptop: list[Any]
     plan = plan_launch(load_spec("jobs/j.yaml", ["budget.clouds=[vast]", "budget.use_spot=false",
                                                  "artifacts.destinations=[hf://you/x]", "train.method=lora"]),
                        Path("jobs/j.yaml"), task_yaml=Path("sky.yaml"), environ={}, now=NOW, for_launch=False)
-    assert plan.dropped == ("file_mounts",) and plan.task_file() == Path(f".dream-job/{plan.run_id}.yaml")
+    assert plan.dropped == ("file_mounts", "envs.RUNS_BUCKET")
+    assert plan.task_file() == Path(f".dream-job/{plan.run_id}.yaml")
+    assert plan.runs_bucket is None and "RUNS_BUCKET" not in plan.env_overrides  # no mount, no bucket to name
     derived = yaml.safe_load(plan.task_file().read_text())
     source = yaml.safe_load((tmp_path / "sky.yaml").read_text())
-    assert derived == {k: v for k, v in source.items() if k != "file_mounts"} | {
-        "envs": {**source["envs"], "DREAM_JOB_SPEC": plan.spec_yaml}}
+    assert derived == {**{k: v for k, v in source.items() if k != "file_mounts"},
+                       "envs": {**{k: v for k, v in source["envs"].items() if k != "RUNS_BUCKET"},
+                                "DREAM_JOB_SPEC": plan.spec_yaml}}
     assert plan.sky_command().endswith(f"--secret HF_TOKEN .dream-job/{plan.run_id}.yaml")
     assert plan.image is None and ("image", describe_image(None)) in plan.lines()
     # The user's own image (`make image`), named in the launching shell, goes into the task file...
@@ -284,7 +331,7 @@ def test_a_cloud_without_fuse_gets_the_template_without_mounts(laptop: list[Any]
     runpod = plan_launch(load_spec("jobs/j.yaml", ["budget.clouds=[runpod]", "budget.use_spot=false",
                                                    "artifacts.destinations=[hf://you/x]", "train.method=lora"]),
                          Path("jobs/j.yaml"), task_yaml=Path("sky.yaml"), environ=image, now=NOW, for_launch=False)
-    assert runpod.dropped == ("file_mounts", "resources.image_id")
+    assert runpod.dropped == ("file_mounts", "envs.RUNS_BUCKET", "resources.image_id")
     derived = yaml.safe_load(runpod.task_file().read_text())
     assert "image_id" not in derived["resources"] and runpod.image is None
     assert derived["resources"] == source["resources"]
@@ -299,3 +346,28 @@ def test_the_task_file_carries_the_priced_job_and_the_line_its_digest(laptop: li
     assert load_spec(tmp_path / "carried.yaml") == load_spec(JOB, [*ON_DEMAND, "train.epochs=2"])
     # The printed line holds the digest, never the spec itself: it stays short enough to read.
     assert "DREAM_JOB_SPEC=" not in plan.sky_command() and len(plan.sky_command()) < 600
+
+
+def test_estimates_keep_only_the_newest_task_files(laptop: list[Any], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / JOB).write_text((REPO / JOB).read_text())
+    (tmp_path / "sky.yaml").write_text((REPO / "sky.yaml").read_text())
+    folder = tmp_path / ".dream-job"
+    folder.mkdir()
+    earlier = []  # 25 task files of earlier estimates, oldest first
+    for i in range(25):
+        path = folder / f"dream-s1k-20261101-0000{i:02d}.yaml"
+        path.write_text("# Derived from `sky.yaml` by dream-job for `aws` (left out: nothing) for run ...\nname: x\n")
+        os.utime(path, (1_000_000 + i, 1_000_000 + i))
+        earlier.append(path)
+    users = folder / "notes-20261101-000000.yaml"  # named like a run, not written by dream-job: kept
+    users.write_text("# mine\n")
+    os.utime(users, (0, 0))
+    plan = plan_launch(load_spec(JOB), Path(JOB), task_yaml=Path("sky.yaml"), environ=BUCKET, now=NOW,
+                       for_launch=False)
+    # The new line's file and the 19 newest earlier ones: the last 20 estimates' lines still paste.
+    assert sorted(folder.glob("dream-s1k-*.yaml")) == sorted([plan.task_file().resolve(), *earlier[6:]])
+    assert users.exists() and Path(CONTROLLER_CONFIG).exists()
+    assert plan.sky_command().endswith(f" {plan.task_file()}") and plan.task_file().is_file()

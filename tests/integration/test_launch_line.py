@@ -36,7 +36,8 @@ def _probe(sky_python: Path, sky_env: dict[str, str], job: str, *sets: str) -> d
     args = [f"jobs/{job}", "--clouds", SEEDED_CLOUDS]
     for item in sets:
         args += ["--set", item]
-    return probe_result(run_probe(sky_python, {**sky_env, "HF_TOKEN": "hf_probe"}, "line_probe.py", *args))
+    env = {**sky_env, "HF_TOKEN": "hf_probe", "DREAM_JOB_RUNS_BUCKET": "dream-job-line-probe"}
+    return probe_result(run_probe(sky_python, env, "line_probe.py", *args))
 
 
 def _assert_one_launch(result: dict) -> None:
@@ -69,15 +70,15 @@ def test_every_job_line_is_the_launch_task_and_the_estimated_machine(sky_python:
 def test_vast_80gb_a100_is_pinned_past_the_cheaper_40gb_decoys(sky_python: Path, sky_env: dict[str, str]) -> None:
     result = _probe(sky_python, sky_env, "dream-s1k-full-length.yaml", HUB)
     assert (result["choice"]["cloud"], result["choice"]["instance_type"], result["choice"]["vram_gib"]) == (
-        "vast", "1x-A100-32-65536", 80.0)
+        "vast", "1x-A100_PCIE-32-65536", 80.0)
     _assert_one_launch(result)
-    assert "--infra 'vast/United States, US, NA' -t 1x-A100-32-65536 --gpus A100:1 --no-use-spot" in result["line"]
+    assert "--infra 'vast/Oklahoma, US, NA' -t 1x-A100_PCIE-32-65536 --gpus A100:1 --no-use-spot" in result["line"]
     assert re.search(r"--secret HF_TOKEN \.dream-job/dream-s1k-full-length-\d{8}-\d{6}\.yaml$", result["line"])
     assert result["cli"]["storage_mounts"] == []  # Vast has no FUSE: the derived template has no bucket mount
     # What the old line (GPU name and cloud only) got from the same optimizer: the 40 GB card.
     unpinned = probe_result(run_probe(sky_python, sky_env, "sky_probe.py", "optimize", "sky.yaml", "--clouds", "vast",
                                       "--gpus", "A100:1", "--no-mounts", "--env", "BUDGET_HOURS=6",
-                                      "--env", "DREAM_JOB_USD_PER_HOUR=3"))
+                                      "--env", "DREAM_JOB_USD_PER_HOUR=3", "--env", "RUNS_BUCKET=unused"))
     assert (unpinned["instance_type"], unpinned["usd_per_hour"]) == ("1x-A100_SXM4-32-65536", 0.76)
 
 
@@ -92,15 +93,18 @@ def test_aws_spot_is_budgeted_at_the_dearest_zone_a_managed_job_may_recover_into
     assert "--env DREAM_JOB_USD_PER_HOUR=8.19" in result["line"]  # us-east-1c, not the cheapest zone's 2.47
 
 
-def test_a_cluster_is_pinned_to_its_zone_and_gets_the_hard_limit(sky_python: Path, sky_env: dict[str, str]) -> None:
+def test_a_cluster_without_skypilots_zone_mapping_is_pinned_to_its_region_never_a_zone_id(
+        sky_python: Path, sky_env: dict[str, str]) -> None:
+    # No AWS credentials here: SkyPilot has no zone-name mapping, so the catalog's zone ids stay ids
+    # (`tests/integration/test_launch_walk.py` pins a zone name with moto's mapping).
     result = _probe(sky_python, sky_env, "dream-s1k.yaml", "budget.managed_job=false", "budget.use_spot=false",
                     "budget.clouds=[aws]",
                     "budget.max_cost_yuan=400")
     assert result["mode"] == "cluster"
     _assert_one_launch(result)
     choice = result["choice"]
-    assert f"--infra aws/us-east-1/{choice['zone']} -t {choice['instance_type']}" in result["line"]
-    assert result["cli_pick"]["zone"] == choice["zone"]
+    assert choice["zone"] is None and "use1-az" not in result["line"]
+    assert f"--infra aws/us-east-1 -t {choice['instance_type']}" in result["line"]
     assert result["cli_kwargs"]["wait_for"] == result["launch_kwargs"]["wait_for"] == "none"
     assert result["cli_kwargs"]["down"] == result["launch_kwargs"]["down"] == "True"
     assert f"--env DREAM_JOB_USD_PER_HOUR={choice['usd_per_hour']:g}" in result["line"]

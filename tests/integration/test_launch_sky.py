@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.tools.ec2_server import Ec2Server
 from tests.tools.sky_env import probe_result, run_probe, sky_env, sky_python  # noqa: F401  (fixtures)
 
 JOB = "jobs/dream-s1k.yaml"
@@ -18,8 +19,15 @@ HUB = "artifacts.destinations=[hf://you/dream-s1k]"
 JOB_RECOVERY = {"strategy": "EAGER_NEXT_REGION", "max_restarts_on_errors": 0, "recover_on_exit_codes": [3]}
 
 
+def _aws(ec2: Ec2Server) -> dict[str, str]:
+    """Env for the controller's AWS dry run: dummy keys, EC2 on the loopback stub (`DescribeImages` only)."""
+    return {"AWS_ENDPOINT_URL_EC2": ec2.endpoint_url, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1"}
+
+
 def _launch(python: Path, env: dict[str, str], *args: str, ok: bool = True) -> tuple[dict, str]:
-    completed = run_probe(python, env, "launch_probe.py", JOB, "--clouds", "lambda,runpod",
+    # AWS enabled for the jobs controller (`budget.controller_infra: aws/us-east-1`); the offers come from `--set`.
+    completed = run_probe(python, env, "launch_probe.py", JOB, "--clouds", "aws,lambda,runpod",
                           "--env", "RUNS_BUCKET=my-runs", *args)
     return probe_result(completed, ok=ok), completed.stderr
 
@@ -28,10 +36,14 @@ def _launch(python: Path, env: dict[str, str], *args: str, ok: bool = True) -> t
 @pytest.mark.timeout(1200)
 def test_spot_offer_launches_a_managed_job_with_recovery_and_the_secrets_it_needs(
         sky_python: Path, sky_env: dict[str, str]) -> None:
-    env = {**sky_env, "HF_TOKEN": "hf_test_value"}
-    result, _ = _launch(sky_python, env, "--spot", "--set", HUB, "--set", "budget.max_cost_yuan=600",
-                        "--set", "budget.clouds=[runpod]")
-    (call,) = result["calls"]
+    with Ec2Server() as ec2:  # the controller's AWS dry run looks its machine image up
+        env = {**sky_env, "HF_TOKEN": "hf_test_value", **_aws(ec2)}
+        result, _ = _launch(sky_python, env, "--spot", "--set", HUB, "--set", "budget.max_cost_yuan=600",
+                            "--set", "budget.clouds=[runpod]")
+    controller, call = result["calls"]
+    # The jobs controller is placed (dry run) before `sky jobs launch` would upload anything.
+    assert (controller["function"], controller["dryrun"]) == ("sky.launch", True)
+    assert controller["dry_run_choice"]["instance_type"] == "m6i.xlarge"
     assert call["function"] == "sky.jobs.launch" and call["name"] == result["plan"]["run_id"]
     (resources,) = call["task"]["resources"]
     assert (resources["infra"], resources["instance_type"], resources["accelerators"], resources["use_spot"]) == (
@@ -56,8 +68,11 @@ def test_spot_offer_launches_a_managed_job_with_recovery_and_the_secrets_it_need
 @pytest.mark.timeout(1200)
 def test_on_demand_cluster_launch_gets_the_budget_as_hard_autostop_limit(
         sky_python: Path, sky_env: dict[str, str]) -> None:
+    # The job's former checkpoint cadence (every 20 steps, synchronous) makes Lambda's 1x H100 the pick; with
+    # `auto` and async saves its 8x A100-80GB is.
     result, _ = _launch(sky_python, sky_env, "--set", "budget.clouds=[lambda]", "--set", "budget.managed_job=false",
-                        "--set", "budget.max_cost_yuan=400")
+                        "--set", "budget.max_cost_yuan=400", "--set", "train.save_every_steps=20",
+                        "--set", "train.async_save=false")
     (call,) = result["calls"]
     assert call["function"] == "sky.launch" and call["dryrun"] is False and result["plan"]["mode"] == "cluster"
     (resources,) = call["task"]["resources"]
@@ -76,11 +91,21 @@ def test_on_demand_cluster_launch_gets_the_budget_as_hard_autostop_limit(
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_dryrun_goes_through_skypilots_dry_run_in_managed_mode_too(sky_python: Path, sky_env: dict[str, str]) -> None:
-    result, _ = _launch(sky_python, sky_env, "--mode", "managed", "--set", "budget.clouds=[lambda]",
-                        "--set", "budget.max_cost_yuan=400", "--dryrun")
-    (call,) = result["calls"]
+    # The controller's AWS dry run looks its machine image up: a loopback EC2 answers (`ec2_server.py`).
+    with Ec2Server() as ec2:
+        result, _ = _launch(sky_python, {**sky_env, **_aws(ec2)}, "--mode", "managed", "--set", "budget.clouds=[lambda]",
+                            "--set", "budget.max_cost_yuan=400", "--dryrun")
+        assert "DescribeImages" in ec2.requests
+    call, controller = result["calls"]
     assert call["function"] == "sky.launch" and call["dryrun"] is True
     assert call["task"]["resources"][0]["job_recovery"] == JOB_RECOVERY
+    # Then the jobs controller, placed as `sky jobs launch` places it, through the same dry run.
+    assert controller["function"] == "sky.launch" and controller["dryrun"] is True
+    assert controller["name"] == "dream-job-controller-dryrun"
+    (placed,) = controller["task"]["resources"]
+    assert (placed["infra"], placed["instance_type"], placed["disk_size"]) == ("aws/us-east-1", "m6i.xlarge", 50)
+    assert controller["dry_run_choice"] == {"cloud": "AWS", "instance_type": "m6i.xlarge", "accelerators": None,
+                                            "use_spot": False, "usd_per_hour": 0.192}
     assert result["record"] == {"run_id": result["plan"]["run_id"], "job_id": None, "dryrun": True}
 
 

@@ -132,6 +132,8 @@ def test_run_script_refuses_a_job_that_differs_from_the_printed_digest(tmp_path:
 
 # What the estimate's line passes; sky.yaml leaves them `null`, so SkyPilot refuses a launch without them.
 CAPS = ("--env", "BUDGET_HOURS=6", "--env", "DREAM_JOB_USD_PER_HOUR=3")
+# The user's own run bucket (sky.yaml leaves `RUNS_BUCKET` null too: none is shipped).
+BUCKET = ("--env", "RUNS_BUCKET=my-runs")
 
 
 def _probe(python: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -145,7 +147,7 @@ def _result(completed: subprocess.CompletedProcess[str]) -> dict:
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_skypilot_accepts_sky_yaml(sky_python: Path, sky_env: dict[str, str]) -> None:
-    task = _result(_probe(sky_python, sky_env, "load", str(SKY_YAML), "--env", "RUNS_BUCKET=my-runs", *CAPS))
+    task = _result(_probe(sky_python, sky_env, "load", str(SKY_YAML), *CAPS, *BUCKET))
     print(json.dumps(task["resources"], indent=1))  # shown with -s: what SkyPilot made of the file
     assert task["name"] == "dream-job"
     assert [r["accelerators"] for r in task["resources"]] == [{"A100-80GB": 8}, {"H100": 8}]
@@ -170,7 +172,7 @@ def test_skypilot_accepts_sky_yaml(sky_python: Path, sky_env: dict[str, str]) ->
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_skypilot_refuses_a_bare_launch_without_caps(sky_python: Path, sky_env: dict[str, str]) -> None:
-    completed = _probe(sky_python, sky_env, "load", str(SKY_YAML), "--env", "RUNS_BUCKET=my-runs")
+    completed = _probe(sky_python, sky_env, "load", str(SKY_YAML), *BUCKET)
     assert completed.returncode == 1
     assert "Environment variable 'BUDGET_HOURS' is None" in completed.stderr, completed.stderr
 
@@ -188,9 +190,21 @@ def test_skypilot_rejects_a_broken_copy(sky_python: Path, sky_env: dict[str, str
     assert old in text
     broken = tmp_path / "sky.yaml"
     broken.write_text(text.replace(old, new))
-    completed = _probe(sky_python, sky_env, "load", str(broken), *CAPS)
+    completed = _probe(sky_python, sky_env, "load", str(broken), *CAPS, *BUCKET)
     assert completed.returncode == 1
     assert message in completed.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_skypilot_refuses_sky_yaml_until_the_user_names_a_run_bucket(sky_python: Path,
+                                                                    sky_env: dict[str, str]) -> None:
+    # No global default bucket: `sky launch sky.yaml` with the caps but no bucket stops at parse time, before
+    # anything is provisioned.
+    completed = _probe(sky_python, sky_env, "load", str(SKY_YAML), *CAPS)
+    assert completed.returncode == 1
+    assert ("ValueError: Environment variable 'RUNS_BUCKET' is None. Please set a value for it in task YAML or "
+            "with --env flag.") in completed.stderr
 
 
 @pytest.mark.slow
@@ -207,6 +221,7 @@ def test_skypilot_rejects_a_broken_copy(sky_python: Path, sky_env: dict[str, str
 ])
 def test_skypilot_optimizer_picks_the_cheapest_candidate(sky_python: Path, sky_env: dict[str, str], clouds: str,
                                                          extra: list[str], expected: tuple) -> None:
-    choice = _result(_probe(sky_python, sky_env, "optimize", str(SKY_YAML), "--clouds", clouds, *CAPS, *extra))
+    choice = _result(_probe(sky_python, sky_env, "optimize", str(SKY_YAML), "--clouds", clouds, *CAPS, *BUCKET,
+                            *extra))
     assert (choice["cloud"], choice["instance_type"], choice["accelerators"], choice["usd_per_hour"]) == expected
     assert choice["use_spot"] is False

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from datetime import UTC, datetime
@@ -54,6 +55,12 @@ def _from_cli(line: str) -> tuple[Any, dict[str, Any]]:
     command.sdk.launch = record_launch
     command.managed_jobs.launch = record_jobs_launch
     argv = shlex.split(line)
+    while "=" in argv[0]:  # `SKYPILOT_PROJECT_CONFIG=... sky jobs launch ...`: the shell's environment for `sky`
+        key, _, value = argv.pop(0).partition("=")
+        os.environ[key] = value
+        from sky import skypilot_config
+
+        skypilot_config.reload_config()
     assert argv[0] == "sky", argv
     try:
         command.cli.main(argv[1:] + ["--yes"], prog_name="sky", standalone_mode=False)
@@ -95,8 +102,6 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--now", default="2026-11-24")
     args = parser.parse_args()
-
-    import os
 
     from dream_job.errors import DreamJobError
     from dream_job.launch import preview, sky_api

@@ -28,10 +28,13 @@ TOOLS = REPO / "tests" / "tools"
 RESULT_MARK = "SKY_PROBE_RESULT "
 
 # A few real rows in SkyPilot's v8 catalog format (prices from budget/data/prices.csv, the
-# skypilot-catalog snapshot read 2026-11-24), with decoys a launch must not fall for: Vast's 40 GB
-# A100s (one card, and two cards whose `GpuInfo` holds their 80 GB total) cheaper than its 80 GB
-# one, Vast's 0.00 spot prices, AWS spot prices spread over the zones of a region, RunPod's GB in
-# `SizeInMiB`. No `.md5` files: SkyPilot then treats them as user-provided, never refetched.
+# skypilot-catalog snapshot read 2026-11-24; Vast's names and regions as its v8 catalog 01b8cdda
+# writes them), with decoys a launch must not fall for: Vast's 40 GB A100s (one card, and two
+# cards whose `GpuInfo` holds their 80 GB total) cheaper than its 80 GB one, Vast's 0.00 spot
+# prices, AWS spot prices spread over the zones of a region, AWS zones as zone *ids* (`use1-az6`,
+# what the real catalog holds; SkyPilot maps them to the account's zone names), RunPod's GB in
+# `SizeInMiB`. AWS also lists `m6i.xlarge`, the jobs controller's machine (`budget/controller.py`).
+# No `.md5` files: SkyPilot then treats them as user-provided, never refetched.
 # `budget.estimate` reads the same files (`~/.sky/catalogs/v8` under the temp HOME); every cloud
 # of the shipped snapshot is here, so no snapshot price mixes in.
 def _gpu_info(name: str, mib: int, count: int) -> str:
@@ -65,25 +68,41 @@ InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,Region,SpotPrice,P
 """,
     "vast/vms.csv": f"""\
 InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,GpuInfo,Price,SpotPrice,Region
-1x-A100-32-65536,A100,1,32,64,{_gpu_info('A100', 81920, 1)},0.87,0.00,"United States, US, NA"
-1x-A100_SXM4-32-65536,A100,1,32,64,{_gpu_info('A100', 40960, 1)},0.76,0.00,"United States, US, NA"
-2x-A100_SXM4-32-65536,A100,2,32,64,{_gpu_info('A100', 81920, 2)},1.40,0.00,"United States, US, NA"
+1x-A100_PCIE-32-65536,A100,1,32,64.0,{_gpu_info('A100', 81920, 1)},0.87,0.00,"Oklahoma, US, NA"
+1x-A100_SXM4-32-65536,A100,1,32,64.0,{_gpu_info('A100', 40960, 1)},0.76,0.00,"Georgia, US, NA"
+2x-A100_SXM4-32-65536,A100,2,32,64.0,{_gpu_info('A100', 81920, 2)},1.49,0.00,"Slovenia, SI, EU"
 1x-RTX_4090-32-65536,RTX4090,1,32,64,{_gpu_info('RTX4090', 24564, 1)},0.40,0.00,"Germany, DE, EU"
 4x-RTX_4090-32-65536,RTX4090,4,32,64,{_gpu_info('RTX4090', 98256, 4)},1.39,0.00,"Germany, DE, EU"
 """,
     "aws/vms.csv": f"""\
 InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,GpuInfo,Price,SpotPrice,Region,AvailabilityZone,Arch
-p4d.24xlarge,A100,8,96,1152,{_gpu_info('A100', 40960, 8)},21.96,2.47,us-east-1,us-east-1a,x86_64
-p4d.24xlarge,A100,8,96,1152,{_gpu_info('A100', 40960, 8)},21.96,7.88,us-east-1,us-east-1b,x86_64
-p4d.24xlarge,A100,8,96,1152,{_gpu_info('A100', 40960, 8)},21.96,8.19,us-east-1,us-east-1c,x86_64
-p4de.24xlarge,A100-80GB,8,96,1152,{_gpu_info('A100-80GB', 81920, 8)},27.45,8.65,us-east-1,us-east-1c,x86_64
-p4de.24xlarge,A100-80GB,8,96,1152,{_gpu_info('A100-80GB', 81920, 8)},27.45,9.97,us-east-1,us-east-1a,x86_64
-p5.4xlarge,H100,1,16,256,{_gpu_info('H100', 81920, 1)},6.88,,us-east-1,us-east-1a,x86_64
-p5.48xlarge,H100,8,192,2048,{_gpu_info('H100', 81920, 8)},55.04,10.20,us-east-1,us-east-1a,x86_64
-p5.48xlarge,H100,8,192,2048,{_gpu_info('H100', 81920, 8)},55.04,25.80,us-east-1,us-east-1b,x86_64
+p4d.24xlarge,A100,8,96.0,1152.0,{_gpu_info('A100', 40960, 8)},21.96,2.47,us-east-1,use1-az6,x86_64
+p4d.24xlarge,A100,8,96.0,1152.0,{_gpu_info('A100', 40960, 8)},21.96,7.88,us-east-1,use1-az1,x86_64
+p4d.24xlarge,A100,8,96.0,1152.0,{_gpu_info('A100', 40960, 8)},21.96,8.19,us-east-1,use1-az2,x86_64
+p4de.24xlarge,A100-80GB,8,96.0,1152.0,{_gpu_info('A100-80GB', 81920, 8)},27.45,8.65,us-east-1,use1-az2,x86_64
+p4de.24xlarge,A100-80GB,8,96.0,1152.0,{_gpu_info('A100-80GB', 81920, 8)},27.45,9.97,us-east-1,use1-az6,x86_64
+p5.4xlarge,H100,1,16.0,256.0,{_gpu_info('H100', 81920, 1)},6.88,,us-east-1,use1-az6,x86_64
+p5.48xlarge,H100,8,192.0,2048.0,{_gpu_info('H100', 81920, 8)},55.04,10.20,us-east-1,use1-az6,x86_64
+p5.48xlarge,H100,8,192.0,2048.0,{_gpu_info('H100', 81920, 8)},55.04,25.80,us-east-1,use1-az1,x86_64
+m6i.xlarge,,,4.0,16.0,,0.192,0.0668,us-east-1,use1-az6,x86_64
+m6i.xlarge,,,4.0,16.0,,0.192,0.0710,us-east-1,use1-az1,x86_64
+m6i.xlarge,,,4.0,16.0,,0.192,0.0699,us-east-1,use1-az2,x86_64
 """,
 }
 SEEDED_CLOUDS = "aws,lambda,runpod,vast"
+
+# Catalog files SkyPilot's dry run reads besides `vms.csv` (it fetches them when missing): the AWS
+# machine image for the pinned region (fake AMI ids; the dry run only looks them up) and the quota
+# codes (none listed: SkyPilot then skips its quota check, as for any unlisted instance type).
+AUX_CATALOGS = {
+    "aws/images.csv": """\
+Tag,Region,OS,OSVersion,ImageId,CreationDate
+skypilot:custom-cpu-ubuntu,us-east-1,ubuntu,22.04,ami-00000000000000c01,2026-11-24T00:00:00.000Z
+skypilot:custom-gpu-ubuntu,us-east-1,ubuntu,22.04,ami-00000000000000g01,2026-11-24T00:00:00.000Z
+skypilot:custom-gpu-ubuntu-cuda13,us-east-1,ubuntu,22.04,ami-00000000000000g13,2026-11-24T00:00:00.000Z
+""",
+    "aws/instance_quota_mapping.csv": "InstanceType,OnDemandInstanceCode,SpotInstanceCode\n",
+}
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +134,7 @@ def sky_env(tmp_path: Path) -> dict[str, str]:
     where the machine has none.
     """
     home = tmp_path / "sky-home"
-    for name, text in CATALOGS.items():
+    for name, text in {**CATALOGS, **AUX_CATALOGS}.items():
         path = home / ".sky" / "catalogs" / "v8" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)

@@ -33,31 +33,21 @@ import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import REPO
 from tests.s3server import S3Server
 from tests.tools.ec2_server import Ec2Server
-from tests.tools.sky_env import CACHE, CATALOGS, SEEDED_CLOUDS, SKY_VENV, SKY_VERSION, TOOLS
+from tests.tools.moto_aws import MotoAws, moto_image_id
+from tests.tools.sky_env import AUX_CATALOGS, CACHE, CATALOGS, SEEDED_CLOUDS, SKY_VENV, SKY_VERSION, TOOLS
 
 SITE_DIR = TOOLS / "sky_site"
 CLOUDS_ENV = "DREAM_JOB_TEST_SKY_CLOUDS"  # read by sky_site/sitecustomize.py
 SERVER_MODULE = "sky.server.server"  # SkyPilot's API_SERVER_CMD: `python -m sky.server.server --port=N`
 LAUNCHER_MARK = "dream-job-launcher-requirements.txt"
 
-# Catalog files SkyPilot's dry run reads besides `vms.csv` (it fetches them when missing): the AWS
-# machine image for the pinned region (fake AMI ids; the dry run only looks them up) and the quota
-# codes (none listed: SkyPilot then skips its quota check, as for any unlisted instance type).
-AUX_CATALOGS = {
-    "aws/images.csv": """\
-Tag,Region,OS,OSVersion,ImageId,CreationDate
-skypilot:custom-cpu-ubuntu,us-east-1,ubuntu,22.04,ami-00000000000000c01,2026-11-24T00:00:00.000Z
-skypilot:custom-gpu-ubuntu,us-east-1,ubuntu,22.04,ami-00000000000000g01,2026-11-24T00:00:00.000Z
-skypilot:custom-gpu-ubuntu-cuda13,us-east-1,ubuntu,22.04,ami-00000000000000g13,2026-11-24T00:00:00.000Z
-""",
-    "aws/instance_quota_mapping.csv": "InstanceType,OnDemandInstanceCode,SpotInstanceCode\n",
-}
 
 
 def launcher_requirements() -> list[str]:
@@ -125,12 +115,15 @@ def tree_state(folder: Path) -> dict[str, float]:
 class SkyServer:
     """One SkyPilot API server on a temp HOME; `sky(...)` and `dream_job(...)` run the CLIs against it."""
 
-    def __init__(self, python: Path, folder: Path, s3: S3Server, ec2_url: str) -> None:
+    def __init__(self, python: Path, folder: Path, s3: Any, ec2_url: str, *, aws_url: str | None = None,
+                 aux_catalogs: dict[str, str] | None = None) -> None:
+        """`s3`: the S3 server (SeaweedFS, or moto); `aws_url`: one endpoint for every AWS service (moto), which
+        then passes SkyPilot's real `sky check aws` (only the other seeded clouds are faked)."""
         self.python = python
         self.home = folder / "home"
         self.port = free_port()
         self.s3 = s3
-        for name, text in {**CATALOGS, **AUX_CATALOGS}.items():
+        for name, text in {**CATALOGS, **(aux_catalogs or AUX_CATALOGS)}.items():
             path = self.home / ".sky" / "catalogs" / "v8" / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
@@ -149,8 +142,10 @@ class SkyServer:
         self.env = {
             **keep, "PATH": path, "HOME": str(self.home), "SKY_RUNTIME_DIR": str(self.home),
             "SKYPILOT_DISABLE_USAGE_COLLECTION": "1", "SKYPILOT_API_SERVER_LOCAL_PORT": str(self.port),
-            "PYTHONPATH": f"{SITE_DIR}{os.pathsep}{REPO}", CLOUDS_ENV: SEEDED_CLOUDS,
-            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "AWS_ENDPOINT_URL_S3": s3.endpoint_url,
+            "PYTHONPATH": f"{SITE_DIR}{os.pathsep}{REPO}",
+            CLOUDS_ENV: SEEDED_CLOUDS if aws_url is None else ",".join(
+                c for c in SEEDED_CLOUDS.split(",") if c != "aws"),
+            "AWS_ENDPOINT_URL": aws_url or f"http://127.0.0.1:{free_port()}", "AWS_ENDPOINT_URL_S3": s3.endpoint_url,
             "AWS_ENDPOINT_URL_EC2": ec2_url,
             "AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key,
             "AWS_DEFAULT_REGION": "us-east-1", "HF_HUB_OFFLINE": "1", "NO_COLOR": "1",
@@ -214,5 +209,37 @@ def sky_server(launcher_python: Path, tmp_path_factory: pytest.TempPathFactory) 
         finally:
             server.stop()
             s3.stop()
+    assert server_pids(server.port) == [], "the SkyPilot API server outlived `sky api stop` and SIGKILL"
+    assert tree_state(real_sky) == before, "the real ~/.sky changed while the test server ran"
+
+
+def start_on_moto(python: Path, folder: Path) -> tuple[SkyServer, MotoAws]:
+    """Start `moto_server` and a SkyPilot API server whose AWS it is (`sky_server_on_moto`); the caller stops both."""
+    aws = MotoAws(folder).start()
+    image = moto_image_id(aws.python)
+    aux = {**AUX_CATALOGS, "aws/images.csv": "\n".join(
+        line if not line.startswith("skypilot:") else ",".join(line.split(",")[:4] + [image] + line.split(",")[5:])
+        for line in AUX_CATALOGS["aws/images.csv"].splitlines()) + "\n"}
+    server = SkyServer(python, folder / "sky", aws, aws.endpoint_url, aws_url=aws.endpoint_url, aux_catalogs=aux)
+    try:
+        return server.start(), aws
+    except BaseException:
+        aws.stop()
+        raise
+
+
+@pytest.fixture(scope="module")
+def sky_server_on_moto(launcher_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SkyServer]:
+    """A started SkyPilot API server whose AWS is `moto_server` (`tests/tools/moto_aws.py`): AWS passes the real
+    `sky check`, SkyPilot maps the catalog's zone ids to moto's zone names, S3 buckets live in moto; the
+    other seeded clouds as in `sky_server`. Stopped after the module, nothing left in the real `~/.sky`."""
+    real_sky = Path.home() / ".sky"
+    before = tree_state(real_sky)
+    server, aws = start_on_moto(launcher_python, tmp_path_factory.mktemp("sky-moto"))
+    try:
+        yield server
+    finally:
+        server.stop()
+        aws.stop()
     assert server_pids(server.port) == [], "the SkyPilot API server outlived `sky api stop` and SIGKILL"
     assert tree_state(real_sky) == before, "the real ~/.sky changed while the test server ran"

@@ -14,7 +14,8 @@ from budget import estimate
 from budget.checkpoints import mtbf_hours, plan_saves, staging_host_bytes, young_daly_interval_s
 from budget.timing import calibration
 from dream_job.errors import SpecError
-from dream_job.spec import SAVE_EVERY_ENV, load_spec
+from dream_job.launch.payload import priced_spec
+from dream_job.spec import load_spec
 from tests.conftest import REPO
 
 FLAGSHIP = REPO / "jobs" / "dream-s1k.yaml"
@@ -91,16 +92,21 @@ def test_staging_host_bytes() -> None:
     assert staging_host_bytes(12.0 * P, async_save=False) == 0.0
 
 
-def test_save_interval_from_the_spec_and_the_launch_env() -> None:
-    fixed = load_spec(FLAGSHIP, ["train.save_every_steps=20"]).train
-    assert fixed.save_interval({SAVE_EVERY_ENV: "7"}) == 20
-    auto = load_spec(FLAGSHIP).train
-    assert auto.save_every_steps == "auto"
-    assert auto.save_interval({SAVE_EVERY_ENV: "35"}) == 35
-    assert auto.save_interval({}) is None  # not launched by dream-job: the last step only
-    with pytest.raises(SpecError) as info:
-        auto.save_interval({SAVE_EVERY_ENV: "0"})
-    assert info.value.message == f"`{SAVE_EVERY_ENV}` is `0`, not a number of steps (1 or more)"
+def test_save_interval_is_the_spec_s_and_the_launch_resolves_auto_in_the_carried_job() -> None:
+    fixed = load_spec(FLAGSHIP, ["train.save_every_steps=20"])
+    assert fixed.train.save_interval() == 20
+    auto = load_spec(FLAGSHIP)
+    assert auto.train.save_every_steps == "auto" and auto.artifacts.sync_every_steps == 20
+    assert auto.train.save_interval() is None  # not launched for an offer: the last step only
+    # The job the launch carries: the offer's interval, and (since `auto` uploads every save) the same upload cadence.
+    priced = priced_spec(auto, 35)
+    assert (priced.train.save_every_steps, priced.artifacts.sync_every_steps, priced.train.save_interval()) == (
+        35, 35, 35)
+    assert priced.model_dump(exclude={"train": {"save_every_steps"}, "artifacts": {"sync_every_steps"}}) == (
+        auto.model_dump(exclude={"train": {"save_every_steps"}, "artifacts": {"sync_every_steps"}}))
+    quiet = load_spec(FLAGSHIP, ["artifacts.sync_every_steps=null"])
+    assert priced_spec(quiet, 35).artifacts.sync_every_steps is None  # a job that uploads no checkpoint still does not
+    assert priced_spec(fixed, 35) == fixed and priced_spec(auto, 0) == auto  # nothing to resolve
     with pytest.raises(SpecError, match="must be a number of steps"):
         load_spec(FLAGSHIP, ["train.save_every_steps=0"])
 
@@ -114,7 +120,7 @@ def test_flagship_estimate_saves_once_in_the_background_under_35_yuan(tmp_path: 
     # The same offer: 8x A100 `p4d.24xlarge` spot in us-east-1, budgeted at the zones' highest price $8.19/h.
     assert (new.gpu, new.count, new.instance_type, new.spot, new.method) == ("A100", 8, "p4d.24xlarge", True, "full")
     assert (old.gpu, old.count, old.instance_type, old.guard_usd_per_hour) == ("A100", 8, "p4d.24xlarge", 8.19)
-    assert round(old.cost_cny, 2) == 52.70 and old.saves == 9
+    assert round(old.cost_cny, 2) == 52.27 and old.saves == 9
 
     # Before: 9 saves (every 20 of 177 steps) of 12 B/param (91.39 GB) at 0.75 GB/s, all blocking:
     # 9 x 91,387,398,144 / 0.75e9 = 1,096.65 s.
@@ -128,12 +134,21 @@ def test_flagship_estimate_saves_once_in_the_background_under_35_yuan(tmp_path: 
     assert exposed == pytest.approx(103.8262, rel=1e-6)
     assert new.overheads_hours["checkpoint writes"] * 3600 == pytest.approx(exposed, rel=1e-9)
 
-    # Spot runs add 10 % of the whole run for restarts; the controller runs as long as the job ($0.25/h):
-    # (1,096.649 - 103.826) s x 1.1 = 1,092.105 s = 0.30336 h less, at (8.19 + 0.25) $/h x 7.1 CNY/USD.
+    # Spot runs add 10 % of the whole run for restarts; the jobs controller (`m6i.xlarge`, $0.192/h) runs as long
+    # as the job: (1,096.649 - 103.826) s x 1.1 = 1,092.105 s = 0.30336 h less, at (8.19 + 0.192) $/h x 7.1 CNY/USD.
     saved_h = (1096.6488 - 103.8262) * 1.1 / 3600
     assert old.hours - new.hours == pytest.approx(saved_h, rel=1e-5)
-    assert old.cost_cny - new.cost_cny == pytest.approx(saved_h * (8.19 + 0.25) * 7.1, rel=1e-5)
-    assert round(new.cost_cny, 2) == 34.52 and new.cost_cny <= 35.0
+    assert old.cost_cny - new.cost_cny == pytest.approx(saved_h * (8.19 + 0.192) * 7.1, rel=1e-5)
+    assert round(new.cost_cny, 2) == 34.22 and new.cost_cny <= 35.0
+    # Round trip: the job the launch carries (`auto` resolved to 177 for this offer), with checkpoints uploaded to a
+    # destination, costs what the `auto` job was priced at on the same offer.
+    hub = ["artifacts.destinations=[s3://you/dream-s1k]", "budget.clouds=[aws]"]
+    priced = run(*hub)
+    assert (priced.instance_type, priced.spot, priced.save_every_steps) == ("p4d.24xlarge", True, 177)
+    again = estimate(priced_spec(load_spec(FLAGSHIP, hub), priced.save_every_steps), data_report=None,
+                     catalog_dir=tmp_path / "no-catalog", now=TODAY).choice
+    assert (again.instance_type, again.spot, again.save_every_steps, again.saves) == ("p4d.24xlarge", True, 177, 1)
+    assert again.cost_cny == pytest.approx(priced.cost_cny, rel=1e-12) and again.hours == priced.hours
     # Checkpoint share of the job's wall time: 103.8 s of 0.5710 h = 5.1 % (was 0.3046 of 0.8744 h = 35 %).
     assert exposed / (new.hours * 3600) == pytest.approx(0.0505, abs=5e-4)
     assert old.overheads_hours["checkpoint writes"] / old.hours == pytest.approx(0.348, abs=1e-3)

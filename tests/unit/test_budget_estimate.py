@@ -170,7 +170,7 @@ def test_offers_without_a_bucket_mount_need_destinations(tmp_path: Path) -> None
         "would be lost with the machine; to use it add one: "
         "`--set 'artifacts.destinations=[\"hf://you/dream-s1k-full-length\"]'`")
     with_hub = run(full_length, 'artifacts.destinations=["hf://you/x"]', tmp_path=tmp_path)
-    assert with_hub.choice.cloud == "vast" and with_hub.choice.instance_type == "1x-A100-32-65536"
+    assert with_hub.choice.cloud == "vast" and with_hub.choice.instance_type == "1x-A100_PCIE-32-65536"
     assert with_hub.choice.gpu == "A100-80GB" and with_hub.choice.vram_gib == 80.0
 
 

@@ -59,7 +59,8 @@ def plan(tmp_path: Path, in_repo: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """An on-demand AWS plan from the shipped price snapshot (no SkyPilot catalog under HOME)."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     spec = load_spec(JOB, ["budget.use_spot=false", "budget.clouds=[aws]", "budget.max_cost_yuan=400"])
-    return plan_launch(spec, Path(JOB), task_yaml=Path("sky.yaml"), environ={}, now=NOW)
+    return plan_launch(spec, Path(JOB), task_yaml=Path("sky.yaml"), environ={"DREAM_JOB_RUNS_BUCKET": "my-runs"},
+                       now=NOW)
 
 
 def _submit_raising(exc: Exception, plan: Any, monkeypatch: pytest.MonkeyPatch) -> LaunchError:
@@ -69,6 +70,8 @@ def _submit_raising(exc: Exception, plan: Any, monkeypatch: pytest.MonkeyPatch) 
 
     sky = types.ModuleType("sky")
     sky.launch = launch  # type: ignore[attr-defined]
+    # A managed plan puts its project config (the controller's place) in effect around the calls.
+    sky.skypilot_config = types.SimpleNamespace(reload_config=lambda: None)  # type: ignore[attr-defined]
     sky.stream_and_get = lambda request_id: request_id  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "sky", sky)
     with pytest.raises(LaunchError) as caught:
