@@ -179,11 +179,12 @@ def test_an_auto_cadence_uploads_each_of_its_saves(tmp_path: Path) -> None:
     assert parts["upload 2 checkpoints at 50 MB/s"] == pytest.approx(2 * 1827.748, rel=1e-6)
 
 
-def test_a_box_too_small_for_the_staged_copy_says_so(tmp_path: Path) -> None:
+def test_the_staged_copy_is_counted_in_host_ram(tmp_path: Path) -> None:
     # LoRA r16 on RunPod's 1x RTX 4090 (29 GB of host RAM): the staged checkpoint is the bf16 base (2 B/param)
-    # plus the fp32 adapters, AdamW m and v (12 B each): too much beside the base loaded at start-up.
+    # plus the fp32 adapters, AdamW m and v (12 B each), held beside the training process from the first save.
     # Adapters: r x (in + out) per linear; per layer q 3584+3584, k 3584+512, v 3584+512, o 3584+3584,
     # gate and up 3584+18944, down 18944+3584 = 90,112; x 28 layers x r 16 = 40,370,176.
+    # Since weights load one tensor at a time (issue 26) the box holds it: 4.0 + 14.8 GiB.
     def lora_4090(*overrides: str):
         spec = load_spec(REPO / "jobs" / "dream-s1k-lora-4090.yaml", list(overrides))
         result = estimate(spec, data_report=None, catalog_dir=tmp_path / "no-catalog", now=TODAY)
@@ -193,6 +194,5 @@ def test_a_box_too_small_for_the_staged_copy_says_so(tmp_path: Path) -> None:
     adapters = 16 * 28 * 90_112
     assert adapters == 40_370_176
     assert staged.host_gib - plain.host_gib == pytest.approx((2 * P + 12 * adapters) / 2**30, rel=1e-9)
-    assert plain.host_gib <= 29 < staged.host_gib
-    assert plain.fits and not staged.fits
-    assert staged.reason.endswith("`1x_RTX4090_SECURE` has 29 GiB; `--set train.async_save=false` needs no staged copy")
+    assert plain.host_gib < staged.host_gib <= 29
+    assert plain.fits and staged.fits
