@@ -78,6 +78,9 @@ PARTIAL_STEP_RE = re.compile(r"\.step-\d+\.partial")  # a checkpoint being saved
 RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # use `fullmatch`
 # Every file being written into place ends with this (never listed in a manifest, removed when stale).
 TMP_SUFFIX = ".tmp-dream-job"
+# The mode of every file written into place: readable by all, whatever wrote it (safetensors
+# writes its files 0600; a copy keeps its source's mode).
+FILE_MODE = 0o644
 # The environment variables that name the run (`run_id`).
 RUN_ID_ENV = "DREAM_JOB_RUN_ID"  # set by `dream-job launch`
 SKYPILOT_TASK_ID_ENV = "SKYPILOT_TASK_ID"  # the same across the recoveries of a managed job
@@ -158,6 +161,7 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
+        os.chmod(tmp, FILE_MODE)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -212,6 +216,7 @@ def write_dir_atomically(folder: Path, write: Callable[[Path], None]) -> None:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
         write(tmp)
+        set_file_modes(tmp)
     except BaseException as exc:  # disk full, Ctrl-C: leave no half-written copy behind
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError) or is_disk_full(exc):
@@ -228,6 +233,13 @@ def write_dir_atomically(folder: Path, write: Callable[[Path], None]) -> None:
     except OSError as exc:
         raise os_error(exc, folder) from None
     shutil.rmtree(old, ignore_errors=True)
+
+
+def set_file_modes(folder: Path) -> None:
+    """Give every file under `folder` the mode `FILE_MODE` (0644)."""
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, FILE_MODE)
 
 
 def _fsync_dir(folder: Path) -> None:

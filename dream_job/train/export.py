@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from dream_job.errors import CheckpointError
-from dream_job.rundir import EXPORT_INFO_NAME, write_json_atomically
+from dream_job.rundir import EXPORT_INFO_NAME, set_file_modes, write_json_atomically
 from dream_job.model.dream import DreamConfig, DreamModel
 from dream_job.model.weights import (
     MAX_SHARD_BYTES,
@@ -450,6 +450,7 @@ def _finish_export(
         "tokenizer_from": str(tokenizer_files[0].parent), "files": sorted([*files, EXPORT_INFO_NAME]),
     }
     write_json_atomically(partial / EXPORT_INFO_NAME, manifest)
+    set_file_modes(partial)  # safetensors writes its files 0600
     # The shards were fsynced as they were written; syncing them again costs nothing (no dirty pages).
     for path in [*partial.rglob("*"), partial]:
         fsync_path(path)
