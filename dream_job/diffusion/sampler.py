@@ -6,8 +6,9 @@ left-padded here; every prompt's N generated slots sit at the same columns [P, P
 
 - `reference`: Dream's `diffusion_generate` (remote `generation_utils.py`, dream.md §14), as a user
   calls it. Start from prompt ++ N masks; timesteps t_i = linspace(1, eps, steps + 1); each step
-  runs one full forward, shifts the logits by one (dream.md §6) and proposes a token for every
-  mask with Dream's `sample_tokens`: in the model's dtype, logits / temperature, top-p, then
+  runs one full forward with `lm_head` over every position (Dream's [B, L, V] logits: the same
+  GEMM, so the same rounding), shifts the logits by one (dream.md §6) and proposes a token for
+  every mask with Dream's `sample_tokens`: in the model's dtype, logits / temperature, top-p, then
   top-k (masked with the dtype's lowest value), softmax; T = 0 takes the argmax, T > 0 draws
   `Categorical(probs)` (`torch.multinomial`, the same random stream). `origin` reveals each mask
   with probability 1 - s/t (one `torch.rand` per mask, then proposals only for the revealed
@@ -58,9 +59,12 @@ row has the same number of masks at every step, so 1 and 2 change nothing.
    the history are the same.
 6. After decoding, everything after the first EOS is set to EOS (`GenerationResult.tokens`; the
    history keeps the raw sequences).
-Bitwise equality with the official code needs the same logits: this holds in fp32 on the CPU
-(the tests); in bf16 on a GPU, kernels that differ with the batch's shape (attention, the
-`lm_head` GEMM over only the masked rows) may round differently, and a near-tie can flip.
+Step-for-step equality with the official code needs bitwise the same logits, so reference mode
+runs the same operations on the same shapes as Dream's code (a forward over [B, L], `lm_head` over
+all B x L positions, then the masked rows). Checked in fp32 and bf16 on the CPU, exact confidence
+ties and the last steps (one to three masks left) included (`tests/unit/test_sampler_parity.py`).
+Not checked on a GPU: there our attention and Dream's may run different kernels, which round
+differently in bf16, and a near-tie can then flip.
 
 Shape letters: B batch, L padded prompt + generation length, P padded prompt length, N generated
 slots, C block columns, W window (positions run in a cached step), M masked positions (flattened),
@@ -80,9 +84,10 @@ from dream_job.diffusion.forwards import Forwards, make_forwards
 from dream_job.model.dream import DreamModel
 from dream_job.spec import SAMPLER_LOGIT_ROWS, SamplerSpec, round_up_prompt_length
 
-# Masked positions per lm_head call (`SAMPLER_LOGIT_ROWS`, 256). The maths is row-wise, so chunks
-# change nothing, except for sampling in reference mode: one multinomial over all rows is what
-# draws Dream's random numbers, so there all masks go in one call (Dream's [B, L, V]).
+# Masked positions per proposal chunk (`SAMPLER_LOGIT_ROWS`, 256): fast mode's lm_head calls and
+# the fp32 softmax temporaries. The maths is row-wise, so chunks change nothing, except for
+# sampling in reference mode: one multinomial over all rows is what draws Dream's random numbers,
+# so there all masks go in one call (Dream's [B, L, V]).
 _PROPOSAL_ROWS = SAMPLER_LOGIT_ROWS
 # Dream's `sample_tokens` for `entropy`: sum p log(p + eps).
 _ENTROPY_EPS = 1e-10
@@ -217,9 +222,14 @@ def _decode_reference(
             break
         hidden_BLD = forwards.full(x_BL, position_ids_BL, attention_mask_BL, keep_kv=False)
         num_passes += 1
+        # The logits of every position, as Dream's forward computes them: the lm_head GEMM over the
+        # masked rows only rounds differently when few are left (its kernel depends on the row
+        # count), and an exact confidence tie would then break the other way.
+        logits_BLV = lm_head(hidden_BLD)
         b_M, l_M = mask_BL.nonzero(as_tuple=True)  # row-major, the order of Dream's x[mask_index]
-        # Logit shift (dream.md §6): position l is predicted by the hidden state at l - 1 (l >= P >= 1).
-        hidden_MD = hidden_BLD[b_M, l_M - 1]
+        # Logit shift (dream.md §6): position l is predicted by the logits at l - 1 (l >= P >= 1).
+        logits_MV = logits_BLV[b_M, l_M - 1]
+        del logits_BLV
         is_last = i == settings.steps - 1
         t, s = timesteps[i], timesteps[i + 1]
         if settings.alg == "origin":
@@ -228,10 +238,10 @@ def _decode_reference(
             p_reveal = 1.0 if is_last else float(1 - s / t)
             reveal_M = _uniform((b_M.numel(),), generator, x_BL.device) < p_reveal
             if bool(reveal_M.any()):
-                x0_R, _ = _sample_tokens(hidden_MD[reveal_M], lm_head, settings, "origin", generator)
+                x0_R, _ = _sample_tokens(logits_MV[reveal_M], settings, "origin", generator)
                 x_BL[b_M[reveal_M], l_M[reveal_M]] = x0_R
         else:
-            x0_M, conf_M = _sample_tokens(hidden_MD, lm_head, settings, settings.alg, generator)
+            x0_M, conf_M = _sample_tokens(logits_MV, settings, settings.alg, generator)
             conf_BL = torch.full(x_BL.shape, -torch.inf, dtype=conf_M.dtype, device=x_BL.device)
             conf_BL[b_M, l_M] = conf_M
             num_masks_B = mask_BL.sum(dim=1)
@@ -403,12 +413,13 @@ def _propose(
 
 
 def _sample_tokens(
-    hidden_MD: Tensor, lm_head: nn.Linear, settings: SamplerSpec, alg: str, generator: torch.Generator | None
+    logits_MV: Tensor, settings: SamplerSpec, alg: str, generator: torch.Generator | None
 ) -> tuple[Tensor, Tensor]:
     """Propose a token and a confidence for each masked position exactly as Dream's `sample_tokens`.
 
-    In the model's dtype: logits / temperature, top-p, top-k, softmax. T = 0: the argmax and its
-    probability (in chunks of `_PROPOSAL_ROWS` rows). T > 0: for all rows in one call,
+    From the masked positions' (shifted) logits, in the model's dtype: logits / temperature,
+    top-p, top-k, softmax. T = 0: the argmax and its probability (in chunks of `_PROPOSAL_ROWS`
+    rows; every step is row-wise). T > 0: for all rows in one call,
     `Categorical(probs).sample()`, i.e. one `torch.multinomial(probs / sum, 1, replacement=True)`
     (the same random stream as Dream's), and p(x0); like Dream, the argmax when torch's argument
     check of `Categorical` would fail. `topk_margin` / `entropy` replace the confidence as in
@@ -418,10 +429,9 @@ def _sample_tokens(
         x0_M: Proposed ids (the mask token included, as Dream).
         conf_M: Confidences in the model's dtype (higher = reveal first).
     """
-    if settings.temperature == 0 and hidden_MD.shape[0] > _PROPOSAL_ROWS:
-        parts = [_sample_tokens(h, lm_head, settings, alg, generator) for h in hidden_MD.split(_PROPOSAL_ROWS)]
+    if settings.temperature == 0 and logits_MV.shape[0] > _PROPOSAL_ROWS:
+        parts = [_sample_tokens(chunk, settings, alg, generator) for chunk in logits_MV.split(_PROPOSAL_ROWS)]
         return torch.cat([x0 for x0, _ in parts]), torch.cat([conf for _, conf in parts])
-    logits_MV = lm_head(hidden_MD)
     if settings.temperature > 0:
         logits_MV = logits_MV / settings.temperature
     probs_MV = _filter_logits(logits_MV, settings).softmax(dim=-1)
