@@ -35,12 +35,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dream_job.errors import DiskFullError, InputError, RunDirBusyError
-
-if TYPE_CHECKING:
-    from dream_job.spec import JobSpec
+from dream_job.spec import RUN_NAME_RE, JobSpec  # RUN_NAME_RE: re-exported (the spec checks job names with it)
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +72,6 @@ RUN_MARKER_NAME = "dream_job_run.json"
 COMPLETE_NAME = "COMPLETE"
 STEP_RE = re.compile(r"step-(\d+)")  # a checkpoint folder name; `checkpoint_name` writes it
 PARTIAL_STEP_RE = re.compile(r"\.step-\d+\.partial")  # a checkpoint being saved (torn if left behind)
-# A job name and a run id: they name folders and bucket prefixes.
-RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # use `fullmatch`
 # Every file being written into place ends with this (never listed in a manifest, removed when stale).
 TMP_SUFFIX = ".tmp-dream-job"
 # The mode of every file written into place: readable by all, whatever wrote it (safetensors
