@@ -4,7 +4,7 @@ The smoke job (`make smoke`'s `jobs/smoke.yaml`) fine-tunes its committed pre-tr
 the one-digit sums with a carry, and its own evaluation shows the fine-tuned model far above
 the base on the held-out questions: at least 35 of 40 on any x86-64 CPU. That is a user's claim,
 so it holds by margin, not by pinning: the job trains long enough that every kernel path and
-thread count measured gets 39-40 of 40 (bench/RESULTS.md, "Smoke job across kernel paths").
+thread count measured gets 40 of 40 (bench/RESULTS.md, "Smoke job across kernel paths").
 
 A small Dream-architecture model trained from scratch with dream-job's prep, trainer and sampler
 learns 2-digit addition with a written trace (`bench/learning.py` at CPU size; the GPU size
@@ -97,7 +97,7 @@ def test_smoke_job_fine_tuned_model_beats_its_base(tmp_path: Path) -> None:
     base, final = summary["base"]["s1k_holdout"], summary["final"]["s1k_holdout"]
     print(json.dumps({"base": base["correct"], "final": final["correct"], "n": final["n"]}))
     assert base["n"] == final["n"] == 40
-    # By margin: 39-40 of 40 measured across kernel paths and thread counts (module docstring).
+    # By margin: 40 of 40 measured across kernel paths and thread counts (module docstring).
     assert final["correct"] >= 35 and base["correct"] <= 5, (base["correct"], final["correct"])
     # The held-out questions are one-digit sums with a carry, which the base never saw.
     items = [json.loads(line) for line in (run_dir / "eval" / final["items"]).read_text().splitlines()]
