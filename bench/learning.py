@@ -157,16 +157,20 @@ def main() -> None:
     parser.add_argument("--gen-length", type=int, default=48)
     parser.add_argument("--eval-batch", type=int, default=64)
     parser.add_argument("--num-proc", type=int, default=8, help="processes that tokenize the rows")
-    parser.add_argument("--only", nargs="*", help="sampler settings to run (default: all)")
+    parser.add_argument("--only", nargs="*", help="sampler settings to run, the first also for --untrained (default: all)")
     parser.add_argument("--set", dest="extra", action="append", default=[], help="extra job overrides")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--untrained", action="store_true", help="also decode the untrained model (chance level)")
+    parser.add_argument("--report", type=Path, help="also write the report (JSON) to this file")
     args = parser.parse_args()
-    settings = [s for s in default_settings(args.gen_length) if not args.only or s["name"] in args.only]
+    by_name = {s["name"]: s for s in default_settings(args.gen_length)}
+    settings = [by_name[name] for name in args.only] if args.only else list(by_name.values())  # in --only's order
     report = learning_check(
         args.out, task=args.task, rows=args.rows, max_digits=args.max_digits, hidden=args.hidden, layers=args.layers,
         heads=args.heads, epochs=args.epochs, batch=args.batch, lr=args.lr, warmup_ratio=args.warmup_ratio,
         loss_weighting=args.loss_weighting, holdout=args.holdout, gen_length=args.gen_length, device=args.device,
-        settings=settings, eval_batch=args.eval_batch, num_proc=args.num_proc, extra_overrides=args.extra,
+        settings=settings, eval_batch=args.eval_batch, num_proc=args.num_proc, untrained=args.untrained,
+        extra_overrides=args.extra,
     )
     names = report["settings"]
     if "reference-entropy" in names and "fast" in names:
@@ -174,6 +178,8 @@ def main() -> None:
         report["fast_speedup"] = fast["tokens_per_second"] / reference["tokens_per_second"]
         report["fast_minus_reference_points"] = 100 * (fast["accuracy"] - reference["accuracy"])
     print(json.dumps(report, indent=2))
+    if args.report is not None:
+        args.report.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ def _memory(spec: JobSpec, shape: ModelShape, method: str, count: int, work: Wor
             cal: Calibration) -> MemoryEstimate:
     train, sampler = spec.train, spec.eval.sampler
     prompt = max((s.prompt_tokens for s in work.suites), default=0.0)
+    context = sampler.padded_prompt_length(round(prompt)) + sampler.gen_length
     mem = estimate_memory(
         shape, method=method, num_gpus=count, micro_batch_size=train.micro_batch_size,
         max_length=spec.data.max_length, checkpointed_layers=train.num_checkpointed_layers(shape.num_layers),
@@ -54,8 +55,8 @@ def _memory(spec: JobSpec, shape: ModelShape, method: str, count: int, work: Wor
         accumulation_steps=max(1, train.global_batch_size // (train.micro_batch_size * count)),
         lora_rank=train.lora.rank, lora_targets=list(train.lora.targets), lora_dropout=train.lora.dropout,
         eval_batch_size=spec.eval.batch_size,
-        eval_context=sampler.padded_prompt_length(round(prompt)) + sampler.gen_length if work.suites else 0,
-        eval_logit_rows=sampler.logit_rows(spec.eval.batch_size),
+        eval_context=context if work.suites else 0,
+        eval_logit_rows=sampler.logit_rows(spec.eval.batch_size, context),
         constants=cal.memory_constants(), init=spec.model.init, prep_processes=spec.data.num_proc,
     )
     # `train.async_save` keeps a staged copy of the checkpoint in host RAM from the first save on (its

@@ -11,14 +11,17 @@ This module imports no torch: the laptop CLI starts fast.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dream_job.errors import SpecError
-from dream_job.rundir import RUN_NAME_RE
 from dream_job.spec_loader import load_yaml_model, parse_override  # parse_override: re-exported
+
+# A job name and a run id: they name folders and bucket prefixes (`rundir.run_id`). Use `fullmatch`.
+RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 DTYPES = ("bfloat16", "float32", "float16")
 
@@ -213,7 +216,7 @@ class TrainSpec(_Section):
         return setting
 
 
-# Masked positions per lm_head call of the sampler (dream_job/diffusion/sampler.py): bounds its
+# Masked positions per proposal chunk of the sampler (dream_job/diffusion/sampler.py): bounds its
 # [rows, vocab] temporaries (V = 152,064 for Dream: 256 rows are ~150 MB each in fp32). The memory
 # estimate (budget/memory.py) counts the same rows through `SamplerSpec.logit_rows`.
 SAMPLER_LOGIT_ROWS = 256
@@ -281,20 +284,20 @@ class SamplerSpec(_Section):
         """Whether proposals are argmaxes ranked by p(x0) renormalised over the top k (no sampling, no top-p)."""
         return self.temperature == 0 and self.top_p in (None, 1.0) and self.top_k is not None
 
-    def logit_rows(self, batch_size: int) -> int:
+    def logit_rows(self, batch_size: int, context_tokens: int) -> int:
         """Return the most positions whose logits the sampler holds at once for `batch_size` prompts.
 
-        Reference mode with temperature > 0 samples every masked position in one call (Dream's
-        random stream); fast mode's greedy top-k step proposes for every position of the block
-        at once (fixed shapes, so it can run inside a CUDA graph); otherwise proposals go in
-        chunks of `SAMPLER_LOGIT_ROWS`.
+        Reference mode computes the logits of every position of the batch, as Dream's forward
+        does (`batch_size` x `context_tokens`, the padded prompt plus `gen_length`), so that its
+        steps equal Dream's bit for bit; fast mode's greedy top-k step proposes for every position
+        of the block at once (fixed shapes, so it can run inside a CUDA graph); otherwise fast
+        proposals go in chunks of `SAMPLER_LOGIT_ROWS`.
         """
-        masked = batch_size * self.gen_length
-        if self.mode == "reference" and self.temperature > 0:
-            return masked
-        if self.mode == "fast" and self.greedy_top_k:
+        if self.mode == "reference":
+            return batch_size * context_tokens
+        if self.greedy_top_k:
             return batch_size * min(self.block_length, self.gen_length)
-        return min(masked, SAMPLER_LOGIT_ROWS)
+        return min(batch_size * self.gen_length, SAMPLER_LOGIT_ROWS)
 
 
 class EvalSpec(_Section):

@@ -36,6 +36,7 @@ from s3transfer.utils import ChunksizeAdjuster
 from dream_job.artifacts.folder import TMP_SUFFIX, FileDigest
 from dream_job.artifacts.stores import BytesCallback
 from dream_job.errors import EXIT_TRANSIENT, ArtifactError
+from dream_job.rundir import FILE_MODE
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -235,6 +236,7 @@ class S3Store:
 
         def download() -> None:
             self.client.download_file(self.bucket, self._key(key), str(tmp), Config=self._transfer)
+            os.chmod(tmp, FILE_MODE)
             os.replace(tmp, path)
         self._call(f"downloading `{key}`", download)
 

@@ -1,7 +1,8 @@
 """Dream 7B as a PyTorch module, and its HF-format safetensors weights.
 
-`dream.py` holds the architecture (config first, one readable file); `weights.py` loads a
-hub/HF folder into a model built on meta and writes an HF-loadable export folder.
+`config.py` holds the hyper-parameters and `config.json`, `dream.py` the architecture (one
+readable file); `weights.py` loads a hub/HF folder into a model built on meta and writes an
+HF-loadable export folder.
 """
 
 from dream_job.model.dream import DreamConfig, DreamDecoderLayer, DreamModel, make_attention_mask

@@ -27,14 +27,14 @@ from __future__ import annotations
 
 from dream_job.rundir.names import (  # noqa: F401
     CHECKPOINTS_DIR, COMPLETE_NAME, COST_NAME, DATA_DIR, DATA_REPORT_NAME, DONE, EVAL_DIR, EVAL_SUMMARY_NAME,
-    EXPORT_DIR, EXPORT_FIX, EXPORT_INFO_NAME, FAILED, HOLDOUT_NAME, INTERRUPTED, LOCK_ENV, LOCK_NAME, LOGS_DIR,
+    EXPORT_DIR, EXPORT_FIX, EXPORT_INFO_NAME, FAILED, FILE_MODE, HOLDOUT_NAME, INTERRUPTED, LOCK_ENV, LOCK_NAME, LOGS_DIR,
     LOSS_PLOT_NAME, MANIFEST_NAME, METRICS_NAME, PARTIAL_STEP_RE, RECORD_VERSION, RUNNING, RUN_ID_ENV,
     RUN_INFO_NAME, RUN_MARKER_NAME, RUN_NAME_RE, SKYPILOT_TASK_ID_ENV, STAGES_DIR, STEP_RE, STOPPED_BY_BUDGET,
     TMP_SUFFIX, TOKENIZER_DIR, TOKENIZER_NAME, TRAIN_LOG_NAME, TRAIN_ROWS_DIR, checkpoint_name,
     complete_checkpoints, digest, now_utc, partial_checkpoint_name, run_id, stage_record_path,
 )
 from dream_job.rundir.writing import (  # noqa: F401
-    disk_full_path, is_disk_full, os_error, temp_path, write_atomically, write_bytes_atomically,
+    disk_full_path, is_disk_full, os_error, set_file_modes, temp_path, write_atomically, write_bytes_atomically,
     write_dir_atomically, write_json_atomically, write_text_atomically, writing_to,
 )
 from dream_job.rundir.reading import (  # noqa: F401

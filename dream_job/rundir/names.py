@@ -11,10 +11,9 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from dream_job.spec import JobSpec
+from dream_job.spec import RUN_NAME_RE, JobSpec  # noqa: F401  RUN_NAME_RE: re-exported (the spec checks job names with it)
 
 LOCK_NAME = ".lock"
 STAGES_DIR = "stages"
@@ -48,10 +47,11 @@ EXPORT_FIX = "delete `{export}` and run `dream-job train` with the same job file
 COMPLETE_NAME = "COMPLETE"
 STEP_RE = re.compile(r"step-(\d+)")  # a checkpoint folder name; `checkpoint_name` writes it
 PARTIAL_STEP_RE = re.compile(r"\.step-\d+\.partial")  # a checkpoint being saved (torn if left behind)
-# A job name and a run id: they name folders and bucket prefixes.
-RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # use `fullmatch`
 # Every file being written into place ends with this (never listed in a manifest, removed when stale).
 TMP_SUFFIX = ".tmp-dream-job"
+# The mode of every file written into place: readable by all, whatever wrote it (safetensors
+# writes its files 0600; a copy keeps its source's mode).
+FILE_MODE = 0o644
 # The environment variables that name the run (`run_id`).
 RUN_ID_ENV = "DREAM_JOB_RUN_ID"  # set by `dream-job launch`
 SKYPILOT_TASK_ID_ENV = "SKYPILOT_TASK_ID"  # the same across the recoveries of a managed job

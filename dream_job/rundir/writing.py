@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dream_job.errors import DiskFullError, InputError
-from dream_job.rundir.names import TMP_SUFFIX
+from dream_job.rundir.names import FILE_MODE, TMP_SUFFIX
 
 
 def temp_path(path: Path) -> Path:
@@ -46,6 +46,7 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
+        os.chmod(tmp, FILE_MODE)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -100,6 +101,7 @@ def write_dir_atomically(folder: Path, write: Callable[[Path], None]) -> None:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
         write(tmp)
+        set_file_modes(tmp)
     except BaseException as exc:  # disk full, Ctrl-C: leave no half-written copy behind
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError) or is_disk_full(exc):
@@ -181,3 +183,10 @@ def is_disk_full(exc: BaseException) -> bool:
         current = current.__cause__ or current.__context__
         seen += 1
     return False
+
+
+def set_file_modes(folder: Path) -> None:
+    """Give every file under `folder` the mode `FILE_MODE` (0644)."""
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, FILE_MODE)

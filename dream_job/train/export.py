@@ -31,8 +31,8 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from dream_job.errors import CheckpointError, DataError
-from dream_job.rundir import EXPORT_INFO_NAME, write_json_atomically
+from dream_job.errors import CheckpointError
+from dream_job.rundir import EXPORT_INFO_NAME, set_file_modes, write_json_atomically
 from dream_job.model.dream import DreamConfig, DreamModel
 from dream_job.model.weights import (
     MAX_SHARD_BYTES,
@@ -43,14 +43,11 @@ from dream_job.model.weights import (
     shard_name,
     write_index_and_config,
 )
+from dream_job.model.tokenizer_files import tokenizer_sources, write_tokenizer_files
 
 logger = logging.getLogger(__name__)
 
 REMOTE_CODE_FILES = ("configuration_dream.py", "modeling_dream.py", "generation_utils.py", "tokenization_dream.py")
-DREAM_TOKENIZER_FILES = (
-    "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json",
-    "tokenization_dream.py",
-)
 GENERATION_CONFIG_NAME = "generation_config.json"
 ADAPTER_DIR_NAME = "adapter"
 EXPORT_DTYPE = torch.bfloat16
@@ -149,7 +146,8 @@ def export_hf(
         base_tokenizer: The job trained with the base model's own tokenizer (`model.tokenizer`
             unset or equal to `model.base`): ship Dream's published tokenizer files from
             `base_dir` (same tokenizer, in the layout the official remote code expects) when it
-            has all of them. Otherwise the files of `tokenizer_dir` are shipped.
+            has all of them. Otherwise the files of `tokenizer_dir` are shipped, with a
+            `tokenizer_config.json` that transformers 4.46.2 reads too (`model/tokenizer_files.py`).
 
     Returns:
         `out_dir`.
@@ -167,7 +165,7 @@ def export_hf(
             f"export folder `{out_dir}` already exists and is not empty",
             hint=f"remove it to export again: `rm -r {out_dir}`",
         )
-    tokenizer_files = _tokenizer_sources(Path(tokenizer_dir), base_dir, base_tokenizer=base_tokenizer)
+    tokenizer_files = tokenizer_sources(Path(tokenizer_dir), base_dir, base_tokenizer=base_tokenizer)
     lora_layers = _find_lora_layers(model)
     if is_lora != bool(lora_layers):
         raise ValueError(f"`is_lora={is_lora}` but the model has {len(lora_layers)} LoRA layer(s)")
@@ -219,23 +217,6 @@ def load_export(
         model = DreamModel(config)
     load_safetensors_weights(model, out_dir, dtype=dtype, device=device)
     return model.eval(), config
-
-
-def _tokenizer_sources(tokenizer_dir: Path, base_dir: Path | None, *, base_tokenizer: bool) -> list[Path]:
-    """Pick the tokenizer files to ship: those the job trained with.
-
-    `tokenizer_dir` is what prep saved of the tokenizer that encoded the training data. Only when
-    that tokenizer is the base model's own (`base_tokenizer`) are Dream's published files shipped
-    instead (the same tokenizer, in the layout Dream's remote code expects).
-    """
-    if base_tokenizer and base_dir is not None and all((base_dir / name).is_file() for name in DREAM_TOKENIZER_FILES):
-        return [base_dir / name for name in DREAM_TOKENIZER_FILES]
-    if not tokenizer_dir.is_dir() or not any(p.is_file() for p in tokenizer_dir.iterdir()):
-        raise DataError(
-            f"no tokenizer to export: `{tokenizer_dir}` is not a tokenizer folder",
-            hint="run `dream-job prep` first (it writes `<run>/data/tokenizer/`)",
-        )
-    return sorted(p for p in tokenizer_dir.iterdir() if p.is_file())
 
 
 def _find_lora_layers(model: nn.Module) -> dict[str, _LoraLayer]:
@@ -455,9 +436,7 @@ def _finish_export(
         shutil.copyfile(generation_config, partial / GENERATION_CONFIG_NAME)
     else:
         write_json_atomically(partial / GENERATION_CONFIG_NAME, dream_generation_config(config))
-    for source in tokenizer_files:
-        if not (partial / source.name).exists():  # a model folder as `tokenizer_dir` must not replace our weights
-            shutil.copyfile(source, partial / source.name)
+    write_tokenizer_files(tokenizer_files, partial)  # never replaces a file already there (our weights)
     for name in REMOTE_CODE_FILES if base_dir is not None else ():
         if (base_dir / name).is_file():
             shutil.copyfile(base_dir / name, partial / name)
@@ -479,6 +458,7 @@ def _finish_export(
         "tokenizer_from": str(tokenizer_files[0].parent), "files": sorted([*files, EXPORT_INFO_NAME]),
     }
     write_json_atomically(partial / EXPORT_INFO_NAME, manifest)
+    set_file_modes(partial)  # safetensors writes its files 0600
     # The shards were fsynced as they were written; syncing them again costs nothing (no dirty pages).
     for path in [*partial.rglob("*"), partial]:
         fsync_path(path)

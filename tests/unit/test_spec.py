@@ -140,15 +140,15 @@ def test_a_spec_error_carries_key_path_and_value(tmp_path: Path) -> None:
 
 
 def test_sampler_logit_rows_follow_how_the_sampler_proposes() -> None:
-    # Reference sampling at T > 0 draws every masked position in one call (Dream's random stream).
-    assert SamplerSpec(mode="reference", gen_length=512, temperature=0.7).logit_rows(8) == 8 * 512
+    # Reference mode holds the logits of every position of the batch, as Dream's forward does.
+    assert SamplerSpec(mode="reference", gen_length=512, temperature=0.7).logit_rows(8, 700) == 8 * 700
+    assert SamplerSpec(mode="reference", gen_length=64).logit_rows(2, 100) == 200
     # Greedy top-k fast steps propose for every position of the block at once.
-    assert SamplerSpec(mode="fast", gen_length=512, block_length=32).logit_rows(32) == 32 * 32
-    assert SamplerSpec(mode="fast", gen_length=16, block_length=32).logit_rows(2) == 2 * 16
-    # Everything else goes in chunks of 256 masked positions.
-    assert SamplerSpec(mode="fast", gen_length=512, top_p=0.9).logit_rows(32) == 256
-    assert SamplerSpec(mode="reference", gen_length=512).logit_rows(32) == 256
-    assert SamplerSpec(mode="reference", gen_length=64).logit_rows(2) == 128
+    assert SamplerSpec(mode="fast", gen_length=512, block_length=32).logit_rows(32, 700) == 32 * 32
+    assert SamplerSpec(mode="fast", gen_length=16, block_length=32).logit_rows(2, 100) == 2 * 16
+    # Other fast settings go in chunks of 256 masked positions.
+    assert SamplerSpec(mode="fast", gen_length=512, top_p=0.9).logit_rows(32, 700) == 256
+    assert SamplerSpec(mode="fast", gen_length=64, temperature=0.5).logit_rows(2, 100) == 128
 
 
 def test_cuda_graphs_pad_prompts_to_a_multiple_of_64() -> None:
