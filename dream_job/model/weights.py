@@ -23,7 +23,7 @@ from torch import nn
 
 from dream_job.errors import CheckpointError
 from dream_job.model.dream import DreamConfig, DreamModel
-from dream_job.rundir import write_dir_atomically
+from dream_job.rundir import fsync_path, write_dir_atomically
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_FILE_NAME = "model.safetensors"
@@ -307,15 +307,6 @@ def write_index_and_config(
     for name, content in ((INDEX_NAME, index), ("config.json", hf_config)):
         (folder / name).write_text(json.dumps(content, indent=2) + "\n")
         fsync_path(folder / name)
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file's (or folder's) contents to disk, so a later rename publishes complete data."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_hf_folder(

@@ -34,7 +34,7 @@ from dream_job.rundir.names import (  # noqa: F401
     complete_checkpoints, digest, now_utc, partial_checkpoint_name, run_id, stage_record_path,
 )
 from dream_job.rundir.writing import (  # noqa: F401
-    disk_full_path, is_disk_full, os_error, set_file_modes, temp_path, write_atomically, write_bytes_atomically,
+    disk_full_path, fsync_path, is_disk_full, os_error, set_file_modes, temp_path, write_atomically, write_bytes_atomically,
     write_dir_atomically, write_json_atomically, write_text_atomically, writing_to,
 )
 from dream_job.rundir.reading import (  # noqa: F401

@@ -114,14 +114,15 @@ def write_dir_atomically(folder: Path, write: Callable[[Path], None]) -> None:
         if folder.exists():
             folder.rename(old)
         tmp.rename(folder)
-        _fsync_dir(folder.parent)  # make the renames durable
+        fsync_path(folder.parent)  # make the renames durable
     except OSError as exc:
         raise os_error(exc, folder) from None
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or folder's) contents to disk, so a later rename publishes complete data."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

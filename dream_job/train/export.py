@@ -32,12 +32,11 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from dream_job.errors import CheckpointError
-from dream_job.rundir import EXPORT_INFO_NAME, set_file_modes, write_json_atomically
+from dream_job.rundir import EXPORT_INFO_NAME, fsync_path, set_file_modes, write_json_atomically
 from dream_job.model.dream import DreamConfig, DreamModel
 from dream_job.model.weights import (
     MAX_SHARD_BYTES,
     ShardWriter,
-    fsync_path,
     load_safetensors_weights,
     plan_shards,
     shard_name,

@@ -44,9 +44,13 @@ def interrupt(process: subprocess.Popen, sig: int) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def big_rows(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The smoke rows 40 times over: prep takes seconds, long enough to be interrupted."""
+    """The smoke rows 40 times over, each copy's questions numbered (prep refuses a hold-out of repeated
+    questions): prep takes seconds, long enough to be interrupted."""
     path = tmp_path_factory.mktemp("big") / "rows.jsonl"
-    path.write_bytes((REPO / "jobs" / "assets" / "smoke" / "s1k-smoke.jsonl").read_bytes() * 40)
+    rows = [json.loads(line) for line in (REPO / "jobs" / "assets" / "smoke" / "s1k-smoke.jsonl").read_text().splitlines()
+            if line.strip()]
+    path.write_text("".join(json.dumps({**row, "question": f"{row['question']} (copy {copy})"}) + "\n"
+                            for copy in range(40) for row in rows))
     return path
 
 

@@ -23,18 +23,16 @@ import io
 import json
 import re
 import shlex
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO
 from tests.tools.sky_env import CATALOGS, sky_python  # noqa: F401  (fixture)
-from tests.tools.sky_server import SkyServer, launcher_python, sky_server_on_moto  # noqa: F401  (fixtures)
+from tests.tools.sky_server import SkyServer, chosen_rows, launcher_python, plain_text, sky_server_on_moto  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 HUB = "artifacts.destinations=[hf://you/x]"
 # (case, job, --set overrides, the cloud and market the estimate must choose, managed or cluster).
 CASES = [
@@ -53,20 +51,6 @@ CASES = [
 SHIPPED = {p.relative_to(REPO).as_posix() for p in (REPO / "jobs").glob("*.yaml")}
 # The CPU smoke job needs its own prep run's data report (no shipped length profile); see test_sky_server.py.
 NOT_WALKED = {"jobs/smoke.yaml"}
-
-
-def _text(completed: subprocess.CompletedProcess[str]) -> str:
-    return ANSI.sub("", completed.stdout + completed.stderr)
-
-
-def chosen_rows(output: str) -> list[dict[str, str]]:
-    """The ✔ row of each `Considered resources` table SkyPilot printed, in order."""
-    rows = []
-    for line in output.splitlines():
-        if line.rstrip().endswith("✔"):
-            cells = re.split(r"\s{2,}", line.strip())  # INFRA, INSTANCE, vCPUs, Mem, GPUS, COST, ✔
-            rows.append({"infra": cells[0], "instance": cells[1], "gpus": cells[4], "usd": cells[5]})
-    return rows
 
 
 def catalog_gpu_gib(cloud: str, instance_type: str) -> float:
@@ -114,7 +98,7 @@ def test_the_printed_line_is_what_skypilot_launches(sky_server_on_moto: SkyServe
 
     # 1. The estimate, as the user reads it: the choice, the controller, and the line (its last stdout line).
     shown = server.dream_job("estimate", job, *set_args, env=env)
-    assert shown.returncode == 0, _text(shown)[-4000:]
+    assert shown.returncode == 0, plain_text(shown)[-4000:]
     line = shown.stdout.strip().splitlines()[-1]
     estimate = json.loads(server.dream_job("estimate", job, *set_args, "--json", env=env).stdout)
     choice = estimate["choice"]
@@ -129,7 +113,7 @@ def test_the_printed_line_is_what_skypilot_launches(sky_server_on_moto: SkyServe
     # 2. The line, pasted: SkyPilot's server validates and optimizes it, the user answers `n`.
     line_env, argv = split_line(line)
     pasted = server.sky(*argv[1:], stdin="n\n", env={**env, **line_env})
-    output = _text(pasted)
+    output = plain_text(pasted)
     assert pasted.returncode == 1 and "Aborted!" in output, output[-4000:]
     assert "Error" not in output.replace("Aborted!", ""), output[-4000:]
     (pick,) = chosen_rows(output)
@@ -141,7 +125,7 @@ def test_the_printed_line_is_what_skypilot_launches(sky_server_on_moto: SkyServe
 
     # 3. `dream-job launch --dryrun`: the same task through SkyPilot's dry run, then its controller.
     dry = server.dream_job("launch", job, *set_args, "--dryrun", env=env)
-    dry_output = _text(dry)
+    dry_output = plain_text(dry)
     assert dry.returncode == 0, dry_output[-5000:]
     rows = chosen_rows(dry_output)
     assert rows[0]["instance"] == pick["instance"] and float(rows[0]["usd"]) == float(pick["usd"])
@@ -183,7 +167,7 @@ def test_a_task_yamls_own_config_section_cannot_place_the_controller(sky_server_
     completed = sky_server_on_moto.sky("jobs", "launch", "--env", "RUNS_BUCKET=dream-job-walk-config",
                                        "--env", "BUDGET_HOURS=6", "--env", "DREAM_JOB_USD_PER_HOUR=3", str(copy),
                                        stdin="n\n")
-    output = _text(completed)
+    output = plain_text(completed)
     assert completed.returncode == 1 and "Aborted!" not in output, output[-3000:]
     assert ("InvalidSkyPilotConfigError: Invalid resources.config override: Found unsupported field 'jobs'."
             in output), output[-3000:]

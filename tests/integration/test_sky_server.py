@@ -30,7 +30,9 @@ import pytest
 
 from tests.conftest import REPO
 from tests.tools.sky_env import CATALOGS, sky_python  # noqa: F401  (fixture)
-from tests.tools.sky_server import SkyServer, free_port, launcher_python, sky_server  # noqa: F401  (fixtures)
+from tests.tools.sky_server import (  # noqa: F401  (fixtures)
+    SkyServer, chosen_rows, free_port, launcher_python, plain_text, sky_server,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -38,25 +40,10 @@ SKY_YAML = "sky.yaml"
 # sky.yaml leaves the caps `null`: a launch by hand passes them, as the estimate's line does.
 CAPS = ("--env", "BUDGET_HOURS=6", "--env", "DREAM_JOB_USD_PER_HOUR=3")
 JOBS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "jobs").glob("*.yaml"))
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # Clouds among the seeded ones where SkyPilot can mount the task's S3 bucket (RunPod and Vast cannot).
 MOUNT_CLOUDS = {"aws", "lambda"}
 # `sky.yaml`'s candidates (`resources.any_of`), as (GPU, count).
 SKY_YAML_CANDIDATES = {("H100", 8), ("A100-80GB", 8)}
-
-
-def _text(completed: subprocess.CompletedProcess[str]) -> str:
-    return ANSI.sub("", completed.stdout + completed.stderr)
-
-
-def chosen_rows(output: str) -> list[dict[str, str]]:
-    """The ✔ row of each `Considered resources` table SkyPilot printed, in order."""
-    rows = []
-    for line in output.splitlines():
-        if line.rstrip().endswith("✔"):
-            cells = re.split(r"\s{2,}", line.strip())  # INFRA, INSTANCE, vCPUs, Mem, GPUS, COST, ✔
-            rows.append({"infra": cells[0], "instance": cells[1], "gpus": cells[4], "usd": cells[5]})
-    return rows
 
 
 def table_sizes(output: str) -> list[int]:
@@ -101,7 +88,7 @@ def test_sky_launch_dryrun_accepts_sky_yaml_and_fails_over_to_a_cloud_that_mount
         sky_server: SkyServer) -> None:
     completed = sky_server.sky("launch", "--dryrun", "-y", "--env", "RUNS_BUCKET=dream-job-test-sky-launch", *CAPS,
                                SKY_YAML)
-    output = _text(completed)
+    output = plain_text(completed)
     assert completed.returncode == 0, output[-4000:]
     assert "Dryrun finished." in output and "_docker_username_for_runpod" not in output
     first, final = chosen_rows(output)
@@ -124,7 +111,7 @@ def test_sky_jobs_launch_is_validated_and_optimized_by_the_server_then_stopped_a
         sky_server: SkyServer) -> None:
     completed = sky_server.sky("jobs", "launch", "--env", "RUNS_BUCKET=dream-job-test-jobs-launch", *CAPS,
                                SKY_YAML, stdin="n\n")
-    output = _text(completed)
+    output = plain_text(completed)
     assert completed.returncode == 1, output[-4000:]
     assert "Managed job 'dream-job' will be launched on (estimated):" in output
     assert "Launching a managed job 'dream-job'. Proceed?" in output and "Aborted!" in output
@@ -133,9 +120,9 @@ def test_sky_jobs_launch_is_validated_and_optimized_by_the_server_then_stopped_a
     assert choice["infra"].lower().startswith(best["cloud"])
     assert (choice["instance"], float(choice["usd"])) == (best["InstanceType"], float(best["Price"]))
     # Nothing was submitted: no managed job, no cluster (not even the jobs controller).
-    queue = _text(sky_server.sky("jobs", "queue"))
+    queue = plain_text(sky_server.sky("jobs", "queue"))
     assert "No in-progress managed jobs" in queue
-    assert "No existing clusters" in _text(sky_server.sky("status"))
+    assert "No existing clusters" in plain_text(sky_server.sky("status"))
 
 
 # --- `dream-job launch --dryrun` for every job ---------------------------------------------------
@@ -173,7 +160,7 @@ def test_dream_job_launch_dryrun_gets_the_priced_machine_from_skypilots_server(
     bucket = f"dream-job-test-{Path(job).stem}"
     completed = _launch_job(sky_server, job, "--env", f"RUNS_BUCKET={bucket}", *job_inputs(job, smoke_report),
                             env={"HF_TOKEN": "hf_test_value"})
-    output = _text(completed)
+    output = plain_text(completed)
     assert completed.returncode == 0, output[-4000:]
     offer = OFFER.search(output)
     assert offer, output[-3000:]
@@ -218,7 +205,7 @@ def test_a_task_the_server_rejects_is_one_sentence_naming_the_file_and_the_job(
     by_hand = sky_server.sky("launch", "--dryrun", "-y", "--env", "RUNS_BUCKET=dream-job-test-rejected", *CAPS,
                              str(copy))
     assert by_hand.returncode == 1
-    assert "Found unsupported field '_docker_username_for_runpod'" in _text(by_hand)  # SkyPilot's bug, still there
+    assert "Found unsupported field '_docker_username_for_runpod'" in plain_text(by_hand)  # SkyPilot's bug, still there
 
     completed = _launch_job(sky_server, "jobs/dream-s1k.yaml", "--env", "RUNS_BUCKET=dream-job-test-rejected",
                             "--sky-yaml", str(copy))

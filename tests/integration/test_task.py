@@ -50,8 +50,8 @@ def test_spec_text_round_trips_every_shipped_job(in_repo: Path, tmp_path: Path, 
 
 def test_equal_specs_give_one_text_and_a_set_changes_it(in_repo: Path) -> None:
     plain = spec_text(load_spec("jobs/smoke.yaml"))
-    assert spec_text(load_spec("jobs/smoke.yaml", ["train.epochs=60"])) == plain  # smoke.yaml says epochs: 60
-    assert spec_text(load_spec("jobs/smoke.yaml", ["train.epochs=61"])) != plain
+    assert spec_text(load_spec("jobs/smoke.yaml", ["train.epochs=100"])) == plain  # smoke.yaml says epochs: 100
+    assert spec_text(load_spec("jobs/smoke.yaml", ["train.epochs=101"])) != plain
 
 
 def test_payload_is_checked_against_its_digest(in_repo: Path) -> None:
@@ -190,7 +190,7 @@ def _payload(*overrides: str) -> dict[str, str]:
 
 def test_task_refuses_a_tampered_spec_before_anything_runs(tmp_path: Path) -> None:
     payload = _payload(f"artifacts.destinations=[{(tmp_path / 'dest').as_uri()}]")
-    env = {**payload, "DREAM_JOB_SPEC": payload["DREAM_JOB_SPEC"].replace("epochs: 60", "epochs: 6"),
+    env = {**payload, "DREAM_JOB_SPEC": payload["DREAM_JOB_SPEC"].replace("epochs: 100", "epochs: 10"),
            "DREAM_JOB_RUN_ID": "r1", "BUDGET_HOURS": "1", "DREAM_JOB_USD_PER_HOUR": "1"}
     result = _task(env, tmp_path / "home")
     assert result.returncode == 1, result.stderr

@@ -9,18 +9,15 @@ does not need it. The fixture `dream_transformers_python` is imported by the tes
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.tools.sky_env import CACHE, TOOLS
+from tests.tools.sky_env import CACHE, TOOLS, cached_venv
 
 TRANSFORMERS_VERSION = "4.46.2"
 REQUIREMENTS = (f"transformers=={TRANSFORMERS_VERSION}", "tokenizers>=0.20,<0.21", "jinja2>=3.1")
@@ -31,22 +28,7 @@ RESULT_MARK = "TOKENIZER_PROBE_RESULT "
 @pytest.fixture(scope="module")
 def dream_transformers_python() -> Path:
     """Return the python of a venv with Dream's pinned transformers, made once and cached."""
-    python = VENV / "bin" / "python"
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / f"{VENV.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel sessions share the cache
-        probe = "import importlib.metadata as m; print(m.version('transformers'))"
-        if python.exists() and subprocess.run([python, "-c", probe], capture_output=True, text=True,
-                                              check=False).stdout.strip() == TRANSFORMERS_VERSION:
-            return python
-        shutil.rmtree(VENV, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        install = subprocess.run([python, "-m", "pip", "install", "--quiet", *REQUIREMENTS],
-                                 capture_output=True, text=True, timeout=900, check=False)
-        if install.returncode != 0:
-            shutil.rmtree(VENV, ignore_errors=True)
-            pytest.skip(f"`pip install {' '.join(REQUIREMENTS)}` failed: {install.stderr[-800:]}")
-    return python
+    return cached_venv(VENV, "transformers", TRANSFORMERS_VERSION, list(REQUIREMENTS))
 
 
 def probe_tokenizer(python: Path, folder: Path, texts: list[str], messages: list[dict[str, str]]) -> dict[str, Any]:

@@ -10,20 +10,15 @@ its PID. Its account id is moto's default (123456789012), its zones moto's own t
 
 from __future__ import annotations
 
-import fcntl
 import gzip
 import json
-import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.tools.sky_env import CACHE
+from tests.tools.sky_env import CACHE, cached_venv
 
 MOTO_VENV = CACHE / "moto-venv"
 MOTO_VERSION = "5.2.5"
@@ -32,22 +27,7 @@ ACCESS_KEY, SECRET_KEY = "testing", "testing"  # moto takes any keys
 
 def moto_python() -> Path:
     """Return the python of a venv with `moto[server]`, made once and cached (skips the test if pip fails)."""
-    python = MOTO_VENV / "bin" / "python"
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / "moto-venv.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        probe = "import importlib.metadata as m; print(m.version('moto'))"
-        if python.exists() and subprocess.run([python, "-c", probe], capture_output=True, text=True,
-                                              check=False).stdout.strip() == MOTO_VERSION:
-            return python
-        shutil.rmtree(MOTO_VENV, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "venv", str(MOTO_VENV)], check=True)
-        install = subprocess.run([python, "-m", "pip", "install", "--quiet", f"moto[server]=={MOTO_VERSION}"],
-                                 capture_output=True, text=True, timeout=900, check=False)
-        if install.returncode != 0:
-            shutil.rmtree(MOTO_VENV, ignore_errors=True)
-            pytest.skip(f"`pip install moto[server]=={MOTO_VERSION}` failed: {install.stderr[-800:]}")
-    return python
+    return cached_venv(MOTO_VENV, "moto", MOTO_VERSION, [f"moto[server]=={MOTO_VERSION}"])
 
 
 def moto_image_id(python: Path) -> str:

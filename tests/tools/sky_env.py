@@ -105,25 +105,33 @@ skypilot:custom-gpu-ubuntu-cuda13,us-east-1,ubuntu,22.04,ami-00000000000000g13,2
 }
 
 
+def cached_venv(venv: Path, package: str, version: str, requirements: list[str]) -> Path:
+    """Return the python of `venv` with `requirements` installed, made once and cached under a lock.
+
+    The venv is reused while `package` reports `version`; a failed pip install skips the test.
+    """
+    python = venv / "bin" / "python"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f"{venv.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel sessions share the cache
+        probe = f"import importlib.metadata as m; print(m.version({package!r}))"
+        if python.exists() and subprocess.run([python, "-c", probe], capture_output=True, text=True,
+                                              check=False).stdout.strip() == version:
+            return python
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        install = subprocess.run([python, "-m", "pip", "install", "--quiet", *requirements],
+                                 capture_output=True, text=True, timeout=900, check=False)
+        if install.returncode != 0:
+            shutil.rmtree(venv, ignore_errors=True)
+            pytest.skip(f"`pip install {' '.join(requirements)}` failed: {install.stderr[-800:]}")
+    return python
+
+
 @pytest.fixture(scope="module")
 def sky_python() -> Path:
     """Return the python of a venv with skypilot==0.14.1, made once and cached."""
-    python = SKY_VENV / "bin" / "python"
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / "sky-venv.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel sessions share the cache
-        probe = "import importlib.metadata as m; print(m.version('skypilot'))"
-        if python.exists() and subprocess.run([python, "-c", probe], capture_output=True, text=True,
-                                              check=False).stdout.strip() == SKY_VERSION:
-            return python
-        shutil.rmtree(SKY_VENV, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "venv", str(SKY_VENV)], check=True)
-        install = subprocess.run([python, "-m", "pip", "install", "--quiet", f"skypilot=={SKY_VERSION}"],
-                                 capture_output=True, text=True, timeout=900, check=False)
-        if install.returncode != 0:
-            shutil.rmtree(SKY_VENV, ignore_errors=True)
-            pytest.skip(f"`pip install skypilot=={SKY_VERSION}` failed: {install.stderr[-800:]}")
-    return python
+    return cached_venv(SKY_VENV, "skypilot", SKY_VERSION, [f"skypilot=={SKY_VERSION}"])
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import signal
 import socket
@@ -48,6 +49,25 @@ CLOUDS_ENV = "DREAM_JOB_TEST_SKY_CLOUDS"  # read by sky_site/sitecustomize.py
 SERVER_MODULE = "sky.server.server"  # SkyPilot's API_SERVER_CMD: `python -m sky.server.server --port=N`
 LAUNCHER_MARK = "dream-job-launcher-requirements.txt"
 
+
+
+# SkyPilot colours its output; the tests read it as plain text.
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def plain_text(completed: subprocess.CompletedProcess[str]) -> str:
+    """Return a finished command's stdout and stderr without SkyPilot's colour codes."""
+    return ANSI.sub("", completed.stdout + completed.stderr)
+
+
+def chosen_rows(output: str) -> list[dict[str, str]]:
+    """The ✔ row of each `Considered resources` table SkyPilot printed, in order."""
+    rows = []
+    for line in output.splitlines():
+        if line.rstrip().endswith("✔"):
+            cells = re.split(r"\s{2,}", line.strip())  # INFRA, INSTANCE, vCPUs, Mem, GPUS, COST, ✔
+            rows.append({"infra": cells[0], "instance": cells[1], "gpus": cells[4], "usd": cells[5]})
+    return rows
 
 
 def launcher_requirements() -> list[str]:
