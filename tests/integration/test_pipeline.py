@@ -228,8 +228,9 @@ def test_one_process_per_run_dir_kill_9_frees_it_and_logs_continue_without_repea
 def test_status_tells_what_the_verbs_did(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     args = ["--set", f"artifacts.run_dir={run_dir}", "--set", "train.max_steps=4"]
-    told = status(run_dir)
-    assert told["stages"] == dict.fromkeys(("prep", "train", "eval", "publish")) and told["run_id"] == "smoke"
+    # Before anything ran, the run dir does not exist: a sentence and exit 1 (issue 25), not "not run".
+    missing = verb("status", str(SMOKE), "--set", f"artifacts.run_dir={run_dir}", code=1)
+    assert f"error: run dir `{run_dir}` does not exist: nothing of job `smoke` has run there" in missing
     verb("prep", str(SMOKE), *args)
     verb("train", str(SMOKE), *args)
     told = status(run_dir)
