@@ -163,10 +163,14 @@ def test_skypilot_accepts_sky_yaml(sky_python: Path, sky_env: dict[str, str]) ->
     assert task["storage_mounts"]["/runs"]["name"] == "my-runs"  # `--env` reaches the bucket name
     assert task["storage_mounts"]["/runs"]["mode"] == "MOUNT_CACHED"
     # The task and the pipeline read the node variables SkyPilot exports, spelled as SkyPilot spells them.
-    sources = "".join((REPO / "dream_job" / name).read_text(encoding="utf-8")
-                      for name in ("launch/task.py", "pipeline.py", "rundir.py"))
-    used = set(re.findall(r'"(SKYPILOT_[A-Z_]+)"', sources))
-    assert used and used <= set(task["node_env_names"])
+    # Every module that runs on the node: the task, the pipeline package, the run dir package, the variable table.
+    package = REPO / "dream_job"
+    node_files = [package / "launch" / "task.py", package / "environment.py",
+                  *sorted((package / "pipeline").glob("*.py")), *sorted((package / "rundir").glob("*.py"))]
+    sources = "".join(path.read_text(encoding="utf-8") for path in node_files)
+    used = set(re.findall(r"""["'](SKYPILOT_[A-Z_]+)["']""", sources))
+    assert {"SKYPILOT_NUM_NODES", "SKYPILOT_NODE_RANK", "SKYPILOT_NODE_IPS", "SKYPILOT_TASK_ID"} <= used
+    assert used <= set(task["node_env_names"])
 
 
 @pytest.mark.slow
