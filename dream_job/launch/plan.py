@@ -18,7 +18,6 @@ job ends, and `BUDGET_HOURS` is the cap.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 import shlex
@@ -30,21 +29,18 @@ from typing import Any, Literal
 
 import yaml
 
+from budget.caps import GRACE_MIN, fitting_budget_cny, run_cap
 from budget.catalog import NO_FUSE_CLOUDS, default_catalog_dir, listed_in_catalog, pins_zone, refresh_hint
 from budget.controller import ControllerOffer, controller_config, placement_reason
 from dream_job.credentials import required_secrets
 from dream_job.errors import EXIT_USAGE, DreamJobError
 from dream_job.launch.image import IMAGE_ENV, describe_image, with_image
 from dream_job.launch.payload import SPEC_DIGEST_ENV, SPEC_ENV, priced_spec, spec_digest, spec_text
-from dream_job.launch.task import SHUTDOWN_GRACE_S
 from dream_job.rundir import write_text_atomically
 from dream_job.spec import JobSpec
 
 Mode = Literal["managed", "cluster"]
 
-# `dream-job task`'s shutdown grace (SIGTERM -> SIGKILL, then the last upload) in whole minutes:
-# `BUDGET_HOURS` ends this long before the hard limit.
-GRACE_MIN = math.ceil(SHUTDOWN_GRACE_S / 60)
 # Where the template adapted to one cloud goes: derived from `sky.yaml` on every estimate and
 # launch (never edited by hand), so the printed `sky` line can name it.
 DERIVED_DIR = Path(".dream-job")
@@ -462,15 +458,19 @@ def plan_launch(spec: JobSpec, spec_path: Path, *, task_yaml: Path, mode: Mode |
     infra = pinned_place(choice.cloud, choice.region, choice.zone, pin_zone=zone_pinned)
     guard_usd, why_guard = choice.guard_usd_per_hour, guard_basis(choice, zone_pinned=zone_pinned, mode=run_mode)
     controller = result.controller if managed else None
-    hard_limit_min = math.floor(spec.budget.max_cost_yuan / spec.budget.cny_per_usd
-                                / (guard_usd + (controller.usd_per_hour if controller else 0.0)) * 60)
-    if hard_limit_min <= GRACE_MIN:
-        raise LaunchError(f"`budget.max_cost_yuan` ¥{spec.budget.max_cost_yuan:g} buys {hard_limit_min} min of "
-                          f"{choice.count}x {choice.gpu}, less than the {GRACE_MIN} min shutdown grace",
-                          hint=f"raise it: `--set budget.max_cost_yuan={math.ceil(choice.cost_cny) * 2}`")
-    budget_hours = math.floor((hard_limit_min - GRACE_MIN) / 60 * 100) / 100
-    notes = [f"the estimate ({choice.hours:.2f} h) is longer than `BUDGET_HOURS` {budget_hours:g}: the job may be "
-             "stopped before it ends"] if choice.hours > budget_hours else []
+    # The estimate accepts only offers whose hours fit this cap (`budget.caps`, same prices): a pick that does
+    # not is a bug between the two, and a job its own cap would kill is never launched.
+    run_usd = guard_usd + (controller.usd_per_hour if controller else 0.0)
+    cap = run_cap(spec.budget.max_cost_yuan, cny_per_usd=spec.budget.cny_per_usd, usd_per_hour=run_usd)
+    hard_limit_min, budget_hours = cap.hard_limit_min, cap.budget_hours
+    if not cap.fits(choice.hours):
+        raise LaunchError(
+            f"not launched: `{spec.name}` on {choice.count}x {choice.gpu} ({choice.cloud}) needs {choice.hours:.2f} h "
+            f"but `budget.max_cost_yuan` ¥{spec.budget.max_cost_yuan:g} buys {hard_limit_min} min, so "
+            f"`BUDGET_HOURS` would stop it at {max(budget_hours, 0):g} h ({GRACE_MIN} min shutdown grace)",
+            hint=f"raise it: `--set budget.max_cost_yuan="
+                 f"{fitting_budget_cny(choice.hours, cny_per_usd=spec.budget.cny_per_usd, usd_per_hour=run_usd)}`")
+    notes: list[str] = []
     if (stale := check_catalog_name(choice, estimate_kwargs.get("catalog_dir"), for_launch=for_launch)) is not None:
         notes.append(stale)
 
