@@ -46,7 +46,7 @@ def preview(spec: JobSpec, spec_path: Path, *, task_yaml: Path,
     Raises:
         BudgetError: From the estimate (`NoOfferError` when nothing fits).
         LaunchError: The job cannot be launched as planned (job file outside the working
-            directory, a budget shorter than the shutdown grace).
+            directory, a pick that outlasts the `BUDGET_HOURS` its budget buys).
     """
     if not task_yaml.is_file():
         from budget import estimate

@@ -11,10 +11,10 @@ Caps, in the order they bite: the in-job budget guard (`dream_job.costs`, from
 counted from the first start across recoveries) sends SIGTERM, then SIGKILL 10 minutes later, and
 ends 15 minutes before the budget is spent (`budget.caps.SHUTDOWN_GRACE_S`: 5 more for the last upload;
 the estimate accepts only offers whose hours fit it); in cluster mode the autostop hard limit
-(`wait_for: none`) tears the machine down when the budget is spent, whatever runs on it. Managed jobs get no `wait_for: none`: SkyPilot's jobs controller launches
-the job's cluster with its own 10-minute autodown and keeps the task's `wait_for`, which would
-then tear the job down 10 minutes after every start; the controller downs the cluster when the
-job ends, and `BUDGET_HOURS` is the cap.
+(`wait_for: none`) tears the machine down when the budget is spent, whatever runs on it. Managed
+jobs get no `wait_for: none`: SkyPilot's jobs controller launches the job's cluster with its own
+10-minute autodown and keeps the task's `wait_for`, which would then tear the job down 10 minutes
+after every start; the controller downs the cluster when the job ends, and `BUDGET_HOURS` is the cap.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def plan_launch(spec: JobSpec, spec_path: Path, *, task_yaml: Path, mode: Mode |
 
     Raises:
         LaunchError: A required secret is missing, the job file lies outside the working
-            directory, no spot offer fits, the budget buys less than the grace period, or the
+            directory, no spot offer fits, the pick outlasts the `BUDGET_HOURS` its budget buys, or the
             chosen price is older than `budget.max_catalog_age_days` (launch only).
         BudgetError: From the estimate (nothing fits, a cloud without prices, ...).
     """
