@@ -10,6 +10,8 @@ Public API:
 - `plan_memory(spec, method, num_gpus) -> MemoryEstimate`: the container preflight's check;
   `fallback_methods(method)`: what to train with instead when it does not fit (preflight, OOM hint);
   `disk_need_bytes(spec, ...)`: the run's disk need (preflight).
+- The caps a launch sets from the budget and the shutdown grace they leave: `budget.caps` (`run_cap`,
+  `fitting_budget_cny`, `SHUTDOWN_GRACE_S`); the estimate accepts only offers whose hours fit them.
 - The jobs controller of a managed job: `budget.controller.controller_offer` (its place, machine and catalog
   price; `Estimate.controller`).
 - Models: `budget.memory.estimate_memory`, `budget.timing.estimate_time`, `budget.catalog.load_prices`,

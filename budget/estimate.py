@@ -3,19 +3,21 @@
 `estimate(spec, data_report=...)` prices each offer of the catalog (or the shipped snapshot)
 for the spec's own `train.method` and the other methods, with the memory model
 (`budget.memory`) and the time model (`budget.timing`), and chooses the cheapest candidate that
-fits and stays within `budget.max_cost_yuan` (ties: the faster). Methods that change the
+fits and stays within `budget.max_cost_yuan` (ties: the faster): within means it costs no more and its
+hours fit the `BUDGET_HOURS` cap the launch sets from that budget at the same prices, which ends the
+shutdown grace before the budget is spent (`budget.caps`). Methods that change the
 training recipe (8-bit AdamW or LoRA instead of fp32 AdamW, and back) are candidates only with
 `budget.allow_recipe_change`; otherwise they are listed as alternatives. Nothing here prints.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+from budget.caps import GRACE_MIN, fitting_budget_cny, run_cap
 from budget.catalog import NO_FUSE_CLOUDS, Offer, guard_usd_per_hour, load_prices
 from budget.checkpoints import checkpoint_bytes, mtbf_hours, staging_host_bytes
 from budget.controller import IDLE_HOURS, ControllerOffer, controller_offer
@@ -108,6 +110,11 @@ def _candidate(spec: JobSpec, offer: Offer, method: str, mem: MemoryEstimate, ti
     usd = hours * guard_usd + controller_usd
     controller_cny = controller_usd * budget.cny_per_usd
     cost = usd * budget.cny_per_usd
+    # The launch caps the run at what the budget buys at this rate less the shutdown grace (`budget.caps`).
+    run_usd = guard_usd + (controller.usd_per_hour if controller is not None else 0.0)
+    cap = run_cap(budget.max_cost_yuan, cny_per_usd=budget.cny_per_usd, usd_per_hour=run_usd)
+    min_budget = fitting_budget_cny(hours, cny_per_usd=budget.cny_per_usd, usd_per_hour=run_usd)
+    within_budget = cost <= budget.max_cost_yuan and cap.fits(hours)
     fits_gpu = mem.peak_gib <= gpu.vram_gib
     fits_host = mem.host_gib <= host_ram
     per_round = train.micro_batch_size * offer.count
@@ -125,7 +132,12 @@ def _candidate(spec: JobSpec, offer: Offer, method: str, mem: MemoryEstimate, ti
                   f"({offer.count} training process(es){offloaded}{staged}), `{offer.instance_type}` {has}"
                   f"{'; `--set train.async_save=false` needs no staged copy' if train.async_save else ''}")
     elif cost > budget.max_cost_yuan:
-        reason = f"costs ¥{cost:.2f}, over the ¥{budget.max_cost_yuan:g} budget"
+        reason = (f"costs ¥{cost:.2f}, over the ¥{budget.max_cost_yuan:g} budget; ¥{min_budget} runs its "
+                  f"{hours:.2f} h with the {GRACE_MIN} min shutdown grace")
+    elif not cap.fits(hours):
+        reason = (f"needs {hours:.2f} h but ¥{budget.max_cost_yuan:g} buys {cap.hard_limit_min} min at "
+                  f"${run_usd:g}/h, so the launch stops it at `BUDGET_HOURS` {cap.budget_hours:g} h (the "
+                  f"{GRACE_MIN} min shutdown grace before the budget is spent); ¥{min_budget} would fit")
     elif offer.cloud in NO_FUSE_CLOUDS and not spec.artifacts.destinations:
         reason = no_fuse_reason(spec, offer.cloud)
     elif budget.managed_job and controller is None:
@@ -145,8 +157,9 @@ def _candidate(spec: JobSpec, offer: Offer, method: str, mem: MemoryEstimate, ti
         overheads_hours=overheads_hours(time), cost_cny=cost, controller_cny=controller_cny, mfu=time.mfu,
         mfu_measured=time.mfu_measured,
         fits=fits_gpu and fits_host and not train.global_batch_size % per_round,
-        within_budget=cost <= budget.max_cost_yuan, recipe_change=recipe_change, reason=reason,
+        within_budget=within_budget, recipe_change=recipe_change, reason=reason,
         save_every_steps=time.saves.every_steps if time.saves else 0, saves=time.saves.saves if time.saves else 0,
+        budget_hours=cap.budget_hours, min_budget_cny=min_budget,
     )
 
 
@@ -215,7 +228,7 @@ def estimate(spec: JobSpec, *, data_report: dict[str, Any] | None, catalog_dir: 
 
     Raises:
         NoOfferError: (a `BudgetError`) nothing fits within the budget; names the minimum budget
-            and carries the full estimate for rendering.
+            that launches (the shutdown grace included) and carries the full estimate for rendering.
         BudgetError: An unknown GPU name, a cloud without prices, a data report made with
             another `data.max_length`, or an unknown model.
     """
@@ -282,25 +295,36 @@ def estimate(spec: JobSpec, *, data_report: dict[str, Any] | None, catalog_dir: 
 
 def _raise_no_offer(spec: JobSpec, result: Estimate) -> None:
     allowed = [c for c in result.candidates if c.fits and (spec.budget.allow_recipe_change or not c.recipe_change)]
-    where = "`budget.max_cost_yuan`"
-    if no_fuse := [c for c in allowed if c.within_budget and c.cloud in NO_FUSE_CLOUDS]:
-        cheapest = min(no_fuse, key=lambda c: (c.cost_cny, c.hours))
+    if allowed and spec.budget.managed_job and result.controller is None:
+        raise NoOfferError(f"no offer can run `{spec.name}`: {NO_CONTROLLER_REASON}", hint=None, estimate=result,
+                           min_budget_cny=None)
+    # Offers on a FUSE-less cloud need a destination whatever the budget; the others a larger budget alone launches.
+    stranded = [c for c in allowed if c.cloud in NO_FUSE_CLOUDS and not spec.artifacts.destinations]
+    launchable = [c for c in allowed if c not in stranded]
+    if no_fuse := [c for c in stranded if c.within_budget] or ([] if launchable else stranded):
+        cheapest = min(no_fuse, key=lambda c: (c.min_budget_cny, c.cost_cny, c.hours))
+        within = cheapest.within_budget
         raise NoOfferError(
-            f"every offer that runs `{spec.name}` within ¥{spec.budget.max_cost_yuan:g} is on a cloud without a "
-            f"bucket mount and `artifacts.destinations` is empty; the cheapest is {cheapest.count}x {cheapest.gpu} on "
-            f"{cheapest.cloud} at ¥{cheapest.cost_cny:.2f}",
-            hint=f"add a destination for the results: `--set 'artifacts.destinations=[\"hf://you/{spec.name}\"]'`",
-            estimate=result, min_budget_cny=None,
+            f"every offer that runs `{spec.name}`{f' within ¥{spec.budget.max_cost_yuan:g}' if within else ''} is on "
+            f"a cloud without a bucket mount and `artifacts.destinations` is empty; the cheapest is {cheapest.count}x "
+            f"{cheapest.gpu} on {cheapest.cloud} at ¥{cheapest.cost_cny:.2f}"
+            f"{'' if within else f' (a budget of ¥{cheapest.min_budget_cny} with the shutdown grace)'}",
+            hint=f"add a destination for the results: `--set 'artifacts.destinations=[\"hf://you/{spec.name}\"]'"
+                 f"{'' if within else f' --set budget.max_cost_yuan={cheapest.min_budget_cny}'}`",
+            estimate=result, min_budget_cny=None if within else cheapest.min_budget_cny,
         )
-    if allowed:
-        cheapest = min(allowed, key=lambda c: (c.cost_cny, c.hours))
-        needed = math.ceil(cheapest.cost_cny)
+    where = "`budget.max_cost_yuan`"
+    if launchable:
+        # The budget that launches it: its cost, and enough for `BUDGET_HOURS` to leave the shutdown grace.
+        cheapest = min(launchable, key=lambda c: (c.min_budget_cny, c.cost_cny, c.hours))
+        needed = cheapest.min_budget_cny
         raise NoOfferError(
             f"no offer runs `{spec.name}` within {where} ¥{spec.budget.max_cost_yuan:g}: the cheapest that fits "
-            f"needs ¥{cheapest.cost_cny:.2f} ({cheapest.count}x {cheapest.gpu}, {cheapest.method}, {cheapest.cloud} "
-            f"{'spot' if cheapest.spot else 'on-demand'}, {cheapest.hours:.1f} h)",
+            f"needs ¥{needed} ({cheapest.count}x {cheapest.gpu}, {cheapest.method}, {cheapest.cloud} "
+            f"{'spot' if cheapest.spot else 'on-demand'}, {cheapest.hours:.2f} h for ¥{cheapest.cost_cny:.2f}, "
+            f"with `BUDGET_HOURS` ending {GRACE_MIN} min before the budget is spent)",
             hint=f"raise the budget to at least ¥{needed}: `--set budget.max_cost_yuan={needed}`",
-            estimate=result, min_budget_cny=cheapest.cost_cny,
+            estimate=result, min_budget_cny=needed,
         )
     other = [c for c in result.candidates if c.fits]
     hint = "try more GPUs per machine, a shorter `data.max_length` or another `train.method`"

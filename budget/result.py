@@ -4,7 +4,8 @@
 `{choice, candidates, budget_cny, prices_source, prices_date, ...}`; `choice` is null or holds
 `gpu, count, method, cloud, spot, peak_gib, hours, cost_cny, usd_per_hour` (+ `accelerator`,
 `instance_type`, `region`, `zone`, `priced_on`), each candidate those fields plus `fits,
-within_budget, reason` and the details behind them (overheads by part, in hours).
+within_budget, reason` and the details behind them (overheads by part, in hours; `budget_hours`, the
+launch's cap on it, and `min_budget_cny`, the smallest budget whose cap it fits).
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class Candidate:
     reason: str
     save_every_steps: int = 0  # `train.save_every_steps` on this offer (`auto` resolved; `budget.checkpoints`)
     saves: int = 0  # checkpoint saves of the run, the last step's included
+    budget_hours: float = 0.0  # `BUDGET_HOURS` the launch sets on this offer (`budget.caps.run_cap`)
+    min_budget_cny: int = 0  # the smallest whole budget whose `BUDGET_HOURS` lets it end (`budget.caps`)
 
     @property
     def accepted(self) -> bool:

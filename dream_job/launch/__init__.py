@@ -9,7 +9,9 @@ Public API (the CLI verbs call these; SkyPilot is imported only by `sky_api`, la
   the launch record (`records.py`) and return it.
 - `find_record(target)`, `launch_status(record, run_dir=...)`, `follow_logs(record, follow=...)`.
 
-Modules: `plan` (no SkyPilot, no torch), `sky_api` (SkyPilot), `records` (launch records),
+Modules: `planner` (`plan_launch` and the checks before it), `plan` (the `LaunchPlan` value and how it
+reads), `template` (`sky.yaml` and the task file and controller config derived from it; these three import
+no SkyPilot, no torch), `sky_api` (SkyPilot), `records` (launch records),
 `payload` (the resolved job the task carries, and its digest), `image` (the user's image or none),
 `task` (`dream-job task`, the machine's side: the carried job, caps, start count).
 """
@@ -24,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from dream_job.costs import spent_yuan
-from dream_job.launch.plan import INSTALL_HINT, LaunchError, LaunchPlan, plan_launch
+from dream_job.launch.plan import INSTALL_HINT, LaunchError, LaunchPlan
+from dream_job.launch.planner import plan_launch
 from dream_job.launch.records import find_record, latest_for_job, launches_dir, save_record
 from dream_job.rundir import COST_NAME
 from dream_job.spec import JobSpec
@@ -43,7 +46,7 @@ def preview(spec: JobSpec, spec_path: Path, *, task_yaml: Path,
     Raises:
         BudgetError: From the estimate (`NoOfferError` when nothing fits).
         LaunchError: The job cannot be launched as planned (job file outside the working
-            directory, a budget shorter than the shutdown grace).
+            directory, a pick that outlasts the `BUDGET_HOURS` its budget buys).
     """
     if not task_yaml.is_file():
         from budget import estimate

@@ -20,8 +20,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from dream_job.errors import EXIT_TRANSIENT
-from dream_job.launch.plan import (INSTALL_HINT, PROJECT_CONFIG_ENV, LaunchError, LaunchPlan, read_template,
-                                   stale_name_error)
+from dream_job.launch.plan import INSTALL_HINT, PROJECT_CONFIG_ENV, LaunchError, LaunchPlan
+from dream_job.launch.planner import stale_name_error
+from dream_job.launch.template import read_template
 
 # Terminal states of managed jobs and cluster jobs (SkyPilot's ManagedJobStatus / JobStatus names).
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_PRECHECKS", "FAILED_NO_RESOURCE",

@@ -33,6 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+# The shutdown grace lives with the cap rule the estimate accepts offers by: at the cap SIGTERM, SIGKILL
+# `KILL_AFTER_S` later, then the last upload; a cap from the job's own budget leaves it too.
+from budget.caps import KILL_AFTER_S, SHUTDOWN_GRACE_S
 from dream_job.errors import DreamJobError, InputError
 from dream_job.launch.payload import read_payload, spec_digest
 from dream_job.rundir import RUN_ID_ENV, write_text_atomically
@@ -50,12 +53,6 @@ TASK_ID_ENV = "SKYPILOT_TASK_ID"
 NODE_RANK_ENV = "SKYPILOT_NODE_RANK"
 
 DEFAULT_MAX_STARTS = 10
-# The shutdown grace, in one place: at the cap SIGTERM, then SIGKILL `KILL_AFTER_S` later (time for the
-# last checkpoint save), then `UPLOAD_GRACE_S` for its upload before the budget is spent. A launch ends
-# `BUDGET_HOURS` this long before its hard limit (`plan.GRACE_MIN`); a cap from the job's budget does too.
-KILL_AFTER_S = 600.0
-UPLOAD_GRACE_S = 300.0
-SHUTDOWN_GRACE_S = KILL_AFTER_S + UPLOAD_GRACE_S
 RUNS_MOUNT = Path("/runs")  # sky.yaml's `file_mounts` target
 STATE_NAME = "task.json"
 EXIT_CAP = 1

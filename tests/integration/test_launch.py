@@ -165,13 +165,75 @@ def test_spot_offers_launch_as_managed_jobs_on_demand_ones_as_the_job_says(lapto
 def test_plan_caps_envs_and_template_secrets(laptop: list[Any]) -> None:
     plan = _plan(*ON_DEMAND, mode="cluster", envs=["RUNS_BUCKET=my-runs"])
     assert plan.guard_usd_per_hour == plan.usd_per_hour == 6.88  # p5.4xlarge on-demand, one price in us-east-1
-    assert plan.hard_limit_min == int(400 / 7.10 / plan.usd_per_hour * 60)
-    assert plan.budget_hours == int((plan.hard_limit_min - 15) / 60 * 100) / 100
+    # ¥400 / 7.10 / $6.88/h = 8.19 h = 491.3 min -> 491; less the 15 min shutdown grace: 476 min = 7.933 h.
+    assert (plan.hard_limit_min, plan.budget_hours) == (491, 7.93)
+    assert plan.hours <= plan.budget_hours
     assert plan.envs["JOB"] == JOB and plan.envs["DREAM_JOB_RUN_ID"] == plan.run_id
     assert plan.envs["BUDGET_HOURS"] == f"{plan.budget_hours:g}" and plan.envs["RUNS_BUCKET"] == "my-runs"
     assert plan.envs["DREAM_JOB_USD_PER_HOUR"] == f"{plan.usd_per_hour:g}"
     assert plan.secrets == ()  # sky.yaml declares none; the job's destinations need none
     assert plan.run_dir == f"s3://my-runs/{plan.run_id}"
+
+
+# Inputs a shipped job needs that a clean checkout lacks, and the variants the launch walk prices
+# (`test_launch_walk.py`); smoke's data report comes from its own prep run (`smoke_report`).
+SHIPPED_VARIANTS = [
+    ("jobs/dream-s1k.yaml", []), ("jobs/dream-s1k.yaml", ["budget.clouds=[lambda]"]),
+    ("jobs/dream-s1k.yaml", ["budget.clouds=[aws]", "budget.managed_job=false", "budget.use_spot=false",
+                             "budget.max_cost_yuan=400"]),
+    ("jobs/dream-s1k-lora-4090.yaml", []), ("jobs/dream-s1k-lora-4090.yaml", ["budget.clouds=[runpod]"]),
+    ("jobs/dream-s1k-full-length.yaml", []),
+    ("jobs/dream-s1k-full-length.yaml", ["artifacts.destinations=[hf://you/x]"]),
+    ("jobs/rehearsal-7b.yaml", ["model.base=Dream-org/Dream-v0-Base-7B", "data.dataset=simplescaling/s1K-1.1"]),
+    ("jobs/smoke.yaml", ["budget.max_cost_yuan=3"]),
+]
+
+
+@pytest.fixture(scope="module")
+def smoke_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """`jobs/smoke.yaml`'s data report from a real `dream-job prep` (its dataset has no shipped length profile)."""
+    from budget import load_data_report
+
+    run_dir = tmp_path_factory.mktemp("smoke-prep") / "run"
+    result = runner.invoke(app, ["prep", str(REPO / "jobs" / "smoke.yaml"), "--set", f"artifacts.run_dir={run_dir}"])
+    assert result.exit_code == 0, result.output[-3000:]
+    return load_data_report(run_dir / "data" / "data_report.json")
+
+
+def test_every_shipped_jobs_pick_ends_within_the_cap_its_launch_sets(laptop: list[Any],
+                                                                    smoke_report: dict[str, Any]) -> None:
+    assert {job for job, _ in SHIPPED_VARIANTS} == {f"jobs/{p.name}" for p in (REPO / "jobs").glob("*.yaml")}
+    for job, sets in SHIPPED_VARIANTS:
+        report = smoke_report if job == "jobs/smoke.yaml" else None
+        plan = plan_launch(load_spec(job, sets), Path(job), task_yaml=Path("sky.yaml"), now=NOW, environ=BUCKET,
+                           for_launch=False, data_report=report)
+        choice = plan.estimate.choice
+        assert choice.hours <= plan.budget_hours == choice.budget_hours, (job, sets)
+        assert plan.envs["BUDGET_HOURS"] == f"{plan.budget_hours:g}"
+        assert not any("BUDGET_HOURS" in note for note in plan.notes)
+
+
+def test_a_pick_its_own_cap_would_stop_is_not_launched(laptop: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    import budget
+
+    real = budget.estimate
+
+    def disagreeing(*args: Any, **kwargs: Any) -> Any:  # an estimate whose choice outlasts the launch's cap
+        result = real(*args, **kwargs)
+        return dataclasses.replace(result, choice=dataclasses.replace(result.choice, hours=6.47))
+
+    monkeypatch.setattr(budget, "estimate", disagreeing)
+    with pytest.raises(LaunchError) as raised:
+        _plan("budget.clouds=[aws]", "budget.max_cost_yuan=400")
+    # As above: ¥400 buys 403 min at $8.382/h, `BUDGET_HOURS` 6.46 h. 6.47 h needs 388.2 -> 389 + 15 = 404 min
+    # = 404 / 60 x ¥59.5122/h = ¥400.72 -> ¥401.
+    assert raised.value.message == (
+        "not launched: `dream-s1k` on 8x A100 (aws) needs 6.47 h but `budget.max_cost_yuan` ¥400 buys 403 min, so "
+        "`BUDGET_HOURS` would stop it at 6.46 h (15 min shutdown grace)")
+    assert raised.value.hint == "raise it: `--set budget.max_cost_yuan=401`"
+    assert laptop == []
 
 
 def test_spot_flag_without_a_spot_offer_is_an_error(laptop: list[Any]) -> None:
@@ -296,7 +358,8 @@ def test_the_plan_pins_the_priced_machine_and_its_line_says_everything(laptop: l
                                  "controller_prices.csv")
     assert f"¥{spot.estimate.choice.controller_cny:.2f} of the estimate" in controller
     assert spot.estimate.choice.controller_cny == pytest.approx((spot.hours + 10 / 60) * 0.192 * 7.10)
-    assert spot.hard_limit_min == int(400 / 7.10 / (8.19 + 0.192) * 60)
+    # ¥400 / 7.10 / ($8.19 guard + $0.192 controller) = 6.72 h = 403.3 min -> 403; less 15: 388 min = 6.467 h.
+    assert (spot.hard_limit_min, spot.budget_hours) == (403, 6.46)
     assert dict(cluster.lines())["controller"].startswith("none: a cluster (`sky launch`)")
 
 

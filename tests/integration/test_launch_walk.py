@@ -40,7 +40,10 @@ CASES = [
     # RunPod lists its spot price equal to on-demand: the on-demand offer wins the tie.
     ("runpod-4090", "jobs/dream-s1k-lora-4090.yaml", ["budget.clouds=[runpod]"], ("runpod", False, "managed")),
     ("aws-spot", "jobs/dream-s1k.yaml", [], ("aws", True, "managed")),
-    ("lambda-on-demand", "jobs/dream-s1k.yaml", ["budget.clouds=[lambda]"], ("lambda", False, "managed")),
+    # Lambda's 8x A100-80GB runs 0.52 h for ¥84 but ¥100 caps it at `BUDGET_HOURS` 0.36 h (15 min shutdown grace,
+    # $22.32 + $0.192 controller): the estimate asks for ¥126 (`test_a_budget_whose_cap_ends_too_early_...`).
+    ("lambda-on-demand", "jobs/dream-s1k.yaml", ["budget.clouds=[lambda]", "budget.max_cost_yuan=126"],
+     ("lambda", False, "managed")),
     ("aws-cluster-zone", "jobs/dream-s1k.yaml", ["budget.clouds=[aws]", "budget.managed_job=false",
                                                  "budget.use_spot=false", "budget.max_cost_yuan=400"],
      ("aws", False, "cluster")),
@@ -106,6 +109,8 @@ def test_the_printed_line_is_what_skypilot_launches(sky_server_on_moto: SkyServe
     if expected is not None:
         assert (choice["cloud"], choice["spot"], "managed" if managed else "cluster") == expected
     assert "use1-az" not in line  # zone ids never reach SkyPilot's `--infra`
+    budget_hours = float(re.search(r" --env BUDGET_HOURS=([0-9.]+) ", line)[1])  # type: ignore[index]
+    assert choice["hours"] <= budget_hours  # the launch's own cap never stops the estimate's pick
     zone_pinned = not managed and choice["zone"] is not None
     if zone_pinned:
         assert f"--infra aws/us-east-1/{choice['zone']} " in line and re.fullmatch(r"us-east-1[a-f]", choice["zone"])
@@ -146,6 +151,17 @@ def test_the_printed_line_is_what_skypilot_launches(sky_server_on_moto: SkyServe
     mounts = choice["cloud"] in ("aws", "lambda")
     assert (bucket in buckets) == mounts
     assert (f"--env RUNS_BUCKET={bucket}" in line) == mounts
+
+
+def test_a_budget_whose_cap_ends_too_early_is_refused_with_the_budget_that_launches(
+        sky_server_on_moto: SkyServer) -> None:
+    # Lambda's only machine that runs the job, 8x A100-80GB, needs 0.519 h: ¥100 buys 37 min at $22.512/h
+    # (with the controller), `BUDGET_HOURS` 0.36 h after the 15 min grace; 0.52 h + 15 min = 47 min = ¥125.20.
+    shown = sky_server_on_moto.dream_job("estimate", "jobs/dream-s1k.yaml", "--set", "budget.clouds=[lambda]",
+                                         env={"DREAM_JOB_RUNS_BUCKET": "dream-job-walk-lambda"})
+    output = plain_text(shown)
+    assert shown.returncode == 1, output[-3000:]
+    assert "hint: raise the budget to at least ¥126: `--set budget.max_cost_yuan=126`" in output, output[-3000:]
 
 
 def _vram(estimate: dict) -> float:

@@ -22,9 +22,15 @@ CHOICE_KEYS = {"gpu", "count", "method", "cloud", "spot", "peak_gib", "hours", "
                "guard_usd_per_hour", "accelerator", "instance_type", "region", "zone", "priced_on"}
 
 
-def run(job: Path, *overrides: str, report: dict | None = None, tmp_path: Path) -> Estimate:
+def run(job: Path, *overrides: str, report: dict | None = None, tmp_path: Path, expect_error: bool = False) -> Estimate:
+    """The estimate (with `expect_error`, the one a `NoOfferError` carries)."""
     # A catalog folder that does not exist: the shipped snapshot, whatever this machine has in ~/.sky.
-    return estimate(load_spec(job, list(overrides)), data_report=report, catalog_dir=tmp_path / "no-catalog", now=TODAY)
+    spec = load_spec(job, list(overrides))
+    if not expect_error:
+        return estimate(spec, data_report=report, catalog_dir=tmp_path / "no-catalog", now=TODAY)
+    with pytest.raises(NoOfferError) as raised:
+        estimate(spec, data_report=report, catalog_dir=tmp_path / "no-catalog", now=TODAY)
+    return raised.value.estimate
 
 
 def find(result: Estimate, method: str, gpu: str, count: int):
@@ -72,18 +78,42 @@ def test_lora_on_one_4090_fits_at_2048_with_the_jobs_rank_16_but_not_with_rank_6
     assert r64.choice is not None and r64.choice.count > 1  # the 4090 job needs several cards as written
 
 
-def test_a_5_yuan_budget_fails_with_the_minimum_needed(tmp_path: Path) -> None:
+def test_a_5_yuan_budget_fails_with_the_minimum_that_launches_shutdown_grace_included(tmp_path: Path) -> None:
     with pytest.raises(NoOfferError) as raised:
         run(REAL, "budget.max_cost_yuan=5", tmp_path=tmp_path)
     error = raised.value
     assert isinstance(error, BudgetError) and error.exit_code == 1
-    assert error.message.startswith("no offer runs `dream-s1k` within `budget.max_cost_yuan` ¥5: the cheapest that "
-                                    "fits needs ¥")
-    assert error.min_budget_cny is not None and error.min_budget_cny > 5
-    needed = int(error.min_budget_cny) + 1
-    assert error.hint == f"raise the budget to at least ¥{needed}: `--set budget.max_cost_yuan={needed}`"
+    # The AWS spot p4d.24xlarge runs 0.571 h (the time model) at the guard's $8.19/h (dearest zone of us-east-1)
+    # plus the jobs controller's $0.192/h: $8.382/h = ¥59.5122/h at 7.10. Its cost is ¥34.22, but its launch needs
+    # `BUDGET_HOURS` >= 0.58 h: 34.8 -> 35 min + the 15 min grace = 50 min = ¥49.59 -> ¥50. (RunPod's 2x A100 at
+    # ¥32.74 is cheaper but cannot run this job: no bucket mount and no destination.)
+    assert error.message == (
+        "no offer runs `dream-s1k` within `budget.max_cost_yuan` ¥5: the cheapest that fits needs ¥50 (8x A100, "
+        "full, aws spot, 0.57 h for ¥34.22, with `BUDGET_HOURS` ending 15 min before the budget is spent)")
+    assert error.min_budget_cny == 50
+    assert error.hint == "raise the budget to at least ¥50: `--set budget.max_cost_yuan=50`"
     assert error.estimate.choice is None
     assert error.estimate.to_json()["choice"] is None
+    # The suggested budget really launches: the choice is that offer, inside the cap the launch sets.
+    choice = run(REAL, "budget.max_cost_yuan=50", tmp_path=tmp_path).choice
+    assert choice is not None and (choice.instance_type, choice.spot, round(choice.hours, 3)) == ("p4d.24xlarge", True,
+                                                                                                  0.571)
+    assert choice.budget_hours == 0.58  # ¥50 / ¥59.5122/h = 50.41 -> 50 min, less 15: 35 min = 0.583 h
+
+
+def test_an_offer_whose_hours_outlast_the_launchs_cap_is_rejected_though_it_costs_less(tmp_path: Path) -> None:
+    # ¥49 / ¥59.5122/h (as above) = 49.40 -> 49 min, less the 15 min grace: 34 min = 0.567 -> `BUDGET_HOURS` 0.56 h,
+    # shorter than the 0.571 h run, though the run costs ¥34.22 (the rule before issue 24's fix accepted it).
+    short = run(REAL, "budget.clouds=[aws]", "budget.max_cost_yuan=49", tmp_path=tmp_path, expect_error=True)
+    (p4d,) = [c for c in short.candidates if (c.instance_type, c.spot, c.method) == ("p4d.24xlarge", True, "full")]
+    assert round(p4d.cost_cny, 2) == 34.22 and not p4d.within_budget and not p4d.accepted
+    assert (p4d.budget_hours, p4d.min_budget_cny) == (0.56, 50)
+    assert p4d.reason == ("needs 0.57 h but ¥49 buys 49 min at $8.382/h, so the launch stops it at `BUDGET_HOURS` "
+                          "0.56 h (the 15 min shutdown grace before the budget is spent); ¥50 would fit")
+    # Over the budget itself, the reason names the budget that fits too.
+    over = run(REAL, "budget.clouds=[aws]", "budget.max_cost_yuan=30", tmp_path=tmp_path, expect_error=True)
+    (p4d,) = [c for c in over.candidates if (c.instance_type, c.spot, c.method) == ("p4d.24xlarge", True, "full")]
+    assert p4d.reason == "costs ¥34.22, over the ¥30 budget; ¥50 runs its 0.57 h with the 15 min shutdown grace"
 
 
 @pytest.mark.parametrize("value", ["0", "-5"])

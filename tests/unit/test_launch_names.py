@@ -19,7 +19,8 @@ from budget.catalog import aws_zone_names, listed_in_catalog, load_prices, parse
 from budget.controller import controller_config, controller_offer, placement_reason
 from dream_job.errors import BudgetError
 from dream_job.launch import LaunchError, plan_launch
-from dream_job.launch.plan import check_catalog_name, no_bucket_sentence
+from dream_job.launch.planner import check_catalog_name
+from dream_job.launch.template import no_bucket_sentence
 from dream_job.spec import load_spec
 from tests.conftest import REPO
 
