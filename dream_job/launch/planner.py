@@ -34,11 +34,13 @@ from dream_job.errors import EXIT_USAGE
 from dream_job.launch.image import IMAGE_ENV, with_image
 from dream_job.launch.payload import SPEC_DIGEST_ENV, priced_spec, spec_digest, spec_text
 from dream_job.launch.plan import LaunchError, LaunchPlan, Mode, new_run_id
+from dream_job.launch.task import BUDGET_HOURS_ENV, JOB_ENV, USD_PER_HOUR_ENV
 from dream_job.launch.template import (BUCKET_PLACEHOLDER, DROPPED_FOR_CLOUD, RUNS_BUCKET_ENV, RUNS_BUCKET_SETTING,
                                        dropped_for, no_bucket_sentence, read_template, runs_mount, template_has,
                                        template_value, write_derived_template, write_project_config)
 from dream_job.rundir import RUN_ID_ENV
 from dream_job.spec import JobSpec
+
 
 def check_secrets(needed: Mapping[str, str], environ: Mapping[str, str]) -> None:
     """Raise `LaunchError` naming every required secret missing from `environ` (values are never shown)."""
@@ -220,7 +222,7 @@ def plan_launch(spec: JobSpec, spec_path: Path, *, task_yaml: Path, mode: Mode |
     # The job as priced on this offer (`auto` save interval resolved): in the task file, its digest on the line.
     carried = spec_text(priced_spec(spec, choice.save_every_steps))
     template_envs = {k: str(v) for k, v in (template.get("envs") or {}).items() if v is not None}
-    overrides = {"JOB": job_file, "DREAM_JOB_USD_PER_HOUR": f"{guard_usd:g}", "BUDGET_HOURS": f"{budget_hours:g}",
+    overrides = {JOB_ENV: job_file, USD_PER_HOUR_ENV: f"{guard_usd:g}", BUDGET_HOURS_ENV: f"{budget_hours:g}",
                  RUN_ID_ENV: run_id, SPEC_DIGEST_ENV: spec_digest(carried), **extra_envs}
     # The estimate rejects FUSE-less offers for jobs without destinations (`budget.estimate.no_fuse_reason`).
     dropped = tuple(key for key in dropped_for(choice.cloud) if template_has(template, key))

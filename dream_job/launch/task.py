@@ -35,7 +35,8 @@ from types import FrameType
 
 # The shutdown grace lives with the cap rule the estimate accepts offers by: at the cap SIGTERM, SIGKILL
 # `KILL_AFTER_S` later, then the last upload; a cap from the job's own budget leaves it too.
-from budget.caps import KILL_AFTER_S, SHUTDOWN_GRACE_S
+from budget.caps import KILL_AFTER_S, run_cap
+from dream_job.costs import PRICE_ENV
 from dream_job.errors import DreamJobError, InputError
 from dream_job.launch.payload import read_payload, spec_digest
 from dream_job.rundir import RUN_ID_ENV, write_text_atomically
@@ -46,7 +47,7 @@ logger = logging.getLogger(__name__)
 # Task envs (sky.yaml `envs`, the launch line's `--env`).
 JOB_ENV = "JOB"
 BUDGET_HOURS_ENV = "BUDGET_HOURS"
-USD_PER_HOUR_ENV = "DREAM_JOB_USD_PER_HOUR"
+USD_PER_HOUR_ENV = PRICE_ENV  # the in-job budget guard reads the same variable
 MAX_STARTS_ENV = "DREAM_JOB_MAX_STARTS"
 # SkyPilot's (reference/skypilot.md §4).
 TASK_ID_ENV = "SKYPILOT_TASK_ID"
@@ -117,7 +118,7 @@ def cap_seconds(spec: JobSpec, environ: Mapping[str, str]) -> tuple[float, str]:
     """Return the wall-clock cap in seconds and where it came from.
 
     `BUDGET_HOURS` when set above 0; else what `budget.max_cost_yuan` buys at `DREAM_JOB_USD_PER_HOUR`
-    less the `SHUTDOWN_GRACE_S` grace (as the launch computes `BUDGET_HOURS`).
+    less the shutdown grace, by the rule the launch computes `BUDGET_HOURS` with (`budget.caps.run_cap`).
 
     Raises:
         TaskError: Neither a cap nor a price: nothing would stop the machine.
@@ -130,9 +131,11 @@ def cap_seconds(spec: JobSpec, environ: Mapping[str, str]) -> tuple[float, str]:
         return hours * 3600, f"`{BUDGET_HOURS_ENV}={environ[BUDGET_HOURS_ENV]}`"
     usd = _number(environ, USD_PER_HOUR_ENV)
     if usd > 0:
-        seconds = spec.budget.max_cost_yuan / spec.budget.cny_per_usd / usd * 3600 - SHUTDOWN_GRACE_S
-        if seconds > 0:
-            return seconds, (f"`budget.max_cost_yuan` ¥{spec.budget.max_cost_yuan:g} at "
+        # The launch's own rule (`budget.caps.run_cap`), at the machine's price alone: a hand-written
+        # launch names no jobs controller, so none is counted.
+        cap = run_cap(spec.budget.max_cost_yuan, cny_per_usd=spec.budget.cny_per_usd, usd_per_hour=usd)
+        if cap.budget_hours > 0:
+            return cap.budget_hours * 3600, (f"`budget.max_cost_yuan` ¥{spec.budget.max_cost_yuan:g} at "
                              f"`{USD_PER_HOUR_ENV}={environ[USD_PER_HOUR_ENV]}`")
     raise TaskError(f"this task has no wall-clock cap (`{BUDGET_HOURS_ENV}`) and no price (`{USD_PER_HOUR_ENV}`), "
                     "so nothing would stop the machine; not started",

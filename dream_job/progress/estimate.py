@@ -90,7 +90,10 @@ def _rejection_lines(estimate: Any) -> list[tuple[str, str]]:
         elif kind == "host_ram":
             why = f"not enough host RAM (e.g. {example} needs {cheapest.host_gib:.0f} GiB)"
         elif kind == "budget":
-            why = f"over the {budget} budget (cheapest ¥{cheapest.cost_cny:.2f}: {example})"
+            # Over budget by its cost or by the wall-clock cap the launch would set: name what would fit.
+            needs = min(members, key=lambda c: (c.min_budget_cny, c.cost_cny))
+            why = (f"over the {budget} budget, its cost or its run time (cheapest needs ¥{needs.min_budget_cny}: "
+                   f"{needs.method} on {needs.count}x {needs.gpu} ({needs.cloud}), ¥{needs.cost_cny:.2f})")
         elif kind == "no_fuse":
             clouds = ", ".join(sorted({c.cloud for c in members}))
             why = (f"{clouds}: no FUSE for the run-dir bucket and no `artifacts.destinations` "

@@ -79,10 +79,11 @@ def test_payload_is_checked_against_its_digest(in_repo: Path) -> None:
 def test_cap_is_budget_hours_else_what_the_budget_buys_else_refused(in_repo: Path) -> None:
     spec = load_spec("jobs/dream-s1k.yaml", ["budget.max_cost_yuan=100", "budget.cny_per_usd=7.1"])
     assert cap_seconds(spec, {"BUDGET_HOURS": "2.5", "DREAM_JOB_USD_PER_HOUR": "3"})[0] == 9000.0
-    # ¥100 / 7.1 / $2 per hour = 7.042 h = 25352.1 s, less the 15-minute shutdown grace (600 s SIGTERM ->
-    # SIGKILL, 300 s for the last upload), as the launch's `BUDGET_HOURS` leaves it.
+    # ¥100 / 7.1 / $2 per hour = 422.5 min, 422 whole minutes; less the 15-minute shutdown grace (600 s
+    # SIGTERM -> SIGKILL, 300 s for the last upload) 407 min = 6.783 h, rounded down to 6.78 h = 24408 s,
+    # as the launch's `BUDGET_HOURS` leaves it.
     seconds, source = cap_seconds(spec, {"BUDGET_HOURS": "", "DREAM_JOB_USD_PER_HOUR": "2"})
-    assert seconds == pytest.approx(100 / 7.1 / 2 * 3600 - 900) and round(seconds) == 24452
+    assert seconds == pytest.approx(24408)
     assert source == "`budget.max_cost_yuan` ¥100 at `DREAM_JOB_USD_PER_HOUR=2`"
     for bare in ({}, {"BUDGET_HOURS": "0", "DREAM_JOB_USD_PER_HOUR": "0"}):
         with pytest.raises(TaskError) as error:
