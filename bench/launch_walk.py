@@ -28,7 +28,7 @@ CASES = [
     ("jobs/dream-s1k-lora-4090.yaml", []),
     ("jobs/dream-s1k-lora-4090.yaml", ["budget.clouds=[runpod]"]),
     ("jobs/dream-s1k.yaml", []),
-    ("jobs/dream-s1k.yaml", ["budget.clouds=[lambda]"]),
+    ("jobs/dream-s1k.yaml", ["budget.clouds=[lambda]", "budget.max_cost_yuan=126"]),  # ¥100 caps it at 0.36 h
     ("jobs/dream-s1k.yaml", ["budget.clouds=[aws]", "budget.managed_job=false", "budget.use_spot=false",
                              "budget.max_cost_yuan=400"]),
     ("jobs/dream-s1k-full-length.yaml", ["artifacts.destinations=[hf://you/x]"]),
