@@ -43,7 +43,8 @@ from budget.shape import model_shape  # noqa: E402
 from dream_job.model.dream import DreamConfig  # noqa: E402
 from dream_job.spec import load_spec  # noqa: E402
 from dream_job.train.build import make_optimizer, shard_model  # noqa: E402
-from dream_job.train.checkpoint import CheckpointManager, DictState, ModelOptimizerState, TrainState  # noqa: E402
+from dream_job.train.checkpoint import CheckpointManager  # noqa: E402
+from dream_job.train.state import DictState, ModelOptimizerState, TrainState  # noqa: E402
 from dream_job.train.distributed import init_distributed  # noqa: E402
 
 DREAM_CONFIG = REPO / "tests" / "fixtures" / "dream-hub" / "config.json"

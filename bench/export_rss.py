@@ -11,7 +11,8 @@ seven linears), as on a one-GPU box where the model lives on the GPU:
 2. Builds the training model (`DreamForMaskedDiffusion` + peft LoRA, fp32 adapters) on meta and
    makes its base weights memory-mapped views of those files: they are file pages, not anonymous
    memory, standing in for weights that sit in GPU memory on the real machine. The export copies
-   every tensor it keeps (`_to_host`), so its host allocations are anonymous either way.
+   every tensor it keeps (`train/export_weights.py: to_host`), so its host allocations are
+   anonymous either way.
 3. Exports, while a separate process samples `/proc/<pid>/status` every 2 ms. The export's host
    RAM is the growth of `RssAnon` over its value just before the export (torch, the model object,
    the fp32 adapters of the training model); `VmHWM` (reset just before) also counts the mapped

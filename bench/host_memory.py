@@ -39,12 +39,7 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,163 +47,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-import rehearsal  # noqa: E402  (bench/rehearsal.py: assets and the GPU name)
+from host_memory_sampling import Command, run_command, train_stages  # noqa: E402  (bench/: helpers next to this)
+from proc_tree import GIB, Gpu  # noqa: E402
+from rehearsal_assets import profile_lengths, qwen_files, write_assets, write_base, write_rows  # noqa: E402
 
-GIB = 2**30
 FULL_JOB = REPO / "jobs" / "dream-s1k-full-length.yaml"
 LORA_JOB = REPO / "jobs" / "dream-s1k-lora-4090.yaml"
 MAX_LENGTH = 2048
 STAGES_IN_ORDER = ("prep", "weight load", "first step", "steady step", "checkpoint save", "export", "eval model load")
 
-
-# ------------------------------------------------------------------------------------ sampling
-
-def _status(pid: int) -> dict[str, int]:
-    """One process's resident memory in bytes (zeros once it is gone).
-
-    RssAnon / RssFile from `status`; Pss_Anon / Pss_File from `smaps_rollup`: a page shared by n
-    processes (the libraries in every inductor worker, pages inherited by `fork`) counts 1/n in
-    each, so the tree's sum is what the node holds, as a cgroup charges it.
-    """
-    values = {"RssAnon": 0, "RssFile": 0, "Pss_Anon": 0, "Pss_File": 0}
-    for name in ("status", "smaps_rollup"):
-        try:
-            for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
-                key = line.split(":", 1)[0]
-                if key in values:
-                    values[key] = int(line.split()[1]) * 1024
-        except (OSError, ValueError, IndexError):
-            pass
-    return values
-
-
-@dataclass
-class Sample:
-    t: float
-    anon: int  # Pss_Anon of the tree (RssAnon where smaps_rollup is missing)
-    file: int  # Pss_File of the tree (RssFile where smaps_rollup is missing)
-    main_anon: int
-    main_file: int
-    processes: int
-    rss_anon: int = 0  # RssAnon and RssFile summed over the tree (shared pages counted in each process)
-    rss_file: int = 0
-
-
-@dataclass
-class Command:
-    """One CLI process: its samples, timestamped output lines and file events, exit code."""
-
-    label: str
-    args: list[str]
-    started: float = 0.0
-    ended: float = 0.0
-    code: int | None = None
-    samples: list[Sample] = field(default_factory=list)
-    lines: list[tuple[float, str]] = field(default_factory=list)
-    steps: dict[int, float] = field(default_factory=dict)
-
-    def first(self, needle: str) -> float | None:
-        return next((t for t, text in self.lines if needle in text), None)
-
-    def all(self, needle: str) -> list[float]:
-        return [t for t, text in self.lines if needle in text]
-
-    def peak(self, start: float | None, end: float | None) -> dict[str, Any] | None:
-        """The stage's peaks: of anon + file over the tree, and of each alone."""
-        if start is None or end is None:
-            return None
-        inside = [s for s in self.samples if start <= s.t <= end]
-        if not inside:  # a stage shorter than the sampling interval: the nearest sample after it
-            inside = [s for s in self.samples if s.t >= end][:1]
-        if not inside:
-            return None
-        top = max(inside, key=lambda s: s.anon + s.file)
-        return {"measured_gib": (top.anon + top.file) / GIB, "anon_at_peak_gib": top.anon / GIB,
-                "file_at_peak_gib": top.file / GIB, "peak_anon_gib": max(s.anon for s in inside) / GIB,
-                "peak_file_gib": max(s.file for s in inside) / GIB,
-                "main_process_peak_gib": max(s.main_anon + s.main_file for s in inside) / GIB,
-                "peak_rss_sum_gib": max(s.rss_anon + s.rss_file for s in inside) / GIB,
-                "processes": max(s.processes for s in inside), "seconds": end - start}
-
-
-def run_command(command: Command, env: dict[str, str], log: Path, metrics: Path | None,
-                preexec: Callable[[], None] | None = None, timeout_s: float = 3600,
-                kill_after_step: int | None = None) -> Command:
-    """Run one CLI command to its end, sampling its tree's memory and recording its lines and steps.
-
-    With `kill_after_step`, the process tree is SIGKILLed once that step's metrics line appears
-    (its checkpoint and export are measured elsewhere; this saves their minutes).
-    """
-    command.started = time.monotonic()
-    process = subprocess.Popen(command.args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, bufsize=1, start_new_session=True, preexec_fn=preexec)
-
-    def read() -> None:
-        assert process.stdout is not None
-        with log.open("a") as out:
-            for line in process.stdout:
-                now = time.monotonic()
-                out.write(f"[{command.label} {now - command.started:8.2f}] {line}")
-                out.flush()
-                command.lines.append((now, line.strip()))
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    seen = len(metrics.read_text().splitlines()) if metrics is not None and metrics.is_file() else 0
-    deadline = command.started + timeout_s
-    while process.poll() is None:
-        now = time.monotonic()
-        pids = rehearsal._tree(process.pid)
-        stats = [_status(pid) for pid in pids]
-        pss = all(s["Pss_Anon"] or s["Pss_File"] for s in stats[:1])
-        anon, file = ("Pss_Anon", "Pss_File") if pss else ("RssAnon", "RssFile")
-        main = stats[0]
-        command.samples.append(Sample(now, sum(s[anon] for s in stats), sum(s[file] for s in stats),
-                                      main[anon], main[file], len(pids), sum(s["RssAnon"] for s in stats),
-                                      sum(s["RssFile"] for s in stats)))
-        if metrics is not None and metrics.is_file():
-            lines = metrics.read_text().splitlines()
-            for line in lines[seen:]:
-                try:
-                    command.steps.setdefault(int(json.loads(line)["step"]), now)
-                except (ValueError, KeyError):
-                    break  # a line being written: read it next time
-                seen += 1
-        if now > deadline:
-            os.killpg(process.pid, signal.SIGTERM)
-        if kill_after_step is not None and kill_after_step in command.steps:
-            os.killpg(process.pid, signal.SIGKILL)
-            time.sleep(0.2)
-        time.sleep(0.05)
-    reader.join()
-    command.code, command.ended = process.returncode, time.monotonic()
-    return command
-
-
-def train_stages(command: Command) -> dict[str, dict[str, Any] | None]:
-    """Cut a `dream-job train` process into stages by its log lines and metrics (module docstring)."""
-    ready = command.first("weights ready")
-    saves = command.all("saved checkpoint")
-    exported = command.first("exported ")
-    step1, step2 = command.steps.get(1), command.steps.get(2)
-    after_step1 = next((t for t in saves if step1 is not None and t >= step1), step1)
-    stages = {
-        "weight load": command.peak(command.started, ready),
-        "first step": command.peak(ready, step1),
-        "steady step": command.peak(after_step1 if step2 is not None and after_step1 and after_step1 < step2
-                                    else step1, step2),
-    }
-    save_peaks = []
-    for step, t in sorted(command.steps.items()):
-        done = next((s for s in saves if s >= t), None)
-        if done is not None:
-            save_peaks.append(command.peak(t, done))
-    stages["checkpoint save"] = max((p for p in save_peaks if p), key=lambda p: p["measured_gib"], default=None)
-    stages["export"] = command.peak(saves[-1] if saves else None, exported)
-    return stages
-
-
-# ----------------------------------------------------------------------------------- the runs
 
 def estimated_stages(job: Path, sets: list[str], method: str) -> dict[str, float]:
     """`budget/memory.py`'s host figure per stage for this spec on one GPU."""
@@ -251,7 +98,7 @@ class Bench:
 
         self.ns, self.env = ns, {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(
             p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
-        gpu = rehearsal.Gpu()
+        gpu = Gpu()
         if gpu.name is None and torch.cuda.is_available():
             gpu.name = torch.cuda.get_device_name(0)
         self.log = ns.work / "host_memory.log"
@@ -343,7 +190,7 @@ def main() -> None:
         prep_only(bench, ns)
         return
     assets = ns.work / "assets"
-    rehearsal.write_assets(ns.scale, assets, rehearsal.qwen_files(ns.tokenizer_files),
+    write_assets(ns.scale, assets, qwen_files(ns.tokenizer_files),
                            MAX_LENGTH if ns.scale == "7b" else 256)
     tiny = ns.scale == "tiny"
 
@@ -394,11 +241,11 @@ def prep_only(bench: Bench, ns: argparse.Namespace) -> None:
     from dream_job.data.tokenizer import load_tokenizer
 
     assets = ns.work / "assets"
-    rehearsal.write_base(assets / "base", "7b", rehearsal.qwen_files(ns.tokenizer_files))
+    write_base(assets / "base", "7b", qwen_files(ns.tokenizer_files))
     rows = assets / f"s1k-like-{ns.prep_rows}.jsonl"
     if not rows.is_file():
-        lengths = rehearsal.profile_lengths(ns.prep_rows, 16384, seed=17)  # full-length rows, as s1K-1.1 ships them
-        rehearsal.write_rows(rows, load_tokenizer(str(assets / "base")), lengths, seed=17)
+        lengths = profile_lengths(ns.prep_rows, 16384, seed=17)  # full-length rows, as s1K-1.1 ships them
+        write_rows(rows, load_tokenizer(str(assets / "base")), lengths, seed=17)
     run_dir = ns.work / "prep"
     shutil.rmtree(run_dir, ignore_errors=True)
     sets = job_sets("7b", assets, run_dir, assets / "base", "pretrained", steps=2, save_every=1, compile_=True)
@@ -450,6 +297,7 @@ def cgroup_run(bench: Bench, ns: argparse.Namespace, assets: Path, export: Path,
         bench.save()
         limit.remove()
         shutil.rmtree(work / "run" / "checkpoints", ignore_errors=True)
+
 
 
 if __name__ == "__main__":

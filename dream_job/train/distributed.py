@@ -32,6 +32,11 @@ class Dist:
         return self.rank == 0
 
 
+def current_rank() -> int:
+    """Return this process's rank in the default process group, 0 when there is none."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def init_distributed(device_choice: str) -> Dist:
     """Join (or create) the process group and pick this process's device.
 

@@ -32,13 +32,12 @@ from dream_job.spec import JobSpec
 from dream_job.stopping import deferred, pause_point
 from dream_job.train.batches import BatchPlan, collate, hash_seed
 from dream_job.train.build import Built, build_training
-from dream_job.train.checkpoint import (
-    TRAIN_STATE_VERSION, CheckpointManager, DictState, ModelOptimizerState, TrainState,
-)
+from dream_job.train.checkpoint import CheckpointManager
 from dream_job.train.distributed import Dist
 from dream_job.train.export import export_hf
 from dream_job.train.hooks import TrainHooks
 from dream_job.train.metrics import MetricsLogger
+from dream_job.train.state import TRAIN_STATE_VERSION, DictState, ModelOptimizerState, TrainState
 from dream_job.train.validation import Validator
 
 logger = logging.getLogger(__name__)

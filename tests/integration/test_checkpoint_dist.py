@@ -18,7 +18,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
-from dream_job.train.checkpoint import CheckpointManager, DictState, ModelOptimizerState, TrainState
+from dream_job.train.checkpoint import CheckpointManager
+from dream_job.train.state import DictState, ModelOptimizerState, TrainState
 from tests.unit.test_checkpoint import assert_bit_equal, make_training, perturb, snapshot
 
 WORLD_SIZE = 2

@@ -22,9 +22,9 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
-import dream_job.train.export as export
+import dream_job.train.export_weights as export_weights
 from dream_job.errors import CheckpointError
-from dream_job.train.export import export_hf
+from dream_job.train.export import export_hf, load_export
 from tests.conftest import TINY_DREAM
 from tests.integration.test_checkpoint_dist import free_port
 from tests.unit.test_export import TINY, make_model
@@ -47,13 +47,13 @@ def make_lora_model() -> torch.nn.Module:
 
 
 def read_weights(out: Path) -> dict[str, torch.Tensor]:
-    return dict(export.load_export(out)[0].state_dict())
+    return dict(load_export(out)[0].state_dict())
 
 
 def worker(rank: int, tmp: Path, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
-    export.MAX_SHARD_BYTES = SHARD_LIMIT  # this spawned process's own module
+    export_weights.MAX_SHARD_BYTES = SHARD_LIMIT  # this spawned process's own module
     try:
         model = make_lora_model()
         mesh = init_device_mesh("cpu", (WORLD_SIZE,))
@@ -64,7 +64,7 @@ def worker(rank: int, tmp: Path, port: int) -> None:
         export_hf(model, TINY, out_dir=tmp / "dist", tokenizer_dir=TINY_DREAM, base_dir=None, is_lora=True)
 
         # Rank 0's third shard fails as its tensors are written (say, the disk filled up).
-        real_writer = export.ShardWriter
+        real_writer = export_weights.ShardWriter
 
         class FailingWriter(real_writer):
             def write(self, key, tensor):
@@ -72,11 +72,11 @@ def worker(rank: int, tmp: Path, port: int) -> None:
                     raise OSError(28, "No space left on device")
                 super().write(key, tensor)
 
-        export.ShardWriter = FailingWriter
+        export_weights.ShardWriter = FailingWriter
         expected = (OSError, "No space left") if rank == 0 else (CheckpointError, "rank 0 failed to write")
         with pytest.raises(expected[0], match=expected[1]):
             export_hf(model, TINY, out_dir=tmp / "failed", tokenizer_dir=TINY_DREAM, base_dir=None, is_lora=True)
-        export.ShardWriter = real_writer
+        export_weights.ShardWriter = real_writer
         if rank == 0:
             assert not (tmp / "failed").exists() and not (tmp / ".failed.partial").exists()
         dist.barrier()  # both ranks are still in step after the failure
@@ -90,7 +90,7 @@ def test_fsdp2_lora_export_equals_the_single_process_export_and_peft_merge(
     mp.spawn(worker, args=(tmp_path, free_port()), nprocs=WORLD_SIZE, join=True)
     assert not (tmp_path / "failed").exists() and not (tmp_path / ".failed.partial").exists()
 
-    monkeypatch.setattr(export, "MAX_SHARD_BYTES", SHARD_LIMIT)
+    monkeypatch.setattr(export_weights, "MAX_SHARD_BYTES", SHARD_LIMIT)
     model = make_lora_model()
     single = export_hf(model, TINY, out_dir=tmp_path / "single", tokenizer_dir=TINY_DREAM, base_dir=None,
                        is_lora=True)

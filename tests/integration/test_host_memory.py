@@ -49,7 +49,8 @@ from peft import LoraConfig, inject_adapter_in_model
 from dream_job.model.dream import DreamConfig, DreamModel
 from dream_job.model.init import fill_parameters
 from dream_job.model.weights import stream_weights
-from dream_job.train.checkpoint import CheckpointManager, ModelOptimizerState
+from dream_job.train.checkpoint import CheckpointManager
+from dream_job.train.state import ModelOptimizerState
 from dream_job.train.export import export_hf
 
 def status(key):

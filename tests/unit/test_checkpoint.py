@@ -11,7 +11,8 @@ import torch
 
 from dream_job.errors import CheckpointError
 from dream_job.model import DreamConfig, DreamModel
-from dream_job.train.checkpoint import CheckpointManager, DictState, ModelOptimizerState, TrainState
+from dream_job.train.checkpoint import CheckpointManager
+from dream_job.train.state import DictState, ModelOptimizerState, TrainState
 from tests.conftest import tiny_config
 
 TINY = tiny_config(max_position_embeddings=64)

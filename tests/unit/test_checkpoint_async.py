@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from dream_job.model import DreamModel
-from dream_job.train.checkpoint import CheckpointManager, DictState, ModelOptimizerState, TrainState
+from dream_job.train.checkpoint import CheckpointManager
+from dream_job.train.state import DictState, ModelOptimizerState, TrainState
 from tests.conftest import REPO, tiny_config
 from tests.unit.test_checkpoint import assert_bit_equal, make_training, snapshot
 
@@ -111,7 +112,8 @@ def test_next_save_completes_the_one_in_flight_and_prunes(tmp_path: Path) -> Non
 CHILD = textwrap.dedent("""
     import sys, time, torch
     from pathlib import Path
-    from dream_job.train.checkpoint import CheckpointManager, ModelOptimizerState, TrainState
+    from dream_job.train.checkpoint import CheckpointManager
+    from dream_job.train.state import ModelOptimizerState, TrainState
     from tests.unit.test_checkpoint import make_training, snapshot
     from tests.unit.test_checkpoint_async import train_one_more_step
 

@@ -281,7 +281,7 @@ def test_lora_export_streams_shard_by_shard_and_equals_peft_merge_of_a_bf16_base
 ) -> None:
     import weakref
 
-    import dream_job.train.export as export
+    import dream_job.train.export_weights as export_weights
 
     # As the trainer holds it: a bf16 frozen base with fp32 adapters on every linear (rank 8, alpha 16),
     # trained (random) so that every delta matters.
@@ -297,19 +297,19 @@ def test_lora_export_streams_shard_by_shard_and_equals_peft_merge_of_a_bf16_base
     # Small shards so the tiny model spans several; record every tensor each shard writer received
     # and whether the previous tensor was already freed when the next one came.
     limit = 6_000  # the whole tiny model is 53,824 bytes in bf16
-    monkeypatch.setattr(export, "MAX_SHARD_BYTES", limit)
+    monkeypatch.setattr(export_weights, "MAX_SHARD_BYTES", limit)
     written: dict[str, list[int]] = {}
     previous_alive: list[bool] = []
     alive: list[weakref.ref] = []
 
-    class RecordingWriter(export.ShardWriter):
+    class RecordingWriter(export_weights.ShardWriter):
         def write(self, key: str, tensor: torch.Tensor) -> None:
             written.setdefault(self.path.name, []).append(tensor.numel() * tensor.element_size())
             previous_alive.append(any(ref() is not None for ref in alive))
             alive[:] = [weakref.ref(tensor)]
             super().write(key, tensor)
 
-    monkeypatch.setattr(export, "ShardWriter", RecordingWriter)
+    monkeypatch.setattr(export_weights, "ShardWriter", RecordingWriter)
     out = export_hf(model, TINY, out_dir=tmp_path / "export", tokenizer_dir=tokenizer_dir, base_dir=None, is_lora=True)
 
     num_shards = len(written)
