@@ -244,7 +244,7 @@ def host_stage_bytes(shape: ModelShape, *, method: str, num_gpus: int, trainable
     plus `host_prep_worker_gib` for each of `data.num_proc` tokenizing workers (none for 1).
     Every later stage holds one process per GPU (`host_per_rank_gib`: Python, torch, the CUDA
     libraries and context, the tokenizer, the memory-mapped dataset) plus what the stage adds; no
-    stage holds a copy of the model (dream_job/model/init.py, train/export.py):
+    stage holds a copy of the model (dream_job/model/init.py, train/export_weights.py):
 
     - weight load: `pretrained`: each rank reads every base tensor into host memory on its way to
       the GPU, one at a time: the largest, in its stored bf16 (the embedding, 2 B x vocab x hidden).
@@ -281,7 +281,7 @@ def host_stage_bytes(shape: ModelShape, *, method: str, num_gpus: int, trainable
 
 
 def export_host_bytes(shape: ModelShape, *, method: str, trainable: int, lora_targets: list[str]) -> float:
-    """Return rank 0's host RAM while exporting (`dream_job/train/export.py` streams the weights tensor by tensor).
+    """Return rank 0's host RAM while exporting (`dream_job/train/export_weights.py` streams the weights tensor by tensor).
 
     One bf16 tensor on its way to the file: the largest one (the embedding or lm_head). Other
     tensors are cast to bf16 where they live and go straight into the file. LoRA adds the fp32
