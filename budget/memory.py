@@ -281,7 +281,7 @@ def host_stage_bytes(shape: ModelShape, *, method: str, num_gpus: int, trainable
 
 
 def export_host_bytes(shape: ModelShape, *, method: str, trainable: int, lora_targets: list[str]) -> float:
-    """Return rank 0's host RAM while exporting (`dream_job/train/export_weights.py` streams the weights tensor by tensor).
+    """Return rank 0's host RAM while exporting (`train/export_weights.py` streams it tensor by tensor).
 
     One bf16 tensor on its way to the file: the largest one (the embedding or lm_head). Other
     tensors are cast to bf16 where they live and go straight into the file. LoRA adds the fp32
