@@ -28,7 +28,7 @@ from dream_job.errors import CheckpointError, DataError
 from dream_job.model.dream import DreamConfig, DreamModel
 from dream_job.model.init import TORCH_DTYPES, fill_parameters, random_tensors
 from dream_job.model.weights import INDEX_NAME, SINGLE_FILE_NAME, load_safetensors_weights, weights_digest
-from dream_job.rundir import EXPORT_DIR, EXPORT_INFO_NAME, TOKENIZER_DIR
+from dream_job.rundir import EXPORT_DIR, TOKENIZER_DIR
 from dream_job.spec import JobSpec
 
 logger = logging.getLogger(__name__)

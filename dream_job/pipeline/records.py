@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from dream_job import rundir
 from dream_job.errors import EXIT_INTERRUPTED, EXIT_TRANSIENT, DreamJobError
@@ -74,7 +74,8 @@ def finish_record(run_dir: Path, base: StageRecord, *, outcome: str = DONE, outp
     return record
 
 
-def can_skip(record: StageRecord | None, fingerprint: str) -> bool:
+def can_skip(record: StageRecord | None, fingerprint: str) -> TypeGuard[StageRecord]:
+    """Return whether `record` is a finished run of the stage on the same fingerprint (and so not None)."""
     return record is not None and record.is_done and record.fingerprint == fingerprint
 
 

@@ -71,7 +71,7 @@ def eval_stage(spec: JobSpec, *, verb: str) -> StageOutcome:
     inputs = eval_inputs(spec, run_dir)
     fingerprint = digest(inputs)
     previous = read_stage_record(run_dir, "eval")
-    if can_skip(previous, fingerprint) and previous is not None:
+    if can_skip(previous, fingerprint):
         return skipped_outcome(previous)
     logger.info("stage eval: running")
     with recording(run_dir, "eval", fingerprint, inputs, verb) as rec:

@@ -58,8 +58,7 @@ def prep_stage(spec: JobSpec, *, verb: str) -> tuple[Any, StageOutcome]:
     inputs = {"spec": spec.data.model_dump(mode="json", exclude={"num_proc"}),
               "tokenizer": spec.model.tokenizer or spec.model.base, "dataset": result.dataset_digest}
     summary = {"rows_kept": result.report["rows_kept"], "rows_read": result.report["rows_read"]}
-    skipped = result.reused and can_skip(previous, key)
-    if skipped and previous is not None:
+    if result.reused and can_skip(previous, key):
         return result, skipped_outcome(previous)
     with recording(run_dir, "prep", key, inputs, verb) as rec:
         finish_record(run_dir, rec["base"], output_digest=key, summary=summary)

@@ -23,7 +23,7 @@ def publish_stage(spec: JobSpec, *, verb: str, force: bool) -> StageOutcome:
                            "eval": eval_record.output_digest if eval_record else None}}
     fingerprint = digest(inputs)
     previous = read_stage_record(run_dir, "publish")
-    if can_skip(previous, fingerprint) and previous is not None:
+    if can_skip(previous, fingerprint):
         return skipped_outcome(previous)
     logger.info("stage publish: running")
     with recording(run_dir, "publish", fingerprint, inputs, verb) as rec:

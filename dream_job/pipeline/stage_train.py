@@ -89,7 +89,7 @@ def train_stage(spec: JobSpec, *, verb: str, spec_path: Path | None = None, over
     inputs = train_inputs(spec, _data_digest(run_dir))
     fingerprint = digest(inputs)
     previous = read_stage_record(run_dir, "train")
-    if (skip_done and can_skip(previous, fingerprint) and previous is not None
+    if (skip_done and can_skip(previous, fingerprint)
             and export_digest(run_dir / rundir.EXPORT_DIR) == previous.output_digest):
         return None, skipped_outcome(previous)
     _check_continuable(run_dir, previous, inputs)

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from dream_job.errors import CheckpointError
@@ -32,6 +31,7 @@ from dream_job.model.dream import DreamConfig, DreamModel
 from dream_job.model.tokenizer_files import tokenizer_sources, write_tokenizer_files
 from dream_job.model.weights import load_safetensors_weights
 from dream_job.rundir import EXPORT_INFO_NAME, fsync_path, set_file_modes, write_json_atomically
+from dream_job.train.distributed import current_rank
 from dream_job.train.export_lora import LoraLayerInfo, find_lora_layers, write_adapter
 from dream_job.train.export_weights import full_value, plan_weights, rank0_succeeded, to_host, write_weights
 
@@ -125,7 +125,7 @@ def export_hf(
         raise ValueError(f"`is_lora={is_lora}` but the model has {len(lora_layers)} LoRA layer(s)")
     state = model.state_dict()  # under FSDP2 this rank's shards (DTensors): nothing is gathered yet
     plan = plan_weights(state, lora_layers, config)  # identical on every rank: a mismatch fails on all
-    is_rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    is_rank0 = current_rank() == 0
     adapters: dict[str, Tensor] = {}
     for key in plan.adapter_keys:  # small (rank x (in + out) per layer): kept for the merges and adapter/
         full = full_value(state[key])  # collective under FSDP2
